@@ -1,0 +1,396 @@
+//! Conformance suites: what every implementation of a core trait must pass.
+//!
+//! Each function exercises one trait's `# Contract` and panics with a message on the first
+//! violation. They run here against the in-memory implementations and again from each backend
+//! crate against its own (`serving-core = { features = ["conformance"] }` in dev-dependencies).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::{
+    AutoscaleBounds, Autoscaler, BlockingPool, Context, ContextParts, DynMetricSink, Endpoint,
+    Error, FeedbackExport, FeedbackSink, InMemoryMetrics, Input, MetricSample, MetricSink,
+    PredictRequest, PredictionRecord, Predictor, RequestEvent, Trigger,
+};
+
+/// A context for calling a predictor outside an endpoint.
+pub fn test_context() -> Context {
+    Context::new(ContextParts {
+        request_id: crate::new_request_id(),
+        endpoint: Arc::from("conformance"),
+        model_version: Arc::from("1"),
+        settings: Arc::new(BTreeMap::new()),
+        pool: BlockingPool::new(4),
+        sink: Arc::new(InMemoryMetrics::new()),
+    })
+}
+
+/// `predictor` answers each of `cases` (input, expected output) correctly, one at a time,
+/// concurrently, and through `predict_batch` in input order.
+pub async fn predictor(predictor: &dyn Predictor, cases: &[(Input, Value)]) {
+    let ctx = test_context();
+    for (input, expected) in cases {
+        let got = predictor
+            .predict(input.clone(), &ctx)
+            .await
+            .expect("predict succeeds");
+        assert_eq!(&got, expected, "predict({input:?})");
+    }
+    let concurrent = futures::future::join_all(
+        cases
+            .iter()
+            .cycle()
+            .take(cases.len() * 8)
+            .map(|(input, _)| predictor.predict(input.clone(), &ctx)),
+    )
+    .await;
+    for (got, (_, expected)) in concurrent.into_iter().zip(cases.iter().cycle()) {
+        assert_eq!(
+            &got.expect("concurrent predict succeeds"),
+            expected,
+            "concurrent predict"
+        );
+    }
+    let inputs = cases.iter().map(|(input, _)| input.clone()).collect();
+    let batch = predictor.predict_batch(inputs, &ctx).await;
+    assert_eq!(
+        batch.len(),
+        cases.len(),
+        "predict_batch returns one result per input"
+    );
+    for (got, (_, expected)) in batch.into_iter().zip(cases) {
+        assert_eq!(
+            &got.expect("batch item succeeds"),
+            expected,
+            "predict_batch keeps input order"
+        );
+    }
+}
+
+/// `endpoint`, built over a predictor that echoes its input, panics on `"panic"`, rejects
+/// `"reject"` and sleeps on `"sleep"` past a one-second timeout, records one event per request
+/// in `metrics` with the right status, and keeps serving after a panic.
+pub async fn endpoint(endpoint: &dyn Endpoint, metrics: &dyn MetricSink) {
+    let ok = endpoint
+        .predict(PredictRequest::new(json!(["x", 1])).with_request_id("req-1"))
+        .await
+        .expect("echo succeeds");
+    assert_eq!(ok.output, json!(["x", 1]));
+    assert_eq!(ok.request_id, "req-1");
+    assert_eq!(ok.model_version, endpoint.spec().model.version);
+
+    let rejected = endpoint.predict(PredictRequest::new(json!("reject"))).await;
+    assert!(
+        matches!(rejected, Err(Error::Rejected { .. })),
+        "{rejected:?}"
+    );
+    let panicked = endpoint.predict(PredictRequest::new(json!("panic"))).await;
+    assert!(
+        matches!(panicked, Err(Error::Panicked { .. })),
+        "{panicked:?}"
+    );
+    let slow = endpoint.predict(PredictRequest::new(json!("sleep"))).await;
+    assert!(matches!(slow, Err(Error::Timeout { .. })), "{slow:?}");
+    let after = endpoint.predict(PredictRequest::new(json!(2))).await;
+    assert_eq!(after.expect("serves after a panic").output, json!(2));
+
+    let statuses = metrics
+        .recent_requests(endpoint.name())
+        .expect("the conformance sink keeps history");
+    assert_eq!(
+        statuses,
+        vec![200, 422, 500, 504, 200],
+        "one event per request"
+    );
+}
+
+/// The predictor [`endpoint`] expects.
+pub fn endpoint_predictor() -> impl Predictor {
+    crate::predictor_fn(|input: Value| -> crate::Result<Value> {
+        match input.as_str() {
+            Some("reject") => Err(Error::rejected("refused")),
+            Some("panic") => panic!("predictor panicked on purpose"),
+            Some("sleep") => {
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(input)
+            }
+            _ => Ok(input),
+        }
+    })
+}
+
+/// Helper for the endpoint suite: the statuses of recorded requests.
+pub trait RecentRequests {
+    /// Statuses of the requests recorded for `endpoint`, oldest first, if history is kept.
+    fn recent_requests(&self, endpoint: &str) -> Option<Vec<u16>>;
+}
+
+impl<S: MetricSink + ?Sized> RecentRequests for S {
+    fn recent_requests(&self, endpoint: &str) -> Option<Vec<u16>> {
+        let marker = format!("{endpoint}\u{0}requests");
+        self.recent_metric(endpoint, &marker, SystemTime::UNIX_EPOCH)
+            .map(|samples| samples.iter().map(|s| s.value as u16).collect())
+    }
+}
+
+/// A sink for the endpoint suite that keeps request statuses as a metric series, so the suite
+/// can read them back through the trait alone.
+#[derive(Debug, Default)]
+pub struct StatusRecorder {
+    inner: InMemoryMetrics,
+}
+
+impl MetricSink for StatusRecorder {
+    fn record_request(&self, event: &RequestEvent) {
+        self.inner.record_request(event);
+        self.inner.record_metric(&MetricSample {
+            endpoint: event.endpoint.clone(),
+            model_version: event.model_version.clone(),
+            key: format!("{}\u{0}requests", event.endpoint),
+            value: f64::from(event.status),
+            at: event.at,
+        });
+    }
+
+    fn record_metric(&self, sample: &MetricSample) {
+        self.inner.record_metric(sample);
+    }
+
+    fn recent_metric(
+        &self,
+        endpoint: &str,
+        key: &str,
+        since: SystemTime,
+    ) -> Option<Vec<MetricSample>> {
+        self.inner.recent_metric(endpoint, key, since)
+    }
+}
+
+/// `sink` counts each event once and, if it keeps history, returns samples per endpoint and
+/// key, in order, filtered by time.
+pub fn metric_sink(sink: &dyn MetricSink) {
+    let start = SystemTime::now();
+    let sample = |endpoint: &str, key: &str, value: f64, at: SystemTime| MetricSample {
+        endpoint: endpoint.into(),
+        model_version: "1".into(),
+        key: key.into(),
+        value,
+        at,
+    };
+    sink.record_request(&RequestEvent {
+        endpoint: "a".into(),
+        model_version: "1".into(),
+        status: 200,
+        latency: Duration::from_millis(3),
+        at: start,
+    });
+    let old = start - Duration::from_secs(3600);
+    sink.record_metric(&sample("a", "accuracy", 0.5, old));
+    sink.record_metric(&sample("a", "accuracy", 0.9, start));
+    sink.record_metric(&sample("a", "accuracy", 0.8, start));
+    sink.record_metric(&sample("a", "drift", 7.0, start));
+    sink.record_metric(&sample("b", "accuracy", 0.1, start));
+    let Some(recent) = sink.recent_metric("a", "accuracy", start) else {
+        return;
+    };
+    let values: Vec<f64> = recent.iter().map(|s| s.value).collect();
+    assert_eq!(
+        values,
+        vec![0.9, 0.8],
+        "recent samples of one series, in order, since `since`"
+    );
+    let all = sink
+        .recent_metric("a", "accuracy", SystemTime::UNIX_EPOCH)
+        .unwrap();
+    assert_eq!(all.len(), 3, "each sample counted once");
+    assert!(
+        sink.recent_metric("a", "missing", start)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// `scaler` clamps to bounds, is idempotent, refuses bad bounds without change, and reports
+/// what it applied.
+pub async fn autoscaler(scaler: &dyn Autoscaler, endpoint: &str) {
+    let bounds = AutoscaleBounds::new(1, 4).unwrap();
+    assert_eq!(scaler.scale(endpoint, bounds, 3).await.unwrap(), 3);
+    assert_eq!(scaler.replicas(endpoint).await.unwrap(), 3);
+    assert_eq!(
+        scaler.scale(endpoint, bounds, 3).await.unwrap(),
+        3,
+        "idempotent"
+    );
+    assert_eq!(
+        scaler.scale(endpoint, bounds, 10).await.unwrap(),
+        4,
+        "clamped to max"
+    );
+    assert_eq!(
+        scaler.scale(endpoint, bounds, 0).await.unwrap(),
+        1,
+        "clamped to min"
+    );
+    let to_zero = AutoscaleBounds::new(0, 2).unwrap();
+    assert_eq!(
+        scaler.scale(endpoint, to_zero, 0).await.unwrap(),
+        0,
+        "scale to zero"
+    );
+    let bad = AutoscaleBounds {
+        min_replicas: 3,
+        max_replicas: 1,
+    };
+    assert!(
+        scaler.scale(endpoint, bad, 2).await.is_err(),
+        "bad bounds refused"
+    );
+    assert_eq!(
+        scaler.replicas(endpoint).await.unwrap(),
+        0,
+        "refused scale changes nothing"
+    );
+}
+
+/// `trigger` keeps its rule, and firing an alert the rule produced succeeds.
+pub async fn trigger(trigger: &dyn Trigger) {
+    let rule = trigger.rule().clone();
+    assert_eq!(trigger.rule(), &rule, "the rule is fixed");
+    let now = SystemTime::now();
+    let hit = if rule.holds(rule.threshold + 1.0) {
+        rule.threshold + 1.0
+    } else {
+        rule.threshold - 1.0
+    };
+    let samples: Vec<MetricSample> = (0..rule.min_events.max(1))
+        .map(|_| MetricSample {
+            endpoint: "e".into(),
+            model_version: "1".into(),
+            key: rule.metric.clone(),
+            value: hit,
+            at: now,
+        })
+        .collect();
+    let alert = rule
+        .evaluate("e", &samples, now)
+        .expect("min_events matching samples fire");
+    assert_eq!(alert.events, rule.min_events.max(1));
+    assert!(rule.evaluate("e", &samples[1..], now).is_none() || rule.min_events <= 1);
+    trigger.fire(&alert).await.expect("the action succeeds");
+}
+
+/// `sink` stores exports all or nothing at distinct locations and refuses empty ones.
+pub async fn feedback_sink(sink: &dyn FeedbackSink) {
+    let record = |i: u32| PredictionRecord {
+        request_id: format!("r{i}"),
+        endpoint: "e".into(),
+        model: "m".into(),
+        model_version: "1".into(),
+        input: Some(json!([i, "in,put"])),
+        output: Some(json!({"class": i})),
+        error: None,
+        status: 200,
+        start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(i)),
+        elapsed_ms: 1.5,
+        metrics: BTreeMap::from([("confidence".into(), 0.5)]),
+        params: BTreeMap::new(),
+    };
+    let export = |records| FeedbackExport {
+        endpoint: "e".into(),
+        dataset: "feedback".into(),
+        records,
+        exported_at: SystemTime::now(),
+    };
+    let first = sink
+        .export(export((0..3).map(record).collect()))
+        .await
+        .expect("export succeeds");
+    assert_eq!(first.records, 3);
+    let second = sink
+        .export(export(vec![record(9)]))
+        .await
+        .expect("export succeeds");
+    assert_eq!(second.records, 1);
+    assert_ne!(
+        first.location, second.location,
+        "every export lands at a new location"
+    );
+    assert!(
+        sink.export(export(vec![])).await.is_err(),
+        "an empty export is refused"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        CallbackTrigger, Comparison, InMemoryAutoscaler, InMemoryFeedback, ModelEndpoint, Severity,
+        TriggerRule, predictor_fn,
+    };
+
+    #[tokio::test]
+    async fn fn_predictor_conforms() {
+        let square = predictor_fn(|x: f64| -> crate::Result<f64> { Ok(x * x) });
+        predictor(
+            &square,
+            &[
+                (Input::Json(json!(3)), json!(9.0)),
+                (Input::Json(json!([2])), json!(4.0)),
+            ],
+        )
+        .await;
+        let with_pre = crate::PredictorExt::with_preprocess(
+            square,
+            predictor_fn(|a: f64, b: f64| -> crate::Result<f64> { Ok(a + b) }),
+        );
+        predictor(&with_pre, &[(Input::Json(json!([1, 2])), json!(9.0))]).await;
+    }
+
+    #[tokio::test]
+    async fn model_endpoint_conforms() {
+        let metrics: Arc<DynMetricSink> = Arc::new(StatusRecorder::default());
+        let endpoint = ModelEndpoint::builder("conformance", endpoint_predictor())
+            .timeout(Duration::from_secs(1))
+            .metric_sink(Arc::clone(&metrics))
+            .build()
+            .unwrap();
+        super::endpoint(&endpoint, &*metrics).await;
+    }
+
+    #[test]
+    fn in_memory_metrics_conform() {
+        metric_sink(&InMemoryMetrics::new());
+    }
+
+    #[tokio::test]
+    async fn in_memory_autoscaler_conforms() {
+        autoscaler(&InMemoryAutoscaler::new(), "e").await;
+    }
+
+    #[tokio::test]
+    async fn callback_trigger_conforms() {
+        let rule = TriggerRule {
+            title: "accuracy drop".into(),
+            severity: Severity::Critical,
+            metric: "accuracy".into(),
+            comparison: Comparison::LessThan,
+            threshold: 0.8,
+            every_secs: 60,
+            min_events: 3,
+        };
+        let callback = CallbackTrigger::new(rule, |_| Ok(()));
+        trigger(&callback).await;
+        assert_eq!(callback.fired().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn in_memory_feedback_conforms() {
+        let sink = InMemoryFeedback::new();
+        feedback_sink(&sink).await;
+        assert_eq!(sink.exports().len(), 2);
+    }
+}

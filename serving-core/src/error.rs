@@ -1,0 +1,195 @@
+//! The one public error type of `serving`.
+
+use std::time::Duration;
+
+/// A boxed error from user code or a backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as its default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving a prediction or managing an endpoint.
+///
+/// Variants are semantic: each says whose fault it is (the caller's input, the model, the
+/// server) so that every backend maps it to the same outcome, for example an HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request itself is malformed: not JSON, bad Base64, wrong shape.
+    #[error("invalid request: {reason}")]
+    InvalidRequest {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A positional argument does not deserialize into the type the predictor declares.
+    #[error("argument {position} must be {expected}: {reason}")]
+    InvalidArgument {
+        /// Zero-based position of the argument.
+        position: usize,
+        /// The Rust type the predictor expects there.
+        expected: &'static str,
+        /// Why it did not fit.
+        reason: String,
+    },
+    /// The predictor was given the wrong number of positional arguments.
+    #[error("expected {expected} argument(s), got {got}")]
+    ArgumentCount {
+        /// How many the predictor takes.
+        expected: usize,
+        /// How many the request carried.
+        got: usize,
+    },
+    /// The predictor looked at the input and refused it (a domain error, not a crash).
+    #[error("input rejected: {reason}")]
+    Rejected {
+        /// The predictor's explanation.
+        reason: String,
+    },
+    /// The predictor failed.
+    #[error("predictor failed: {source}")]
+    Predictor {
+        /// The predictor's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The predictor panicked; the server keeps serving.
+    #[error("predictor panicked: {message}")]
+    Panicked {
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+    /// The predictor did not answer within the configured timeout.
+    #[error("prediction timed out after {after:?}")]
+    Timeout {
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// No endpoint with this name.
+    #[error("no endpoint named `{endpoint}`")]
+    EndpointNotFound {
+        /// The name asked for.
+        endpoint: String,
+    },
+    /// The endpoint has no model ready to answer.
+    #[error("endpoint `{endpoint}` is not ready")]
+    NotReady {
+        /// The endpoint's name.
+        endpoint: String,
+    },
+    /// The endpoint is at its concurrency limit; retry later.
+    #[error("endpoint `{endpoint}` is overloaded")]
+    Overloaded {
+        /// The endpoint's name.
+        endpoint: String,
+    },
+    /// A missing or wrong credential.
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// The request body is larger than the configured limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A configuration key that does not exist.
+    #[error("unknown setting `{key}`; valid settings are: {}", valid.join(", "))]
+    UnknownSetting {
+        /// The key as given.
+        key: String,
+        /// Every key that is accepted.
+        valid: Vec<&'static str>,
+    },
+    /// A configuration value that does not parse or is out of range.
+    #[error("invalid value `{value}` for setting `{key}`: {reason}")]
+    InvalidSetting {
+        /// The key.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// An endpoint spec that does not parse.
+    #[error("invalid endpoint spec: {reason}")]
+    InvalidSpec {
+        /// The parser's message.
+        reason: String,
+    },
+    /// A storage backend (object store, filesystem) failed.
+    #[error("storage error at `{location}`: {source}")]
+    Storage {
+        /// Where: a path or a key.
+        location: String,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+    /// An action (trigger, feedback export, scaling) failed.
+    #[error("{action} failed: {source}")]
+    Action {
+        /// Which action.
+        action: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// A predictor's refusal of its input; served as "input rejected" (HTTP 422).
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        Error::Rejected {
+            reason: reason.into(),
+        }
+    }
+
+    /// A malformed request (HTTP 400).
+    pub fn invalid_request(reason: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            reason: reason.into(),
+        }
+    }
+
+    /// Wraps a user or backend error as a predictor failure, keeping a `serving` error as is.
+    pub fn from_predictor(error: impl Into<BoxError>) -> Self {
+        match error.into().downcast::<Error>() {
+            Ok(own) => *own,
+            Err(other) => Error::Predictor { source: other },
+        }
+    }
+
+    /// Whether the caller is at fault (bad input, auth, size) rather than the model or server.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidRequest { .. }
+                | Error::InvalidArgument { .. }
+                | Error::ArgumentCount { .. }
+                | Error::Rejected { .. }
+                | Error::EndpointNotFound { .. }
+                | Error::Unauthorized
+                | Error::PayloadTooLarge { .. }
+        )
+    }
+
+    /// The HTTP status that this error is served with, also recorded in prediction logs of
+    /// endpoint kinds that have no HTTP (Kafka, batch) so that all kinds are comparable.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidRequest { .. } | Error::InvalidSpec { .. } => 400,
+            Error::Unauthorized => 401,
+            Error::EndpointNotFound { .. } => 404,
+            Error::PayloadTooLarge { .. } => 413,
+            Error::InvalidArgument { .. }
+            | Error::ArgumentCount { .. }
+            | Error::Rejected { .. } => 422,
+            Error::NotReady { .. } | Error::Overloaded { .. } => 503,
+            Error::Timeout { .. } => 504,
+            Error::UnknownSetting { .. } | Error::InvalidSetting { .. } => 400,
+            Error::Predictor { .. }
+            | Error::Panicked { .. }
+            | Error::Storage { .. }
+            | Error::Action { .. } => 500,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The core of `serving`: the traits every endpoint kind is built on, their always-on
+//! in-memory implementations, and the one [`Error`] type.
+//!
+//! | Trait | What it is | In-memory implementation |
+//! |---|---|---|
+//! | [`Predictor`] | the user's predict function | [`predictor_fn`] over any typed function |
+//! | [`Endpoint`] | a running endpoint: routes, records and measures requests | [`ModelEndpoint`] |
+//! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`] |
+//! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
+//! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
+//! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`] |
+//!
+//! Backend crates (`serving-http`, `serving-kafka`, `serving-batch`, `serving-k8s`) implement
+//! these traits for one technology each; the `serving` crate re-exports them behind features.
+//!
+//! ```
+//! use serving_core::{predictor_fn, Endpoint, ModelEndpoint, PredictRequest, Result};
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+//! let sum = predictor_fn(|a: f64, b: f64| -> Result<f64> { Ok(a + b) });
+//! let endpoint = ModelEndpoint::builder("adder", sum).build()?;
+//! let prediction = endpoint.predict(PredictRequest::new(json!([1.5, 2.0]))).await?;
+//! assert_eq!(prediction.output, json!(3.5));
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! | Name | Description | Default? |
+//! |---|---|---|
+//! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
+
+mod autoscale;
+mod context;
+mod endpoint;
+mod error;
+mod feedback;
+mod function;
+mod input;
+mod metrics;
+mod pool;
+mod predictor;
+mod preprocess;
+mod record;
+mod spec;
+mod trigger;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
+pub use context::{Context, ContextParts, Logged, log_metric, log_param};
+pub use endpoint::{
+    DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest, Prediction,
+    new_request_id,
+};
+pub use error::{BoxError, Error, Result};
+pub use feedback::{
+    DynFeedbackSink, ExportReceipt, FeedbackExport, FeedbackSink, InMemoryFeedback,
+};
+pub use function::{FnPredictor, IntoOutput, PredictFn, predictor_fn};
+pub use input::{Arg, Input};
+pub use metrics::{DynMetricSink, FanOut, InMemoryMetrics, MetricSample, MetricSink, RequestEvent};
+pub use pool::BlockingPool;
+pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
+pub use preprocess::Preprocessed;
+pub use record::PredictionRecord;
+pub use spec::{
+    AuthSpec, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef, ServerSettings,
+    WorkerSettings,
+};
+pub use trigger::{Alert, CallbackTrigger, Comparison, DynTrigger, Severity, Trigger, TriggerRule};
+
+/// Re-exported so users need not depend on them to write predictors.
+pub use {bytes::Bytes, serde_json::Value, serde_json::json};
