@@ -1,1 +1,54 @@
-//! stub
+//! `serving` turns a model's `predict` function into production endpoints: a web service, a
+//! Kafka stream, or a batch job, with every prediction logged and measured.
+//!
+//! This crate is the facade: it re-exports [`serving_core`] (the traits, the in-memory
+//! implementations, the one [`Error`]) and, behind features, the backend crates.
+//!
+//! ```no_run
+//! use serving::prelude::*;
+//!
+//! # #[tokio::main] async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+//! let model = predictor_fn(|petal_len: f64, petal_w: f64| -> Result<String> {
+//!     Ok(if petal_len < 2.5 && petal_w < 1.0 { "setosa" } else { "versicolor" }.into())
+//! });
+//! let endpoint = ModelEndpoint::builder("iris", model).build()?;
+//! let service = WebService::builder().endpoint(endpoint).build()?;
+//! service.serve(serving::http::shutdown_signal()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! | Name | Description | Default? |
+//! |---|---|---|
+//! | `http` | [`http`]: the web-service endpoint (axum) | yes |
+//! | `kafka` | `kafka`: the Kafka-stream endpoint (rdkafka) | no |
+//! | `batch` | `batch`: the batch endpoint (polars, object_store) | no |
+//! | `k8s` | `k8s`: the Kubernetes backend (kube) | no |
+
+pub use serving_core::*;
+
+/// The web-service endpoint.
+#[cfg(feature = "http")]
+pub use serving_http as http;
+
+/// The Kafka-stream endpoint.
+#[cfg(feature = "kafka")]
+pub use serving_kafka as kafka;
+
+/// The batch endpoint.
+#[cfg(feature = "batch")]
+pub use serving_batch as batch;
+
+/// The Kubernetes backend.
+#[cfg(feature = "k8s")]
+pub use serving_k8s as k8s;
+
+/// What most programs that serve a model need.
+pub mod prelude {
+    pub use serving_core::{
+        Context, Endpoint, EndpointSpec, Error, FileInput, Input, ModelEndpoint, PredictRequest,
+        Predictor, PredictorExt, Result, Value, json, log_metric, predictor_fn,
+    };
+    #[cfg(feature = "http")]
+    pub use serving_http::{Token, WebService, WebServiceConfig};
+}

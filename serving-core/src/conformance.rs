@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::{
-    AutoscaleBounds, Autoscaler, BlockingPool, Context, ContextParts, DynMetricSink, Endpoint,
-    Error, FeedbackExport, FeedbackSink, InMemoryMetrics, Input, MetricSample, MetricSink,
-    PredictRequest, PredictionRecord, Predictor, RequestEvent, Trigger,
+    AutoscaleBounds, Autoscaler, BlockingPool, Context, ContextParts, Endpoint, Error,
+    FeedbackExport, FeedbackSink, InMemoryMetrics, Input, MetricSample, MetricSink, PredictRequest,
+    PredictionRecord, Predictor, RequestEvent, Trigger,
 };
 
 /// A context for calling a predictor outside an endpoint.
@@ -328,8 +328,8 @@ pub async fn feedback_sink(sink: &dyn FeedbackSink) {
 mod tests {
     use super::*;
     use crate::{
-        CallbackTrigger, Comparison, InMemoryAutoscaler, InMemoryFeedback, ModelEndpoint, Severity,
-        TriggerRule, predictor_fn,
+        CallbackTrigger, Comparison, DynMetricSink, InMemoryAutoscaler, InMemoryFeedback,
+        ModelEndpoint, Severity, TriggerRule, predictor_fn,
     };
 
     #[tokio::test]

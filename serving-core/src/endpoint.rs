@@ -88,6 +88,25 @@ pub trait Endpoint: Debug + Send + Sync + 'static {
 /// A type-erased endpoint.
 pub type DynEndpoint = dyn Endpoint;
 
+#[async_trait]
+impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn spec(&self) -> &EndpointSpec {
+        (**self).spec()
+    }
+
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+
+    async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
+        (**self).predict(request).await
+    }
+}
+
 /// The endpoint that runs a predictor in this process: the embedded default, and what every
 /// backend (HTTP, Kafka, batch) serves.
 #[derive(Debug)]

@@ -1,0 +1,169 @@
+//! "Function accepts file as input": Base64 input decoded before predict.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use bytes::Bytes;
+use serde_json::Value;
+use serving_core::{Error, FileInput, Input, Result};
+use tempfile::TempPath;
+
+/// A decoded input and the temporary files that must live until the prediction ends.
+pub(crate) struct DecodedInput {
+    pub(crate) input: Input,
+    /// Removed from disk when dropped.
+    pub(crate) _files: Vec<TempPath>,
+}
+
+/// Decodes `value` (a Base64 string, or a list of them) as `mode` asks.
+pub(crate) fn decode(value: Value, mode: FileInput) -> Result<DecodedInput> {
+    let files = match value {
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| decode_one(&item, Some(i)))
+            .collect::<Result<Vec<_>>>()?,
+        single => {
+            let bytes = decode_one(&single, None)?;
+            return single_file(bytes, mode);
+        }
+    };
+    match mode {
+        FileInput::Off | FileInput::Bytes => Ok(DecodedInput {
+            input: Input::Files(files),
+            _files: Vec::new(),
+        }),
+        FileInput::TempFile => {
+            let paths = files
+                .iter()
+                .map(|b| write_temp(b))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(DecodedInput {
+                input: Input::Json(Value::Array(paths.iter().map(path_value).collect())),
+                _files: paths,
+            })
+        }
+    }
+}
+
+fn single_file(bytes: Bytes, mode: FileInput) -> Result<DecodedInput> {
+    match mode {
+        FileInput::Off | FileInput::Bytes => Ok(DecodedInput {
+            input: Input::Bytes(bytes),
+            _files: Vec::new(),
+        }),
+        FileInput::TempFile => {
+            let path = write_temp(&bytes)?;
+            Ok(DecodedInput {
+                input: Input::Json(path_value(&path)),
+                _files: vec![path],
+            })
+        }
+    }
+}
+
+fn decode_one(value: &Value, index: Option<usize>) -> Result<Bytes> {
+    let which = index.map_or_else(|| "the file".to_owned(), |i| format!("file {i}"));
+    let Value::String(text) = value else {
+        return Err(Error::invalid_request(format!(
+            "{which} must be a Base64 string, got {}",
+            json_kind(value)
+        )));
+    };
+    // Accept data URLs (`data:image/png;base64,...`) and line-wrapped Base64.
+    let payload = text
+        .split_once(";base64,")
+        .map_or(text.as_str(), |(_, rest)| rest);
+    let compact: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let padded = pad(&compact);
+    STANDARD
+        .decode(&padded)
+        .or_else(|standard| URL_SAFE.decode(&padded).map_err(|_| standard))
+        .map(Bytes::from)
+        .map_err(|e| Error::invalid_request(format!("{which} is not valid Base64: {e}")))
+}
+
+fn pad(text: &str) -> String {
+    let missing = (4 - text.len() % 4) % 4;
+    if missing == 3 {
+        // Not a length Base64 can have; let the decoder say so.
+        return text.to_owned();
+    }
+    format!("{text}{}", "=".repeat(missing))
+}
+
+fn write_temp(bytes: &[u8]) -> Result<TempPath> {
+    let storage = |e: std::io::Error| Error::Storage {
+        location: std::env::temp_dir().display().to_string(),
+        source: e.into(),
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix("serving-input-")
+        .tempfile()
+        .map_err(storage)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(storage)?;
+    Ok(file.into_temp_path())
+}
+
+fn path_value(path: &TempPath) -> Value {
+    Value::String(path.display().to_string())
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_one_or_many() {
+        let one = decode(json!("aGVsbG8="), FileInput::Bytes).unwrap();
+        assert_eq!(one.input, Input::Bytes(Bytes::from_static(b"hello")));
+        let many = decode(
+            json!(["aGk", "data:text/plain;base64,eW8="]),
+            FileInput::Bytes,
+        )
+        .unwrap();
+        assert_eq!(
+            many.input,
+            Input::Files(vec![Bytes::from_static(b"hi"), Bytes::from_static(b"yo")])
+        );
+    }
+
+    #[test]
+    fn temp_files_hold_the_bytes_and_are_removed() {
+        let decoded = decode(json!("aGVsbG8="), FileInput::TempFile).unwrap();
+        let Input::Json(Value::String(path)) = &decoded.input else {
+            panic!("{:?}", decoded.input)
+        };
+        assert_eq!(std::fs::read(path).unwrap(), b"hello");
+        let path = path.clone();
+        drop(decoded);
+        assert!(!std::path::Path::new(&path).exists());
+    }
+
+    #[test]
+    fn bad_base64_says_why() {
+        let err = decode(json!("not base64!"), FileInput::Bytes)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not valid Base64"), "{err}");
+        let err = decode(json!([1]), FileInput::Bytes).err().unwrap();
+        assert!(
+            err.to_string().contains("file 0 must be a Base64 string"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! [`WebService`]: the REST API around one or more endpoints.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use serde_json::{Value, json};
+use serving_core::{
+    DynEndpoint, Endpoint, Error, FileInput, PredictRequest, Result, new_request_id,
+};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::{TOKEN_HEADER, Token};
+use crate::config::WebServiceConfig;
+use crate::error::ApiError;
+use crate::files;
+
+/// The header carrying a request's id, accepted from the caller or generated.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The header naming the model version that answered.
+pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+
+/// A web service: each endpoint answers `POST /api/v1/endpoints/{name}` with the original
+/// product's wire format, behind its own token.
+///
+/// Use [`WebService::router`] to mount it in your own axum app, or [`WebService::serve`] to run
+/// it standalone.
+#[derive(Debug, Clone)]
+pub struct WebService {
+    state: Arc<ServiceState>,
+    config: WebServiceConfig,
+}
+
+#[derive(Debug)]
+struct ServiceState {
+    endpoints: HashMap<String, Route>,
+    draining: AtomicBool,
+    body_timeout: std::time::Duration,
+}
+
+#[derive(Debug)]
+struct Route {
+    endpoint: Arc<DynEndpoint>,
+    token: Option<Token>,
+}
+
+impl WebService {
+    /// Starts building a web service.
+    pub fn builder() -> WebServiceBuilder {
+        WebServiceBuilder::default()
+    }
+
+    /// The token that authorizes calls to `endpoint`, if it requires one.
+    pub fn token(&self, endpoint: &str) -> Option<&Token> {
+        self.state.endpoints.get(endpoint)?.token.as_ref()
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &WebServiceConfig {
+        &self.config
+    }
+
+    /// The routes, to mount inside another axum app or serve as they are.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/endpoints/{name}", post(predict))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(CatchPanicLayer::custom(panic_response))
+            .with_state(Arc::clone(&self.state))
+    }
+
+    /// Binds the configured address and serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.config.addr).await?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting, reports not
+    /// ready, and finishes the requests in flight before returning.
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = Arc::clone(&self.state);
+        let router = self.router();
+        tracing::info!(addr = %listener.local_addr()?, "web service listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                state.draining.store(true, Ordering::Release);
+                tracing::info!("shutting down: finishing requests in flight");
+            })
+            .await
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM: the usual `shutdown` for [`WebService::serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Builds a [`WebService`].
+#[derive(Debug, Default)]
+pub struct WebServiceBuilder {
+    config: WebServiceConfig,
+    endpoints: Vec<(Arc<DynEndpoint>, Option<Token>)>,
+}
+
+impl WebServiceBuilder {
+    /// Serves `endpoint` (pass an `Arc` to keep a handle on it). Its token comes from the
+    /// environment variable its spec names (`auth.token_env`), or is generated; see
+    /// [`WebService::token`].
+    pub fn endpoint(mut self, endpoint: impl Endpoint) -> Self {
+        self.endpoints.push((Arc::new(endpoint), None));
+        self
+    }
+
+    /// Serves `endpoint` behind the given token.
+    pub fn endpoint_with_token(mut self, endpoint: impl Endpoint, token: Token) -> Self {
+        self.endpoints.push((Arc::new(endpoint), Some(token)));
+        self
+    }
+
+    /// Server-wide settings.
+    pub fn config(mut self, config: WebServiceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Builds the service; two endpoints with one name are an error.
+    pub fn build(self) -> Result<WebService> {
+        let mut endpoints = HashMap::new();
+        for (endpoint, token) in self.endpoints {
+            let name = endpoint.name().to_owned();
+            let auth = &endpoint.spec().auth;
+            let token = match (auth.required, token) {
+                (false, _) => None,
+                (true, Some(token)) => Some(token),
+                (true, None) => Some(
+                    auth.token_env
+                        .as_deref()
+                        .and_then(|var| std::env::var(var).ok())
+                        .filter(|secret| !secret.is_empty())
+                        .map_or_else(Token::generate, Token::new),
+                ),
+            };
+            if endpoints
+                .insert(name.clone(), Route { endpoint, token })
+                .is_some()
+            {
+                return Err(Error::InvalidSpec {
+                    reason: format!("two endpoints are named `{name}`"),
+                });
+            }
+        }
+        Ok(WebService {
+            state: Arc::new(ServiceState {
+                endpoints,
+                draining: AtomicBool::new(false),
+                body_timeout: self.config.body_timeout(),
+            }),
+            config: self.config,
+        })
+    }
+}
+
+async fn predict(
+    State(state): State<Arc<ServiceState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(new_request_id, str::to_owned);
+    match serve_prediction(&state, &name, &headers, body, &request_id).await {
+        Ok(response) => response,
+        Err(error) => {
+            let mut response = error.into_response();
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            response
+        }
+    }
+}
+
+async fn serve_prediction(
+    state: &ServiceState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let route = state
+        .endpoints
+        .get(name)
+        .ok_or_else(|| Error::EndpointNotFound {
+            endpoint: name.to_owned(),
+        })?;
+    if let Some(token) = &route.token {
+        let given = headers
+            .get(TOKEN_HEADER)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if !token.matches(given) {
+            return Err(Error::Unauthorized.into());
+        }
+    }
+    check_content_type(headers)?;
+    let spec = route.endpoint.spec();
+    let body = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
+    let input = parse_input(&body)?;
+    let decoded = match spec.files {
+        FileInput::Off => files::DecodedInput {
+            input: input.into(),
+            _files: Vec::new(),
+        },
+        mode => files::decode(input, mode)?,
+    };
+    let request = PredictRequest::new(decoded.input).with_request_id(request_id);
+    match route.endpoint.predict(request).await {
+        Ok(prediction) => {
+            let mut response =
+                axum::Json(json!({ "prediction": prediction.output })).into_response();
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&prediction.request_id) {
+                headers.insert(REQUEST_ID_HEADER, value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&prediction.model_version) {
+                headers.insert(MODEL_VERSION_HEADER, value);
+            }
+            Ok(response)
+        }
+        Err(error) => Err(ApiError::from_core(&error, request_id)),
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = content_type
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type must be application/json, got `{essence}`"),
+        ))
+    }
+}
+
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<bytes::Bytes, ApiError> {
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {}s", timeout.as_secs()),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Error::PayloadTooLarge { limit }.into())
+        }
+        Ok(Err(error)) => {
+            Err(Error::invalid_request(format!("could not read the request body: {error}")).into())
+        }
+    }
+}
+
+/// The body's input: `input_params` when the body is wrapped in it, else the body itself (the
+/// original product's clients send both shapes).
+fn parse_input(body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(Error::invalid_request(
+            "the request body is empty; send {\"input_params\": ...}",
+        )
+        .into());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid_request(format!("the request body is not valid JSON: {e}")))?;
+    Ok(match value {
+        Value::Object(mut object) if object.contains_key("input_params") => {
+            object.remove("input_params").unwrap_or(Value::Null)
+        }
+        other => other,
+    })
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<ServiceState>>) -> Response {
+    let not_ready: Vec<&str> = state
+        .endpoints
+        .values()
+        .filter(|route| !route.endpoint.is_ready())
+        .map(|route| route.endpoint.name())
+        .collect();
+    if state.draining.load(Ordering::Acquire) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    if !not_ready.is_empty() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", not_ready.join(", ")),
+        )
+        .into_response();
+    }
+    axum::Json(json!({ "status": "ready" })).into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+    .into_response()
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "request handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_wire_shapes() {
+        assert_eq!(
+            parse_input(br#"{"input_params": [1, 2]}"#).unwrap(),
+            json!([1, 2])
+        );
+        assert_eq!(parse_input(br#"[1, 2]"#).unwrap(), json!([1, 2]));
+        assert_eq!(
+            parse_input(br#"{"text": "hi"}"#).unwrap(),
+            json!({"text": "hi"})
+        );
+        assert!(parse_input(b"{").is_err());
+        assert!(parse_input(b"").is_err());
+    }
+}
