@@ -1,1 +1,4 @@
+//! Integration tests: one test binary, one module per area, each against real servers on
+//! ephemeral loopback ports.
 
+mod support;

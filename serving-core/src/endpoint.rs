@@ -12,13 +12,14 @@ use futures::FutureExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::context::{Context, ContextParts, panic_message};
+use crate::context::{Context, ContextParts, Logged, panic_message};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::metrics::{DynMetricSink, InMemoryMetrics, RequestEvent};
 use crate::pool::BlockingPool;
 use crate::predictor::{DynPredictor, Predictor, PredictorExt};
 use crate::preprocess::Preprocessed;
+use crate::record::{DynRecordSink, PredictionRecord, crop};
 use crate::spec::{EndpointSpec, FileInput, ModelRef};
 
 /// One prediction request, whatever transport it came from.
@@ -116,6 +117,7 @@ pub struct ModelEndpoint {
     model_version: Arc<str>,
     predictor: Arc<DynPredictor>,
     metrics: Arc<DynMetricSink>,
+    records: Option<Arc<DynRecordSink>>,
     settings: Arc<BTreeMap<String, String>>,
     pool: BlockingPool,
     in_flight: Arc<Semaphore>,
@@ -130,6 +132,7 @@ impl ModelEndpoint {
             spec: EndpointSpec::new(name.clone(), ModelRef::new(name, "1")),
             predictor: predictor.into_dyn(),
             metrics: None,
+            records: None,
         }
     }
 
@@ -148,20 +151,21 @@ impl ModelEndpoint {
         self.spec.files
     }
 
-    async fn run(&self, input: Input, request_id: String) -> Result<Value> {
+    async fn run(&self, input: Input, request_id: &str) -> (Result<Value>, Logged) {
         if !self.is_ready() {
-            return Err(Error::NotReady {
+            let error = Error::NotReady {
                 endpoint: self.name.to_string(),
-            });
+            };
+            return (Err(error), Logged::default());
         }
-        let _slot = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| Error::Overloaded {
+        let Ok(_slot) = self.in_flight.try_acquire() else {
+            let error = Error::Overloaded {
                 endpoint: self.name.to_string(),
-            })?;
+            };
+            return (Err(error), Logged::default());
+        };
         let context = Context::new(ContextParts {
-            request_id,
+            request_id: request_id.to_owned(),
             endpoint: Arc::clone(&self.name),
             model_version: Arc::clone(&self.model_version),
             settings: Arc::clone(&self.settings),
@@ -170,14 +174,59 @@ impl ModelEndpoint {
         });
         let prediction = AssertUnwindSafe(self.predictor.predict(input, &context)).catch_unwind();
         let timeout = self.spec.server.workers.timeout();
-        match tokio::time::timeout(timeout, context.clone().scope(prediction)).await {
+        let outcome = match tokio::time::timeout(timeout, context.clone().scope(prediction)).await {
             Err(_) => Err(Error::Timeout { after: timeout }),
             Ok(Err(panic)) => Err(Error::Panicked {
                 message: panic_message(&*panic),
             }),
             Ok(Ok(outcome)) => outcome,
-        }
+        };
+        (outcome, context.take_logged())
     }
+
+    fn record(&self, request: &Completed<'_>) {
+        let Some(records) = &self.records else {
+            return;
+        };
+        let logging = &self.spec.logging;
+        let (output, error) = match request.outcome {
+            Ok(output) => (
+                logging
+                    .log_output
+                    .then(|| crop(output, logging.max_value_chars)),
+                None,
+            ),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        records.record(PredictionRecord {
+            request_id: request.request_id.to_owned(),
+            endpoint: self.name.to_string(),
+            model: self.spec.model.name.clone(),
+            model_version: self.model_version.to_string(),
+            input: request
+                .input
+                .filter(|_| logging.log_input)
+                .map(|input| crop(&input.to_json(), logging.max_value_chars)),
+            output,
+            error,
+            status: request.status,
+            start_time: request.at,
+            elapsed_ms: request.elapsed.as_secs_f64() * 1000.0,
+            metrics: request.logged.metrics.iter().cloned().collect(),
+            params: request.logged.params.iter().cloned().collect(),
+        });
+    }
+}
+
+/// A finished request, as the endpoint records it.
+struct Completed<'a> {
+    request_id: &'a str,
+    input: Option<&'a Input>,
+    outcome: &'a Result<Value>,
+    logged: &'a Logged,
+    status: u16,
+    at: SystemTime,
+    elapsed: Duration,
 }
 
 #[async_trait]
@@ -198,7 +247,10 @@ impl Endpoint for ModelEndpoint {
         let at = SystemTime::now();
         let started = Instant::now();
         let request_id = request.request_id.unwrap_or_else(new_request_id);
-        let outcome = self.run(request.input, request_id.clone()).await;
+        // The input is moved into the predictor; keep a copy only when it will be recorded.
+        let kept_input =
+            (self.records.is_some() && self.spec.logging.log_input).then(|| request.input.clone());
+        let (outcome, logged) = self.run(request.input, &request_id).await;
         let elapsed = started.elapsed();
         let status = match &outcome {
             Ok(_) => 200,
@@ -217,6 +269,15 @@ impl Endpoint for ModelEndpoint {
             status,
             latency: elapsed,
             at,
+        });
+        self.record(&Completed {
+            request_id: &request_id,
+            input: kept_input.as_ref(),
+            outcome: &outcome,
+            logged: &logged,
+            status,
+            at,
+            elapsed,
         });
         outcome.map(|output| Prediction {
             output,
@@ -238,6 +299,7 @@ pub struct ModelEndpointBuilder {
     spec: EndpointSpec,
     predictor: Arc<DynPredictor>,
     metrics: Option<Arc<DynMetricSink>>,
+    records: Option<Arc<DynRecordSink>>,
 }
 
 impl ModelEndpointBuilder {
@@ -290,6 +352,12 @@ impl ModelEndpointBuilder {
         self
     }
 
+    /// Where prediction records go (the prediction log); none are made when unset.
+    pub fn record_sink(mut self, sink: Arc<DynRecordSink>) -> Self {
+        self.records = Some(sink);
+        self
+    }
+
     /// Validates the spec and builds a ready endpoint.
     pub fn build(self) -> Result<ModelEndpoint> {
         self.spec.validate()?;
@@ -301,11 +369,67 @@ impl ModelEndpointBuilder {
             metrics: self
                 .metrics
                 .unwrap_or_else(|| Arc::new(InMemoryMetrics::new())),
+            records: self.records,
             settings: Arc::new(self.spec.server.env.clone()),
             pool: BlockingPool::new(workers.threads),
             in_flight: Arc::new(Semaphore::new(workers.concurrency)),
             ready: AtomicBool::new(true),
             spec: self.spec,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predictor_fn;
+    use crate::record::RecordSink;
+    use serde_json::json;
+
+    mockall::mock! {
+        #[derive(Debug)]
+        Records {}
+        impl RecordSink for Records {
+            fn record(&self, record: PredictionRecord);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_prediction_is_recorded_once_failures_included() {
+        let mut records = MockRecords::new();
+        let mut order = mockall::Sequence::new();
+        records
+            .expect_record()
+            .withf(|r| r.status == 200 && r.output == Some(json!(3.0)) && r.metrics["half"] == 0.75)
+            .times(1)
+            .in_sequence(&mut order)
+            .return_const(());
+        records
+            .expect_record()
+            .withf(|r| {
+                r.status == 422 && r.output.is_none() && r.error.is_some() && r.input.is_none()
+            })
+            .times(1)
+            .in_sequence(&mut order)
+            .return_const(());
+        let mut spec = EndpointSpec::new("doubler", ModelRef::new("double", "7"));
+        spec.logging.log_input = false;
+        let double = predictor_fn(|x: f64| -> Result<f64> {
+            crate::log_metric("half", x / 2.0);
+            Ok(x * 2.0)
+        });
+        let endpoint = ModelEndpoint::builder("doubler", double)
+            .spec(spec)
+            .record_sink(Arc::new(records))
+            .build()
+            .unwrap();
+        endpoint
+            .predict(PredictRequest::new(json!(1.5)))
+            .await
+            .unwrap();
+        endpoint
+            .predict(PredictRequest::new(json!("x")))
+            .await
+            .unwrap_err();
     }
 }

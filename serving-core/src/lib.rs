@@ -64,7 +64,7 @@ pub use metrics::{DynMetricSink, FanOut, InMemoryMetrics, MetricSample, MetricSi
 pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
-pub use record::PredictionRecord;
+pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop};
 pub use spec::{
     AuthSpec, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef, ServerSettings,
     WorkerSettings,
