@@ -40,17 +40,19 @@ pub struct WebService {
     config: WebServiceConfig,
 }
 
+/// What every handler shares. Route modules (one file per concern) take it as axum state.
 #[derive(Debug)]
-struct ServiceState {
-    endpoints: HashMap<String, Route>,
-    draining: AtomicBool,
-    body_timeout: std::time::Duration,
+pub(crate) struct ServiceState {
+    pub(crate) endpoints: HashMap<String, Route>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) body_timeout: std::time::Duration,
 }
 
+/// One served endpoint and its token.
 #[derive(Debug)]
-struct Route {
-    endpoint: Arc<DynEndpoint>,
-    token: Option<Token>,
+pub(crate) struct Route {
+    pub(crate) endpoint: Arc<DynEndpoint>,
+    pub(crate) token: Option<Token>,
 }
 
 impl WebService {
