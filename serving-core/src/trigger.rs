@@ -137,10 +137,13 @@ pub trait Trigger: Debug + Send + Sync + 'static {
 /// A type-erased trigger.
 pub type DynTrigger = dyn Trigger;
 
+/// The action of a [`CallbackTrigger`].
+type Action = Box<dyn Fn(&Alert) -> Result<()> + Send + Sync>;
+
 /// A trigger whose action is a Rust closure; it also keeps every alert it fired, in memory.
 pub struct CallbackTrigger {
     rule: TriggerRule,
-    action: Box<dyn Fn(&Alert) -> Result<()> + Send + Sync>,
+    action: Action,
     fired: Mutex<Vec<Alert>>,
 }
 
