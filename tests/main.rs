@@ -2,3 +2,4 @@
 //! ephemeral loopback ports.
 
 mod support;
+mod web_service;
