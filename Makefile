@@ -17,4 +17,4 @@ lint:
 	cargo clippy --workspace --all-targets --all-features -q -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps -q
 
-ci: test lint
+ci: lint test
