@@ -268,6 +268,46 @@ async fn file_input_as_temp_files_removes_them_afterwards() {
 }
 
 #[tokio::test]
+async fn temp_files_outlive_a_timed_out_prediction() {
+    let (read_tx, read_rx) = std::sync::mpsc::channel::<(String, std::io::Result<String>)>();
+    let read_tx = Mutex::new(read_tx);
+    let slow_reader = predictor_fn(move |path: String| -> Result<()> {
+        std::thread::sleep(Duration::from_millis(1500));
+        let text = std::fs::read_to_string(&path);
+        let _ = read_tx.lock().unwrap().send((path, text));
+        Ok(())
+    });
+    let server = serve(vec![
+        ModelEndpoint::builder("slow-reader", slow_reader)
+            .files(FileInput::TempFile)
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    ])
+    .await;
+    let url = server.endpoint_url("slow-reader");
+    let (status, body) = post_json(&url, Some(TOKEN), &json!(STANDARD.encode("still here"))).await;
+    assert_eq!(status, 504, "{body}");
+    let (path, text) = tokio::task::spawn_blocking(move || read_rx.recv_timeout(PATIENCE))
+        .await
+        .unwrap()
+        .expect("the predictor finished reading");
+    assert_eq!(
+        text.expect("the file was still there after the timeout"),
+        "still here"
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while Path::new(&path).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_bodies_are_400_and_other_media_types_415() {
     let echo = predictor_fn(|input: Value| -> Result<Value> { Ok(input) });
     let server = serve(vec![endpoint("echo", echo)]).await;

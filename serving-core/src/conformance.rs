@@ -20,6 +20,7 @@ use crate::{
 pub fn test_context() -> Context {
     Context::new(ContextParts {
         request_id: crate::new_request_id(),
+        resources: Default::default(),
         endpoint: Arc::from("conformance"),
         model_version: Arc::from("1"),
         settings: Arc::new(BTreeMap::new()),

@@ -33,12 +33,30 @@ pub struct Context {
 
 struct Inner {
     request_id: String,
+    _resources: Resources,
     endpoint: Arc<str>,
     model_version: Arc<str>,
     settings: Arc<BTreeMap<String, String>>,
     pool: BlockingPool,
     sink: Arc<DynMetricSink>,
     logged: Mutex<Logged>,
+}
+
+/// Values a request keeps alive until its predictor has finished, such as temporary files.
+#[derive(Clone, Default)]
+pub struct Resources(Vec<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Resources {
+    /// Adds one.
+    pub fn push(&mut self, resource: impl std::any::Any + Send + Sync) {
+        self.0.push(Arc::new(resource));
+    }
+}
+
+impl fmt::Debug for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Resources({})", self.0.len())
+    }
 }
 
 /// What user code attached to one prediction, kept for its prediction record.
@@ -65,6 +83,8 @@ impl fmt::Debug for Context {
 pub struct ContextParts {
     /// The request's id.
     pub request_id: String,
+    /// Dropped with the last clone of the context, once the predictor has finished.
+    pub resources: Resources,
     /// The endpoint's name.
     pub endpoint: Arc<str>,
     /// The model version that serves this request.
@@ -82,6 +102,7 @@ impl Context {
     pub fn new(parts: ContextParts) -> Self {
         let ContextParts {
             request_id,
+            resources,
             endpoint,
             model_version,
             settings,
@@ -91,6 +112,7 @@ impl Context {
         Context {
             inner: Arc::new(Inner {
                 request_id,
+                _resources: resources,
                 endpoint,
                 model_version,
                 settings,

@@ -1,5 +1,6 @@
 //! The [`Endpoint`] trait and [`ModelEndpoint`], the in-process endpoint every backend serves.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::panic::AssertUnwindSafe;
@@ -12,7 +13,7 @@ use futures::FutureExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::context::{Context, ContextParts, Logged, panic_message};
+use crate::context::{Context, ContextParts, Logged, Resources, panic_message};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::metrics::{DynMetricSink, InMemoryMetrics, RequestEvent};
@@ -30,6 +31,8 @@ pub struct PredictRequest {
     pub input: Input,
     /// An id chosen by the caller; one is generated when absent.
     pub request_id: Option<String>,
+    /// Kept alive until the predictor has finished, even past a timeout.
+    pub resources: Resources,
 }
 
 impl PredictRequest {
@@ -38,7 +41,16 @@ impl PredictRequest {
         PredictRequest {
             input: input.into(),
             request_id: None,
+            resources: Resources::default(),
         }
+    }
+
+    /// Keeps `resource` alive until the predictor has finished with this request, even when
+    /// the caller has stopped waiting (a timeout): for example the temporary files that a
+    /// file-input predictor reads.
+    pub fn with_resource(mut self, resource: impl Any + Send + Sync) -> Self {
+        self.resources.push(resource);
+        self
     }
 
     /// Sets the request id.
@@ -151,7 +163,12 @@ impl ModelEndpoint {
         self.spec.files
     }
 
-    async fn run(&self, input: Input, request_id: &str) -> (Result<Value>, Logged) {
+    async fn run(
+        &self,
+        input: Input,
+        resources: Resources,
+        request_id: &str,
+    ) -> (Result<Value>, Logged) {
         if !self.is_ready() {
             let error = Error::NotReady {
                 endpoint: self.name.to_string(),
@@ -166,6 +183,7 @@ impl ModelEndpoint {
         };
         let context = Context::new(ContextParts {
             request_id: request_id.to_owned(),
+            resources,
             endpoint: Arc::clone(&self.name),
             model_version: Arc::clone(&self.model_version),
             settings: Arc::clone(&self.settings),
@@ -250,7 +268,9 @@ impl Endpoint for ModelEndpoint {
         // The input is moved into the predictor; keep a copy only when it will be recorded.
         let kept_input =
             (self.records.is_some() && self.spec.logging.log_input).then(|| request.input.clone());
-        let (outcome, logged) = self.run(request.input, &request_id).await;
+        let (outcome, logged) = self
+            .run(request.input, request.resources, &request_id)
+            .await;
         let elapsed = started.elapsed();
         let status = match &outcome {
             Ok(_) => 200,

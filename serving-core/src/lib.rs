@@ -49,7 +49,7 @@ mod trigger;
 pub mod conformance;
 
 pub use autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
-pub use context::{Context, ContextParts, Logged, log_metric, log_param};
+pub use context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
 pub use endpoint::{
     DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest, Prediction,
     new_request_id,

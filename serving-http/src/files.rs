@@ -10,8 +10,9 @@ use tempfile::TempPath;
 /// A decoded input and the temporary files that must live until the prediction ends.
 pub(crate) struct DecodedInput {
     pub(crate) input: Input,
-    /// Removed from disk when dropped.
-    pub(crate) _files: Vec<TempPath>,
+    /// Removed from disk when dropped: handed to the request so that they outlive the
+    /// predictor, even past a timeout.
+    pub(crate) files: Vec<TempPath>,
 }
 
 /// Decodes `value` (a Base64 string, or a list of them) as `mode` asks.
@@ -30,7 +31,7 @@ pub(crate) fn decode(value: Value, mode: FileInput) -> Result<DecodedInput> {
     match mode {
         FileInput::Off | FileInput::Bytes => Ok(DecodedInput {
             input: Input::Files(files),
-            _files: Vec::new(),
+            files: Vec::new(),
         }),
         FileInput::TempFile => {
             let paths = files
@@ -39,7 +40,7 @@ pub(crate) fn decode(value: Value, mode: FileInput) -> Result<DecodedInput> {
                 .collect::<Result<Vec<_>>>()?;
             Ok(DecodedInput {
                 input: Input::Json(Value::Array(paths.iter().map(path_value).collect())),
-                _files: paths,
+                files: paths,
             })
         }
     }
@@ -49,13 +50,13 @@ fn single_file(bytes: Bytes, mode: FileInput) -> Result<DecodedInput> {
     match mode {
         FileInput::Off | FileInput::Bytes => Ok(DecodedInput {
             input: Input::Bytes(bytes),
-            _files: Vec::new(),
+            files: Vec::new(),
         }),
         FileInput::TempFile => {
             let path = write_temp(&bytes)?;
             Ok(DecodedInput {
                 input: Input::Json(path_value(&path)),
-                _files: vec![path],
+                files: vec![path],
             })
         }
     }

@@ -251,11 +251,13 @@ async fn serve_prediction(
     let decoded = match spec.files {
         FileInput::Off => files::DecodedInput {
             input: input.into(),
-            _files: Vec::new(),
+            files: Vec::new(),
         },
         mode => files::decode(input, mode)?,
     };
-    let request = PredictRequest::new(decoded.input).with_request_id(request_id);
+    let request = PredictRequest::new(decoded.input)
+        .with_request_id(request_id)
+        .with_resource(decoded.files);
     match route.endpoint.predict(request).await {
         Ok(prediction) => {
             let mut response =
