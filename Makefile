@@ -9,8 +9,7 @@ quickstart:
 	cargo run --release --example quickstart
 
 test:
-	./scripts/test-setup
-	cargo test --workspace --all-features
+	./scripts/test
 
 lint:
 	cargo fmt --all -- --check
