@@ -13,14 +13,17 @@ use futures::FutureExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::autoscale::{DynAutoscaler, InMemoryAutoscaler};
 use crate::context::{Context, ContextParts, Logged, Resources, panic_message};
 use crate::error::{Error, Result};
 use crate::input::Input;
+use crate::lifecycle::{CanaryPolicy, Lifecycle, LifecycleParts, Mirrored, ModelRegistry, Served};
 use crate::metrics::{DynMetricSink, InMemoryMetrics, RequestEvent};
 use crate::pool::BlockingPool;
 use crate::predictor::{DynPredictor, Predictor, PredictorExt};
 use crate::preprocess::Preprocessed;
 use crate::record::{DynRecordSink, PredictionRecord, crop};
+use crate::signature::ModelSignature;
 use crate::spec::{EndpointSpec, FileInput, ModelRef};
 
 /// One prediction request, whatever transport it came from.
@@ -33,6 +36,12 @@ pub struct PredictRequest {
     pub request_id: Option<String>,
     /// Kept alive until the predictor has finished, even past a timeout.
     pub resources: Resources,
+    /// Makes the canary split sticky: requests with the same key reach the same version for
+    /// a given share (for example a user id, sent as the `X-Routing-Key` header).
+    pub routing_key: Option<String>,
+    /// Asks for one version by id, bypassing the split (it must be the stable, candidate or
+    /// shadow version).
+    pub version: Option<String>,
 }
 
 impl PredictRequest {
@@ -42,6 +51,8 @@ impl PredictRequest {
             input: input.into(),
             request_id: None,
             resources: Resources::default(),
+            routing_key: None,
+            version: None,
         }
     }
 
@@ -56,6 +67,18 @@ impl PredictRequest {
     /// Sets the request id.
     pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
         self.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Sets the routing key that makes the canary split sticky.
+    pub fn with_routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// Asks for one version, bypassing the split.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
         self
     }
 }
@@ -83,12 +106,15 @@ pub struct Prediction {
 ///   serving.
 /// - A prediction that outlives the configured timeout fails with [`Error::Timeout`].
 /// - While [`Endpoint::is_ready`] is false, `predict` fails with [`Error::NotReady`].
+/// - `Prediction::model_version` and the recorded event carry the version that answered; a
+///   request for a version the endpoint does not serve fails with [`Error::VersionNotFound`].
 #[async_trait]
 pub trait Endpoint: Debug + Send + Sync + 'static {
     /// The endpoint's name.
     fn name(&self) -> &str;
 
-    /// The spec it runs.
+    /// The spec it was built with. Endpoint-level settings (auth, files, server, logging)
+    /// hold for every version; the model serving now is in [`Lifecycle::export_spec`].
     fn spec(&self) -> &EndpointSpec;
 
     /// Whether it answers predictions now.
@@ -96,6 +122,11 @@ pub trait Endpoint: Debug + Send + Sync + 'static {
 
     /// Serves one prediction.
     async fn predict(&self, request: PredictRequest) -> Result<Prediction>;
+
+    /// The control surface of its model versions, when it has one (a wrapper forwards it).
+    fn lifecycle(&self) -> Option<&Lifecycle> {
+        None
+    }
 }
 
 /// A type-erased endpoint.
@@ -118,22 +149,29 @@ impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
     async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
         (**self).predict(request).await
     }
+
+    fn lifecycle(&self) -> Option<&Lifecycle> {
+        (**self).lifecycle()
+    }
 }
 
 /// The endpoint that runs a predictor in this process: the embedded default, and what every
 /// backend (HTTP, Kafka, batch) serves.
-#[derive(Debug)]
+///
+/// It serves versions of its model: see [`ModelEndpoint::lifecycle`] for updates, canary
+/// rollouts, rollback and shadow traffic. Timeout, concurrency limit and blocking pool are the
+/// endpoint's and shared by its versions. Cloning gives another handle to the same endpoint.
+#[derive(Debug, Clone)]
 pub struct ModelEndpoint {
-    spec: EndpointSpec,
+    spec: Arc<EndpointSpec>,
     name: Arc<str>,
-    model_version: Arc<str>,
-    predictor: Arc<DynPredictor>,
+    lifecycle: Lifecycle,
     metrics: Arc<DynMetricSink>,
     records: Option<Arc<DynRecordSink>>,
     settings: Arc<BTreeMap<String, String>>,
     pool: BlockingPool,
     in_flight: Arc<Semaphore>,
-    ready: AtomicBool,
+    ready: Arc<AtomicBool>,
 }
 
 impl ModelEndpoint {
@@ -145,7 +183,23 @@ impl ModelEndpoint {
             predictor: predictor.into_dyn(),
             metrics: None,
             records: None,
+            description: String::new(),
+            registry: None,
+            autoscaler: None,
+            retain: 5,
         }
+    }
+
+    /// The control surface of this endpoint's model versions: update, canary, promote,
+    /// rollback, shadow, status. Clone it to keep control after handing the endpoint to a
+    /// server.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// The spec to deploy this endpoint again ("rerun"); see [`Lifecycle::export_spec`].
+    pub fn export_spec(&self) -> EndpointSpec {
+        self.lifecycle.export_spec()
     }
 
     /// The sink that receives this endpoint's measurements.
@@ -165,6 +219,7 @@ impl ModelEndpoint {
 
     async fn run(
         &self,
+        served: &Served,
         input: Input,
         resources: Resources,
         request_id: &str,
@@ -185,12 +240,12 @@ impl ModelEndpoint {
             request_id: request_id.to_owned(),
             resources,
             endpoint: Arc::clone(&self.name),
-            model_version: Arc::clone(&self.model_version),
+            model_version: Arc::clone(&served.id),
             settings: Arc::clone(&self.settings),
             pool: self.pool.clone(),
             sink: Arc::clone(&self.metrics),
         });
-        let prediction = AssertUnwindSafe(self.predictor.predict(input, &context)).catch_unwind();
+        let prediction = AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
         let timeout = self.spec.server.workers.timeout();
         let outcome = match tokio::time::timeout(timeout, context.clone().scope(prediction)).await {
             Err(_) => Err(Error::Timeout { after: timeout }),
@@ -200,6 +255,31 @@ impl ModelEndpoint {
             Ok(Ok(outcome)) => outcome,
         };
         (outcome, context.take_logged())
+    }
+
+    /// Logs, measures and records one finished request, the shadow's included.
+    fn finish(&self, request: &Completed<'_>) {
+        if let Err(error) = request.outcome {
+            let (request_id, version) = (request.request_id, request.version);
+            let shadow = request.mirror_of.is_some();
+            if error.is_client_error() {
+                tracing::debug!(endpoint = %self.name, model_version = version, request_id, shadow, %error, "prediction refused");
+            } else {
+                tracing::error!(endpoint = %self.name, model_version = version, request_id, shadow, %error, "prediction failed");
+            }
+        }
+        self.metrics.record_request(&RequestEvent {
+            endpoint: self.name.to_string(),
+            model_version: request.version.to_owned(),
+            status: request.status,
+            latency: request.elapsed,
+            at: request.at,
+        });
+        if !request.version.is_empty() {
+            self.lifecycle
+                .record(request.version, request.status, request.elapsed);
+        }
+        self.record(request);
     }
 
     fn record(&self, request: &Completed<'_>) {
@@ -220,7 +300,7 @@ impl ModelEndpoint {
             request_id: request.request_id.to_owned(),
             endpoint: self.name.to_string(),
             model: self.spec.model.name.clone(),
-            model_version: self.model_version.to_string(),
+            model_version: request.version.to_owned(),
             input: request
                 .input
                 .filter(|_| logging.log_input)
@@ -231,14 +311,86 @@ impl ModelEndpoint {
             start_time: request.at,
             elapsed_ms: request.elapsed.as_secs_f64() * 1000.0,
             metrics: request.logged.metrics.iter().cloned().collect(),
-            params: request.logged.params.iter().cloned().collect(),
+            params: request
+                .logged
+                .params
+                .iter()
+                .cloned()
+                .chain(
+                    request
+                        .mirror_of
+                        .map(|primary| ("shadow_of".to_owned(), primary.into())),
+                )
+                .collect(),
         });
     }
+
+    /// Runs `input` on the shadow version after the caller got `primary`'s answer, records it
+    /// like any request (with the shadow's version and a `shadow_of` parameter), and compares.
+    fn mirror(
+        &self,
+        shadow: Arc<Served>,
+        (input, resources): (Input, Resources),
+        primary: Primary,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let endpoint = self.clone();
+        runtime.spawn(async move {
+            let at = SystemTime::now();
+            let started = Instant::now();
+            let kept_input = (endpoint.records.is_some() && endpoint.spec.logging.log_input)
+                .then(|| input.clone());
+            let (outcome, logged) = endpoint
+                .run(&shadow, input, resources, &primary.request_id)
+                .await;
+            if matches!(outcome, Err(Error::Overloaded { .. })) {
+                // Mirrors never take capacity from real traffic.
+                endpoint.lifecycle.mirror_skipped(&shadow.id);
+                return;
+            }
+            let elapsed = started.elapsed();
+            let status = outcome.as_ref().map_or_else(Error::status, |_| 200);
+            endpoint.finish(&Completed {
+                request_id: &primary.request_id,
+                version: &shadow.id,
+                mirror_of: Some(&primary.version),
+                input: kept_input.as_ref(),
+                outcome: &outcome,
+                logged: &logged,
+                status,
+                at,
+                elapsed,
+            });
+            endpoint.lifecycle.record_mirror(
+                &shadow.id,
+                &Mirrored {
+                    shadow_output: outcome.as_ref().ok(),
+                    primary_output: &primary.output,
+                    shadow_latency: elapsed,
+                    primary_latency: primary.elapsed,
+                },
+            );
+        });
+    }
+}
+
+/// The answer the caller got, for comparison with a shadow's.
+struct Primary {
+    request_id: String,
+    version: String,
+    output: Value,
+    elapsed: Duration,
 }
 
 /// A finished request, as the endpoint records it.
 struct Completed<'a> {
     request_id: &'a str,
+    /// The version that answered; empty when none was found.
+    version: &'a str,
+    /// For a shadow's run, the version whose answer was returned.
+    mirror_of: Option<&'a str>,
     input: Option<&'a Input>,
     outcome: &'a Result<Value>,
     logged: &'a Logged,
@@ -265,33 +417,38 @@ impl Endpoint for ModelEndpoint {
         let at = SystemTime::now();
         let started = Instant::now();
         let request_id = request.request_id.unwrap_or_else(new_request_id);
-        // The input is moved into the predictor; keep a copy only when it will be recorded.
+        let routed = self
+            .lifecycle
+            .route(request.routing_key.as_deref(), request.version.as_deref());
+        // The input is moved into the predictor; keep a copy only when it will be recorded
+        // or mirrored.
         let kept_input =
             (self.records.is_some() && self.spec.logging.log_input).then(|| request.input.clone());
-        let (outcome, logged) = self
-            .run(request.input, request.resources, &request_id)
-            .await;
+        let mirror = routed
+            .as_ref()
+            .ok()
+            .and_then(|routed| routed.mirror.clone());
+        // A mirror keeps the request's resources (temporary input files) alive too.
+        let mirror_input = mirror
+            .as_ref()
+            .map(|_| (request.input.clone(), request.resources.clone()));
+        let (version, (outcome, logged)) = match routed {
+            Ok(routed) => (
+                Arc::clone(&routed.serve.id),
+                self.run(&routed.serve, request.input, request.resources, &request_id)
+                    .await,
+            ),
+            Err(error) => (Arc::from(""), (Err(error), Logged::default())),
+        };
         let elapsed = started.elapsed();
         let status = match &outcome {
             Ok(_) => 200,
             Err(error) => error.status(),
         };
-        if let Err(error) = &outcome {
-            if error.is_client_error() {
-                tracing::debug!(endpoint = %self.name, request_id, %error, "prediction refused");
-            } else {
-                tracing::error!(endpoint = %self.name, request_id, %error, "prediction failed");
-            }
-        }
-        self.metrics.record_request(&RequestEvent {
-            endpoint: self.name.to_string(),
-            model_version: self.model_version.to_string(),
-            status,
-            latency: elapsed,
-            at,
-        });
-        self.record(&Completed {
+        self.finish(&Completed {
             request_id: &request_id,
+            version: &version,
+            mirror_of: None,
             input: kept_input.as_ref(),
             outcome: &outcome,
             logged: &logged,
@@ -299,12 +456,25 @@ impl Endpoint for ModelEndpoint {
             at,
             elapsed,
         });
+        if let (Some(shadow), Some(input), Ok(output)) = (mirror, mirror_input, &outcome) {
+            let primary = Primary {
+                request_id: request_id.clone(),
+                version: version.to_string(),
+                output: output.clone(),
+                elapsed,
+            };
+            self.mirror(shadow, input, primary);
+        }
         outcome.map(|output| Prediction {
             output,
             request_id,
-            model_version: self.model_version.to_string(),
+            model_version: version.to_string(),
             elapsed,
         })
+    }
+
+    fn lifecycle(&self) -> Option<&Lifecycle> {
+        Some(&self.lifecycle)
     }
 }
 
@@ -320,6 +490,10 @@ pub struct ModelEndpointBuilder {
     predictor: Arc<DynPredictor>,
     metrics: Option<Arc<DynMetricSink>>,
     records: Option<Arc<DynRecordSink>>,
+    description: String,
+    registry: Option<Arc<ModelRegistry>>,
+    autoscaler: Option<Arc<DynAutoscaler>>,
+    retain: usize,
 }
 
 impl ModelEndpointBuilder {
@@ -378,23 +552,72 @@ impl ModelEndpointBuilder {
         self
     }
 
+    /// Describes the first version, for the version history.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// The model's named inputs and outputs, for the Open Inference Protocol routes.
+    pub fn signature(mut self, signature: ModelSignature) -> Self {
+        self.spec.signature = Some(signature);
+        self
+    }
+
+    /// Promotes or rolls back canaries automatically under `policy`.
+    pub fn canary_policy(mut self, policy: CanaryPolicy) -> Self {
+        self.spec.canary = Some(policy);
+        self
+    }
+
+    /// The registry of predictor factories: lets the control plane roll out registered
+    /// versions by name and rebuild unloaded versions on rollback.
+    pub fn registry(mut self, registry: Arc<ModelRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// What applies replica bounds; an [`InMemoryAutoscaler`] by default.
+    pub fn autoscaler(mut self, autoscaler: Arc<DynAutoscaler>) -> Self {
+        self.autoscaler = Some(autoscaler);
+        self
+    }
+
+    /// How many superseded versions keep their predictor in memory for instant rollback (5
+    /// by default); the stable version and the one before it always do.
+    pub fn retain_versions(mut self, retain: usize) -> Self {
+        self.retain = retain;
+        self
+    }
+
     /// Validates the spec and builds a ready endpoint.
     pub fn build(self) -> Result<ModelEndpoint> {
         self.spec.validate()?;
         let workers = &self.spec.server.workers;
+        let metrics = self
+            .metrics
+            .unwrap_or_else(|| Arc::new(InMemoryMetrics::new()));
+        let lifecycle = Lifecycle::new(LifecycleParts {
+            spec: self.spec.clone(),
+            predictor: self.predictor,
+            description: self.description,
+            metrics: Arc::clone(&metrics),
+            registry: self.registry,
+            autoscaler: self
+                .autoscaler
+                .unwrap_or_else(|| Arc::new(InMemoryAutoscaler::new())),
+            retain: self.retain,
+        });
         Ok(ModelEndpoint {
             name: Arc::from(self.spec.name.as_str()),
-            model_version: Arc::from(self.spec.model.version.as_str()),
-            predictor: self.predictor,
-            metrics: self
-                .metrics
-                .unwrap_or_else(|| Arc::new(InMemoryMetrics::new())),
+            lifecycle,
+            metrics,
             records: self.records,
             settings: Arc::new(self.spec.server.env.clone()),
             pool: BlockingPool::new(workers.threads),
             in_flight: Arc::new(Semaphore::new(workers.concurrency)),
-            ready: AtomicBool::new(true),
-            spec: self.spec,
+            ready: Arc::new(AtomicBool::new(true)),
+            spec: Arc::new(self.spec),
         })
     }
 }

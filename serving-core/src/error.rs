@@ -70,6 +70,23 @@ pub enum Error {
         /// The name asked for.
         endpoint: String,
     },
+    /// The endpoint has no model version with this id (or none that is loaded and routable).
+    #[error("endpoint `{endpoint}` has no model version `{version}`")]
+    VersionNotFound {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// A lifecycle operation that the endpoint's current state does not allow: an update while
+    /// another candidate is in progress, a promotion without a candidate, a duplicate version.
+    #[error("endpoint `{endpoint}`: {reason}")]
+    Conflict {
+        /// The endpoint's name.
+        endpoint: String,
+        /// Why the operation was refused.
+        reason: String,
+    },
     /// The endpoint has no model ready to answer.
     #[error("endpoint `{endpoint}` is not ready")]
     NotReady {
@@ -167,6 +184,8 @@ impl Error {
                 | Error::ArgumentCount { .. }
                 | Error::Rejected { .. }
                 | Error::EndpointNotFound { .. }
+                | Error::VersionNotFound { .. }
+                | Error::Conflict { .. }
                 | Error::Unauthorized
                 | Error::PayloadTooLarge { .. }
         )
@@ -178,7 +197,8 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } | Error::InvalidSpec { .. } => 400,
             Error::Unauthorized => 401,
-            Error::EndpointNotFound { .. } => 404,
+            Error::EndpointNotFound { .. } | Error::VersionNotFound { .. } => 404,
+            Error::Conflict { .. } => 409,
             Error::PayloadTooLarge { .. } => 413,
             Error::InvalidArgument { .. }
             | Error::ArgumentCount { .. }

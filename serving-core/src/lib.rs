@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`Predictor`] | the user's predict function | [`predictor_fn`] over any typed function |
 //! | [`Endpoint`] | a running endpoint: routes, records and measures requests | [`ModelEndpoint`] |
+//! | — | model versions: update, canary, promote, rollback, shadow ([`Lifecycle`]) | per [`ModelEndpoint`] |
 //! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
 //! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
@@ -37,11 +38,13 @@ mod error;
 mod feedback;
 mod function;
 mod input;
+mod lifecycle;
 mod metrics;
 mod pool;
 mod predictor;
 mod preprocess;
 mod record;
+mod signature;
 mod spec;
 mod trigger;
 
@@ -60,11 +63,18 @@ pub use feedback::{
 };
 pub use function::{FnPredictor, IntoOutput, PredictFn, predictor_fn};
 pub use input::{Arg, Input};
+pub use lifecycle::{
+    CanaryDecision, CanaryEvaluation, CanaryMetric, CanaryPolicy, CanaryRule, CanaryStatus,
+    Lifecycle, LifecycleAction, LifecycleEvent, LifecycleStatus, ModelRegistry, ModelUpdate,
+    ModelVersion, RequestStats, RuleOutcome, ShadowComparison, ShadowStatus, Verdict, VersionState,
+    VersionTraffic, outputs_agree,
+};
 pub use metrics::{DynMetricSink, FanOut, InMemoryMetrics, MetricSample, MetricSink, RequestEvent};
 pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
 pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop};
+pub use signature::{ModelSignature, TensorSpec};
 pub use spec::{
     AuthSpec, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef, ServerSettings,
     WorkerSettings,

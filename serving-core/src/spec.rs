@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscale::AutoscaleBounds;
 use crate::error::{Error, Result};
+use crate::lifecycle::CanaryPolicy;
+use crate::signature::ModelSignature;
 
 /// Everything that defines an endpoint except the model's code, which is referenced by name
 /// and version.
@@ -41,6 +43,12 @@ pub struct EndpointSpec {
     /// What the prediction log keeps.
     #[serde(default)]
     pub logging: LoggingSpec,
+    /// Rules that promote or roll back a canary automatically; manual when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryPolicy>,
+    /// The model's named inputs and outputs, for the Open Inference Protocol routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ModelSignature>,
 }
 
 impl EndpointSpec {
@@ -56,10 +64,12 @@ impl EndpointSpec {
             server: ServerSettings::default(),
             autoscale: AutoscaleBounds::default(),
             logging: LoggingSpec::default(),
+            canary: None,
+            signature: None,
         }
     }
 
-    /// Checks the name and bounds.
+    /// Checks the name, bounds and canary rules.
     pub fn validate(&self) -> Result<()> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 63
@@ -76,6 +86,9 @@ impl EndpointSpec {
                     self.name
                 ),
             });
+        }
+        if let Some(canary) = &self.canary {
+            canary.validate()?;
         }
         self.autoscale.validate()
     }

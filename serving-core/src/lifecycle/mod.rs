@@ -1,0 +1,1160 @@
+//! Model lifecycle: versions, zero-downtime updates, canary rollouts, rollback, shadow traffic
+//! and automated canary decisions, through a [`Lifecycle`] handle on each
+//! [`ModelEndpoint`](crate::ModelEndpoint).
+//!
+//! Every request takes a snapshot of the routing table (an `ArcSwap`), so an update never
+//! blocks a request and a request in flight finishes on the version it started with: no
+//! request fails because the model changed under it.
+
+mod canary;
+mod registry;
+mod routing;
+mod stats;
+mod versions;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+pub use canary::{CanaryDecision, CanaryMetric, CanaryPolicy, CanaryRule, RuleOutcome, Verdict};
+pub use registry::ModelRegistry;
+pub(crate) use routing::{Routed, Served};
+pub(crate) use stats::Mirrored;
+pub use stats::{RequestStats, ShadowComparison, outputs_agree};
+pub use versions::{ModelUpdate, ModelVersion, VersionState};
+
+use crate::autoscale::{AutoscaleBounds, DynAutoscaler};
+use crate::error::{Error, Result};
+use crate::metrics::DynMetricSink;
+use crate::predictor::DynPredictor;
+use crate::spec::{EndpointSpec, ModelRef};
+use routing::{RoutingTable, Share};
+use stats::{ShadowTracker, VersionStats};
+
+/// Requests kept per version for canary rules and status (the most recent ones).
+const STATS_PER_VERSION: usize = 10_000;
+/// Lifecycle events kept for the status API.
+const EVENTS_KEPT: usize = 1_000;
+
+/// The control surface of one endpoint's model versions: update, canary share, promote,
+/// rollback, shadow, automated canary, autoscale bounds, status and history.
+///
+/// Cheap to clone: every clone controls the same endpoint. Operations are serialized; each
+/// takes effect for requests that start after it returns.
+///
+/// ```
+/// use serving_core::{predictor_fn, Endpoint, ModelEndpoint, ModelUpdate, PredictRequest, Result, json};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+/// let endpoint = ModelEndpoint::builder("double", predictor_fn(|x: f64| -> Result<f64> { Ok(2.0 * x) }))
+///     .build()?;
+/// let lifecycle = endpoint.lifecycle().clone();
+///
+/// // Roll version 2 out to 20 % of traffic, raise it, promote it.
+/// let v2 = lifecycle.update_model(
+///     ModelUpdate::new(predictor_fn(|x: f64| -> Result<f64> { Ok(x + x) })).description("faster"),
+///     Some(20),
+/// )?;
+/// assert_eq!(v2, "2");
+/// lifecycle.set_canary(50)?;
+/// lifecycle.promote()?;
+/// let answer = endpoint.predict(PredictRequest::new(json!(2.0))).await?;
+/// assert_eq!(answer.model_version, "2");
+///
+/// // Changed our mind: back to version 1 for everyone.
+/// lifecycle.rollback()?;
+/// assert_eq!(lifecycle.stable_version(), "1");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Lifecycle {
+    inner: Arc<Deployment>,
+}
+
+struct Deployment {
+    endpoint: Arc<str>,
+    routing: ArcSwap<RoutingTable>,
+    state: Mutex<State>,
+    stats: VersionStats,
+    shadows: ShadowTracker,
+    metrics: Arc<DynMetricSink>,
+    registry: Option<Arc<ModelRegistry>>,
+    autoscaler: Arc<DynAutoscaler>,
+    retain: usize,
+}
+
+struct State {
+    versions: Vec<Entry>,
+    /// Ids that were made stable, oldest first; the last is the stable version.
+    stable_history: Vec<String>,
+    candidate: Option<(String, u8)>,
+    shadow: Option<(String, u8)>,
+    autoscale: AutoscaleBounds,
+    policy: Option<CanaryPolicy>,
+    watch: Option<Watch>,
+    generation: u64,
+    events: VecDeque<LifecycleEvent>,
+}
+
+struct Entry {
+    record: ModelVersion,
+    served: Option<Arc<Served>>,
+}
+
+/// The automated canary's view of the current candidate.
+struct Watch {
+    candidate: String,
+    generation: u64,
+    started: Instant,
+    started_at: SystemTime,
+    held_since: Option<Instant>,
+    last: Option<CanaryEvaluation>,
+    /// Whether its timer task runs.
+    spawned: bool,
+}
+
+/// What happened to an endpoint's versions, and who did it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LifecycleEvent {
+    /// When.
+    #[serde(with = "epoch_secs")]
+    pub at: SystemTime,
+    /// What.
+    pub action: LifecycleAction,
+    /// The version it concerns.
+    pub version: String,
+    /// The traffic share it set, when it set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    /// Whether the automated canary decided it.
+    pub automatic: bool,
+    /// Why, or what else changed.
+    pub detail: String,
+}
+
+/// The kinds of [`LifecycleEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LifecycleAction {
+    /// The endpoint started with this version.
+    Deployed,
+    /// A new version replaced the stable one for all traffic at once.
+    Switched,
+    /// A new version started as candidate with a share of traffic.
+    CanaryStarted,
+    /// The candidate's share changed.
+    CanaryShare,
+    /// The candidate became stable.
+    Promoted,
+    /// The candidate was dropped, or the stable version reverted.
+    RolledBack,
+    /// A version started receiving mirrored traffic.
+    ShadowStarted,
+    /// The shadow's share changed.
+    ShadowShare,
+    /// Mirroring stopped.
+    ShadowStopped,
+    /// The automated canary policy changed.
+    PolicyChanged,
+    /// The replica bounds changed.
+    Autoscaled,
+}
+
+/// One evaluation of the automated canary's rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanaryEvaluation {
+    /// When it ran.
+    #[serde(with = "epoch_secs")]
+    pub at: SystemTime,
+    /// The candidate evaluated.
+    pub version: String,
+    /// Each rule's result.
+    pub outcomes: Vec<RuleOutcome>,
+    /// What was decided.
+    #[serde(flatten)]
+    pub decision: CanaryDecision,
+}
+
+/// A version and the traffic it answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionTraffic {
+    /// The version.
+    pub version: String,
+    /// Its share of traffic, in percent.
+    pub percent: u8,
+    /// Requests it answered since the endpoint started.
+    pub requests_total: u64,
+    /// Server-side failures among them.
+    pub errors_total: u64,
+    /// Its recent requests (the last 10,000).
+    pub recent: RequestStats,
+}
+
+/// The shadow version and how it compares.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowStatus {
+    /// Its share of mirrored traffic, in percent.
+    pub percent: u8,
+    /// Its requests.
+    pub traffic: VersionTraffic,
+    /// Its answers compared with those returned.
+    pub comparison: ShadowComparison,
+}
+
+/// The automated canary's state for the current candidate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanaryStatus {
+    /// The candidate watched.
+    pub version: String,
+    /// When the watch started.
+    #[serde(with = "epoch_secs")]
+    pub since: SystemTime,
+    /// The last evaluation, if one ran.
+    pub last_evaluation: Option<CanaryEvaluation>,
+}
+
+/// Everything about an endpoint's versions at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LifecycleStatus {
+    /// The endpoint.
+    pub endpoint: String,
+    /// The stable version's model.
+    pub model: ModelRef,
+    /// The stable version.
+    pub stable: VersionTraffic,
+    /// The candidate, when a rollout is in progress.
+    pub candidate: Option<VersionTraffic>,
+    /// The shadow, when one mirrors traffic.
+    pub shadow: Option<ShadowStatus>,
+    /// The automated canary's rules, when set.
+    pub canary_policy: Option<CanaryPolicy>,
+    /// The automated canary's state, while it watches a candidate.
+    pub canary: Option<CanaryStatus>,
+    /// Replica bounds.
+    pub autoscale: AutoscaleBounds,
+    /// Replicas applied by the autoscaler.
+    pub replicas: u32,
+    /// The most recent lifecycle events, newest last (at most 20).
+    pub recent_events: Vec<LifecycleEvent>,
+}
+
+/// What [`Lifecycle::new`] needs.
+pub(crate) struct LifecycleParts {
+    pub(crate) spec: EndpointSpec,
+    pub(crate) predictor: Arc<DynPredictor>,
+    pub(crate) description: String,
+    pub(crate) metrics: Arc<DynMetricSink>,
+    pub(crate) registry: Option<Arc<ModelRegistry>>,
+    pub(crate) autoscaler: Arc<DynAutoscaler>,
+    pub(crate) retain: usize,
+}
+
+impl fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let table = self.inner.routing.load();
+        f.debug_struct("Lifecycle")
+            .field("endpoint", &self.inner.endpoint)
+            .field("stable", &table.stable.id)
+            .field(
+                "candidate",
+                &table.candidate.as_ref().map(|c| (&c.served.id, c.percent)),
+            )
+            .field(
+                "shadow",
+                &table.shadow.as_ref().map(|s| (&s.served.id, s.percent)),
+            )
+            .finish()
+    }
+}
+
+impl Lifecycle {
+    pub(crate) fn new(parts: LifecycleParts) -> Self {
+        let LifecycleParts {
+            spec,
+            predictor,
+            description,
+            metrics,
+            registry,
+            autoscaler,
+            retain,
+        } = parts;
+        let id: Arc<str> = Arc::from(spec.model.version.as_str());
+        let served = Arc::new(Served {
+            id: Arc::clone(&id),
+            predictor,
+        });
+        let now = SystemTime::now();
+        let mut state = State {
+            versions: vec![Entry {
+                record: ModelVersion {
+                    id: id.to_string(),
+                    created_at: now,
+                    description,
+                    state: VersionState::Stable,
+                    loaded: true,
+                    spec: spec.clone(),
+                },
+                served: Some(Arc::clone(&served)),
+            }],
+            stable_history: vec![id.to_string()],
+            candidate: None,
+            shadow: None,
+            autoscale: spec.autoscale,
+            policy: spec.canary.clone(),
+            watch: None,
+            generation: 0,
+            events: VecDeque::new(),
+        };
+        state.event(LifecycleAction::Deployed, &id, None, false, String::new());
+        Lifecycle {
+            inner: Arc::new(Deployment {
+                endpoint: Arc::from(spec.name.as_str()),
+                routing: ArcSwap::from_pointee(RoutingTable {
+                    stable: served,
+                    candidate: None,
+                    shadow: None,
+                }),
+                state: Mutex::new(state),
+                stats: VersionStats::new(STATS_PER_VERSION),
+                shadows: ShadowTracker::default(),
+                metrics,
+                registry,
+                autoscaler,
+                retain: retain.max(1),
+            }),
+        }
+    }
+
+    // --- the request path -------------------------------------------------------------------
+
+    /// Where one request goes, from a snapshot of the routing table.
+    pub(crate) fn route(&self, key: Option<&str>, version: Option<&str>) -> Result<Routed> {
+        self.inner
+            .routing
+            .load()
+            .route(key, version)
+            .ok_or_else(|| Error::VersionNotFound {
+                endpoint: self.inner.endpoint.to_string(),
+                version: version.unwrap_or_default().to_owned(),
+            })
+    }
+
+    /// Counts one finished request of `version`.
+    pub(crate) fn record(&self, version: &str, status: u16, latency: Duration) {
+        self.inner.stats.record(version, status, latency);
+    }
+
+    /// Compares one mirrored answer with the one returned.
+    pub(crate) fn record_mirror(&self, version: &str, mirrored: &Mirrored<'_>) {
+        self.inner.shadows.record(version, mirrored);
+    }
+
+    /// Counts a mirror skipped for lack of capacity.
+    pub(crate) fn mirror_skipped(&self, version: &str) {
+        self.inner.shadows.skipped(version);
+    }
+
+    // --- reading ------------------------------------------------------------------------------
+
+    /// The endpoint's name.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// The stable version's id.
+    pub fn stable_version(&self) -> String {
+        self.inner.routing.load().stable.id.to_string()
+    }
+
+    /// The candidate's id and share, while a rollout is in progress.
+    pub fn candidate(&self) -> Option<(String, u8)> {
+        self.lock().candidate.clone()
+    }
+
+    /// The shadow's id and share, while one mirrors traffic.
+    pub fn shadow(&self) -> Option<(String, u8)> {
+        self.lock().shadow.clone()
+    }
+
+    /// The versions a request can address now (stable, candidate, shadow).
+    pub fn routable_versions(&self) -> Vec<String> {
+        let table = self.inner.routing.load();
+        std::iter::once(&table.stable)
+            .chain(table.candidate.as_ref().map(|c| &c.served))
+            .chain(table.shadow.as_ref().map(|s| &s.served))
+            .map(|served| served.id.to_string())
+            .collect()
+    }
+
+    /// Every version ever deployed, oldest first.
+    pub fn versions(&self) -> Vec<ModelVersion> {
+        self.lock()
+            .versions
+            .iter()
+            .map(|entry| ModelVersion {
+                loaded: entry.served.is_some(),
+                ..entry.record.clone()
+            })
+            .collect()
+    }
+
+    /// One version of the history.
+    pub fn version(&self, id: &str) -> Option<ModelVersion> {
+        self.versions().into_iter().find(|v| v.id == id)
+    }
+
+    /// Every lifecycle event kept (the last 1,000), oldest first.
+    pub fn events(&self) -> Vec<LifecycleEvent> {
+        self.lock().events.iter().cloned().collect()
+    }
+
+    /// The recent requests of `version`.
+    pub fn stats(&self, version: &str) -> RequestStats {
+        self.inner.stats.window(version, None)
+    }
+
+    /// How `version`'s mirrored answers compare with those returned.
+    pub fn shadow_comparison(&self, version: &str) -> ShadowComparison {
+        self.inner.shadows.comparison(version)
+    }
+
+    /// The registry that builds registered versions, when the endpoint has one.
+    pub fn registry(&self) -> Option<&Arc<ModelRegistry>> {
+        self.inner.registry.as_ref()
+    }
+
+    /// The automated canary's rules, when set.
+    pub fn canary_policy(&self) -> Option<CanaryPolicy> {
+        self.lock().policy.clone()
+    }
+
+    /// The replica bounds.
+    pub fn autoscale(&self) -> AutoscaleBounds {
+        self.lock().autoscale
+    }
+
+    /// The replicas the autoscaler applied.
+    pub async fn replicas(&self) -> Result<u32> {
+        self.inner.autoscaler.replicas(&self.inner.endpoint).await
+    }
+
+    /// Everything about the endpoint's versions now.
+    pub async fn status(&self) -> LifecycleStatus {
+        let replicas = self.replicas().await.unwrap_or(0);
+        let state = self.lock();
+        let traffic = |version: &str, percent: u8| {
+            let (requests_total, errors_total) = self.inner.stats.totals(version);
+            VersionTraffic {
+                version: version.to_owned(),
+                percent,
+                requests_total,
+                errors_total,
+                recent: self.inner.stats.window(version, None),
+            }
+        };
+        let candidate_percent = state.candidate.as_ref().map_or(0, |c| c.1);
+        let stable = state.stable();
+        LifecycleStatus {
+            endpoint: self.inner.endpoint.to_string(),
+            model: state.entry(stable).map_or_else(
+                || ModelRef::new("", stable),
+                |e| e.record.spec.model.clone(),
+            ),
+            stable: traffic(stable, 100 - candidate_percent),
+            candidate: state
+                .candidate
+                .as_ref()
+                .map(|(version, percent)| traffic(version, *percent)),
+            shadow: state
+                .shadow
+                .as_ref()
+                .map(|(version, percent)| ShadowStatus {
+                    percent: *percent,
+                    traffic: traffic(version, *percent),
+                    comparison: self.inner.shadows.comparison(version),
+                }),
+            canary_policy: state.policy.clone(),
+            canary: state.watch.as_ref().map(|watch| CanaryStatus {
+                version: watch.candidate.clone(),
+                since: watch.started_at,
+                last_evaluation: watch.last.clone(),
+            }),
+            autoscale: state.autoscale,
+            replicas,
+            recent_events: state.events.iter().rev().take(20).rev().cloned().collect(),
+        }
+    }
+
+    /// The spec to deploy this endpoint again: the stable version's spec with the current
+    /// replica bounds and canary policy. A candidate or shadow in progress is not part of it.
+    pub fn export_spec(&self) -> EndpointSpec {
+        let state = self.lock();
+        let mut spec = state
+            .entry(state.stable())
+            .expect("the stable version is in the history")
+            .record
+            .spec
+            .clone();
+        spec.autoscale = state.autoscale;
+        spec.canary = state.policy.clone();
+        spec
+    }
+
+    // --- changing -----------------------------------------------------------------------------
+
+    /// Deploys a new version. With `canary_percent`, it becomes the candidate and answers that
+    /// share of traffic beside the stable version; without, it replaces the stable version for
+    /// all new requests at once while requests in flight finish on the old one.
+    ///
+    /// Refused with [`Error::Conflict`] while another candidate is in progress, and when the
+    /// version id is taken. Returns the new version's id.
+    pub fn update_model(&self, update: ModelUpdate, canary_percent: Option<u8>) -> Result<String> {
+        let percent = canary_percent.map(|p| self.check_percent(p)).transpose()?;
+        self.change(|state, this| {
+            if let Some((candidate, _)) = &state.candidate {
+                return Err(this.conflict(format!(
+                    "version {candidate} is still a candidate; promote or roll it back first"
+                )));
+            }
+            let id = this.add_version(state, update, VersionState::Candidate)?;
+            match percent {
+                Some(percent) => {
+                    state.candidate = Some((id.clone(), percent));
+                    state.start_watch();
+                    state.event(LifecycleAction::CanaryStarted, &id, Some(percent), false, String::new());
+                    tracing::info!(endpoint = %this.endpoint, model_version = %id, percent, "canary started");
+                }
+                None => {
+                    let previous = state.stable().to_owned();
+                    state.set_state(&previous, VersionState::Retired);
+                    state.make_stable(&id);
+                    state.event(
+                        LifecycleAction::Switched,
+                        &id,
+                        Some(100),
+                        false,
+                        format!("replaces {previous}"),
+                    );
+                    tracing::info!(endpoint = %this.endpoint, model_version = %id, previous = %previous, "model switched");
+                }
+            }
+            Ok(id)
+        })
+    }
+
+    /// Sets the candidate's share of traffic, 0 to 100 percent.
+    pub fn set_canary(&self, percent: u8) -> Result<()> {
+        let percent = self.check_percent(percent)?;
+        self.change(|state, this| {
+            let Some((candidate, share)) = &mut state.candidate else {
+                return Err(this.conflict("there is no candidate; start one with update_model".into()));
+            };
+            *share = percent;
+            let candidate = candidate.clone();
+            state.event(LifecycleAction::CanaryShare, &candidate, Some(percent), false, String::new());
+            tracing::info!(endpoint = %this.endpoint, model_version = %candidate, percent, "canary share set");
+            Ok(())
+        })
+    }
+
+    /// Makes the candidate stable for all traffic; returns its id.
+    pub fn promote(&self) -> Result<String> {
+        self.change(|state, this| this.promote_locked(state, false, String::new()))
+    }
+
+    /// Rolls back: drops the candidate when there is one, else reverts the stable version to the
+    /// one that was stable before it ("the previous model will then be used"). Returns the id
+    /// of the version that is stable afterwards.
+    pub fn rollback(&self) -> Result<String> {
+        self.change(|state, this| {
+            if state.candidate.is_some() {
+                return this.drop_candidate(state, false, String::new());
+            }
+            if state.stable_history.len() < 2 {
+                return Err(this.conflict(format!(
+                    "version {} is the only version that was ever stable; nothing to roll back to",
+                    state.stable()
+                )));
+            }
+            let previous = state.stable_history[state.stable_history.len() - 2].clone();
+            this.load(state, &previous)?;
+            let current = state.stable_history.pop().expect("two entries");
+            state.set_state(&current, VersionState::RolledBack);
+            state.set_state(&previous, VersionState::Stable);
+            state.event(LifecycleAction::RolledBack, &current, None, false, format!("{previous} is stable again"));
+            tracing::warn!(endpoint = %this.endpoint, model_version = %current, stable = %previous, "rolled back");
+            Ok(previous)
+        })
+    }
+
+    /// Rolls back to a named version of the history: it becomes stable for all traffic and the
+    /// candidate, if any, is dropped. A version no longer in memory is rebuilt from the
+    /// endpoint's registry.
+    pub fn rollback_to(&self, version: &str) -> Result<()> {
+        self.change(|state, this| {
+            if state.entry(version).is_none() {
+                return Err(Error::VersionNotFound {
+                    endpoint: this.endpoint.to_string(),
+                    version: version.to_owned(),
+                });
+            }
+            if state.candidate.as_ref().is_some_and(|(c, _)| c == version) {
+                return Err(this.conflict(format!("version {version} is the candidate; promote it instead")));
+            }
+            if state.shadow.as_ref().is_some_and(|(s, _)| s == version) {
+                return Err(this.conflict(format!("version {version} is the shadow; stop the shadow first")));
+            }
+            this.load(state, version)?;
+            if state.candidate.is_some() {
+                this.drop_candidate(state, false, format!("rollback to {version}"))?;
+            }
+            let current = state.stable().to_owned();
+            if current != version {
+                state.set_state(&current, VersionState::RolledBack);
+                state.make_stable(version);
+                state.event(LifecycleAction::RolledBack, &current, None, false, format!("{version} is stable again"));
+                tracing::warn!(endpoint = %this.endpoint, model_version = %current, stable = %version, "rolled back");
+            }
+            Ok(())
+        })
+    }
+
+    /// Deploys a new version as the shadow: `percent` of requests are mirrored to it, its
+    /// answers recorded (prediction records, metrics, comparison) but never returned. Replaces
+    /// any earlier shadow. Returns the new version's id.
+    pub fn shadow_model(&self, update: ModelUpdate, percent: u8) -> Result<String> {
+        let percent = self.check_percent(percent)?;
+        self.change(|state, this| {
+            if let Some((previous, _)) = state.shadow.take() {
+                state.set_state(&previous, VersionState::ShadowEnded);
+            }
+            let id = this.add_version(state, update, VersionState::Shadow)?;
+            state.shadow = Some((id.clone(), percent));
+            state.event(LifecycleAction::ShadowStarted, &id, Some(percent), false, String::new());
+            tracing::info!(endpoint = %this.endpoint, model_version = %id, percent, "shadow started");
+            Ok(id)
+        })
+    }
+
+    /// Sets the shadow's share of mirrored traffic.
+    pub fn set_shadow(&self, percent: u8) -> Result<()> {
+        let percent = self.check_percent(percent)?;
+        self.change(|state, this| {
+            let Some((shadow, share)) = &mut state.shadow else {
+                return Err(this.conflict("there is no shadow; start one with shadow_model".into()));
+            };
+            *share = percent;
+            let shadow = shadow.clone();
+            state.event(
+                LifecycleAction::ShadowShare,
+                &shadow,
+                Some(percent),
+                false,
+                String::new(),
+            );
+            Ok(())
+        })
+    }
+
+    /// Stops mirroring; the shadow's comparison stays readable.
+    pub fn stop_shadow(&self) -> Result<()> {
+        self.change(|state, this| {
+            let Some((shadow, _)) = state.shadow.take() else {
+                return Err(this.conflict("there is no shadow".into()));
+            };
+            state.set_state(&shadow, VersionState::ShadowEnded);
+            state.event(
+                LifecycleAction::ShadowStopped,
+                &shadow,
+                None,
+                false,
+                String::new(),
+            );
+            Ok(())
+        })
+    }
+
+    /// Sets or clears the automated canary's rules. A candidate in progress is watched under
+    /// the new rules from now on.
+    pub fn set_canary_policy(&self, policy: Option<CanaryPolicy>) -> Result<()> {
+        if let Some(policy) = &policy {
+            policy.validate()?;
+        }
+        self.change(|state, _| {
+            let detail = policy.as_ref().map_or_else(
+                || "automated canary off".to_owned(),
+                |p| format!("{} rule(s), hold {} ms", p.rules.len(), p.hold_ms),
+            );
+            state.policy = policy;
+            state.watch = None;
+            if state.candidate.is_some() {
+                state.start_watch();
+            }
+            let stable = state.stable().to_owned();
+            state.event(LifecycleAction::PolicyChanged, &stable, None, false, detail);
+            Ok(())
+        })
+    }
+
+    /// Sets the replica bounds and scales within them; returns the replicas applied.
+    pub async fn set_autoscale(&self, bounds: AutoscaleBounds) -> Result<u32> {
+        bounds.validate()?;
+        let current = self.replicas().await.unwrap_or(0);
+        let applied = self
+            .inner
+            .autoscaler
+            .scale(
+                &self.inner.endpoint,
+                bounds,
+                current.max(bounds.min_replicas),
+            )
+            .await?;
+        let mut state = self.lock();
+        state.autoscale = bounds;
+        let stable = state.stable().to_owned();
+        state.event(
+            LifecycleAction::Autoscaled,
+            &stable,
+            None,
+            false,
+            format!(
+                "replicas {}..{}, {applied} running",
+                bounds.min_replicas, bounds.max_replicas
+            ),
+        );
+        Ok(applied)
+    }
+
+    /// Evaluates the automated canary's rules now, acting on the result (promote or roll
+    /// back) as the periodic evaluation would. `None` without a policy or a candidate.
+    pub fn evaluate_canary(&self) -> Option<CanaryEvaluation> {
+        self.evaluate(None)
+    }
+
+    // --- internals ----------------------------------------------------------------------------
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_percent(&self, percent: u8) -> Result<u8> {
+        if percent > 100 {
+            return Err(Error::InvalidSetting {
+                key: "percent".into(),
+                value: percent.to_string(),
+                reason: "a traffic share is 0 to 100 percent".into(),
+            });
+        }
+        Ok(percent)
+    }
+
+    /// Applies `change` under the state lock, then publishes the new routing table and starts
+    /// the automated canary if the change asked for it. A failed change changes nothing.
+    fn change<R>(&self, change: impl FnOnce(&mut State, &Deployment) -> Result<R>) -> Result<R> {
+        let mut state = self.lock();
+        let outcome = change(&mut state, &self.inner)?;
+        self.inner.prune(&mut state);
+        self.inner.routing.store(Arc::new(self.inner.table(&state)));
+        let watch = state.watch.as_mut().filter(|w| !w.spawned).map(|w| {
+            w.spawned = true;
+            w.generation
+        });
+        let interval = state.policy.as_ref().map(CanaryPolicy::interval_duration);
+        drop(state);
+        if let (Some(generation), Some(interval)) = (watch, interval) {
+            spawn_watch(Arc::downgrade(&self.inner), generation, interval);
+        }
+        Ok(outcome)
+    }
+
+    /// One evaluation; `generation` ties it to the watch that scheduled it.
+    fn evaluate(&self, generation: Option<u64>) -> Option<CanaryEvaluation> {
+        let (candidate, policy, since, since_at) = {
+            let state = self.lock();
+            let watch = state.watch.as_ref()?;
+            if generation.is_some_and(|g| g != watch.generation) {
+                return None;
+            }
+            let policy = state.policy.clone()?;
+            let (mut since, mut since_at) = (watch.started, watch.started_at);
+            if let Some(window) = policy.window_ms.map(Duration::from_millis) {
+                since = since.max(Instant::now().checked_sub(window).unwrap_or(since));
+                since_at = SystemTime::now()
+                    .checked_sub(window)
+                    .map_or(since_at, |start| since_at.max(start));
+            }
+            (watch.candidate.clone(), policy, since, since_at)
+        };
+        // Measured outside the lock: a custom metric reads the metric sink.
+        let requests = self.inner.stats.window(&candidate, Some(since));
+        let outcomes: Vec<RuleOutcome> = policy
+            .rules
+            .iter()
+            .map(|rule| {
+                let (value, events) = match &rule.metric {
+                    CanaryMetric::ErrorRate => (Some(requests.error_rate), requests.requests),
+                    CanaryMetric::P95LatencyMs => {
+                        (Some(requests.p95_latency_ms), requests.requests)
+                    }
+                    CanaryMetric::MeanLatencyMs => {
+                        (Some(requests.mean_latency_ms), requests.requests)
+                    }
+                    CanaryMetric::Custom(key) => self.custom_metric(&candidate, key, since_at),
+                };
+                let value = value.filter(|_| events > 0);
+                RuleOutcome {
+                    verdict: rule.judge(value, events),
+                    rule: rule.clone(),
+                    value,
+                    events,
+                }
+            })
+            .collect();
+
+        let mut state = self.lock();
+        let watch = state.watch.as_mut()?;
+        if watch.candidate != candidate || generation.is_some_and(|g| g != watch.generation) {
+            return None;
+        }
+        let now = Instant::now();
+        if outcomes.iter().all(|o| o.verdict == Verdict::Holds) {
+            watch.held_since.get_or_insert(now);
+        } else {
+            watch.held_since = None;
+        }
+        let held = watch.held_since.map(|since| now - since);
+        let evaluation = CanaryEvaluation {
+            at: SystemTime::now(),
+            version: candidate.clone(),
+            decision: canary::decide(&outcomes, held, policy.hold()),
+            outcomes,
+        };
+        watch.last = Some(evaluation.clone());
+        let acted = match &evaluation.decision {
+            CanaryDecision::Wait | CanaryDecision::Hold { .. } => {
+                tracing::debug!(endpoint = %self.inner.endpoint, model_version = %candidate, decision = ?evaluation.decision, "automated canary evaluated");
+                return Some(evaluation);
+            }
+            CanaryDecision::Promote => {
+                let reason = format!("every rule held for {} ms", policy.hold_ms);
+                tracing::info!(endpoint = %self.inner.endpoint, model_version = %candidate, %reason, "automated canary: promote");
+                self.inner
+                    .promote_locked(&mut state, true, reason)
+                    .map(drop)
+            }
+            CanaryDecision::Rollback { reason } => {
+                tracing::warn!(endpoint = %self.inner.endpoint, model_version = %candidate, %reason, "automated canary: roll back");
+                self.inner
+                    .drop_candidate(&mut state, true, reason.clone())
+                    .map(drop)
+            }
+        };
+        if let Err(error) = acted {
+            tracing::error!(endpoint = %self.inner.endpoint, model_version = %candidate, %error, "automated canary could not act");
+        }
+        self.inner.prune(&mut state);
+        self.inner.routing.store(Arc::new(self.inner.table(&state)));
+        Some(evaluation)
+    }
+
+    /// The mean of a custom metric logged by `version` since `since`, and how many samples.
+    fn custom_metric(&self, version: &str, key: &str, since: SystemTime) -> (Option<f64>, u64) {
+        let samples = self
+            .inner
+            .metrics
+            .recent_metric(&self.inner.endpoint, key, since)
+            .unwrap_or_default();
+        let values: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.model_version == version)
+            .map(|s| s.value)
+            .collect();
+        let count = values.len() as u64;
+        let mean = (count > 0).then(|| values.iter().sum::<f64>() / count as f64);
+        (mean, count)
+    }
+
+    fn watching(&self, generation: u64) -> bool {
+        self.lock()
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.generation == generation)
+    }
+}
+
+impl Deployment {
+    fn conflict(&self, reason: String) -> Error {
+        Error::Conflict {
+            endpoint: self.endpoint.to_string(),
+            reason,
+        }
+    }
+
+    /// Adds `update` to the history as a loaded version in `initial` state; returns its id.
+    fn add_version(
+        &self,
+        state: &mut State,
+        update: ModelUpdate,
+        initial: VersionState,
+    ) -> Result<String> {
+        let id = match update.version {
+            Some(id) if state.entry(&id).is_some() => {
+                return Err(self.conflict(format!("version {id} already exists")));
+            }
+            Some(id) if id.is_empty() => {
+                return Err(Error::invalid_request("a version id must not be empty"));
+            }
+            Some(id) => id,
+            None => versions::next_version(state.versions.iter().map(|e| e.record.id.as_str())),
+        };
+        let mut spec = state
+            .entry(state.stable())
+            .expect("the stable version is in the history")
+            .record
+            .spec
+            .clone();
+        spec.model = ModelRef::new(update.model.unwrap_or(spec.model.name), id.clone());
+        spec.preprocess = update.preprocess;
+        if update.signature.is_some() {
+            spec.signature = update.signature;
+        }
+        spec.autoscale = state.autoscale;
+        spec.canary = state.policy.clone();
+        state.versions.push(Entry {
+            record: ModelVersion {
+                id: id.clone(),
+                created_at: SystemTime::now(),
+                description: update.description,
+                state: initial,
+                loaded: true,
+                spec,
+            },
+            served: Some(Arc::new(Served {
+                id: Arc::from(id.as_str()),
+                predictor: update.predictor,
+            })),
+        });
+        Ok(id)
+    }
+
+    fn promote_locked(&self, state: &mut State, automatic: bool, detail: String) -> Result<String> {
+        let Some((candidate, _)) = state.candidate.take() else {
+            return Err(self.conflict("there is no candidate to promote".into()));
+        };
+        let previous = state.stable().to_owned();
+        state.set_state(&previous, VersionState::Retired);
+        state.make_stable(&candidate);
+        state.watch = None;
+        state.event(
+            LifecycleAction::Promoted,
+            &candidate,
+            Some(100),
+            automatic,
+            detail,
+        );
+        tracing::info!(endpoint = %self.endpoint, model_version = %candidate, previous = %previous, automatic, "candidate promoted");
+        Ok(candidate)
+    }
+
+    /// Drops the candidate; returns the stable version's id.
+    fn drop_candidate(&self, state: &mut State, automatic: bool, detail: String) -> Result<String> {
+        let Some((candidate, _)) = state.candidate.take() else {
+            return Err(self.conflict("there is no candidate to roll back".into()));
+        };
+        state.set_state(&candidate, VersionState::RolledBack);
+        state.watch = None;
+        let stable = state.stable().to_owned();
+        state.event(
+            LifecycleAction::RolledBack,
+            &candidate,
+            Some(0),
+            automatic,
+            detail,
+        );
+        tracing::warn!(endpoint = %self.endpoint, model_version = %candidate, stable = %stable, automatic, "candidate rolled back");
+        Ok(stable)
+    }
+
+    /// Makes sure `version`'s predictor is in memory, rebuilding it from the registry.
+    fn load(&self, state: &mut State, version: &str) -> Result<()> {
+        let entry = state
+            .versions
+            .iter_mut()
+            .find(|e| e.record.id == version)
+            .ok_or_else(|| Error::VersionNotFound {
+                endpoint: self.endpoint.to_string(),
+                version: version.to_owned(),
+            })?;
+        if entry.served.is_some() {
+            return Ok(());
+        }
+        let Some(registry) = &self.registry else {
+            return Err(self.conflict(format!(
+                "version {version} is no longer in memory and the endpoint has no registry to rebuild it"
+            )));
+        };
+        let spec = &entry.record.spec;
+        let predictor = registry.predictor(&spec.model, spec.preprocess.as_deref())?;
+        entry.served = Some(Arc::new(Served {
+            id: Arc::from(version),
+            predictor,
+        }));
+        Ok(())
+    }
+
+    /// Unloads the predictors of all but the `retain` most recent versions that no longer
+    /// serve; the stable version and the one before it always stay loaded.
+    fn prune(&self, state: &mut State) {
+        let live: Vec<String> = std::iter::once(state.stable().to_owned())
+            .chain(state.stable_history.iter().rev().nth(1).cloned())
+            .chain(state.candidate.iter().map(|c| c.0.clone()))
+            .chain(state.shadow.iter().map(|s| s.0.clone()))
+            .collect();
+        let mut kept = 0;
+        for entry in state.versions.iter_mut().rev() {
+            if entry.served.is_none() || live.contains(&entry.record.id) {
+                continue;
+            }
+            if kept < self.retain {
+                kept += 1;
+            } else {
+                entry.served = None;
+            }
+        }
+    }
+
+    fn table(&self, state: &State) -> RoutingTable {
+        let served = |id: &str| {
+            state
+                .entry(id)
+                .and_then(|e| e.served.clone())
+                .expect("routable versions are loaded")
+        };
+        RoutingTable {
+            stable: served(state.stable()),
+            candidate: state.candidate.as_ref().map(|(id, percent)| Share {
+                served: served(id),
+                percent: *percent,
+            }),
+            shadow: state.shadow.as_ref().map(|(id, percent)| Share {
+                served: served(id),
+                percent: *percent,
+            }),
+        }
+    }
+}
+
+impl State {
+    fn stable(&self) -> &str {
+        self.stable_history
+            .last()
+            .expect("an endpoint always has a stable version")
+    }
+
+    fn entry(&self, id: &str) -> Option<&Entry> {
+        self.versions.iter().find(|e| e.record.id == id)
+    }
+
+    fn set_state(&mut self, id: &str, to: VersionState) {
+        if let Some(entry) = self.versions.iter_mut().find(|e| e.record.id == id) {
+            entry.record.state = to;
+        }
+    }
+
+    fn make_stable(&mut self, id: &str) {
+        self.set_state(id, VersionState::Stable);
+        self.stable_history.push(id.to_owned());
+    }
+
+    /// Starts watching the candidate when a policy is set.
+    fn start_watch(&mut self) {
+        let (Some((candidate, _)), Some(_)) = (&self.candidate, &self.policy) else {
+            return;
+        };
+        self.generation += 1;
+        self.watch = Some(Watch {
+            candidate: candidate.clone(),
+            generation: self.generation,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            held_since: None,
+            last: None,
+            spawned: false,
+        });
+    }
+
+    fn event(
+        &mut self,
+        action: LifecycleAction,
+        version: &str,
+        percent: Option<u8>,
+        automatic: bool,
+        detail: String,
+    ) {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(LifecycleEvent {
+            at: SystemTime::now(),
+            action,
+            version: version.to_owned(),
+            percent,
+            automatic,
+            detail,
+        });
+    }
+}
+
+/// Evaluates the canary every `interval` until the watch it belongs to ends (promotion,
+/// rollback, a new policy) or the endpoint is dropped. Without a Tokio runtime there is no
+/// timer: evaluation then happens only through [`Lifecycle::evaluate_canary`].
+fn spawn_watch(deployment: Weak<Deployment>, generation: u64, interval: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            "no Tokio runtime: the automated canary runs only through evaluate_canary()"
+        );
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(inner) = deployment.upgrade() else {
+                return;
+            };
+            let lifecycle = Lifecycle { inner };
+            if !lifecycle.watching(generation) {
+                return;
+            }
+            lifecycle.evaluate(Some(generation));
+        }
+    });
+}
+
+/// Serializes a `SystemTime` as seconds since the Unix epoch, like the original product's
+/// `event_time`.
+pub(crate) mod epoch_secs {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde::Serializer;
+
+    /// Seconds since the epoch, with fractions.
+    pub(crate) fn serialize<S: Serializer>(
+        at: &SystemTime,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        serializer.serialize_f64(secs)
+    }
+}
