@@ -1158,3 +1158,6 @@ pub(crate) mod epoch_secs {
         serializer.serialize_f64(secs)
     }
 }
+
+#[cfg(test)]
+mod tests;
