@@ -30,12 +30,15 @@
 
 mod auth;
 mod config;
+mod control;
 mod error;
 mod files;
+mod oip;
 mod service;
 
 pub use auth::{TOKEN_HEADER, Token};
 pub use config::WebServiceConfig;
 pub use service::{
-    MODEL_VERSION_HEADER, REQUEST_ID_HEADER, WebService, WebServiceBuilder, shutdown_signal,
+    ADMIN_TOKEN_ENV, MODEL_VERSION_HEADER, REQUEST_ID_HEADER, ROUTING_KEY_HEADER, WebService,
+    WebServiceBuilder, shutdown_signal,
 };

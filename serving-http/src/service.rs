@@ -26,8 +26,13 @@ use crate::files;
 
 /// The header carrying a request's id, accepted from the caller or generated.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The header naming the model version that answered.
+/// The header naming the model version that answered; on a request, it asks for that version
+/// and bypasses the canary split.
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+/// The header whose value makes the canary split sticky: the same key reaches the same version.
+pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
+/// The environment variable that holds the admin token, when the builder is not given one.
+pub const ADMIN_TOKEN_ENV: &str = "SERVING_ADMIN_TOKEN";
 
 /// A web service: each endpoint answers `POST /api/v1/endpoints/{name}` with the original
 /// product's wire format, behind its own token.
@@ -46,6 +51,8 @@ pub(crate) struct ServiceState {
     pub(crate) endpoints: HashMap<String, Route>,
     pub(crate) draining: AtomicBool,
     pub(crate) body_timeout: std::time::Duration,
+    /// Authorizes the admin API (`Authorization: Bearer`); never a prediction token.
+    pub(crate) admin_token: Token,
 }
 
 /// One served endpoint and its token.
@@ -66,6 +73,12 @@ impl WebService {
         self.state.endpoints.get(endpoint)?.token.as_ref()
     }
 
+    /// The token that authorizes the admin API (`/api/v1/admin/...`), sent as
+    /// `Authorization: Bearer <token>`.
+    pub fn admin_token(&self) -> &Token {
+        &self.state.admin_token
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &WebServiceConfig {
         &self.config
@@ -77,6 +90,8 @@ impl WebService {
             .route("/api/v1/endpoints/{name}", post(predict))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .merge(crate::control::routes())
+            .merge(crate::oip::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(CatchPanicLayer::custom(panic_response))
@@ -139,6 +154,7 @@ pub async fn shutdown_signal() {
 pub struct WebServiceBuilder {
     config: WebServiceConfig,
     endpoints: Vec<(Arc<DynEndpoint>, Option<Token>)>,
+    admin_token: Option<Token>,
 }
 
 impl WebServiceBuilder {
@@ -153,6 +169,13 @@ impl WebServiceBuilder {
     /// Serves `endpoint` behind the given token.
     pub fn endpoint_with_token(mut self, endpoint: impl Endpoint, token: Token) -> Self {
         self.endpoints.push((Arc::new(endpoint), Some(token)));
+        self
+    }
+
+    /// The admin API's token; read from `SERVING_ADMIN_TOKEN`, or generated, when not given.
+    /// It must differ from every prediction token.
+    pub fn admin_token(mut self, token: Token) -> Self {
+        self.admin_token = Some(token);
         self
     }
 
@@ -188,11 +211,27 @@ impl WebServiceBuilder {
                 });
             }
         }
+        let admin_token = self.admin_token.unwrap_or_else(|| {
+            std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|secret| !secret.is_empty())
+                .map_or_else(Token::generate, Token::new)
+        });
+        if endpoints
+            .values()
+            .filter_map(|route| route.token.as_ref())
+            .any(|token| token.matches(admin_token.expose().as_bytes()))
+        {
+            return Err(Error::InvalidSpec {
+                reason: "the admin token must differ from every prediction token".into(),
+            });
+        }
         Ok(WebService {
             state: Arc::new(ServiceState {
                 endpoints,
                 draining: AtomicBool::new(false),
                 body_timeout: self.config.body_timeout(),
+                admin_token,
             }),
             config: self.config,
         })
@@ -235,15 +274,7 @@ async fn serve_prediction(
         .ok_or_else(|| Error::EndpointNotFound {
             endpoint: name.to_owned(),
         })?;
-    if let Some(token) = &route.token {
-        let given = headers
-            .get(TOKEN_HEADER)
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
-        if !token.matches(given) {
-            return Err(Error::Unauthorized.into());
-        }
-    }
+    authorize(route, headers.get(TOKEN_HEADER))?;
     check_content_type(headers)?;
     let spec = route.endpoint.spec();
     let body = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
@@ -255,7 +286,7 @@ async fn serve_prediction(
         },
         mode => files::decode(input, mode)?,
     };
-    let request = PredictRequest::new(decoded.input)
+    let request = routed_request(decoded.input, headers)
         .with_request_id(request_id)
         .with_resource(decoded.files);
     match route.endpoint.predict(request).await {
@@ -275,7 +306,36 @@ async fn serve_prediction(
     }
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the prediction token, when the endpoint requires one.
+pub(crate) fn authorize(route: &Route, given: Option<&HeaderValue>) -> Result<(), ApiError> {
+    if let Some(token) = &route.token {
+        let given = given.map(HeaderValue::as_bytes).unwrap_or_default();
+        if !token.matches(given) {
+            return Err(Error::Unauthorized.into());
+        }
+    }
+    Ok(())
+}
+
+/// A request for `input` with the routing key and pinned version its headers carry.
+pub(crate) fn routed_request(input: serving_core::Input, headers: &HeaderMap) -> PredictRequest {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    let mut request = PredictRequest::new(input);
+    if let Some(key) = header(ROUTING_KEY_HEADER) {
+        request = request.with_routing_key(key);
+    }
+    if let Some(version) = header(MODEL_VERSION_HEADER) {
+        request = request.with_version(version);
+    }
+    request
+}
+
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -297,7 +357,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(
+pub(crate) async fn read_body(
     body: Body,
     limit: usize,
     timeout: std::time::Duration,

@@ -1,0 +1,445 @@
+//! The admin REST API: each endpoint's model lifecycle, behind the admin token.
+//!
+//! Every route requires `Authorization: Bearer <admin token>` (see
+//! [`WebService::admin_token`](crate::WebService::admin_token)); a missing or wrong token is
+//! 401, a prediction token is 403. Under `/api/v1/admin/endpoints/{name}`:
+//!
+//! | Method | Path | Body | Does |
+//! |---|---|---|---|
+//! | GET | `` (or `/status`) | | status: versions serving, shares, stats, shadow comparison, canary |
+//! | GET | `/versions`, `/versions/{v}` | | version history |
+//! | GET | `/events` | | lifecycle events (decisions included) |
+//! | GET | `/spec` | | the spec to deploy it again |
+//! | POST | `/update` | `{"version", "model"?, "description"?, "preprocess"?, "canary_percent"?}` | roll out a registered version |
+//! | POST | `/canary` | `{"percent"}` | set the candidate's share |
+//! | PUT | `/canary/policy` | a canary policy, or `null` | set the automated canary's rules |
+//! | POST | `/canary/evaluate` | | evaluate the automated canary now |
+//! | POST | `/promote` | | make the candidate stable |
+//! | POST | `/rollback` | `{"version"?}` | drop the candidate, or revert to the previous (or named) version |
+//! | POST | `/shadow` | `{"version", "model"?, "preprocess"?, "percent"}` | mirror a share of traffic to a registered version |
+//! | POST | `/shadow/share` | `{"percent"}` | set the shadow's share |
+//! | DELETE | `/shadow` | | stop mirroring |
+//! | GET, PUT | `/autoscale` | `{"min_replicas", "max_replicas"}` | replica bounds |
+//!
+//! Changes answer `{"version": <the version concerned>, "status": <status>}`. Rolling out new
+//! predictor code is Rust-only ([`serving_core::Lifecycle::update_model`]); over REST, `update`
+//! and `shadow` deploy versions registered in the endpoint's
+//! [`ModelRegistry`](serving_core::ModelRegistry).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use serving_core::{AutoscaleBounds, CanaryPolicy, Error, Lifecycle, ModelRef};
+
+use crate::error::ApiError;
+use crate::service::ServiceState;
+
+type Shared = State<Arc<ServiceState>>;
+
+/// The admin routes, merged into the service's router.
+pub(crate) fn routes() -> Router<Arc<ServiceState>> {
+    let base = "/api/v1/admin/endpoints/{name}";
+    Router::new()
+        .route("/api/v1/admin/endpoints", get(list))
+        .route(base, get(status))
+        .route(&format!("{base}/status"), get(status))
+        .route(&format!("{base}/versions"), get(versions))
+        .route(&format!("{base}/versions/{{version}}"), get(version))
+        .route(&format!("{base}/events"), get(events))
+        .route(&format!("{base}/spec"), get(spec))
+        .route(&format!("{base}/update"), post(update))
+        .route(&format!("{base}/canary"), post(canary))
+        .route(&format!("{base}/canary/policy"), put(policy))
+        .route(&format!("{base}/canary/evaluate"), post(evaluate))
+        .route(&format!("{base}/promote"), post(promote))
+        .route(&format!("{base}/rollback"), post(rollback))
+        .route(&format!("{base}/shadow"), post(shadow).delete(stop_shadow))
+        .route(&format!("{base}/shadow/share"), post(shadow_share))
+        .route(
+            &format!("{base}/autoscale"),
+            get(autoscale).put(set_autoscale),
+        )
+}
+
+/// Proof that the request carries the admin token.
+pub(crate) struct Admin;
+
+impl FromRequestParts<Arc<ServiceState>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ServiceState>,
+    ) -> Result<Self, Self::Rejection> {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let unauthorized = |message: &str| {
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"serving-admin\""),
+            );
+            response
+        };
+        let Some(given) = bearer else {
+            return Err(unauthorized(
+                "the admin API needs `Authorization: Bearer <admin token>`",
+            ));
+        };
+        if state.admin_token.matches(given.as_bytes()) {
+            return Ok(Admin);
+        }
+        let is_prediction_token = state
+            .endpoints
+            .values()
+            .filter_map(|route| route.token.as_ref())
+            .any(|token| token.matches(given.as_bytes()));
+        if is_prediction_token {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a prediction token cannot manage endpoints; use the admin token",
+            )
+            .into_response());
+        }
+        Err(unauthorized("invalid admin token"))
+    }
+}
+
+fn lifecycle<'a>(state: &'a ServiceState, name: &str) -> Result<&'a Lifecycle, ApiError> {
+    let route = state
+        .endpoints
+        .get(name)
+        .ok_or_else(|| Error::EndpointNotFound {
+            endpoint: name.to_owned(),
+        })?;
+    route.endpoint.lifecycle().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("endpoint `{name}` has no model lifecycle to control"),
+        )
+    })
+}
+
+/// A JSON body in our error shape; an empty body is `T::default()` where `T` allows it.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| Error::invalid_request(format!("invalid JSON body: {e}")).into())
+}
+
+async fn changed(lifecycle: &Lifecycle, version: String) -> Response {
+    let status = lifecycle.status().await;
+    axum::Json(json!({ "version": version, "status": status })).into_response()
+}
+
+async fn list(_: Admin, State(state): Shared) -> Response {
+    let mut endpoints: Vec<Value> = state
+        .endpoints
+        .iter()
+        .map(|(name, route)| {
+            let lifecycle = route.endpoint.lifecycle();
+            json!({
+                "name": name,
+                "ready": route.endpoint.is_ready(),
+                "stable": lifecycle.map(Lifecycle::stable_version),
+                "candidate": lifecycle.and_then(Lifecycle::candidate).map(|(v, p)| json!({"version": v, "percent": p})),
+            })
+        })
+        .collect();
+    endpoints.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    axum::Json(json!({ "endpoints": endpoints })).into_response()
+}
+
+async fn status(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    Ok(axum::Json(lifecycle.status().await).into_response())
+}
+
+async fn versions(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    Ok(axum::Json(json!({ "versions": lifecycle.versions() })).into_response())
+}
+
+async fn version(
+    _: Admin,
+    State(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let found = lifecycle.version(&version).ok_or(Error::VersionNotFound {
+        endpoint: name,
+        version,
+    })?;
+    Ok(axum::Json(found).into_response())
+}
+
+async fn events(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    Ok(axum::Json(json!({ "events": lifecycle.events() })).into_response())
+}
+
+async fn spec(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    Ok(axum::Json(lifecycle.export_spec()).into_response())
+}
+
+/// A registered version to deploy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registered {
+    version: String,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    /// The preprocess to run before it: the stable version's when absent, none when `null`.
+    #[serde(default, with = "serde_with_null")]
+    preprocess: Option<Option<String>>,
+    #[serde(default)]
+    canary_percent: Option<u8>,
+    #[serde(default)]
+    percent: Option<u8>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+mod serde_with_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(deserializer).map(Some)
+    }
+}
+
+fn registered_update(
+    lifecycle: &Lifecycle,
+    wanted: &Registered,
+) -> Result<serving_core::ModelUpdate, ApiError> {
+    let registry = lifecycle.registry().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "endpoint `{}` has no model registry; roll out new predictor code through the Rust API",
+                lifecycle.endpoint()
+            ),
+        )
+    })?;
+    let stable = lifecycle.export_spec();
+    let model = ModelRef::new(
+        wanted.model.clone().unwrap_or(stable.model.name),
+        wanted.version.clone(),
+    );
+    let preprocess = match &wanted.preprocess {
+        None => stable.preprocess,
+        Some(explicit) => explicit.clone(),
+    };
+    let update = registry.update(&model, preprocess.as_deref())?;
+    Ok(match &wanted.description {
+        Some(description) => update.description(description.clone()),
+        None => update,
+    })
+}
+
+async fn update(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let wanted: Registered = body(&bytes)?;
+    let update = registered_update(lifecycle, &wanted)?;
+    let version = lifecycle.update_model(update, wanted.canary_percent)?;
+    let mut response = changed(lifecycle, version).await;
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Percent {
+    percent: u8,
+}
+
+async fn canary(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let Percent { percent } = body(&bytes)?;
+    lifecycle.set_canary(percent)?;
+    let candidate = lifecycle.candidate().map(|c| c.0).unwrap_or_default();
+    Ok(changed(lifecycle, candidate).await)
+}
+
+async fn policy(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let policy: Option<CanaryPolicy> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid_request(format!("invalid canary policy: {e}")))?;
+    lifecycle.set_canary_policy(policy)?;
+    Ok(changed(lifecycle, lifecycle.stable_version()).await)
+}
+
+async fn evaluate(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let evaluation = lifecycle.evaluate_canary().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no candidate under an automated canary policy to evaluate",
+        )
+    })?;
+    Ok(axum::Json(evaluation).into_response())
+}
+
+async fn promote(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let version = lifecycle.promote()?;
+    Ok(changed(lifecycle, version).await)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackTo {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn rollback(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let RollbackTo { version } = body(&bytes)?;
+    let stable = match version {
+        Some(version) => {
+            lifecycle.rollback_to(&version)?;
+            version
+        }
+        None => lifecycle.rollback()?,
+    };
+    Ok(changed(lifecycle, stable).await)
+}
+
+async fn shadow(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let wanted: Registered = body(&bytes)?;
+    let percent = wanted
+        .percent
+        .ok_or_else(|| Error::invalid_request("`percent` is required"))?;
+    let update = registered_update(lifecycle, &wanted)?;
+    let version = lifecycle.shadow_model(update, percent)?;
+    let mut response = changed(lifecycle, version).await;
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
+}
+
+async fn shadow_share(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let Percent { percent } = body(&bytes)?;
+    lifecycle.set_shadow(percent)?;
+    let shadow = lifecycle.shadow().map(|s| s.0).unwrap_or_default();
+    Ok(changed(lifecycle, shadow).await)
+}
+
+async fn stop_shadow(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let shadow = lifecycle.shadow().map(|s| s.0).unwrap_or_default();
+    lifecycle.stop_shadow()?;
+    Ok(changed(lifecycle, shadow).await)
+}
+
+async fn autoscale(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let replicas = lifecycle.replicas().await?;
+    Ok(
+        axum::Json(json!({ "bounds": lifecycle.autoscale(), "replicas": replicas }))
+            .into_response(),
+    )
+}
+
+async fn set_autoscale(
+    _: Admin,
+    State(state): Shared,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let lifecycle = lifecycle(&state, &name)?;
+    let bounds: AutoscaleBounds = body(&bytes)?;
+    let replicas = lifecycle.set_autoscale(bounds).await?;
+    Ok(
+        axum::Json(json!({ "bounds": lifecycle.autoscale(), "replicas": replicas }))
+            .into_response(),
+    )
+}

@@ -1,0 +1,668 @@
+//! Open Inference Protocol (KServe v2) REST routes, beside the original wire format.
+//!
+//! | Method | Path | Auth |
+//! |---|---|---|
+//! | GET | `/v2` (server metadata), `/v2/health/live`, `/v2/health/ready` | none |
+//! | GET | `/v2/models/{name}[/versions/{v}]/ready` | none |
+//! | GET | `/v2/models/{name}[/versions/{v}]` (model metadata) | prediction token |
+//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | prediction token |
+//!
+//! A model is an endpoint, by name. The prediction token goes in `Cnvrg-Api-Key` or
+//! `Authorization: Bearer`. Addressing a version bypasses the canary split; without one, the
+//! split (sticky with `X-Routing-Key`) chooses.
+//!
+//! # How tensors map to a predictor's input
+//! - Each input tensor becomes one value: `data` reshaped to nested arrays of `shape` when it
+//!   is flat and holds exactly as many elements as the shape, else taken as sent (the protocol
+//!   lets servers coerce; its own published example sends `"shape": [3]` with one element).
+//!   A rank-0 shape gives the single element.
+//! - One input tensor: its value is the input, so a `[4]` tensor reaches a four-argument
+//!   predictor as four positional arguments, like `{"input_params": [a, b, c, d]}`. Several:
+//!   a JSON array of their values, one positional argument per tensor, in the order of the
+//!   spec's [`ModelSignature`](serving_core::ModelSignature) inputs (matched by name) when it
+//!   declares them, else in request order.
+//! - Elements are checked against `datatype`: `BOOL` booleans, `UINT*`/`INT*` integers in
+//!   range, `FP*` numbers, `BYTES` strings; anything else is a 400.
+//!
+//! # How the answer maps to output tensors
+//! - A JSON object answer gives one tensor per entry, named by its key; any other answer one
+//!   tensor, named after the first requested output, else the signature's first output, else
+//!   `output0`. When the request lists `outputs`, only those are returned.
+//! - A tensor's `shape` is the nesting of arrays (a scalar is `[1]`), its `data` the elements
+//!   flattened in row-major order. Its `datatype` is the signature's when declared, else
+//!   inferred: `BOOL`, `INT64`, `FP64`, or `BYTES` for strings. Values are not narrowed: a
+//!   declared `FP32` output carries the numbers the predictor returned.
+//! - An answer that is not a rectangular array of one kind of element is one `BYTES` element
+//!   holding its JSON text.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use serving_core::{Error, Input, ModelSignature, TensorSpec, new_request_id};
+
+use crate::auth::TOKEN_HEADER;
+use crate::error::ApiError;
+use crate::service::{
+    MODEL_VERSION_HEADER, REQUEST_ID_HEADER, Route, ServiceState, authorize, check_content_type,
+    read_body, routed_request,
+};
+
+type Shared = State<Arc<ServiceState>>;
+
+/// The OIP routes, merged into the service's router.
+pub(crate) fn routes() -> Router<Arc<ServiceState>> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(version_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(version_infer),
+        )
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(json!({
+        "name": "serving",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    }))
+    .into_response()
+}
+
+async fn live() -> Response {
+    axum::Json(json!({ "live": true })).into_response()
+}
+
+async fn ready(State(state): Shared) -> Response {
+    let ready = !state.draining.load(Ordering::Acquire)
+        && state.endpoints.values().all(|r| r.endpoint.is_ready());
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
+}
+
+fn route<'a>(state: &'a ServiceState, name: &str) -> Result<&'a Route, ApiError> {
+    state.endpoints.get(name).ok_or_else(|| {
+        Error::EndpointNotFound {
+            endpoint: name.to_owned(),
+        }
+        .into()
+    })
+}
+
+/// The prediction token from `Cnvrg-Api-Key`, or else from `Authorization: Bearer`.
+fn authorize_oip(route: &Route, headers: &HeaderMap) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| HeaderValue::from_str(v.trim()).ok());
+    authorize(route, headers.get(TOKEN_HEADER).or(bearer.as_ref()))
+}
+
+/// The versions that can be addressed, and whether `version` is one of them.
+fn check_version(route: &Route, name: &str, version: Option<&str>) -> Result<(), ApiError> {
+    let Some(version) = version else {
+        return Ok(());
+    };
+    let known = match route.endpoint.lifecycle() {
+        Some(lifecycle) => lifecycle.routable_versions().iter().any(|v| v == version),
+        None => route.endpoint.spec().model.version == version,
+    };
+    if known {
+        Ok(())
+    } else {
+        Err(Error::VersionNotFound {
+            endpoint: name.to_owned(),
+            version: version.to_owned(),
+        }
+        .into())
+    }
+}
+
+/// The signature of `version`, or of the stable version.
+fn signature(route: &Route, version: Option<&str>) -> Option<ModelSignature> {
+    match (route.endpoint.lifecycle(), version) {
+        (Some(lifecycle), Some(version)) => lifecycle.version(version)?.spec.signature,
+        (Some(lifecycle), None) => lifecycle.export_spec().signature,
+        (None, _) => route.endpoint.spec().signature.clone(),
+    }
+}
+
+async fn model_ready(State(state): Shared, Path(name): Path<String>) -> Response {
+    readiness(&state, &name, None)
+}
+
+async fn version_ready(
+    State(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&state, &name, Some(&version))
+}
+
+fn readiness(state: &ServiceState, name: &str, version: Option<&str>) -> Response {
+    let outcome = route(state, name).and_then(|route| {
+        check_version(route, name, version)?;
+        Ok(route.endpoint.is_ready() && !state.draining.load(Ordering::Acquire))
+    });
+    match outcome {
+        Ok(ready) => {
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(json!({ "name": name, "ready": ready }))).into_response()
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn model_metadata(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    metadata(&state, &name, None, &headers).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn version_metadata(
+    State(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    metadata(&state, &name, Some(&version), &headers).unwrap_or_else(IntoResponse::into_response)
+}
+
+fn metadata(
+    state: &ServiceState,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let route = route(state, name)?;
+    authorize_oip(route, headers)?;
+    check_version(route, name, version)?;
+    let versions = route.endpoint.lifecycle().map_or_else(
+        || vec![route.endpoint.spec().model.version.clone()],
+        serving_core::Lifecycle::routable_versions,
+    );
+    let signature = signature(route, version).unwrap_or_default();
+    let platform = if signature.platform.is_empty() {
+        "serving".to_owned()
+    } else {
+        signature.platform
+    };
+    Ok(axum::Json(json!({
+        "name": name,
+        "versions": versions,
+        "platform": platform,
+        "inputs": signature.inputs,
+        "outputs": signature.outputs,
+    }))
+    .into_response())
+}
+
+async fn infer(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    inference(&state, &name, None, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn version_infer(
+    State(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    inference(&state, &name, Some(&version), &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `$inference_request`.
+#[derive(Debug, Deserialize)]
+struct InferenceRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<RequestInput>,
+    #[serde(default)]
+    outputs: Vec<RequestOutput>,
+}
+
+/// `$request_input`.
+#[derive(Debug, Deserialize)]
+struct RequestInput {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    data: Value,
+}
+
+/// `$request_output`.
+#[derive(Debug, Deserialize)]
+struct RequestOutput {
+    name: String,
+}
+
+async fn inference(
+    state: &ServiceState,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let route = route(state, name)?;
+    authorize_oip(route, headers)?;
+    check_content_type(headers)?;
+    let spec = route.endpoint.spec();
+    let bytes = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
+    let request: InferenceRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid_request(format!("not an OIP inference request: {e}")))?;
+    let request_id = request
+        .id
+        .clone()
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .or_else(|| {
+            headers
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(new_request_id);
+    let signature = signature(route, version);
+    let input = to_input(&request.inputs, signature.as_ref())?;
+    let mut predict = routed_request(input, headers).with_request_id(&request_id);
+    if let Some(version) = version {
+        predict = predict.with_version(version);
+    }
+    let prediction = route
+        .endpoint
+        .predict(predict)
+        .await
+        .map_err(|error| ApiError::from_core(&error, &request_id))?;
+    let requested: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
+    let outputs = to_outputs(prediction.output, &requested, signature.as_ref())?;
+    let mut response = axum::Json(json!({
+        "model_name": name,
+        "model_version": prediction.model_version,
+        "id": request.id.unwrap_or(request_id),
+        "outputs": outputs,
+    }))
+    .into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&prediction.request_id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&prediction.model_version) {
+        headers.insert(MODEL_VERSION_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The predictor's input from the request's tensors; see the module docs.
+fn to_input(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Result<Input, Error> {
+    if inputs.is_empty() {
+        return Err(Error::invalid_request(
+            "an inference request needs at least one input",
+        ));
+    }
+    let ordered: Vec<&RequestInput> = match signature.filter(|s| !s.inputs.is_empty()) {
+        None => inputs.iter().collect(),
+        Some(signature) => {
+            if let Some(extra) = inputs
+                .iter()
+                .find(|i| !signature.inputs.iter().any(|s| s.name == i.name))
+            {
+                return Err(Error::invalid_request(format!(
+                    "unknown input `{}`; the model takes: {}",
+                    extra.name,
+                    names(&signature.inputs)
+                )));
+            }
+            signature
+                .inputs
+                .iter()
+                .map(|declared| {
+                    inputs
+                        .iter()
+                        .find(|i| i.name == declared.name)
+                        .ok_or_else(|| {
+                            Error::invalid_request(format!("missing input `{}`", declared.name))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let mut values = ordered
+        .into_iter()
+        .map(tensor_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Input::Json(if values.len() == 1 {
+        values.remove(0)
+    } else {
+        Value::Array(values)
+    }))
+}
+
+fn names(tensors: &[TensorSpec]) -> String {
+    tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One input tensor as a JSON value, its elements checked against its datatype.
+fn tensor_value(tensor: &RequestInput) -> Result<Value, Error> {
+    let mut flat = Vec::new();
+    flatten(&tensor.data, &mut flat);
+    let check = element_check(&tensor.datatype).ok_or_else(|| {
+        Error::invalid_request(format!(
+            "input `{}` has unknown datatype `{}`; valid datatypes are: {}",
+            tensor.name,
+            tensor.datatype,
+            DATATYPES.join(", ")
+        ))
+    })?;
+    if let Some(bad) = flat.iter().find(|v| !check(v)) {
+        return Err(Error::invalid_request(format!(
+            "input `{}` is {} but holds {bad}",
+            tensor.name, tensor.datatype
+        )));
+    }
+    let elements: u64 = tensor.shape.iter().product();
+    let is_flat = tensor
+        .data
+        .as_array()
+        .is_some_and(|a| !a.iter().any(Value::is_array));
+    Ok(match &tensor.data {
+        Value::Array(items) if is_flat && tensor.shape.is_empty() && items.len() == 1 => {
+            items[0].clone()
+        }
+        Value::Array(items)
+            if is_flat && tensor.shape.len() > 1 && items.len() as u64 == elements =>
+        {
+            reshape(items, &tensor.shape)
+        }
+        other => other.clone(),
+    })
+}
+
+const DATATYPES: [&str; 13] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "FP32", "FP64", "BYTES",
+];
+
+fn element_check(datatype: &str) -> Option<fn(&Value) -> bool> {
+    fn unsigned(v: &Value, max: u64) -> bool {
+        v.as_u64().is_some_and(|n| n <= max)
+    }
+    fn signed(v: &Value, min: i64, max: i64) -> bool {
+        v.as_i64().is_some_and(|n| (min..=max).contains(&n))
+    }
+    Some(match datatype {
+        "BOOL" => Value::is_boolean,
+        "UINT8" => |v| unsigned(v, u8::MAX.into()),
+        "UINT16" => |v| unsigned(v, u16::MAX.into()),
+        "UINT32" => |v| unsigned(v, u32::MAX.into()),
+        "UINT64" => Value::is_u64,
+        "INT8" => |v| signed(v, i8::MIN.into(), i8::MAX.into()),
+        "INT16" => |v| signed(v, i16::MIN.into(), i16::MAX.into()),
+        "INT32" => |v| signed(v, i32::MIN.into(), i32::MAX.into()),
+        "INT64" => Value::is_i64,
+        "FP16" | "FP32" | "FP64" => Value::is_number,
+        "BYTES" => Value::is_string,
+        _ => return None,
+    })
+}
+
+fn flatten<'a>(value: &'a Value, into: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| flatten(item, into)),
+        scalar => into.push(scalar),
+    }
+}
+
+/// Flat row-major `items` as nested arrays of `shape`.
+fn reshape(items: &[Value], shape: &[u64]) -> Value {
+    match shape {
+        [] | [_] => Value::Array(items.to_vec()),
+        [_, inner @ ..] => {
+            let stride = inner.iter().product::<u64>().max(1) as usize;
+            Value::Array(
+                items
+                    .chunks(stride)
+                    .map(|chunk| reshape(chunk, inner))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// The answer as `$response_output`s; see the module docs.
+fn to_outputs(
+    output: Value,
+    requested: &[&str],
+    signature: Option<&ModelSignature>,
+) -> Result<Vec<Value>, ApiError> {
+    let declared = signature.map_or(&[][..], |s| s.outputs.as_slice());
+    let named: Vec<(String, Value)> = match output {
+        Value::Object(entries) => entries.into_iter().collect(),
+        single => {
+            let name = requested
+                .first()
+                .map(|n| (*n).to_owned())
+                .or_else(|| declared.first().map(|t| t.name.clone()))
+                .unwrap_or_else(|| "output0".to_owned());
+            vec![(name, single)]
+        }
+    };
+    if let Some(missing) = requested
+        .iter()
+        .find(|r| !named.iter().any(|(n, _)| n == *r))
+    {
+        return Err(
+            Error::invalid_request(format!("the model produced no output `{missing}`")).into(),
+        );
+    }
+    Ok(named
+        .into_iter()
+        .filter(|(name, _)| requested.is_empty() || requested.contains(&name.as_str()))
+        .map(|(name, value)| {
+            let declared = declared
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| t.datatype.as_str());
+            output_tensor(name, value, declared)
+        })
+        .collect())
+}
+
+fn output_tensor(name: String, value: Value, declared: Option<&str>) -> Value {
+    let tensor = |shape: Vec<usize>, datatype: &str, data: Vec<Value>| {
+        let mut object = Map::new();
+        object.insert("name".into(), Value::String(name.clone()));
+        object.insert("shape".into(), json!(shape));
+        object.insert("datatype".into(), Value::String(datatype.to_owned()));
+        object.insert("data".into(), Value::Array(data));
+        Value::Object(object)
+    };
+    let shape = match &value {
+        Value::Array(_) => rectangular_shape(&value),
+        _ => Some(vec![1]),
+    };
+    let mut flat = Vec::new();
+    flatten(&value, &mut flat);
+    let inferred = infer_datatype(&flat);
+    match (shape, inferred) {
+        (Some(shape), Some(inferred)) => {
+            let datatype = declared
+                .filter(|d| element_check(d).is_some_and(|check| flat.iter().all(|v| check(v))))
+                .unwrap_or(inferred);
+            tensor(shape, datatype, flat.into_iter().cloned().collect())
+        }
+        _ => tensor(vec![1], "BYTES", vec![Value::String(value.to_string())]),
+    }
+}
+
+/// The shape of a rectangular nest of arrays, `None` when ragged or mixed.
+fn rectangular_shape(value: &Value) -> Option<Vec<usize>> {
+    match value {
+        Value::Array(items) => {
+            let Some(first) = items.first() else {
+                return Some(vec![0]);
+            };
+            let inner = match first {
+                Value::Array(_) => rectangular_shape(first)?,
+                _ => Vec::new(),
+            };
+            for item in items {
+                let same = match item {
+                    Value::Array(_) => {
+                        rectangular_shape(item).as_ref() == Some(&inner) && !inner.is_empty()
+                    }
+                    Value::Object(_) => false,
+                    _ => inner.is_empty(),
+                };
+                if !same {
+                    return None;
+                }
+            }
+            Some(std::iter::once(items.len()).chain(inner).collect())
+        }
+        _ => Some(Vec::new()),
+    }
+}
+
+/// `BOOL`, `INT64`, `FP64` or `BYTES` when every element is of that kind.
+fn infer_datatype(flat: &[&Value]) -> Option<&'static str> {
+    if flat.iter().all(|v| v.is_boolean()) {
+        Some("BOOL")
+    } else if flat.iter().all(|v| v.is_i64()) {
+        Some("INT64")
+    } else if flat.iter().all(|v| v.is_number()) {
+        Some("FP64")
+    } else if flat.iter().all(|v| v.is_string()) {
+        Some("BYTES")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, shape: Vec<u64>, datatype: &str, data: Value) -> RequestInput {
+        RequestInput {
+            name: name.into(),
+            shape,
+            datatype: datatype.into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn tensors_become_positional_arguments() {
+        let one = [input("x", vec![4], "FP32", json!([5.1, 3.5, 1.4, 0.2]))];
+        assert_eq!(
+            to_input(&one, None).unwrap(),
+            Input::Json(json!([5.1, 3.5, 1.4, 0.2]))
+        );
+        let two = [
+            input("a", vec![2, 2], "UINT32", json!([1, 2, 3, 4])),
+            input("b", vec![], "BYTES", json!(["hi"])),
+        ];
+        assert_eq!(
+            to_input(&two, None).unwrap(),
+            Input::Json(json!([[[1, 2], [3, 4]], "hi"]))
+        );
+        let signature = ModelSignature {
+            inputs: vec![
+                TensorSpec::new("b", "BYTES", vec![]),
+                TensorSpec::new("a", "UINT32", vec![2, 2]),
+            ],
+            ..ModelSignature::default()
+        };
+        assert_eq!(
+            to_input(&two, Some(&signature)).unwrap(),
+            Input::Json(json!(["hi", [[1, 2], [3, 4]]]))
+        );
+        let unknown = [input("c", vec![1], "BOOL", json!([true]))];
+        assert!(to_input(&unknown, Some(&signature)).is_err());
+    }
+
+    #[test]
+    fn elements_must_fit_the_datatype() {
+        for (datatype, data) in [
+            ("UINT8", json!([256])),
+            ("UINT32", json!([-1])),
+            ("INT8", json!([1.5])),
+            ("BOOL", json!([1])),
+            ("BYTES", json!([1])),
+            ("FP32", json!(["x"])),
+            ("COMPLEX", json!([1])),
+        ] {
+            let error = to_input(&[input("x", vec![1], datatype, data)], None).unwrap_err();
+            assert_eq!(error.status(), 400, "{datatype}: {error}");
+        }
+    }
+
+    #[test]
+    fn outputs_take_shape_datatype_and_names() {
+        let outputs = to_outputs(json!([[1, 2], [3, 4], [5, 6]]), &[], None).unwrap();
+        assert_eq!(
+            outputs,
+            vec![
+                json!({"name": "output0", "shape": [3, 2], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]})
+            ]
+        );
+        let outputs =
+            to_outputs(json!({"label": "setosa", "score": 0.5}), &["score"], None).unwrap();
+        assert_eq!(
+            outputs,
+            vec![json!({"name": "score", "shape": [1], "datatype": "FP64", "data": [0.5]})]
+        );
+        let ragged = to_outputs(json!([[1], [2, 3]]), &[], None).unwrap();
+        assert_eq!(ragged[0]["datatype"], "BYTES");
+        assert_eq!(ragged[0]["data"], json!(["[[1],[2,3]]"]));
+        assert!(to_outputs(json!(1), &["a", "b"], None).is_err());
+        let signature = ModelSignature {
+            outputs: vec![TensorSpec::new("probabilities", "FP32", vec![-1])],
+            ..ModelSignature::default()
+        };
+        let declared = to_outputs(json!([0.25, 0.75]), &[], Some(&signature)).unwrap();
+        assert_eq!(declared[0]["name"], "probabilities");
+        assert_eq!(declared[0]["datatype"], "FP32");
+    }
+}
