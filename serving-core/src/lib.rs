@@ -34,6 +34,7 @@
 mod autoscale;
 mod context;
 mod endpoint;
+mod environment;
 mod error;
 mod feedback;
 mod function;

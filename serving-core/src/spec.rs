@@ -227,8 +227,9 @@ impl Default for LoggingSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Exported to the predictor's environment and readable through
-    /// [`Context::setting`](crate::Context::setting).
+    /// KEY-VALUE settings (the original "Flask config"): readable through
+    /// [`Context::setting`](crate::Context::setting) in every prediction, and exported to the
+    /// process environment by [`ServerSettings::export_env`] when called at start-up.
     pub env: BTreeMap<String, String>,
     /// Concurrency, threads and timeout.
     pub workers: WorkerSettings,
