@@ -46,8 +46,9 @@ pub use serving_k8s as k8s;
 /// What most programs that serve a model need.
 pub mod prelude {
     pub use serving_core::{
-        Context, Endpoint, EndpointSpec, Error, FileInput, Input, ModelEndpoint, PredictRequest,
-        Predictor, PredictorExt, Result, Value, json, log_metric, predictor_fn,
+        CanaryPolicy, Context, Endpoint, EndpointSpec, Error, FileInput, Input, Lifecycle,
+        ModelEndpoint, ModelRegistry, ModelUpdate, PredictRequest, Predictor, PredictorExt, Result,
+        Value, json, log_metric, predictor_fn,
     };
     #[cfg(feature = "http")]
     pub use serving_http::{Token, WebService, WebServiceConfig};

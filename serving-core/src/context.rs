@@ -189,6 +189,7 @@ impl Context {
         let value = value.into();
         tracing::info!(
             endpoint = %self.inner.endpoint,
+            model_version = %self.inner.model_version,
             request_id = %self.inner.request_id,
             cnvrg_tag_name = tag,
             value = %value,

@@ -1,30 +1,5 @@
-//! The admin REST API: each endpoint's model lifecycle, behind the admin token.
-//!
-//! Every route requires `Authorization: Bearer <admin token>` (see
-//! [`WebService::admin_token`](crate::WebService::admin_token)); a missing or wrong token is
-//! 401, a prediction token is 403. Under `/api/v1/admin/endpoints/{name}`:
-//!
-//! | Method | Path | Body | Does |
-//! |---|---|---|---|
-//! | GET | `` (or `/status`) | | status: versions serving, shares, stats, shadow comparison, canary |
-//! | GET | `/versions`, `/versions/{v}` | | version history |
-//! | GET | `/events` | | lifecycle events (decisions included) |
-//! | GET | `/spec` | | the spec to deploy it again |
-//! | POST | `/update` | `{"version", "model"?, "description"?, "preprocess"?, "canary_percent"?}` | roll out a registered version |
-//! | POST | `/canary` | `{"percent"}` | set the candidate's share |
-//! | PUT | `/canary/policy` | a canary policy, or `null` | set the automated canary's rules |
-//! | POST | `/canary/evaluate` | | evaluate the automated canary now |
-//! | POST | `/promote` | | make the candidate stable |
-//! | POST | `/rollback` | `{"version"?}` | drop the candidate, or revert to the previous (or named) version |
-//! | POST | `/shadow` | `{"version", "model"?, "preprocess"?, "percent"}` | mirror a share of traffic to a registered version |
-//! | POST | `/shadow/share` | `{"percent"}` | set the shadow's share |
-//! | DELETE | `/shadow` | | stop mirroring |
-//! | GET, PUT | `/autoscale` | `{"min_replicas", "max_replicas"}` | replica bounds |
-//!
-//! Changes answer `{"version": <the version concerned>, "status": <status>}`. Rolling out new
-//! predictor code is Rust-only ([`serving_core::Lifecycle::update_model`]); over REST, `update`
-//! and `shadow` deploy versions registered in the endpoint's
-//! [`ModelRegistry`](serving_core::ModelRegistry).
+//! The admin REST API: each endpoint's model lifecycle, behind the admin token. The routes are
+//! documented in the crate docs ("Admin API").
 
 use std::sync::Arc;
 

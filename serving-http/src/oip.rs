@@ -1,39 +1,6 @@
-//! Open Inference Protocol (KServe v2) REST routes, beside the original wire format.
-//!
-//! | Method | Path | Auth |
-//! |---|---|---|
-//! | GET | `/v2` (server metadata), `/v2/health/live`, `/v2/health/ready` | none |
-//! | GET | `/v2/models/{name}[/versions/{v}]/ready` | none |
-//! | GET | `/v2/models/{name}[/versions/{v}]` (model metadata) | prediction token |
-//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | prediction token |
-//!
-//! A model is an endpoint, by name. The prediction token goes in `Cnvrg-Api-Key` or
-//! `Authorization: Bearer`. Addressing a version bypasses the canary split; without one, the
-//! split (sticky with `X-Routing-Key`) chooses.
-//!
-//! # How tensors map to a predictor's input
-//! - Each input tensor becomes one value: `data` reshaped to nested arrays of `shape` when it
-//!   is flat and holds exactly as many elements as the shape, else taken as sent (the protocol
-//!   lets servers coerce; its own published example sends `"shape": [3]` with one element).
-//!   A rank-0 shape gives the single element.
-//! - One input tensor: its value is the input, so a `[4]` tensor reaches a four-argument
-//!   predictor as four positional arguments, like `{"input_params": [a, b, c, d]}`. Several:
-//!   a JSON array of their values, one positional argument per tensor, in the order of the
-//!   spec's [`ModelSignature`](serving_core::ModelSignature) inputs (matched by name) when it
-//!   declares them, else in request order.
-//! - Elements are checked against `datatype`: `BOOL` booleans, `UINT*`/`INT*` integers in
-//!   range, `FP*` numbers, `BYTES` strings; anything else is a 400.
-//!
-//! # How the answer maps to output tensors
-//! - A JSON object answer gives one tensor per entry, named by its key; any other answer one
-//!   tensor, named after the first requested output, else the signature's first output, else
-//!   `output0`. When the request lists `outputs`, only those are returned.
-//! - A tensor's `shape` is the nesting of arrays (a scalar is `[1]`), its `data` the elements
-//!   flattened in row-major order. Its `datatype` is the signature's when declared, else
-//!   inferred: `BOOL`, `INT64`, `FP64`, or `BYTES` for strings. Values are not narrowed: a
-//!   declared `FP32` output carries the numbers the predictor returned.
-//! - An answer that is not a rectangular array of one kind of element is one `BYTES` element
-//!   holding its JSON text.
+//! Open Inference Protocol (KServe v2) REST routes, beside the original wire format. The
+//! routes and the tensor mapping are documented in the crate docs ("Open Inference
+//! Protocol").
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1029,6 +1029,7 @@ impl Deployment {
                 kept += 1;
             } else {
                 entry.served = None;
+                self.stats.forget_recent(&entry.record.id);
             }
         }
     }

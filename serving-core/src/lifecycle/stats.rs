@@ -90,6 +90,14 @@ impl VersionStats {
         summarize(&samples)
     }
 
+    /// Drops the recent requests of `version`, keeping its totals: for versions unloaded from
+    /// memory, so that a long history of updates does not grow without bound.
+    pub(crate) fn forget_recent(&self, version: &str) {
+        if let Some(series) = lock(&self.series).get_mut(version) {
+            series.recent = VecDeque::new();
+        }
+    }
+
     /// Lifetime request and error counts of `version`.
     pub(crate) fn totals(&self, version: &str) -> (u64, u64) {
         lock(&self.series)
