@@ -78,5 +78,6 @@ fn main() {
     assert_eq!(std::env::var("SERVING_GREETING").as_deref(), Ok("hello"));
     passed += 1;
 
-    println!("export_env: {passed} passed, 0 failed");
+    // In libtest's words, so that summaries over cargo's output count these checks too.
+    println!("test result: ok. {passed} passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }
