@@ -1056,15 +1056,17 @@ async fn an_exported_spec_redeploys_as_an_endpoint_that_answers_identically() {
     assert_eq!(answer.output, json!(3.0));
 }
 
-/// Sleeps asynchronously on `"slow"` (no blocking thread held), answers otherwise.
+/// On `"slow"`, says it started, then sleeps asynchronously (no blocking thread held);
+/// answers at once otherwise.
 #[derive(Debug)]
-struct SlowOnRequest;
+struct SlowOnRequest(Arc<tokio::sync::Notify>);
 
 #[async_trait::async_trait]
 impl Predictor for SlowOnRequest {
     async fn predict(&self, input: Input, ctx: &Context) -> Result<Value> {
         if input == Input::Json(json!("slow")) {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            self.0.notify_one();
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
         Ok(json!({ "greeting": ctx.setting("GREETING") }))
     }
@@ -1075,7 +1077,7 @@ async fn worker_settings_from_a_spec_take_effect() {
     let mut spec = EndpointSpec::new("settings", ModelRef::new("slow", "1"));
     spec.server
         .workers
-        .apply([("timeout", "1"), ("concurrency", "1"), ("threads", "1")])
+        .apply([("timeout", "3"), ("concurrency", "1"), ("threads", "1")])
         .unwrap();
     spec.server.env.insert("GREETING".into(), "hello".into());
     let unknown = spec
@@ -1093,7 +1095,8 @@ async fn worker_settings_from_a_spec_take_effect() {
         Err(Error::InvalidSetting { .. })
     ));
     let spec = EndpointSpec::from_yaml(&spec.to_yaml()).unwrap();
-    let endpoint = ModelEndpoint::builder("settings", SlowOnRequest)
+    let started = Arc::new(tokio::sync::Notify::new());
+    let endpoint = ModelEndpoint::builder("settings", SlowOnRequest(Arc::clone(&started)))
         .spec(spec)
         .build()
         .unwrap();
@@ -1114,15 +1117,15 @@ async fn worker_settings_from_a_spec_take_effect() {
         })
     };
     // While the slow request holds the only slot, another is shed with 503.
-    let shed = eventually("a request shed at concurrency 1", async || {
-        let response = server.predict("settings", json!("hi"), &[]).await;
-        (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
-    })
-    .await;
+    tokio::time::timeout(PATIENCE, started.notified())
+        .await
+        .expect("the slow request starts");
+    let shed = server.predict("settings", json!("hi"), &[]).await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(shed.headers().contains_key("retry-after"));
     assert_eq!(
         slow.await.unwrap(),
         StatusCode::GATEWAY_TIMEOUT,
-        "timeout of 1 s"
+        "timeout of 3 s, not 30"
     );
 }

@@ -399,3 +399,55 @@ async fn the_exported_spec_carries_the_stable_version_bounds_and_policy() {
     assert_eq!(status.model.name, "scaler-v2");
     assert_eq!(status.replicas, 2);
 }
+
+/// Waits for `release` before answering `"v1"`.
+#[derive(Debug)]
+struct Gated {
+    started: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl crate::Predictor for Gated {
+    async fn predict(&self, _: crate::Input, _: &crate::Context) -> Result<serde_json::Value> {
+        self.started.notify_one();
+        self.release.notified().await;
+        Ok(json!("v1"))
+    }
+}
+
+#[tokio::test]
+async fn a_request_in_flight_during_a_switch_finishes_on_the_old_version() {
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let gated = Gated {
+        started: Arc::clone(&started),
+        release: Arc::clone(&release),
+    };
+    let endpoint = ModelEndpoint::builder("switch", gated).build().unwrap();
+    let in_flight = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move { endpoint.predict(PredictRequest::new(json!(null))).await }
+    });
+    started.notified().await;
+    let v2 = ModelUpdate::new(predictor_fn(
+        |_: serde_json::Value| -> Result<&'static str> { Ok("v2") },
+    ));
+    endpoint.lifecycle().update_model(v2, None).unwrap();
+    assert_eq!(
+        answer(&endpoint, PredictRequest::new(json!(null))).await,
+        ("2".to_owned(), json!("v2")),
+        "new requests go to the new version at once"
+    );
+    release.notify_one();
+    let finished = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request does not fail");
+    assert_eq!(
+        (finished.model_version.as_str(), finished.output),
+        ("1", json!("v1"))
+    );
+}
