@@ -59,7 +59,11 @@ impl VersionStats {
 
     pub(crate) fn record(&self, version: &str, status: u16, latency: Duration) {
         let mut series = lock(&self.series);
-        let entry = series.entry(version.to_owned()).or_default();
+        // Look up before inserting: no allocation on the request path once a version is known.
+        if !series.contains_key(version) {
+            series.insert(version.to_owned(), Series::default());
+        }
+        let entry = series.get_mut(version).expect("inserted above");
         if entry.recent.len() == self.capacity {
             entry.recent.pop_front();
         }
