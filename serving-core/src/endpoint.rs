@@ -299,7 +299,9 @@ impl ModelEndpoint {
         records.record(PredictionRecord {
             request_id: request.request_id.to_owned(),
             endpoint: self.name.to_string(),
-            model: self.spec.model.name.clone(),
+            model: request
+                .model
+                .map_or_else(|| self.spec.model.name.clone(), str::to_owned),
             model_version: request.version.to_owned(),
             input: request
                 .input
@@ -355,6 +357,7 @@ impl ModelEndpoint {
             endpoint.finish(&Completed {
                 request_id: &primary.request_id,
                 version: &shadow.id,
+                model: Some(&shadow.model),
                 mirror_of: Some(&primary.version),
                 input: kept_input.as_ref(),
                 outcome: &outcome,
@@ -389,6 +392,8 @@ struct Completed<'a> {
     request_id: &'a str,
     /// The version that answered; empty when none was found.
     version: &'a str,
+    /// Its model's name, when a version was found.
+    model: Option<&'a str>,
     /// For a shadow's run, the version whose answer was returned.
     mirror_of: Option<&'a str>,
     input: Option<&'a Input>,
@@ -432,13 +437,14 @@ impl Endpoint for ModelEndpoint {
         let mirror_input = mirror
             .as_ref()
             .map(|_| (request.input.clone(), request.resources.clone()));
-        let (version, (outcome, logged)) = match routed {
+        let (version, model, (outcome, logged)) = match routed {
             Ok(routed) => (
                 Arc::clone(&routed.serve.id),
+                Some(Arc::clone(&routed.serve.model)),
                 self.run(&routed.serve, request.input, request.resources, &request_id)
                     .await,
             ),
-            Err(error) => (Arc::from(""), (Err(error), Logged::default())),
+            Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
         };
         let elapsed = started.elapsed();
         let status = match &outcome {
@@ -448,6 +454,7 @@ impl Endpoint for ModelEndpoint {
         self.finish(&Completed {
             request_id: &request_id,
             version: &version,
+            model: model.as_deref(),
             mirror_of: None,
             input: kept_input.as_ref(),
             outcome: &outcome,

@@ -288,6 +288,7 @@ impl Lifecycle {
         let id: Arc<str> = Arc::from(spec.model.version.as_str());
         let served = Arc::new(Served {
             id: Arc::clone(&id),
+            model: Arc::from(spec.model.name.as_str()),
             predictor,
         });
         let now = SystemTime::now();
@@ -930,6 +931,7 @@ impl Deployment {
         }
         spec.autoscale = state.autoscale;
         spec.canary = state.policy.clone();
+        let model = Arc::from(spec.model.name.as_str());
         state.versions.push(Entry {
             record: ModelVersion {
                 id: id.clone(),
@@ -941,6 +943,7 @@ impl Deployment {
             },
             served: Some(Arc::new(Served {
                 id: Arc::from(id.as_str()),
+                model,
                 predictor: update.predictor,
             })),
         });
@@ -1007,6 +1010,7 @@ impl Deployment {
         let predictor = registry.predictor(&spec.model, spec.preprocess.as_deref())?;
         entry.served = Some(Arc::new(Served {
             id: Arc::from(version),
+            model: Arc::from(spec.model.name.as_str()),
             predictor,
         }));
         Ok(())

@@ -11,9 +11,10 @@ use crate::predictor::DynPredictor;
 /// candidate.
 pub(crate) const POINTS: u32 = 10_000;
 
-/// One loaded version: its id and its predictor (preprocess included).
+/// One loaded version: its id, its model's name and its predictor (preprocess included).
 pub(crate) struct Served {
     pub(crate) id: Arc<str>,
+    pub(crate) model: Arc<str>,
     pub(crate) predictor: Arc<DynPredictor>,
 }
 
@@ -109,6 +110,7 @@ mod tests {
     fn served(id: &str) -> Arc<Served> {
         Arc::new(Served {
             id: Arc::from(id),
+            model: Arc::from("m"),
             predictor: predictor_fn(|| -> Result<()> { Ok(()) }).into_dyn(),
         })
     }

@@ -329,7 +329,12 @@ async fn a_shadow_is_recorded_with_its_version_and_compared_but_never_returned()
     let half_right = ModelUpdate::new(predictor_fn(|x: f64| -> Result<f64> {
         Ok(if x < 2.0 { x } else { -x })
     }));
-    assert_eq!(lifecycle.shadow_model(half_right, 100).unwrap(), "2");
+    assert_eq!(
+        lifecycle
+            .shadow_model(half_right.model("half-right"), 100)
+            .unwrap(),
+        "2"
+    );
     for x in 0..4 {
         let (version, output) = answer(
             &endpoint,
@@ -352,6 +357,10 @@ async fn a_shadow_is_recorded_with_its_version_and_compared_but_never_returned()
     assert_eq!(shadow_records[3].request_id, "r3");
     assert_eq!(shadow_records[3].output, Some(json!(-3.0)));
     assert_eq!(shadow_records[3].params["shadow_of"], json!("1"));
+    assert_eq!(
+        shadow_records[3].model, "half-right",
+        "the answering version's model"
+    );
     let comparison = loop {
         let comparison = lifecycle.shadow_comparison("2");
         if comparison.compared == 4 {
