@@ -770,6 +770,7 @@ async fn the_admin_api_takes_only_the_admin_token() {
     );
     let (_, version) = server.admin(Method::GET, "guarded/versions/2", None).await;
     assert_eq!(version["description"], "from the registry");
+    assert!(version["recent"]["requests"].is_u64(), "{version}");
     assert_eq!(
         version["spec"]["model"],
         json!({"name": "adder", "version": "2"})

@@ -171,9 +171,11 @@ async fn version(
     let lifecycle = lifecycle(&state, &name)?;
     let found = lifecycle.version(&version).ok_or(Error::VersionNotFound {
         endpoint: name,
-        version,
+        version: version.clone(),
     })?;
-    Ok(axum::Json(found).into_response())
+    let mut body = serde_json::to_value(found).unwrap_or_default();
+    body["recent"] = serde_json::to_value(lifecycle.stats(&version)).unwrap_or_default();
+    Ok(axum::Json(body).into_response())
 }
 
 async fn events(

@@ -41,7 +41,7 @@
 //! | Method | Path | Body | Does |
 //! |---|---|---|---|
 //! | GET | (nothing) or `/status` | | status: versions serving, shares, stats, shadow comparison, canary |
-//! | GET | `/versions`, `/versions/{v}` | | version history |
+//! | GET | `/versions`, `/versions/{v}` | | version history; one version with its recent request stats |
 //! | GET | `/events` | | lifecycle events (decisions included) |
 //! | GET | `/spec` | | the spec to deploy it again |
 //! | POST | `/update` | `{"version", "model"?, "description"?, "preprocess"?, "canary_percent"?}` | roll out a registered version |
