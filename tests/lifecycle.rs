@@ -296,6 +296,7 @@ async fn a_rollout_under_load_fails_no_request_and_honours_every_split() {
     let mut off = Vec::new();
     for (phase, (step, shares)) in expected.iter().enumerate() {
         let (n, counts) = load.shares(phase);
+        eprintln!("{step}: {n} answers, per version {counts:?}");
         let total: usize = counts.values().sum();
         for (version, p) in *shares {
             let hits = counts.get(*version).copied().unwrap_or(0);
