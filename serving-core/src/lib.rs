@@ -39,6 +39,7 @@ mod function;
 mod input;
 mod metrics;
 mod pool;
+pub mod prediction_log;
 mod predictor;
 mod preprocess;
 mod record;
