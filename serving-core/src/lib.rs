@@ -5,10 +5,15 @@
 //! |---|---|---|
 //! | [`Predictor`] | the user's predict function | [`predictor_fn`] over any typed function |
 //! | [`Endpoint`] | a running endpoint: routes, records and measures requests | [`ModelEndpoint`] |
-//! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`] |
+//! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`], [`ChartMetrics`] |
+//! | [`RecordSink`] | where every prediction's record goes | [`prediction_log::PredictionLog`], [`TracingRecords`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
 //! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
 //! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`] |
+//!
+//! The [`prediction_log`] module keeps every prediction in segments on an object store (the
+//! local filesystem by default) and reads them back by time range, model, version and status,
+//! or as CSV.
 //!
 //! Backend crates (`serving-http`, `serving-kafka`, `serving-batch`, `serving-k8s`) implement
 //! these traits for one technology each; the `serving` crate re-exports them behind features.
@@ -31,6 +36,7 @@
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
 
 mod autoscale;
+mod charts;
 mod context;
 mod endpoint;
 mod error;
@@ -43,6 +49,7 @@ pub mod prediction_log;
 mod predictor;
 mod preprocess;
 mod record;
+mod record_sinks;
 mod spec;
 mod trigger;
 
@@ -50,6 +57,7 @@ mod trigger;
 pub mod conformance;
 
 pub use autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
+pub use charts::{ChartMetrics, Charts, MetricChart, MetricPoint, RequestPoint, VersionChart};
 pub use context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
 pub use endpoint::{
     DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest, Prediction,
@@ -66,6 +74,7 @@ pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
 pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop};
+pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use spec::{
     AuthSpec, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef, ServerSettings,
     WorkerSettings,
