@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-
 use crate::record::{DynRecordSink, PredictionRecord, RecordSink};
 
 /// The `tracing` target of the per-prediction log lines written by [`TracingRecords`].

@@ -30,12 +30,17 @@
 
 mod auth;
 mod config;
+mod dashboard;
 mod error;
 mod files;
+pub mod observability;
+mod prometheus;
 mod service;
 
 pub use auth::{TOKEN_HEADER, Token};
 pub use config::WebServiceConfig;
+pub use observability::Observability;
+pub use prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 pub use service::{
     MODEL_VERSION_HEADER, REQUEST_ID_HEADER, WebService, WebServiceBuilder, shutdown_signal,
 };

@@ -36,7 +36,7 @@ pub const MODEL_VERSION_HEADER: &str = "x-model-version";
 /// it standalone.
 #[derive(Debug, Clone)]
 pub struct WebService {
-    state: Arc<ServiceState>,
+    pub(crate) state: Arc<ServiceState>,
     config: WebServiceConfig,
 }
 
@@ -46,6 +46,7 @@ pub(crate) struct ServiceState {
     pub(crate) endpoints: HashMap<String, Route>,
     pub(crate) draining: AtomicBool,
     pub(crate) body_timeout: std::time::Duration,
+    pub(crate) observability: Option<crate::observability::Observability>,
 }
 
 /// One served endpoint and its token.
@@ -77,6 +78,7 @@ impl WebService {
             .route("/api/v1/endpoints/{name}", post(predict))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .merge(crate::observability::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(CatchPanicLayer::custom(panic_response))
@@ -102,13 +104,18 @@ impl WebService {
         let state = Arc::clone(&self.state);
         let router = self.router();
         tracing::info!(addr = %listener.local_addr()?, "web service listening");
-        axum::serve(listener, router)
+        let draining = Arc::clone(&state);
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
-                state.draining.store(true, Ordering::Release);
+                draining.draining.store(true, Ordering::Release);
                 tracing::info!("shutting down: finishing requests in flight");
             })
-            .await
+            .await;
+        if let Some(observability) = &state.observability {
+            observability.shutdown().await;
+        }
+        served
     }
 }
 
@@ -139,6 +146,7 @@ pub async fn shutdown_signal() {
 pub struct WebServiceBuilder {
     config: WebServiceConfig,
     endpoints: Vec<(Arc<DynEndpoint>, Option<Token>)>,
+    pub(crate) observability: Option<crate::observability::Observability>,
 }
 
 impl WebServiceBuilder {
@@ -193,6 +201,7 @@ impl WebServiceBuilder {
                 endpoints,
                 draining: AtomicBool::new(false),
                 body_timeout: self.config.body_timeout(),
+                observability: self.observability,
             }),
             config: self.config,
         })
