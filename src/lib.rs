@@ -27,6 +27,8 @@
 
 pub use serving_core::*;
 
+pub mod logging;
+
 /// The web-service endpoint.
 #[cfg(feature = "http")]
 pub use serving_http as http;
@@ -50,5 +52,5 @@ pub mod prelude {
         Predictor, PredictorExt, Result, Value, json, log_metric, predictor_fn,
     };
     #[cfg(feature = "http")]
-    pub use serving_http::{Token, WebService, WebServiceConfig};
+    pub use serving_http::{Observability, Token, WebService, WebServiceConfig};
 }
