@@ -72,6 +72,10 @@ pub use self::csv::{CSV_COLUMNS, read_csv, write_csv};
 pub use self::query::{Order, PredictionPage, PredictionQuery, StatusFilter};
 pub use self::row::{PredictionRow, format_time, parse_time};
 
+/// The `object_store` crate the log is built on, to build an S3, GCS or Azure store with the
+/// same version (enable its `aws`, `gcp` or `azure` feature in your own `Cargo.toml`).
+pub use object_store;
+
 use self::writer::{Message, Writer};
 use crate::error::{Error, Result};
 use crate::record::{PredictionRecord, RecordSink};

@@ -40,7 +40,9 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
-        let mut ticker = tokio::time::interval(self.flush_interval);
+        // `interval` would tick at once; the first write waits a whole interval.
+        let first = tokio::time::Instant::now() + self.flush_interval;
+        let mut ticker = tokio::time::interval_at(first, self.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -145,12 +145,12 @@ async function loadCharts() {
 function filled(points, xMin, xMax, value) {
   const byMinute = new Map(points.map((p) => [p.minute, value(p)]));
   const out = [];
-  for (let x = xMin; x <= xMax; x += 60) out.push({ x, y: byMinute.get(x) || 0 });
+  for (let x = xMin; x <= xMax; x += 60) out.push({ x, y: byMinute.get(x) || 0, filled: !byMinute.has(x) });
   return out;
 }
 
 function lineChart({ id, title, series, xMin, xMax }) {
-  const W = 560, H = 220, left = 48, right = 12, top = 10, bottom = 28;
+  const W = 560, H = 220, left = 48, right = 30, top = 10, bottom = 28;
   const box = el('div', { class: 'chart' });
   box.append(el('h3', {}, title));
   const svg = el('svg:svg', { viewBox: `0 0 ${W} ${H}`, 'data-chart': id, role: 'img', 'aria-label': title });
@@ -185,7 +185,8 @@ function lineChart({ id, title, series, xMin, xMax }) {
     const path = el('svg:path', { class: 'series', d, stroke: s.color, 'data-series': s.name });
     if (s.dash) path.setAttribute('stroke-dasharray', s.dash);
     svg.append(path);
-    for (const p of points) {
+    // Minutes filled with zero get the line but no dot: dots mark measured minutes.
+    for (const p of points.filter((point) => !point.filled)) {
       const dot = el('svg:circle', { cx: sx(p.x), cy: sy(p.y), r: 2.5, fill: s.color, 'data-value': p.y });
       dot.append(el('svg:title', {}, `${s.name} ${formatMinute(p.x)}: ${formatNumber(p.y)}`));
       svg.append(dot);
@@ -199,8 +200,10 @@ function lineChart({ id, title, series, xMin, xMax }) {
 
   const legend = el('div', { class: 'legend' });
   for (const s of series) {
-    const swatch = el('i');
-    swatch.style.background = s.color;
+    const swatch = el('svg:svg', { width: 22, height: 8, viewBox: '0 0 22 8' });
+    const line = el('svg:line', { x1: 1, x2: 21, y1: 4, y2: 4, stroke: s.color, 'stroke-width': 2.5 });
+    if (s.dash) line.setAttribute('stroke-dasharray', s.dash);
+    swatch.append(line);
     const item = el('span');
     item.append(swatch, s.name);
     legend.append(item);
