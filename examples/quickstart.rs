@@ -33,7 +33,10 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     // Every prediction recorded (under ./serving-data unless SERVING_PREDICTION_LOG_DIR says
     // otherwise), measured for /metrics and the charts, and logged as a JSON line.
     let prediction_log = PredictionLogBuilder::from_env()?.build()?;
-    let log_dir = prediction_log.config().dir.join(&prediction_log.config().prefix);
+    let log_dir = prediction_log
+        .config()
+        .dir
+        .join(&prediction_log.config().prefix);
     let observability = Observability::new()
         .with_prediction_log(prediction_log)
         .with_log_lines(true);
@@ -67,7 +70,10 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     println!("Watch it:");
     println!("  dashboard:      {base}/dashboard#endpoint={ENDPOINT}&token={token}");
     println!("  Prometheus:     {base}/metrics");
-    println!("  prediction log: {}/{ENDPOINT}/ (JSON lines)", log_dir.display());
+    println!(
+        "  prediction log: {}/{ENDPOINT}/ (JSON lines)",
+        log_dir.display()
+    );
     println!("  as CSV:         curl -s '{url}/logs.csv' -H 'Cnvrg-Api-Key: {token}'");
     println!("Press Ctrl-C to stop.");
 

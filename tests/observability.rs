@@ -456,7 +456,9 @@ async fn csv_export_of_a_time_range_has_exactly_its_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_charts_count_every_request_and_custom_metric() {
-    let observability = Observability::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(dir.path(), &[]);
+    let observability = Observability::new().with_prediction_log(log.clone());
     let running = Running::start(service(
         &observability,
         vec![doubler_endpoint(&observability)],
@@ -475,6 +477,7 @@ async fn metrics_and_charts_count_every_request_and_custom_metric() {
         );
     }
 
+    log.flush().await.unwrap();
     let response = running.get("/metrics").await;
     assert!(
         response.headers()["content-type"]
@@ -536,9 +539,35 @@ async fn metrics_and_charts_count_every_request_and_custom_metric() {
         Some(&prometheus_parse::Value::Gauge(1.0 / 7.0))
     );
     assert_eq!(
+        value("serving_prediction_log_written_total", &[]),
+        Some(&prometheus_parse::Value::Counter(10.0))
+    );
+    assert_eq!(
         value("serving_custom_metric_samples_total", &confidence),
         Some(&prometheus_parse::Value::Counter(7.0))
     );
+
+    // The shipped Grafana dashboard charts only metrics that exist.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../deploy/grafana/serving-dashboard.json")).unwrap();
+    let mut charted = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            charted.extend(
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("serving_"))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(charted.len() > 10);
+    for metric in charted {
+        assert!(
+            text.lines().any(|l| l.starts_with(&metric)),
+            "the dashboard charts `{metric}`, which /metrics lacks"
+        );
+    }
 
     let charts: Value = running
         .get("/api/v1/endpoints/doubler/charts?minutes=5")
