@@ -17,6 +17,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every prediction can be recorded ([`prediction_log`]), measured and shown
+//! (`serving::http::Observability`: `/metrics`, `/dashboard`, charts and logs APIs) and logged
+//! as JSON lines ([`logging`]).
+//!
 //! # Features
 //! | Name | Description | Default? |
 //! |---|---|---|
