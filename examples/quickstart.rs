@@ -6,14 +6,16 @@
 //! SERVING_ADDR=0.0.0.0:9000 SERVING_TOKEN=secret cargo run --release --example quickstart
 //! ```
 //!
-//! It prints the endpoint's URL, its token and a `curl` to paste; Ctrl-C stops it gracefully.
+//! It prints the endpoint's URL, its token and a `curl` to paste, and where to watch it: the
+//! dashboard (charts and logs), `/metrics` (Prometheus) and the prediction log's directory.
+//! Logs are JSON lines on stdout. Ctrl-C stops it gracefully, after writing every recorded
+//! prediction.
 
 #[path = "models/iris.rs"]
 mod iris;
 
-mod common;
-
-use serving::http::shutdown_signal;
+use serving::http::{Observability, shutdown_signal};
+use serving::prediction_log::PredictionLogBuilder;
 use serving::prelude::*;
 use tokio::net::TcpListener;
 
@@ -21,15 +23,27 @@ const ENDPOINT: &str = "iris";
 
 #[tokio::main]
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    common::init_logging();
+    serving::logging::init_json()?;
     let model = iris::Iris::train()?;
     println!(
         "Trained an iris classifier (k-nearest neighbours, 150 samples): training accuracy {:.1}%",
         model.training_accuracy * 100.0
     );
 
-    let endpoint = model.endpoint(ENDPOINT).build()?;
-    let service = WebService::builder().config(WebServiceConfig::from_env()?);
+    // Every prediction recorded (under ./serving-data unless SERVING_PREDICTION_LOG_DIR says
+    // otherwise), measured for /metrics and the charts, and logged as a JSON line.
+    let prediction_log = PredictionLogBuilder::from_env()?.build()?;
+    let log_dir = prediction_log
+        .config()
+        .dir
+        .join(&prediction_log.config().prefix);
+    let observability = Observability::new()
+        .with_prediction_log(prediction_log)
+        .with_log_lines(true);
+    let endpoint = observability.instrument(model.endpoint(ENDPOINT)).build()?;
+    let service = WebService::builder()
+        .config(WebServiceConfig::from_env()?)
+        .observability(observability);
     let service = match std::env::var("SERVING_TOKEN") {
         Ok(secret) if !secret.is_empty() => {
             service.endpoint_with_token(endpoint, Token::new(secret))
@@ -45,16 +59,22 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
 
     // Bind before printing, so the printed address is the real one (also with port 0).
     let listener = TcpListener::bind(service.config().addr).await?;
-    let url = format!(
-        "http://{}/api/v1/endpoints/{ENDPOINT}",
-        listener.local_addr()?
-    );
+    let base = format!("http://{}", listener.local_addr()?);
+    let url = format!("{base}/api/v1/endpoints/{ENDPOINT}");
     println!("Endpoint: {url}");
     println!("Token:    {token}");
     println!("Try it:");
     println!(
         "  curl -s -X POST {url} -H 'Content-Type: application/json' -H 'Cnvrg-Api-Key: {token}' -d '{{\"input_params\": [5.1, 3.5, 1.4, 0.2]}}'"
     );
+    println!("Watch it:");
+    println!("  dashboard:      {base}/dashboard#endpoint={ENDPOINT}&token={token}");
+    println!("  Prometheus:     {base}/metrics");
+    println!(
+        "  prediction log: {}/{ENDPOINT}/ (JSON lines)",
+        log_dir.display()
+    );
+    println!("  as CSV:         curl -s '{url}/logs.csv' -H 'Cnvrg-Api-Key: {token}'");
     println!("Press Ctrl-C to stop.");
 
     service.serve_on(listener, shutdown_signal()).await?;

@@ -17,6 +17,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every prediction can be recorded ([`prediction_log`]), measured and shown
+//! (`serving::http::Observability`: `/metrics`, `/dashboard`, charts and logs APIs) and logged
+//! as JSON lines ([`logging`]).
+//!
 //! # Features
 //! | Name | Description | Default? |
 //! |---|---|---|
@@ -26,6 +30,8 @@
 //! | `k8s` | `k8s`: the Kubernetes backend (kube) | no |
 
 pub use serving_core::*;
+
+pub mod logging;
 
 /// The web-service endpoint.
 #[cfg(feature = "http")]
@@ -51,5 +57,5 @@ pub mod prelude {
         Value, json, log_metric, predictor_fn,
     };
     #[cfg(feature = "http")]
-    pub use serving_http::{Token, WebService, WebServiceConfig};
+    pub use serving_http::{Observability, Token, WebService, WebServiceConfig};
 }

@@ -2,5 +2,6 @@
 //! ephemeral loopback ports.
 
 mod lifecycle;
+mod observability;
 mod support;
 mod web_service;

@@ -101,6 +101,8 @@ impl Iris {
                         "measurements are lengths in cm and must be positive, got {measurements:?}"
                     )));
                 }
+                // An input worth watching for drift: it charts per minute on the dashboard.
+                log_metric("petal_length_cm", petal_len);
                 Ok(scaler.apply(measurements))
             },
         );

@@ -419,6 +419,7 @@ impl Endpoint for ModelEndpoint {
     }
 
     async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
+        let _in_flight = crate::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
         let at = SystemTime::now();
         let started = Instant::now();
         let request_id = request.request_id.unwrap_or_else(new_request_id);

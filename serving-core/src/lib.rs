@@ -7,9 +7,15 @@
 //! | [`Endpoint`] | a running endpoint: routes, records and measures requests | [`ModelEndpoint`] |
 //! | — | model versions: update, canary, promote, rollback, shadow ([`Lifecycle`]) | per [`ModelEndpoint`] |
 //! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`] |
+//! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`], [`ChartMetrics`] |
+//! | [`RecordSink`] | where every prediction's record goes | [`prediction_log::PredictionLog`], [`TracingRecords`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
 //! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
 //! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`] |
+//!
+//! The [`prediction_log`] module keeps every prediction in segments on an object store (the
+//! local filesystem by default) and reads them back by time range, model, version and status,
+//! or as CSV.
 //!
 //! Backend crates (`serving-http`, `serving-kafka`, `serving-batch`, `serving-k8s`) implement
 //! these traits for one technology each; the `serving` crate re-exports them behind features.
@@ -32,6 +38,7 @@
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
 
 mod autoscale;
+mod charts;
 mod context;
 mod endpoint;
 mod environment;
@@ -42,9 +49,11 @@ mod input;
 mod lifecycle;
 mod metrics;
 mod pool;
+pub mod prediction_log;
 mod predictor;
 mod preprocess;
 mod record;
+mod record_sinks;
 mod signature;
 mod spec;
 mod trigger;
@@ -53,6 +62,7 @@ mod trigger;
 pub mod conformance;
 
 pub use autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
+pub use charts::{ChartMetrics, Charts, MetricChart, MetricPoint, RequestPoint, VersionChart};
 pub use context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
 pub use endpoint::{
     DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest, Prediction,
@@ -75,6 +85,7 @@ pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
 pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop};
+pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use signature::{ModelSignature, TensorSpec};
 pub use spec::{
     AuthSpec, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef, ServerSettings,

@@ -47,7 +47,19 @@ pub struct MetricSample {
 /// - `recent_metric` returns the samples of `key` on `endpoint` logged at or after `since`, in
 ///   the order they were recorded, or `None` when the sink keeps no history. Triggers and
 ///   charts read through it.
+/// - Every `request_started` is followed by exactly one `request_finished` for the same
+///   endpoint, even when the caller gives up on the request; both default to doing nothing.
 pub trait MetricSink: Debug + Send + Sync + 'static {
+    /// A request to `endpoint` started (for an in-flight gauge).
+    fn request_started(&self, endpoint: &str) {
+        let _ = endpoint;
+    }
+
+    /// A request to `endpoint` that had started has finished, however it ended.
+    fn request_finished(&self, endpoint: &str) {
+        let _ = endpoint;
+    }
+
     /// Records one served request.
     fn record_request(&self, event: &RequestEvent);
 
@@ -145,6 +157,18 @@ impl FanOut {
 }
 
 impl MetricSink for FanOut {
+    fn request_started(&self, endpoint: &str) {
+        self.sinks
+            .iter()
+            .for_each(|sink| sink.request_started(endpoint));
+    }
+
+    fn request_finished(&self, endpoint: &str) {
+        self.sinks
+            .iter()
+            .for_each(|sink| sink.request_finished(endpoint));
+    }
+
     fn record_request(&self, event: &RequestEvent) {
         self.sinks
             .iter()
@@ -166,6 +190,26 @@ impl MetricSink for FanOut {
         self.sinks
             .iter()
             .find_map(|sink| sink.recent_metric(endpoint, key, since))
+    }
+}
+
+/// Reports a request as started until dropped, so that a request whose caller gave up (its
+/// future dropped) is reported finished too.
+pub(crate) struct InFlight<'a> {
+    sink: &'a DynMetricSink,
+    endpoint: &'a str,
+}
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn start(sink: &'a DynMetricSink, endpoint: &'a str) -> Self {
+        sink.request_started(endpoint);
+        InFlight { sink, endpoint }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.sink.request_finished(self.endpoint);
     }
 }
 

@@ -15,6 +15,10 @@
 //! rejected, 500 predictor failure or panic, 503 not ready or overloaded (with `Retry-After`),
 //! 504 predictor timeout. `GET /healthz` and `GET /readyz` report liveness and readiness.
 //!
+//! With an [`Observability`] ([`WebServiceBuilder::observability`]) the service also serves
+//! `GET /metrics` (Prometheus), `GET /dashboard`, and the charts and logs APIs under
+//! `/api/v1/endpoints/{name}/`; see [`observability`].
+//!
 //! ```no_run
 //! use serving_core::{predictor_fn, ModelEndpoint, Result};
 //! use serving_http::{shutdown_signal, WebService};
@@ -100,13 +104,18 @@
 mod auth;
 mod config;
 mod control;
+mod dashboard;
 mod error;
 mod files;
+pub mod observability;
 mod oip;
+mod prometheus;
 mod service;
 
 pub use auth::{TOKEN_HEADER, Token};
 pub use config::WebServiceConfig;
+pub use observability::Observability;
+pub use prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 pub use service::{
     ADMIN_TOKEN_ENV, MODEL_VERSION_HEADER, REQUEST_ID_HEADER, ROUTING_KEY_HEADER, WebService,
     WebServiceBuilder, shutdown_signal,

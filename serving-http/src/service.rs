@@ -41,7 +41,7 @@ pub const ADMIN_TOKEN_ENV: &str = "SERVING_ADMIN_TOKEN";
 /// it standalone.
 #[derive(Debug, Clone)]
 pub struct WebService {
-    state: Arc<ServiceState>,
+    pub(crate) state: Arc<ServiceState>,
     config: WebServiceConfig,
 }
 
@@ -53,6 +53,7 @@ pub(crate) struct ServiceState {
     pub(crate) body_timeout: std::time::Duration,
     /// Authorizes the admin API (`Authorization: Bearer`); never a prediction token.
     pub(crate) admin_token: Token,
+    pub(crate) observability: Option<crate::observability::Observability>,
 }
 
 /// One served endpoint and its token.
@@ -92,6 +93,7 @@ impl WebService {
             .route("/readyz", get(readyz))
             .merge(crate::control::routes())
             .merge(crate::oip::routes())
+            .merge(crate::observability::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(CatchPanicLayer::custom(panic_response))
@@ -117,13 +119,18 @@ impl WebService {
         let state = Arc::clone(&self.state);
         let router = self.router();
         tracing::info!(addr = %listener.local_addr()?, "web service listening");
-        axum::serve(listener, router)
+        let draining = Arc::clone(&state);
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
-                state.draining.store(true, Ordering::Release);
+                draining.draining.store(true, Ordering::Release);
                 tracing::info!("shutting down: finishing requests in flight");
             })
-            .await
+            .await;
+        if let Some(observability) = &state.observability {
+            observability.shutdown().await;
+        }
+        served
     }
 }
 
@@ -155,6 +162,7 @@ pub struct WebServiceBuilder {
     config: WebServiceConfig,
     endpoints: Vec<(Arc<DynEndpoint>, Option<Token>)>,
     admin_token: Option<Token>,
+    pub(crate) observability: Option<crate::observability::Observability>,
 }
 
 impl WebServiceBuilder {
@@ -232,6 +240,7 @@ impl WebServiceBuilder {
                 draining: AtomicBool::new(false),
                 body_timeout: self.config.body_timeout(),
                 admin_token,
+                observability: self.observability,
             }),
             config: self.config,
         })

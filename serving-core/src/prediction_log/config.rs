@@ -1,0 +1,157 @@
+//! [`PredictionLogConfig`]: where the prediction log writes and how it batches.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Settings of a [`PredictionLog`](super::PredictionLog), settable as KEY-VALUE pairs with
+/// [`PredictionLogConfig::set`] or from `SERVING_PREDICTION_LOG_<KEY>` environment variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PredictionLogConfig {
+    /// Directory of the embedded local store (`dir`), `./serving-data` by default. Ignored when
+    /// the log is given its own object store.
+    pub dir: PathBuf,
+    /// Key prefix of the segments inside the store (`prefix`), `predictions` by default.
+    pub prefix: String,
+    /// Records queued between predictions and the writer (`queue_capacity`); when the queue is
+    /// full, new records are dropped and counted.
+    pub queue_capacity: usize,
+    /// Most records in one segment (`segment_records`); a full buffer is written at once.
+    pub segment_records: usize,
+    /// Milliseconds between writes of a partly filled buffer (`flush_interval_ms`): how long a
+    /// record may wait before it becomes visible to queries.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for PredictionLogConfig {
+    fn default() -> Self {
+        PredictionLogConfig {
+            dir: PathBuf::from("./serving-data"),
+            prefix: "predictions".to_owned(),
+            queue_capacity: 10_000,
+            segment_records: 5_000,
+            flush_interval_ms: 1_000,
+        }
+    }
+}
+
+impl PredictionLogConfig {
+    /// Every key [`PredictionLogConfig::set`] accepts.
+    pub const KEYS: [&'static str; 5] = [
+        "dir",
+        "prefix",
+        "queue_capacity",
+        "segment_records",
+        "flush_interval_ms",
+    ];
+
+    /// The defaults, overridden by `SERVING_PREDICTION_LOG_DIR`, `…_PREFIX`,
+    /// `…_QUEUE_CAPACITY`, `…_SEGMENT_RECORDS` and `…_FLUSH_INTERVAL_MS` when set.
+    pub fn from_env() -> Result<Self> {
+        let mut config = Self::default();
+        for key in Self::KEYS {
+            let var = format!("SERVING_PREDICTION_LOG_{}", key.to_ascii_uppercase());
+            if let Ok(value) = std::env::var(&var) {
+                config.set(key, &value)?;
+            }
+        }
+        Ok(config)
+    }
+
+    /// Sets one KEY-VALUE pair; an unknown key is an error that lists the valid ones.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let invalid = |reason: &str| Error::InvalidSetting {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let positive = || {
+            value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("expected a whole number greater than zero"))
+        };
+        match key {
+            "dir" if value.trim().is_empty() => return Err(invalid("expected a directory")),
+            "dir" => self.dir = PathBuf::from(value.trim()),
+            "prefix" => {
+                let prefix = value.trim().trim_matches('/');
+                if prefix.is_empty()
+                    || prefix
+                        .split('/')
+                        .any(|part| part.is_empty() || part == "..")
+                {
+                    return Err(invalid("expected a key prefix such as `predictions`"));
+                }
+                self.prefix = prefix.to_owned();
+            }
+            "queue_capacity" => self.queue_capacity = positive()? as usize,
+            "segment_records" => self.segment_records = positive()? as usize,
+            "flush_interval_ms" => self.flush_interval_ms = positive()?,
+            _ => {
+                return Err(Error::UnknownSetting {
+                    key: key.to_owned(),
+                    valid: Self::KEYS.to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies several KEY-VALUE pairs, stopping at the first error.
+    pub fn apply<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
+        pairs
+            .into_iter()
+            .try_for_each(|(key, value)| self.set(key, value))
+    }
+
+    /// The flush interval.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_settings() {
+        let mut config = PredictionLogConfig::default();
+        config
+            .apply([
+                ("dir", "/tmp/x"),
+                ("queue_capacity", "5"),
+                ("prefix", "/logs/p/"),
+            ])
+            .unwrap();
+        assert_eq!(config.dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.queue_capacity, 5);
+        assert_eq!(config.prefix, "logs/p");
+        let unknown = config.set("capacity", "1").unwrap_err().to_string();
+        assert!(
+            unknown.contains("dir, prefix, queue_capacity, segment_records, flush_interval_ms"),
+            "{unknown}"
+        );
+        assert!(config.set("queue_capacity", "0").is_err());
+        assert!(config.set("prefix", "a/../b").is_err());
+    }
+
+    #[test]
+    fn round_trips_and_refuses_unknown_fields() {
+        let config = PredictionLogConfig::default();
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            serde_json::from_str::<PredictionLogConfig>(&json).unwrap(),
+            config
+        );
+        assert!(serde_json::from_str::<PredictionLogConfig>(r#"{"colour": 1}"#).is_err());
+    }
+}

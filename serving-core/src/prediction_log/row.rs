@@ -1,0 +1,175 @@
+//! [`PredictionRow`]: one prediction as a flat row of scalars, the shape of segment lines and
+//! CSV rows.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::record::PredictionRecord;
+
+/// One prediction as stored: every column a scalar, so that segments scan as a table (for
+/// example with `polars.scan_ndjson`) and rows export as CSV unchanged.
+///
+/// `input`, `output`, `metrics` and `params` hold JSON text; `start_time` is RFC 3339 in UTC
+/// with microseconds, so it sorts as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionRow {
+    /// The request's id.
+    pub request_id: String,
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// The model's name.
+    pub model: String,
+    /// The model version that answered.
+    pub model_version: String,
+    /// The outcome as an HTTP status.
+    pub status: u16,
+    /// When the request arrived, RFC 3339 in UTC.
+    pub start_time: String,
+    /// How long the prediction took, in milliseconds.
+    pub elapsed_ms: f64,
+    /// The input as JSON text, unless input logging is off.
+    pub input: Option<String>,
+    /// The output as JSON text, unless output logging is off or the prediction failed.
+    pub output: Option<String>,
+    /// Why the prediction failed.
+    pub error: Option<String>,
+    /// Custom metrics as a JSON object.
+    pub metrics: String,
+    /// Parameters (tags) as a JSON object.
+    pub params: String,
+}
+
+impl From<&PredictionRecord> for PredictionRow {
+    fn from(record: &PredictionRecord) -> Self {
+        PredictionRow {
+            request_id: record.request_id.clone(),
+            endpoint: record.endpoint.clone(),
+            model: record.model.clone(),
+            model_version: record.model_version.clone(),
+            status: record.status,
+            start_time: format_time(record.start_time),
+            elapsed_ms: record.elapsed_ms,
+            input: record.input.as_ref().map(Value::to_string),
+            output: record.output.as_ref().map(Value::to_string),
+            error: record.error.clone(),
+            metrics: serde_json::to_string(&record.metrics).expect("a map of floats serializes"),
+            params: serde_json::to_string(&record.params).expect("a map of values serializes"),
+        }
+    }
+}
+
+impl TryFrom<PredictionRow> for PredictionRecord {
+    type Error = Error;
+
+    fn try_from(row: PredictionRow) -> Result<Self> {
+        let json = |column: &str, text: &str| {
+            serde_json::from_str::<Value>(text).map_err(|e| {
+                Error::invalid_request(format!(
+                    "column `{column}` of prediction {} is not JSON: {e}",
+                    row.request_id
+                ))
+            })
+        };
+        let input = row.input.as_deref().map(|t| json("input", t)).transpose()?;
+        let output = row
+            .output
+            .as_deref()
+            .map(|t| json("output", t))
+            .transpose()?;
+        let metrics: BTreeMap<String, f64> = serde_json::from_value(json("metrics", &row.metrics)?)
+            .map_err(|e| Error::invalid_request(format!("column `metrics`: {e}")))?;
+        let params: BTreeMap<String, Value> = serde_json::from_value(json("params", &row.params)?)
+            .map_err(|e| Error::invalid_request(format!("column `params`: {e}")))?;
+        Ok(PredictionRecord {
+            start_time: parse_time(&row.start_time)?,
+            request_id: row.request_id,
+            endpoint: row.endpoint,
+            model: row.model,
+            model_version: row.model_version,
+            input,
+            output,
+            error: row.error,
+            status: row.status,
+            elapsed_ms: row.elapsed_ms,
+            metrics,
+            params,
+        })
+    }
+}
+
+/// `time` as RFC 3339 in UTC with microseconds, for example `2026-05-01T12:00:00.123456Z`.
+pub fn format_time(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses a time given as RFC 3339 (`2026-05-01T12:00:00Z`) or as seconds since the Unix
+/// epoch (`1777636800`, `1777636800.5`), as the original SDK's `start_time`/`end_time`.
+pub fn parse_time(text: &str) -> Result<SystemTime> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds));
+        }
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(SystemTime::from)
+        .map_err(|e| {
+            Error::invalid_request(format!(
+                "`{text}` is neither RFC 3339 nor seconds since the epoch: {e}"
+            ))
+        })
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+pub(crate) fn micros(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(id: &str, at: SystemTime) -> PredictionRecord {
+        PredictionRecord {
+            request_id: id.into(),
+            endpoint: "iris".into(),
+            model: "tree".into(),
+            model_version: "2".into(),
+            input: Some(json!([1.5, "a,\"b\"\n"])),
+            output: None,
+            error: Some("input rejected: no".into()),
+            status: 422,
+            start_time: at,
+            elapsed_ms: 1.25,
+            metrics: BTreeMap::from([("confidence".into(), 0.5)]),
+            params: BTreeMap::from([("tag".into(), json!({"k": 1}))]),
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_to_records() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_777_636_800_123_456);
+        let original = record("r1", at);
+        let row = PredictionRow::from(&original);
+        assert_eq!(row.start_time, "2026-05-01T12:00:00.123456Z");
+        assert_eq!(row.input.as_deref(), Some(r#"[1.5,"a,\"b\"\n"]"#));
+        assert_eq!(PredictionRecord::try_from(row).unwrap(), original);
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_or_epoch_seconds() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_777_636_800);
+        assert_eq!(parse_time("1777636800").unwrap(), at);
+        assert_eq!(parse_time("2026-05-01T12:00:00Z").unwrap(), at);
+        assert_eq!(parse_time("2026-05-01T14:00:00+02:00").unwrap(), at);
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(micros(at), 1_777_636_800_000_000);
+    }
+}

@@ -1,0 +1,305 @@
+// The serving dashboard: charts and logs of one endpoint, drawn as SVG from the JSON APIs.
+// No framework and no network beyond this server's /api/v1/endpoints/{name}/ routes.
+'use strict';
+
+const COLORS = ['#2563eb', '#16a34a', '#d97706', '#9333ea', '#dc2626', '#0891b2', '#4b5563'];
+const SVG = 'http://www.w3.org/2000/svg';
+const REFRESH_MS = 5000;
+
+const state = { endpoint: '', token: '', view: 'charts', offset: 0, total: 0, timer: null };
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, text) {
+  const node = tag.startsWith('svg:')
+    ? document.createElementNS(SVG, tag.slice(4))
+    : document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function setStatus(text, isError = false) {
+  const status = $('status');
+  status.textContent = text;
+  status.classList.toggle('error', isError);
+}
+
+// ---- connection -------------------------------------------------------------------------
+
+// The fragment (#endpoint=NAME&token=TOKEN) never reaches the server; the token is moved to
+// sessionStorage and dropped from the address bar.
+function readConnection() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  state.endpoint = fragment.get('endpoint') || sessionStorage.getItem('serving.endpoint') || '';
+  state.token = fragment.get('token') || sessionStorage.getItem('serving.token') || '';
+  if (fragment.has('token')) {
+    history.replaceState(null, '', `${location.pathname}#endpoint=${encodeURIComponent(state.endpoint)}`);
+  }
+  $('endpoint').value = state.endpoint;
+  $('token').value = state.token;
+}
+
+function connect(event) {
+  if (event) event.preventDefault();
+  state.endpoint = $('endpoint').value.trim();
+  state.token = $('token').value;
+  sessionStorage.setItem('serving.endpoint', state.endpoint);
+  sessionStorage.setItem('serving.token', state.token);
+  history.replaceState(null, '', `${location.pathname}#endpoint=${encodeURIComponent(state.endpoint)}`);
+  state.offset = 0;
+  refresh();
+}
+
+async function api(path, params = {}) {
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== '' && v !== undefined));
+  const url = `/api/v1/endpoints/${encodeURIComponent(state.endpoint)}/${path}?${query}`;
+  const response = await fetch(url, { headers: { 'Cnvrg-Api-Key': state.token } });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+// ---- views ------------------------------------------------------------------------------
+
+function showView(view) {
+  state.view = view;
+  for (const button of document.querySelectorAll('#tabs button')) {
+    button.classList.toggle('active', button.dataset.view === view);
+  }
+  for (const section of document.querySelectorAll('main > section')) {
+    section.hidden = section.id !== `view-${view}`;
+  }
+  refresh();
+}
+
+async function refresh() {
+  clearTimeout(state.timer);
+  if (!state.endpoint) {
+    setStatus('Enter an endpoint and its token.');
+    return;
+  }
+  try {
+    if (state.view === 'charts') await loadCharts();
+    if (state.view === 'logs') await loadLogs();
+    setStatus(`${state.endpoint} · updated ${new Date().toLocaleTimeString()}`);
+  } catch (error) {
+    setStatus(`${state.endpoint}: ${error.message}`, true);
+  }
+  if (state.view === 'charts') state.timer = setTimeout(refresh, REFRESH_MS);
+}
+
+// ---- charts -----------------------------------------------------------------------------
+
+async function loadCharts() {
+  const minutes = Number($('window').value);
+  const charts = await (await api('charts', { minutes })).json();
+  const xMax = charts.now;
+  const xMin = xMax - (minutes - 1) * 60;
+  const color = (i) => COLORS[i % COLORS.length];
+
+  const requests = charts.versions.map((v, i) => ({
+    name: `v${v.model_version}`, color: color(i), points: filled(v.points, xMin, xMax, (p) => p.requests),
+  }));
+  const errors = charts.versions.map((v, i) => ({
+    name: `v${v.model_version}`, color: color(i), points: filled(v.points, xMin, xMax, (p) => p.errors),
+  }));
+  const latency = charts.versions.flatMap((v, i) => [
+    ['p50', 'p50_ms', ''], ['p95', 'p95_ms', '6 3'], ['p99', 'p99_ms', '2 3'],
+  ].map(([label, field, dash]) => ({
+    name: `v${v.model_version} ${label}`, color: color(i), dash,
+    points: v.points.map((p) => ({ x: p.minute, y: p[field] })),
+  })));
+
+  const grid = $('charts');
+  grid.replaceChildren(
+    lineChart({ id: 'requests', title: 'Requests per minute', series: requests, xMin, xMax }),
+    lineChart({ id: 'latency', title: 'Latency per minute (ms): p50, p95, p99', series: latency, xMin, xMax }),
+    lineChart({ id: 'errors', title: 'Errors per minute', series: errors, xMin, xMax }),
+  );
+
+  const versions = charts.versions.map((v) => v.model_version);
+  const byKey = new Map();
+  for (const metric of charts.metrics) {
+    if (!byKey.has(metric.key)) byKey.set(metric.key, []);
+    let index = versions.indexOf(metric.model_version);
+    if (index < 0) index = versions.push(metric.model_version) - 1;
+    byKey.get(metric.key).push({
+      name: `v${metric.model_version}`, color: color(index),
+      points: metric.points.map((p) => ({ x: p.minute, y: p.mean, count: p.count })),
+    });
+  }
+  const metricCharts = [...byKey].map(([key, series]) => lineChart({
+    id: `metric:${key}`, title: key, series, xMin, xMax,
+  }));
+  if (metricCharts.length === 0) {
+    metricCharts.push(el('p', { class: 'hint' }, 'No custom metrics logged in this window.'));
+  }
+  $('metric-charts').replaceChildren(...metricCharts);
+}
+
+// One point per minute of the window, zero where the API has none (no requests that minute).
+function filled(points, xMin, xMax, value) {
+  const byMinute = new Map(points.map((p) => [p.minute, value(p)]));
+  const out = [];
+  for (let x = xMin; x <= xMax; x += 60) out.push({ x, y: byMinute.get(x) || 0, filled: !byMinute.has(x) });
+  return out;
+}
+
+function lineChart({ id, title, series, xMin, xMax }) {
+  const W = 560, H = 220, left = 48, right = 30, top = 10, bottom = 28;
+  const box = el('div', { class: 'chart' });
+  box.append(el('h3', {}, title));
+  const svg = el('svg:svg', { viewBox: `0 0 ${W} ${H}`, 'data-chart': id, role: 'img', 'aria-label': title });
+  box.append(svg);
+
+  const all = series.flatMap((s) => s.points);
+  const yMaxRaw = Math.max(0, ...all.map((p) => p.y));
+  const yMinRaw = Math.min(0, ...all.map((p) => p.y));
+  const yMax = niceCeil(yMaxRaw === yMinRaw ? yMinRaw + 1 : yMaxRaw);
+  const yMin = yMinRaw < 0 ? -niceCeil(-yMinRaw) : 0;
+  const span = Math.max(60, xMax - xMin);
+  const sx = (x) => left + ((x - xMin) / span) * (W - left - right);
+  const sy = (y) => top + (1 - (y - yMin) / (yMax - yMin)) * (H - top - bottom);
+
+  for (let i = 0; i <= 4; i++) {
+    const y = yMin + ((yMax - yMin) * i) / 4;
+    svg.append(el('svg:line', { class: 'grid-line', x1: left, x2: W - right, y1: sy(y), y2: sy(y) }));
+    svg.append(el('svg:text', { class: 'tick', x: left - 6, y: sy(y) + 4, 'text-anchor': 'end' }, formatNumber(y)));
+  }
+  const step = Math.max(60, Math.ceil(span / 6 / 60) * 60);
+  for (let x = xMax; x >= xMin; x -= step) {
+    svg.append(el('svg:text', { class: 'tick', x: sx(x), y: H - 8, 'text-anchor': 'middle' }, formatMinute(x)));
+  }
+  svg.append(el('svg:line', { class: 'axis', x1: left, x2: W - right, y1: sy(yMin), y2: sy(yMin) }));
+  svg.append(el('svg:line', { class: 'axis', x1: left, x2: left, y1: top, y2: H - bottom }));
+
+  let drawn = 0;
+  for (const s of series) {
+    const points = s.points.filter((p) => Number.isFinite(p.y)).sort((a, b) => a.x - b.x);
+    if (points.length === 0) continue;
+    const d = points.map((p, i) => `${i ? 'L' : 'M'}${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join(' ');
+    const path = el('svg:path', { class: 'series', d, stroke: s.color, 'data-series': s.name });
+    if (s.dash) path.setAttribute('stroke-dasharray', s.dash);
+    svg.append(path);
+    // Minutes filled with zero get the line but no dot: dots mark measured minutes.
+    for (const p of points.filter((point) => !point.filled)) {
+      const dot = el('svg:circle', { cx: sx(p.x), cy: sy(p.y), r: 2.5, fill: s.color, 'data-value': p.y });
+      dot.append(el('svg:title', {}, `${s.name} ${formatMinute(p.x)}: ${formatNumber(p.y)}`));
+      svg.append(dot);
+      drawn += 1;
+    }
+  }
+  svg.setAttribute('data-points', drawn);
+  if (drawn === 0) {
+    svg.append(el('svg:text', { class: 'empty', x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'No data in this window'));
+  }
+
+  const legend = el('div', { class: 'legend' });
+  for (const s of series) {
+    const swatch = el('svg:svg', { width: 22, height: 8, viewBox: '0 0 22 8' });
+    const line = el('svg:line', { x1: 1, x2: 21, y1: 4, y2: 4, stroke: s.color, 'stroke-width': 2.5 });
+    if (s.dash) line.setAttribute('stroke-dasharray', s.dash);
+    swatch.append(line);
+    const item = el('span');
+    item.append(swatch, s.name);
+    legend.append(item);
+  }
+  box.append(legend);
+  return box;
+}
+
+function niceCeil(value) {
+  if (value <= 0) return 1;
+  const magnitude = 10 ** Math.floor(Math.log10(value));
+  for (const m of [1, 2, 2.5, 5, 10]) if (value <= m * magnitude) return m * magnitude;
+  return 10 * magnitude;
+}
+
+function formatNumber(value) {
+  if (Math.abs(value) >= 1000) return value.toFixed(0);
+  if (Math.abs(value) >= 10) return String(Math.round(value * 10) / 10);
+  return String(Math.round(value * 1000) / 1000);
+}
+
+function formatMinute(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+// ---- logs -------------------------------------------------------------------------------
+
+function filters() {
+  const iso = (value) => (value ? new Date(value).toISOString() : '');
+  return {
+    start_time: iso($('start').value),
+    end_time: iso($('end').value),
+    model_version: $('version').value.trim(),
+    status: $('outcome').value,
+  };
+}
+
+async function loadLogs() {
+  const size = Number($('size').value);
+  const page = await (await api('logs', { ...filters(), order: 'desc', offset: state.offset, size })).json();
+  state.total = page.total;
+  const body = $('log-table').querySelector('tbody');
+  body.replaceChildren(...page.predictions.map((p) => {
+    const row = el('tr', { 'data-request-id': p.request_id });
+    const failed = p.status < 200 || p.status >= 300;
+    row.append(
+      el('td', {}, new Date(p.start_time).toLocaleString()),
+      el('td', { class: 'json', title: p.request_id }, p.request_id),
+      el('td', {}, p.model_version),
+      el('td', { class: failed ? 'bad' : '' }, String(p.status)),
+      el('td', {}, p.elapsed_ms.toFixed(1)),
+      el('td', { class: 'json', title: json(p.input) }, json(p.input)),
+      el('td', { class: failed ? 'json bad' : 'json', title: failed ? p.error : json(p.output) }, failed ? p.error : json(p.output)),
+      el('td', { class: 'json' }, Object.keys(p.metrics).length ? JSON.stringify(p.metrics) : ''),
+    );
+    return row;
+  }));
+  const first = page.total === 0 ? 0 : state.offset + 1;
+  const last = state.offset + page.predictions.length;
+  $('log-summary').textContent = `Showing ${first}–${last} of ${page.total} predictions, newest first.`;
+  $('newer').disabled = state.offset === 0;
+  $('older').disabled = last >= page.total;
+}
+
+function json(value) {
+  return value === null || value === undefined ? '' : JSON.stringify(value);
+}
+
+async function exportCsv() {
+  try {
+    const response = await api('logs.csv', { ...filters(), order: 'asc', size: 1000000 });
+    const blob = await response.blob();
+    const link = el('a', { href: URL.createObjectURL(blob), download: `${state.endpoint}-predictions.csv` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    setStatus(`${state.endpoint} · exported ${blob.size} bytes`);
+  } catch (error) {
+    setStatus(`${state.endpoint}: export failed: ${error.message}`, true);
+  }
+}
+
+// ---- wiring -----------------------------------------------------------------------------
+
+document.addEventListener('DOMContentLoaded', () => {
+  readConnection();
+  $('connect').addEventListener('submit', connect);
+  for (const button of document.querySelectorAll('#tabs button')) {
+    button.addEventListener('click', () => showView(button.dataset.view));
+  }
+  $('window').addEventListener('change', refresh);
+  $('filters').addEventListener('submit', (event) => { event.preventDefault(); state.offset = 0; refresh(); });
+  $('newer').addEventListener('click', () => { state.offset = Math.max(0, state.offset - Number($('size').value)); refresh(); });
+  $('older').addEventListener('click', () => { state.offset += Number($('size').value); refresh(); });
+  $('export').addEventListener('click', exportCsv);
+  const initial = new URLSearchParams(location.search).get('view');
+  showView(['charts', 'logs', 'batch', 'triggers'].includes(initial) ? initial : 'charts');
+});
