@@ -713,3 +713,110 @@ fn json_logs_use_the_original_field_names_and_never_show_tokens() {
     });
     assert_eq!(param["threshold"], 0.5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_before_the_model_are_counted_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(dir.path(), &[]);
+    let observability = Observability::new().with_prediction_log(log.clone());
+    let endpoint = observability
+        .instrument(
+            ModelEndpoint::builder("doubler", doubler())
+                .model("double", "3")
+                .worker_setting("max_body_bytes", "64")
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let running = Running::start(service(&observability, vec![endpoint])).await;
+    let url = format!("{}/api/v1/endpoints/doubler", running.base);
+    let client = reqwest::Client::new();
+    let send = |token: &str, content_type: &str, body: Vec<u8>| {
+        client
+            .post(&url)
+            .header("Cnvrg-Api-Key", token)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    };
+    let json = "application/json";
+    let cases = [
+        (send("wrong", json, b"[1]".to_vec()).await.unwrap(), 401),
+        (
+            send(TOKEN, "text/plain", b"[1]".to_vec()).await.unwrap(),
+            415,
+        ),
+        (
+            send(TOKEN, json, b"{\"input_params\": [".to_vec())
+                .await
+                .unwrap(),
+            400,
+        ),
+        (send(TOKEN, json, vec![b' '; 1000]).await.unwrap(), 413),
+        (send(TOKEN, json, b"[2]".to_vec()).await.unwrap(), 200),
+    ];
+    let mut refused_ids = Vec::new();
+    for (response, status) in cases {
+        assert_eq!(response.status().as_u16(), status);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if status != 200 && status != 401 {
+            refused_ids.push(id);
+        }
+    }
+
+    let text = running.get("/metrics").await.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let count = |status: &str, version: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "serving_requests_total"
+                    && s.labels.get("endpoint") == Some("doubler")
+                    && s.labels.get("model_version") == Some(version)
+                    && s.labels.get("status") == Some(status)
+            })
+            .map(|s| s.value.clone())
+    };
+    for status in ["401", "415", "400", "413"] {
+        assert_eq!(
+            count(status, ""),
+            Some(prometheus_parse::Value::Counter(1.0)),
+            "status {status} in\n{text}"
+        );
+    }
+    assert_eq!(
+        count("200", "3"),
+        Some(prometheus_parse::Value::Counter(1.0))
+    );
+
+    log.flush().await.unwrap();
+    let page = log
+        .query(&PredictionQuery::new("doubler").page(0, 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.records.len(),
+        4,
+        "refusals and the prediction, not the unauthenticated call: {:?}",
+        page.records
+    );
+    let mut logged_refusals: Vec<String> = page
+        .records
+        .iter()
+        .filter(|r| r.status != 200)
+        .map(|r| r.request_id.clone())
+        .collect();
+    logged_refusals.sort();
+    refused_ids.sort();
+    assert_eq!(logged_refusals, refused_ids);
+    assert!(
+        page.records
+            .iter()
+            .all(|r| r.status == 200 || r.error.is_some())
+    );
+    running.stop().await;
+}

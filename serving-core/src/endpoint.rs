@@ -127,6 +127,44 @@ pub trait Endpoint: Debug + Send + Sync + 'static {
     fn lifecycle(&self) -> Option<&Lifecycle> {
         None
     }
+
+    /// Records a request that its transport refused before it reached the model (bad token,
+    /// malformed body, body too large, wrong content type), so that metrics and the
+    /// prediction log show every request, not only those that reached `predict`.
+    fn refused(&self, refused: Refused) {
+        let _ = refused;
+    }
+}
+
+/// A request refused by a transport before it reached the model; see [`Endpoint::refused`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Refused {
+    /// The request's id.
+    pub request_id: String,
+    /// Why it was refused.
+    pub error: Error,
+    /// When it arrived.
+    pub at: SystemTime,
+    /// How long the transport spent on it.
+    pub elapsed: Duration,
+}
+
+impl Refused {
+    /// A refusal of the request `request_id` that arrived at `at` and was refused now.
+    pub fn new(
+        request_id: impl Into<String>,
+        error: Error,
+        at: SystemTime,
+        started: Instant,
+    ) -> Self {
+        Refused {
+            request_id: request_id.into(),
+            error,
+            at,
+            elapsed: started.elapsed(),
+        }
+    }
 }
 
 /// A type-erased endpoint.
@@ -152,6 +190,10 @@ impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
 
     fn lifecycle(&self) -> Option<&Lifecycle> {
         (**self).lifecycle()
+    }
+
+    fn refused(&self, refused: Refused) {
+        (**self).refused(refused)
     }
 }
 
@@ -286,6 +328,11 @@ impl ModelEndpoint {
         let Some(records) = &self.records else {
             return;
         };
+        // Unauthenticated callers are counted in metrics but must not be able to fill the
+        // prediction log.
+        if request.status == 401 {
+            return;
+        }
         let logging = &self.spec.logging;
         let (output, error) = match request.outcome {
             Ok(output) => (
@@ -483,6 +530,22 @@ impl Endpoint for ModelEndpoint {
 
     fn lifecycle(&self) -> Option<&Lifecycle> {
         Some(&self.lifecycle)
+    }
+
+    fn refused(&self, refused: Refused) {
+        let status = refused.error.status();
+        self.finish(&Completed {
+            request_id: &refused.request_id,
+            version: "",
+            model: None,
+            mirror_of: None,
+            input: None,
+            outcome: &Err(refused.error),
+            logged: &Logged::default(),
+            status,
+            at: refused.at,
+            elapsed: refused.elapsed,
+        });
     }
 }
 

@@ -102,6 +102,18 @@ pub enum Error {
     /// A missing or wrong credential.
     #[error("missing or invalid credentials")]
     Unauthorized,
+    /// The request body is not JSON (HTTP 415).
+    #[error("content type must be application/json, got `{content_type}`")]
+    UnsupportedMediaType {
+        /// The content type as sent.
+        content_type: String,
+    },
+    /// The client did not send its whole request body in time (HTTP 408).
+    #[error("request body not received within {}s", after.as_secs())]
+    BodyTimeout {
+        /// How long the server waited.
+        after: Duration,
+    },
     /// The request body is larger than the configured limit.
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -188,6 +200,8 @@ impl Error {
                 | Error::Conflict { .. }
                 | Error::Unauthorized
                 | Error::PayloadTooLarge { .. }
+                | Error::UnsupportedMediaType { .. }
+                | Error::BodyTimeout { .. }
         )
     }
 
@@ -200,6 +214,8 @@ impl Error {
             Error::EndpointNotFound { .. } | Error::VersionNotFound { .. } => 404,
             Error::Conflict { .. } => 409,
             Error::PayloadTooLarge { .. } => 413,
+            Error::UnsupportedMediaType { .. } => 415,
+            Error::BodyTimeout { .. } => 408,
             Error::InvalidArgument { .. }
             | Error::ArgumentCount { .. }
             | Error::Rejected { .. } => 422,

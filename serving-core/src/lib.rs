@@ -66,7 +66,7 @@ pub use charts::{ChartMetrics, Charts, MetricChart, MetricPoint, RequestPoint, V
 pub use context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
 pub use endpoint::{
     DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest, Prediction,
-    new_request_id,
+    Refused, new_request_id,
 };
 pub use error::{BoxError, Error, Result};
 pub use feedback::{

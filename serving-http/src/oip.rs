@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -13,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use serving_core::{Error, Input, ModelSignature, TensorSpec, new_request_id};
+use serving_core::{
+    Error, Input, ModelSignature, PredictRequest, Refused, TensorSpec, new_request_id,
+};
 
 use crate::auth::TOKEN_HEADER;
 use crate::error::ApiError;
@@ -81,7 +84,7 @@ fn route<'a>(state: &'a ServiceState, name: &str) -> Result<&'a Route, ApiError>
 }
 
 /// The prediction token from `Cnvrg-Api-Key`, or else from `Authorization: Bearer`.
-fn authorize_oip(route: &Route, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize_oip(route: &Route, headers: &HeaderMap) -> Result<(), Error> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -247,31 +250,20 @@ async fn inference(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let (at, started) = (SystemTime::now(), Instant::now());
     let route = route(state, name)?;
-    authorize_oip(route, headers)?;
-    check_content_type(headers)?;
-    let spec = route.endpoint.spec();
-    let bytes = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
-    let request: InferenceRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid_request(format!("not an OIP inference request: {e}")))?;
-    let request_id = request
-        .id
-        .clone()
-        .filter(|id| !id.is_empty() && id.len() <= 128)
-        .or_else(|| {
-            headers
-                .get(REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty() && v.len() <= 128)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(new_request_id);
     let signature = signature(route, version);
-    let input = to_input(&request.inputs, signature.as_ref())?;
-    let mut predict = routed_request(input, headers).with_request_id(&request_id);
-    if let Some(version) = version {
-        predict = predict.with_version(version);
-    }
+    let (request, predict, request_id) =
+        match admit(state, route, version, headers, body, signature.as_ref()).await {
+            Ok(admitted) => admitted,
+            Err((error, request_id)) => {
+                let response = ApiError::from_core(&error, &request_id);
+                route
+                    .endpoint
+                    .refused(Refused::new(request_id, error, at, started));
+                return Err(response);
+            }
+        };
     let prediction = route
         .endpoint
         .predict(predict)
@@ -294,6 +286,47 @@ async fn inference(
         headers.insert(MODEL_VERSION_HEADER, value);
     }
     Ok(response)
+}
+
+/// Everything between an inference request's arrival and the model; a refusal carries the
+/// request id it was known by.
+async fn admit(
+    state: &ServiceState,
+    route: &Route,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    signature: Option<&ModelSignature>,
+) -> Result<(InferenceRequest, PredictRequest, String), (Error, String)> {
+    let header_id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned);
+    let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
+    authorize_oip(route, headers).map_err(refused)?;
+    check_content_type(headers).map_err(refused)?;
+    let spec = route.endpoint.spec();
+    let bytes = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout)
+        .await
+        .map_err(refused)?;
+    let request: InferenceRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        refused(Error::invalid_request(format!(
+            "not an OIP inference request: {e}"
+        )))
+    })?;
+    let request_id = request
+        .id
+        .clone()
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .or_else(|| header_id.clone())
+        .unwrap_or_else(new_request_id);
+    let input = to_input(&request.inputs, signature).map_err(|e| (e, request_id.clone()))?;
+    let mut predict = routed_request(input, headers).with_request_id(&request_id);
+    if let Some(version) = version {
+        predict = predict.with_version(version);
+    }
+    Ok((request, predict, request_id))
 }
 
 /// The predictor's input from the request's tensors; see the module docs.

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -13,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::{Value, json};
+
 use serving_core::{
-    DynEndpoint, Endpoint, Error, FileInput, PredictRequest, Result, new_request_id,
+    DynEndpoint, Endpoint, Error, FileInput, PredictRequest, Refused, Result, new_request_id,
 };
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -277,27 +279,23 @@ async fn serve_prediction(
     body: Body,
     request_id: &str,
 ) -> Result<Response, ApiError> {
+    let (at, started) = (SystemTime::now(), Instant::now());
     let route = state
         .endpoints
         .get(name)
         .ok_or_else(|| Error::EndpointNotFound {
             endpoint: name.to_owned(),
         })?;
-    authorize(route, headers.get(TOKEN_HEADER))?;
-    check_content_type(headers)?;
-    let spec = route.endpoint.spec();
-    let body = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
-    let input = parse_input(&body)?;
-    let decoded = match spec.files {
-        FileInput::Off => files::DecodedInput {
-            input: input.into(),
-            files: Vec::new(),
-        },
-        mode => files::decode(input, mode)?,
+    let request = match admit(state, route, headers, body, request_id).await {
+        Ok(request) => request,
+        Err(error) => {
+            let response = ApiError::from_core(&error, request_id);
+            route
+                .endpoint
+                .refused(Refused::new(request_id, error, at, started));
+            return Err(response);
+        }
     };
-    let request = routed_request(decoded.input, headers)
-        .with_request_id(request_id)
-        .with_resource(decoded.files);
     match route.endpoint.predict(request).await {
         Ok(prediction) => {
             let mut response =
@@ -316,14 +314,40 @@ async fn serve_prediction(
 }
 
 /// Checks the prediction token, when the endpoint requires one.
-pub(crate) fn authorize(route: &Route, given: Option<&HeaderValue>) -> Result<(), ApiError> {
+pub(crate) fn authorize(route: &Route, given: Option<&HeaderValue>) -> Result<(), Error> {
     if let Some(token) = &route.token {
         let given = given.map(HeaderValue::as_bytes).unwrap_or_default();
         if !token.matches(given) {
-            return Err(Error::Unauthorized.into());
+            return Err(Error::Unauthorized);
         }
     }
     Ok(())
+}
+
+/// Everything between a request's arrival and the model: auth, content type, body, decoding.
+async fn admit(
+    state: &ServiceState,
+    route: &Route,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<PredictRequest, Error> {
+    authorize(route, headers.get(TOKEN_HEADER))?;
+    check_content_type(headers)?;
+    let spec = route.endpoint.spec();
+    let body = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
+    let input = parse_input(&body)?;
+    let decoded = match spec.files {
+        FileInput::Off => files::DecodedInput {
+            input: input.into(),
+            files: Vec::new(),
+        },
+        mode => files::decode(input, mode)?,
+    };
+    let request = routed_request(decoded.input, headers)
+        .with_request_id(request_id)
+        .with_resource(decoded.files);
+    Ok(request)
 }
 
 /// A request for `input` with the routing key and pinned version its headers carry.
@@ -344,7 +368,7 @@ pub(crate) fn routed_request(input: serving_core::Input, headers: &HeaderMap) ->
     request
 }
 
-pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
     let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -359,10 +383,9 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     if essence == "application/json" || essence.ends_with("+json") {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type must be application/json, got `{essence}`"),
-        ))
+        Err(Error::UnsupportedMediaType {
+            content_type: essence,
+        })
     }
 }
 
@@ -370,31 +393,27 @@ pub(crate) async fn read_body(
     body: Body,
     limit: usize,
     timeout: std::time::Duration,
-) -> Result<bytes::Bytes, ApiError> {
+) -> Result<bytes::Bytes, Error> {
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("request body not received within {}s", timeout.as_secs()),
-        )),
+        Err(_) => Err(Error::BodyTimeout { after: timeout }),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Error::PayloadTooLarge { limit }.into())
+            Err(Error::PayloadTooLarge { limit })
         }
-        Ok(Err(error)) => {
-            Err(Error::invalid_request(format!("could not read the request body: {error}")).into())
-        }
+        Ok(Err(error)) => Err(Error::invalid_request(format!(
+            "could not read the request body: {error}"
+        ))),
     }
 }
 
 /// The body's input: `input_params` when the body is wrapped in it, else the body itself (the
 /// original product's clients send both shapes).
-fn parse_input(body: &[u8]) -> Result<Value, ApiError> {
+fn parse_input(body: &[u8]) -> Result<Value, Error> {
     if body.is_empty() {
         return Err(Error::invalid_request(
             "the request body is empty; send {\"input_params\": ...}",
-        )
-        .into());
+        ));
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Error::invalid_request(format!("the request body is not valid JSON: {e}")))?;
