@@ -3,7 +3,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/serving-target
 export CARGO_TARGET_DIR
 
-.PHONY: quickstart test lint ci
+.PHONY: quickstart test lint ci bench soak
 
 quickstart:
 	cargo run --release --example quickstart
@@ -17,3 +17,14 @@ lint:
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps -q
 
 ci: lint test
+
+# Benchmarks (not part of `make test`): the web service against bare axum, then batching.
+bench:
+	./scripts/bench-setup
+	cargo bench --bench http
+	cargo bench --bench batching
+
+# Saturation load for SOAK_SECS (default 600) seconds: errors, throughput per minute, RSS.
+soak:
+	./scripts/bench-setup
+	cargo bench --bench soak

@@ -1,0 +1,107 @@
+//! The web-service benchmark: our `WebService` against a bare axum server doing the same work,
+//! under the same load. Run with `cargo bench --bench http` (or `make bench`).
+//!
+//! `BENCH_SECS` (default 10) sets each run's length and `BENCH_RUNS` (default 3) how many runs
+//! each row takes; the table shows medians.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Load, Server, describe_machine, drive, median, secs_from_env};
+
+struct Row {
+    name: &'static str,
+    kind: &'static str,
+    /// What a correct answer contains.
+    expect: &'static str,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        name: "bare axum (physical limit)",
+        kind: "bare",
+        expect: r#""prediction":10.2"#,
+    },
+    Row {
+        name: "serving WebService, sum of 4 floats",
+        kind: "serving",
+        expect: r#""prediction":10.2"#,
+    },
+];
+
+fn main() {
+    if support::servers::serve_from_env() {
+        return;
+    }
+    let secs = secs_from_env("BENCH_SECS", 10);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    println!("serving web-service benchmark: {runs} run(s) of {}s per row, medians shown", secs.as_secs());
+    println!("{}", describe_machine());
+    println!("our web service: auth on; {}", support::servers::OBSERVABILITY);
+    println!();
+
+    let mut results: Vec<(&Row, Load, u64)> = Vec::new();
+    for row in ROWS {
+        let mut loads = Vec::new();
+        let mut rss = 0;
+        for run in 0..runs {
+            let server = Server::start(row.kind);
+            let (status, body) = server.request(support::BODY);
+            assert!(
+                status == 200 && body.contains(row.expect),
+                "{}: wrong answer {status} {body}",
+                row.name
+            );
+            // Warm up connections, allocator and caches before measuring.
+            drive(&server, Duration::from_secs(1));
+            let load = drive(&server, secs);
+            rss = server.rss_kib();
+            eprintln!(
+                "  {} run {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {} errors",
+                row.name,
+                run + 1,
+                load.rps,
+                load.p50_us,
+                load.p99_us,
+                load.errors
+            );
+            loads.push(load);
+        }
+        let pick = |f: fn(&Load) -> f64| median(&mut loads.iter().map(f).collect::<Vec<_>>());
+        let load = Load {
+            rps: pick(|l| l.rps),
+            p50_us: pick(|l| l.p50_us),
+            p99_us: pick(|l| l.p99_us),
+            requests: loads.iter().map(|l| l.requests).sum(),
+            errors: loads.iter().map(|l| l.errors).sum(),
+        };
+        results.push((row, load, rss));
+    }
+
+    let bare = results[0].1;
+    println!(
+        "| {:<40} | {:>10} | {:>9} | {:>9} | {:>9} | {:>9} | {:>6} | {:>8} |",
+        "server", "req/s", "p50 µs", "p99 µs", "× req/s", "× p99", "errors", "RSS MiB"
+    );
+    println!("|{:-<42}|{:->12}|{:->11}|{:->11}|{:->11}|{:->11}|{:->8}|{:->10}|", "", "", "", "", "", "", "", "");
+    for (row, load, rss) in &results {
+        println!(
+            "| {:<40} | {:>10.0} | {:>9.0} | {:>9.0} | {:>9.2} | {:>9.2} | {:>6} | {:>8.1} |",
+            row.name,
+            load.rps,
+            load.p50_us,
+            load.p99_us,
+            load.rps / bare.rps,
+            load.p99_us / bare.p99_us,
+            load.errors,
+            *rss as f64 / 1024.0
+        );
+    }
+    println!();
+    println!("goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns are relative to the bare row)");
+}
