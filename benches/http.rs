@@ -24,8 +24,13 @@ const ROWS: &[Row] = &[
         expect: r#""prediction":10.2"#,
     },
     Row {
-        name: "serving WebService, sum of 4 floats",
+        name: "serving, sum: predictor_fn(..).inline()",
         kind: "serving",
+        expect: r#""prediction":10.2"#,
+    },
+    Row {
+        name: "serving, sum: predictor_fn (blocking pool)",
+        kind: "serving-pool",
         expect: r#""prediction":10.2"#,
     },
 ];
@@ -62,12 +67,13 @@ fn main() {
             let load = drive(&server, secs);
             rss = server.rss_kib();
             eprintln!(
-                "  {} run {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {} errors",
+                "  {} run {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {:.1} CPU µs/req, {} errors",
                 row.name,
                 run + 1,
                 load.rps,
                 load.p50_us,
                 load.p99_us,
+                load.cpu_us,
                 load.errors
             );
             loads.push(load);
@@ -79,25 +85,30 @@ fn main() {
             p99_us: pick(|l| l.p99_us),
             requests: loads.iter().map(|l| l.requests).sum(),
             errors: loads.iter().map(|l| l.errors).sum(),
+            cpu_us: pick(|l| l.cpu_us),
         };
         results.push((row, load, rss));
     }
 
     let bare = results[0].1;
     println!(
-        "| {:<40} | {:>10} | {:>9} | {:>9} | {:>9} | {:>9} | {:>6} | {:>8} |",
-        "server", "req/s", "p50 µs", "p99 µs", "× req/s", "× p99", "errors", "RSS MiB"
+        "| {:<44} | {:>8} | {:>7} | {:>7} | {:>7} | {:>6} | {:>10} | {:>6} | {:>7} |",
+        "server", "req/s", "p50 µs", "p99 µs", "× req/s", "× p99", "CPU µs/req", "errors", "RSS MiB"
     );
-    println!("|{:-<42}|{:->12}|{:->11}|{:->11}|{:->11}|{:->11}|{:->8}|{:->10}|", "", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<46}|{:->10}|{:->9}|{:->9}|{:->9}|{:->8}|{:->12}|{:->8}|{:->9}|",
+        "", "", "", "", "", "", "", "", ""
+    );
     for (row, load, rss) in &results {
         println!(
-            "| {:<40} | {:>10.0} | {:>9.0} | {:>9.0} | {:>9.2} | {:>9.2} | {:>6} | {:>8.1} |",
+            "| {:<44} | {:>8.0} | {:>7.0} | {:>7.0} | {:>7.2} | {:>6.2} | {:>10.1} | {:>6} | {:>7.1} |",
             row.name,
             load.rps,
             load.p50_us,
             load.p99_us,
             load.rps / bare.rps,
             load.p99_us / bare.p99_us,
+            load.cpu_us,
             load.errors,
             *rss as f64 / 1024.0
         );

@@ -171,6 +171,24 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time process `pid` has used so far (user + system, all threads), in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // Linux reports in USER_HZ, 100 per second on every mainstream architecture.
+    ticks as f64 / 100.0
+}
+
 /// What one load run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Load {
@@ -184,6 +202,9 @@ pub struct Load {
     pub requests: u64,
     /// Socket errors, timeouts and non-2xx answers.
     pub errors: u64,
+    /// Server CPU time per answered request, microseconds: unlike req/s, it barely moves when
+    /// other work shares the machine.
+    pub cpu_us: f64,
 }
 
 /// Drives `server` with [`CONNECTIONS`] keep-alive connections for `duration` using `wrk`
@@ -196,6 +217,7 @@ pub fn drive(server: &Server, duration: Duration) -> Load {
 pub fn drive_with(server: &Server, duration: Duration, connections: u32, body: &str) -> Load {
     let script = wrk_script(body);
     let url = format!("http://127.0.0.1:{}{}", server.port, server.path);
+    let cpu_before = cpu_secs(server.pid());
     let output = pinned(Path::new("wrk"), 1)
         .args(["-t1", &format!("-c{connections}"), "--latency"])
         .arg(format!("-d{}s", duration.as_secs().max(1)))
@@ -205,6 +227,7 @@ pub fn drive_with(server: &Server, duration: Duration, connections: u32, body: &
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("wrk did not run ({e}); run scripts/bench-setup"));
+    let cpu = cpu_secs(server.pid()) - cpu_before;
     let _ = std::fs::remove_file(&script);
     let text = String::from_utf8_lossy(&output.stdout);
     let fields: Vec<f64> = text
@@ -223,6 +246,7 @@ pub fn drive_with(server: &Server, duration: Duration, connections: u32, body: &
         p99_us,
         requests: requests as u64,
         errors: errors as u64,
+        cpu_us: cpu * 1e6 / requests.max(1.0),
     }
 }
 

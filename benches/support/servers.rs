@@ -2,9 +2,9 @@
 //! [`serve_from_env`]) so that it can be pinned to its own core and its memory read alone.
 
 use std::io::Read as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -35,39 +35,53 @@ pub fn observed(builder: ModelEndpointBuilder) -> ModelEndpointBuilder {
 }
 
 /// A prediction log that serializes each record to a JSON line off the request path, the work
-/// a real log sink does before it writes, with a bounded queue that drops and counts when full.
+/// a real log sink does before it writes. Records wait in a bounded buffer that a writer
+/// thread drains every 10 ms (waking it per record would cost a context switch each); when
+/// the buffer is full, records are dropped and counted.
 #[derive(Debug)]
 pub struct JsonLinesRecords {
-    queue: SyncSender<PredictionRecord>,
+    buffer: Arc<Mutex<Vec<PredictionRecord>>>,
+    capacity: usize,
     dropped: AtomicU64,
 }
 
 impl JsonLinesRecords {
-    /// Starts the writer thread with a queue of `capacity` records.
+    /// Starts the writer thread with a buffer of `capacity` records.
     pub fn start(capacity: usize) -> Self {
-        let (queue, records) = sync_channel(capacity);
-        std::thread::spawn(move || write_lines(&records));
+        let buffer = Arc::new(Mutex::new(Vec::with_capacity(capacity)));
+        let drained = Arc::downgrade(&buffer);
+        std::thread::spawn(move || write_lines(&drained));
         JsonLinesRecords {
-            queue,
+            buffer,
+            capacity,
             dropped: AtomicU64::new(0),
         }
     }
 }
 
-fn write_lines(records: &Receiver<PredictionRecord>) {
+fn write_lines(buffer: &Weak<Mutex<Vec<PredictionRecord>>>) {
     let mut line = Vec::with_capacity(1024);
     let mut sink = std::io::sink();
-    for record in records {
-        line.clear();
-        serde_json::to_writer(&mut line, &record).expect("records serialize");
-        line.push(b'\n');
-        std::io::Write::write_all(&mut sink, &line).expect("sink accepts everything");
+    let mut batch = Vec::new();
+    while let Some(buffer) = buffer.upgrade() {
+        std::mem::swap(&mut *buffer.lock().expect("not poisoned"), &mut batch);
+        drop(buffer);
+        for record in batch.drain(..) {
+            line.clear();
+            serde_json::to_writer(&mut line, &record).expect("records serialize");
+            line.push(b'\n');
+            std::io::Write::write_all(&mut sink, &line).expect("sink accepts everything");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 impl RecordSink for JsonLinesRecords {
     fn record(&self, record: PredictionRecord) {
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(record) {
+        let mut buffer = self.buffer.lock().expect("not poisoned");
+        if buffer.len() < self.capacity {
+            buffer.push(record);
+        } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -93,7 +107,8 @@ pub fn serve_from_env() -> bool {
         };
         let (path, serve) = match kind.as_str() {
             "bare" => ("/predict", serve_bare(listener, stop)),
-            "serving" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, sum_endpoint())),
+            "serving" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, sum_endpoint(true))),
+            "serving-pool" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, sum_endpoint(false))),
             other => panic!("unknown server kind `{other}`"),
         };
         println!("PORT {port}\nPATH {path}\nREADY");
@@ -136,9 +151,11 @@ fn serve_bare(listener: TcpListener, stop: impl Future<Output = ()> + Send + 'st
     })
 }
 
-/// A trivial model: the sum of four floats, through `predictor_fn`.
-fn sum_endpoint() -> ModelEndpoint {
+/// A trivial model: the sum of four floats, through `predictor_fn`, run inline or on the
+/// blocking pool (the default).
+fn sum_endpoint(inline: bool) -> ModelEndpoint {
     let sum = predictor_fn(|a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) });
+    let sum = if inline { sum.inline() } else { sum };
     observed(ModelEndpoint::builder("sum", sum))
         .build()
         .expect("valid endpoint")

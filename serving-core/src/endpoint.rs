@@ -549,9 +549,14 @@ impl Endpoint for ModelEndpoint {
     }
 }
 
-/// A new random request id.
+/// A new request id: 32 hex digits, a random per-process prefix and a counter, so ids are
+/// unique without a system call per request.
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}{n:016x}")
 }
 
 /// Builds a [`ModelEndpoint`].
