@@ -29,6 +29,11 @@ const ROWS: &[Row] = &[
         expect: r#""prediction":10.2"#,
     },
     Row {
+        name: "serving, sum: inline, prediction log off",
+        kind: "serving-unlogged",
+        expect: r#""prediction":10.2"#,
+    },
+    Row {
         name: "serving, sum: predictor_fn (blocking pool)",
         kind: "serving-pool",
         expect: r#""prediction":10.2"#,

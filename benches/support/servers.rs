@@ -109,6 +109,7 @@ pub fn serve_from_env() -> bool {
             "bare" => ("/predict", serve_bare(listener, stop)),
             "serving" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, sum_endpoint(true))),
             "serving-pool" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, sum_endpoint(false))),
+            "serving-unlogged" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, unlogged_sum_endpoint())),
             other => panic!("unknown server kind `{other}`"),
         };
         println!("PORT {port}\nPATH {path}\nREADY");
@@ -157,6 +158,15 @@ fn sum_endpoint(inline: bool) -> ModelEndpoint {
     let sum = predictor_fn(|a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) });
     let sum = if inline { sum.inline() } else { sum };
     observed(ModelEndpoint::builder("sum", sum))
+        .build()
+        .expect("valid endpoint")
+}
+
+/// The inline sum with the default in-memory metrics and no prediction log, to show what
+/// logging costs.
+fn unlogged_sum_endpoint() -> ModelEndpoint {
+    let sum = predictor_fn(|a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) });
+    ModelEndpoint::builder("sum", sum.inline())
         .build()
         .expect("valid endpoint")
 }

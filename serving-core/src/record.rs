@@ -56,19 +56,67 @@ pub type DynRecordSink = dyn RecordSink;
 /// `max_chars` cropped to `max_chars` characters, as the original product crops log values.
 pub fn crop(value: &Value, max_chars: usize) -> Value {
     match value {
-        Value::String(text) if text.chars().count() > max_chars => {
+        // A string of at most `max_chars` bytes has at most that many characters.
+        Value::String(text) if text.len() > max_chars && text.chars().count() > max_chars => {
             Value::String(text.chars().take(max_chars).collect())
         }
         Value::String(_) | Value::Null | Value::Bool(_) | Value::Number(_) => value.clone(),
-        composite => {
-            let text = composite.to_string();
-            if text.chars().count() > max_chars {
-                Value::String(text.chars().take(max_chars).collect())
-            } else {
-                composite.clone()
+        composite if json_chars_at_most(composite, max_chars) => composite.clone(),
+        composite => Value::String(composite.to_string().chars().take(max_chars).collect()),
+    }
+}
+
+/// Whether `value`'s JSON text has at most `limit` characters, found without building the
+/// text: this runs on the request path for every recorded input.
+fn json_chars_at_most(value: &Value, limit: usize) -> bool {
+    if json_chars_bound(value, limit).is_some() {
+        return true;
+    }
+    json_chars_counted(value, limit)
+}
+
+/// An upper bound of `value`'s JSON length in characters, if it is at most `limit`: cheap,
+/// so small inputs (a few numbers) are never serialized just to be measured.
+fn json_chars_bound(value: &Value, limit: usize) -> Option<usize> {
+    let bound = match value {
+        Value::Null | Value::Bool(_) => 5,
+        // The longest number serde_json writes, `-1.7976931348623157e308`, has 24 characters.
+        Value::Number(_) => 24,
+        // An escaped character is at most six (`\u001f`); a UTF-8 byte is at most one char.
+        Value::String(text) => text.len().checked_mul(6)?.checked_add(2)?,
+        Value::Array(items) => items.iter().try_fold(items.len() + 2, |sum, item| {
+            sum.checked_add(json_chars_bound(item, limit)?)
+        })?,
+        Value::Object(entries) => entries.iter().try_fold(
+            entries.len() * 2 + 2,
+            |sum, (key, item)| {
+                sum.checked_add(key.len().checked_mul(6)? + 2)?
+                    .checked_add(json_chars_bound(item, limit)?)
+            },
+        )?,
+    };
+    (bound <= limit).then_some(bound)
+}
+
+fn json_chars_counted(value: &Value, limit: usize) -> bool {
+    struct CountChars {
+        chars: usize,
+        limit: usize,
+    }
+    impl std::io::Write for CountChars {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            // serde_json writes UTF-8: every byte that is not a continuation byte starts a char.
+            self.chars += buf.iter().filter(|&&b| (b as i8) >= -0x40).count();
+            if self.chars > self.limit {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
             }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
+    serde_json::to_writer(&mut CountChars { chars: 0, limit }, value).is_ok()
 }
 
 #[cfg(test)]
@@ -81,5 +129,15 @@ mod tests {
         assert_eq!(crop(&json!("abcdef"), 3), json!("abc"));
         assert_eq!(crop(&json!([1, 2]), 10), json!([1, 2]));
         assert_eq!(crop(&json!([1, 2, 3]), 4), json!("[1,2"));
+        assert_eq!(crop(&json!([1, 2, 3]), 7), json!([1, 2, 3]));
+        assert_eq!(crop(&json!(["é", "ü"]), 9), json!(["é", "ü"]));
+        assert_eq!(crop(&json!(["é", "ü"]), 8), json!("[\"é\",\"ü\""));
+        assert_eq!(crop(&json!("ééé"), 3), json!("ééé"));
+        assert_eq!(crop(&json!("éééé"), 3), json!("ééé"));
+        let long = json!({"values": [1.5, -2.25e300, 3], "text": "a\u{1}b"});
+        let text = long.to_string();
+        let n = text.chars().count();
+        assert_eq!(crop(&long, n), long);
+        assert_eq!(crop(&long, n - 1), json!(text.chars().take(n - 1).collect::<String>()));
     }
 }

@@ -298,10 +298,12 @@ async fn serve_prediction(
     };
     match route.endpoint.predict(request).await {
         Ok(prediction) => {
-            let mut response =
-                axum::Json(json!({ "prediction": prediction.output })).into_response();
+            let mut response = prediction_response(&prediction.output);
             let headers = response.headers_mut();
-            if let Ok(value) = HeaderValue::from_str(&prediction.request_id) {
+            // The id is ours now: hand its bytes to the header without copying them.
+            if let Ok(value) =
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(prediction.request_id))
+            {
                 headers.insert(REQUEST_ID_HEADER, value);
             }
             if let Ok(value) = HeaderValue::from_str(&prediction.model_version) {
@@ -311,6 +313,22 @@ async fn serve_prediction(
         }
         Err(error) => Err(ApiError::from_core(&error, request_id)),
     }
+}
+
+/// `{"prediction": output}`, written straight into the body (no intermediate JSON map).
+fn prediction_response(output: &Value) -> Response {
+    let mut body = Vec::with_capacity(64);
+    body.extend_from_slice(b"{\"prediction\":");
+    serde_json::to_writer(&mut body, output).expect("a JSON value always serializes");
+    body.push(b'}');
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Checks the prediction token, when the endpoint requires one.
@@ -378,9 +396,13 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
         .split(';')
         .next()
         .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json" || essence.ends_with("+json") {
+        .trim();
+    let json_suffix = essence
+        .len()
+        .checked_sub(5)
+        .and_then(|at| essence.get(at..))
+        .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"));
+    if essence.eq_ignore_ascii_case("application/json") || json_suffix {
         Ok(())
     } else {
         Err(Error::UnsupportedMediaType {
