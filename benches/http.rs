@@ -50,9 +50,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
-    println!("serving web-service benchmark: {runs} run(s) of {}s per row, medians shown", secs.as_secs());
+    println!(
+        "serving web-service benchmark: {runs} run(s) of {}s per row, medians shown",
+        secs.as_secs()
+    );
     println!("{}", describe_machine());
-    println!("our web service: auth on; {}", support::servers::OBSERVABILITY);
+    println!(
+        "our web service: auth on; {}",
+        support::servers::OBSERVABILITY
+    );
     println!();
 
     let mut results: Vec<(&Row, Load, u64)> = Vec::new();
@@ -98,7 +104,15 @@ fn main() {
     let bare = results[0].1;
     println!(
         "| {:<44} | {:>8} | {:>7} | {:>7} | {:>7} | {:>6} | {:>10} | {:>6} | {:>7} |",
-        "server", "req/s", "p50 µs", "p99 µs", "× req/s", "× p99", "CPU µs/req", "errors", "RSS MiB"
+        "server",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "× req/s",
+        "× p99",
+        "CPU µs/req",
+        "errors",
+        "RSS MiB"
     );
     println!(
         "|{:-<46}|{:->10}|{:->9}|{:->9}|{:->9}|{:->8}|{:->12}|{:->8}|{:->9}|",
@@ -119,5 +133,7 @@ fn main() {
         );
     }
     println!();
-    println!("goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns are relative to the bare row)");
+    println!(
+        "goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns are relative to the bare row)"
+    );
 }

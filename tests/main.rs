@@ -1,7 +1,9 @@
 //! Integration tests: one test binary, one module per area, each against real servers on
 //! ephemeral loopback ports.
 
+mod hostile;
 mod lifecycle;
 mod observability;
+mod shedding;
 mod support;
 mod web_service;

@@ -127,9 +127,7 @@ impl Server {
         )
         .expect("request sent");
         let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("response read");
+        stream.read_to_string(&mut response).expect("response read");
         let status = response
             .split(' ')
             .nth(1)
@@ -301,7 +299,11 @@ pub fn describe_machine() -> String {
         format!(
             "{cores} cores: server pinned to core 0, load generator (wrk, 1 thread, {CONNECTIONS} keep-alive connections) to core 1. \
              The load generator shares the machine with the server{}.",
-            if cores == 2 { " (2-core machine: nothing else is left for either)" } else { "" }
+            if cores == 2 {
+                " (2-core machine: nothing else is left for either)"
+            } else {
+                ""
+            }
         )
     } else {
         format!(

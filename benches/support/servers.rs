@@ -98,18 +98,29 @@ pub fn serve_from_env() -> bool {
         .build()
         .expect("runtime starts");
     runtime.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback bind");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback bind");
         let port = listener.local_addr().expect("bound").port();
         let stop = async {
             // The parent closes our stdin to stop us.
-            let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await;
         };
         let (path, serve) = match kind.as_str() {
             "bare" => ("/predict", serve_bare(listener, stop)),
-            "serving" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, sum_endpoint(true))),
-            "serving-pool" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, sum_endpoint(false))),
-            "serving-unlogged" => ("/api/v1/endpoints/sum", serve_ours(listener, stop, unlogged_sum_endpoint())),
+            "serving" => (
+                "/api/v1/endpoints/sum",
+                serve_ours(listener, stop, sum_endpoint(true)),
+            ),
+            "serving-pool" => (
+                "/api/v1/endpoints/sum",
+                serve_ours(listener, stop, sum_endpoint(false)),
+            ),
+            "serving-unlogged" => (
+                "/api/v1/endpoints/sum",
+                serve_ours(listener, stop, unlogged_sum_endpoint()),
+            ),
             other => panic!("unknown server kind `{other}`"),
         };
         println!("PORT {port}\nPATH {path}\nREADY");

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use futures::FutureExt as _;
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
+use crate::admission::Admission;
 use crate::autoscale::{DynAutoscaler, InMemoryAutoscaler};
 use crate::context::{Context, ContextParts, Logged, Resources, panic_message};
 use crate::error::{Error, Result};
@@ -212,7 +212,7 @@ pub struct ModelEndpoint {
     records: Option<Arc<DynRecordSink>>,
     settings: Arc<BTreeMap<String, String>>,
     pool: BlockingPool,
-    in_flight: Arc<Semaphore>,
+    admission: Arc<Admission>,
     ready: Arc<AtomicBool>,
 }
 
@@ -272,11 +272,12 @@ impl ModelEndpoint {
             };
             return (Err(error), Logged::default());
         }
-        let Ok(_slot) = self.in_flight.try_acquire() else {
-            let error = Error::Overloaded {
-                endpoint: self.name.to_string(),
-            };
-            return (Err(error), Logged::default());
+        // Time spent waiting for a slot counts toward the prediction's timeout.
+        let timeout = self.spec.server.workers.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _slot = match self.admission.admit(&self.name, deadline).await {
+            Ok(slot) => slot,
+            Err(error) => return (Err(error), Logged::default()),
         };
         let context = Context::new(ContextParts {
             request_id: request_id.to_owned(),
@@ -288,14 +289,14 @@ impl ModelEndpoint {
             sink: Arc::clone(&self.metrics),
         });
         let prediction = AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
-        let timeout = self.spec.server.workers.timeout();
-        let outcome = match tokio::time::timeout(timeout, context.clone().scope(prediction)).await {
-            Err(_) => Err(Error::Timeout { after: timeout }),
-            Ok(Err(panic)) => Err(Error::Panicked {
-                message: panic_message(&*panic),
-            }),
-            Ok(Ok(outcome)) => outcome,
-        };
+        let outcome =
+            match tokio::time::timeout_at(deadline, context.clone().scope(prediction)).await {
+                Err(_) => Err(Error::Timeout { after: timeout }),
+                Ok(Err(panic)) => Err(Error::Panicked {
+                    message: panic_message(&*panic),
+                }),
+                Ok(Ok(outcome)) => outcome,
+            };
         (outcome, context.take_logged())
     }
 
@@ -691,7 +692,7 @@ impl ModelEndpointBuilder {
             records: self.records,
             settings: Arc::new(self.spec.server.env.clone()),
             pool: BlockingPool::new(workers.threads),
-            in_flight: Arc::new(Semaphore::new(workers.concurrency)),
+            admission: Arc::new(Admission::new(workers.concurrency, workers.queue_depth)),
             ready: Arc::new(AtomicBool::new(true)),
             spec: Arc::new(self.spec),
         })

@@ -37,6 +37,7 @@
 //! |---|---|---|
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
 
+mod admission;
 mod autoscale;
 mod charts;
 mod context;

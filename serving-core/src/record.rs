@@ -87,13 +87,14 @@ fn json_chars_bound(value: &Value, limit: usize) -> Option<usize> {
         Value::Array(items) => items.iter().try_fold(items.len() + 2, |sum, item| {
             sum.checked_add(json_chars_bound(item, limit)?)
         })?,
-        Value::Object(entries) => entries.iter().try_fold(
-            entries.len() * 2 + 2,
-            |sum, (key, item)| {
-                sum.checked_add(key.len().checked_mul(6)? + 2)?
-                    .checked_add(json_chars_bound(item, limit)?)
-            },
-        )?,
+        Value::Object(entries) => {
+            entries
+                .iter()
+                .try_fold(entries.len() * 2 + 2, |sum, (key, item)| {
+                    sum.checked_add(key.len().checked_mul(6)? + 2)?
+                        .checked_add(json_chars_bound(item, limit)?)
+                })?
+        }
     };
     (bound <= limit).then_some(bound)
 }
@@ -138,6 +139,9 @@ mod tests {
         let text = long.to_string();
         let n = text.chars().count();
         assert_eq!(crop(&long, n), long);
-        assert_eq!(crop(&long, n - 1), json!(text.chars().take(n - 1).collect::<String>()));
+        assert_eq!(
+            crop(&long, n - 1),
+            json!(text.chars().take(n - 1).collect::<String>())
+        );
     }
 }

@@ -240,8 +240,12 @@ pub struct ServerSettings {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct WorkerSettings {
-    /// Requests served at once before new ones are shed with 503 (`concurrency`).
+    /// Requests served at once (`concurrency`); more wait in the queue.
     pub concurrency: usize,
+    /// Requests that may wait for a slot when `concurrency` are running (`queue_depth`);
+    /// beyond it, requests are shed at once with 503 and `Retry-After`. 0, the default, sheds
+    /// as soon as `concurrency` requests run. Waiting counts toward the timeout.
+    pub queue_depth: usize,
     /// Threads that run blocking predictors (`threads`); defaults to the number of cores.
     pub threads: usize,
     /// Seconds before a prediction times out (`timeout`), 1800 by default as in the original.
@@ -254,6 +258,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             concurrency: 1024,
+            queue_depth: 0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             timeout_secs: 1800,
             max_body_bytes: 16 * 1024 * 1024,
@@ -263,12 +268,13 @@ impl Default for WorkerSettings {
 
 impl WorkerSettings {
     /// Every key [`WorkerSettings::set`] accepts. `workers` is an alias of `concurrency`.
-    pub const KEYS: [&'static str; 5] = [
+    pub const KEYS: [&'static str; 6] = [
         "concurrency",
         "workers",
         "threads",
         "timeout",
         "max_body_bytes",
+        "queue_depth",
     ];
 
     /// The prediction timeout.
@@ -297,6 +303,12 @@ impl WorkerSettings {
             "threads" => self.threads = positive()? as usize,
             "timeout" => self.timeout_secs = positive()?,
             "max_body_bytes" => self.max_body_bytes = positive()? as usize,
+            "queue_depth" => {
+                self.queue_depth = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("expected a whole number (0 for no queue)"))?
+            }
             "bind" => {
                 return Err(invalid(
                     "the bind address is set by the server, not by settings",

@@ -416,6 +416,10 @@ pub(crate) async fn read_body(
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, Error> {
+    // A body announced (Content-Length) larger than the limit is refused before it is read.
+    if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
+        return Err(Error::PayloadTooLarge { limit });
+    }
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(Error::BodyTimeout { after: timeout }),
