@@ -112,6 +112,12 @@ mod oip;
 mod prometheus;
 mod service;
 
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::fuzz::{decode_body, decode_files};
+}
+mod fuzz;
+
 pub use auth::{TOKEN_HEADER, Token};
 pub use config::WebServiceConfig;
 pub use observability::Observability;

@@ -435,7 +435,7 @@ pub(crate) async fn read_body(
 
 /// The body's input: `input_params` when the body is wrapped in it, else the body itself (the
 /// original product's clients send both shapes).
-fn parse_input(body: &[u8]) -> Result<Value, Error> {
+pub(crate) fn parse_input(body: &[u8]) -> Result<Value, Error> {
     if body.is_empty() {
         return Err(Error::invalid_request(
             "the request body is empty; send {\"input_params\": ...}",
@@ -514,5 +514,14 @@ mod tests {
         );
         assert!(parse_input(b"{").is_err());
         assert!(parse_input(b"").is_err());
+    }
+
+    #[test]
+    fn floats_reach_the_model_exactly_as_sent() {
+        // Found by fuzzing: without serde_json's `float_roundtrip`, this parses one unit off.
+        let sent = b"33333333333333333333333533133366686633533133366686666";
+        let value = parse_input(sent).unwrap();
+        assert_eq!(value, json!(3.333333333333333e52));
+        assert_eq!(value.to_string().parse::<f64>().unwrap(), 3.333333333333333e52);
     }
 }

@@ -1,0 +1,23 @@
+//! Entry points for the fuzz targets in `fuzz/`: the request decoding of the predict route,
+//! without a socket. Not part of the public API.
+
+use serde_json::Value;
+use serving_core::{FileInput, Input};
+
+/// Decodes a predict request body exactly as `POST /api/v1/endpoints/{name}` does: JSON,
+/// `input_params` unwrapped, then Base64 files decoded when `files` asks for it. The error is
+/// the message the caller would see.
+pub fn decode_body(body: &[u8], files: FileInput) -> Result<Input, String> {
+    let input = crate::service::parse_input(body).map_err(|e| format!("{e:?}"))?;
+    decode_files(input, files)
+}
+
+/// Decodes Base64 file input (a string or a list of strings) as the predict route does.
+pub fn decode_files(input: Value, files: FileInput) -> Result<Input, String> {
+    match files {
+        FileInput::Off => Ok(Input::Json(input)),
+        mode => crate::files::decode(input, mode)
+            .map(|decoded| decoded.input)
+            .map_err(|e| e.to_string()),
+    }
+}
