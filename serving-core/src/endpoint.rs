@@ -611,6 +611,16 @@ impl ModelEndpointBuilder {
         self
     }
 
+    /// Groups concurrent requests into batches (see [`Batched`](crate::Batched)); the same as
+    /// the worker settings `max_batch_size` and `max_batch_wait_ms`. The predictor must declare
+    /// [`Capabilities::batch`](crate::Capabilities::batch).
+    pub fn batching(mut self, config: crate::BatchConfig) -> Self {
+        let workers = &mut self.spec.server.workers;
+        workers.max_batch_size = config.max_batch_size;
+        workers.max_batch_wait_ms = config.max_wait.as_millis().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
     /// Adds a KEY-VALUE setting readable through [`Context::setting`].
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.spec.server.env.insert(key.into(), value.into());
@@ -676,7 +686,7 @@ impl ModelEndpointBuilder {
             .unwrap_or_else(|| Arc::new(InMemoryMetrics::new()));
         let lifecycle = Lifecycle::new(LifecycleParts {
             spec: self.spec.clone(),
-            predictor: self.predictor,
+            predictor: crate::batching::from_spec(self.predictor, &self.spec, &metrics)?,
             description: self.description,
             metrics: Arc::clone(&metrics),
             registry: self.registry,

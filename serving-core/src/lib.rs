@@ -39,6 +39,7 @@
 
 mod admission;
 mod autoscale;
+mod batching;
 mod charts;
 mod context;
 mod endpoint;
@@ -63,6 +64,7 @@ mod trigger;
 pub mod conformance;
 
 pub use autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
+pub use batching::{BATCH_SIZE_METRIC, BatchConfig, Batched};
 pub use charts::{ChartMetrics, Charts, MetricChart, MetricPoint, RequestPoint, VersionChart};
 pub use context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
 pub use endpoint::{

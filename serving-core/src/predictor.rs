@@ -58,6 +58,14 @@ pub struct Capabilities {
     pub batch: bool,
 }
 
+impl Capabilities {
+    /// Declares that `predict_batch` is faster than one `predict` per input.
+    pub fn with_batch(mut self) -> Self {
+        self.batch = true;
+        self
+    }
+}
+
 #[async_trait]
 impl<P: Predictor + ?Sized> Predictor for Arc<P> {
     async fn predict(&self, input: Input, ctx: &Context) -> Result<Value> {

@@ -252,6 +252,12 @@ pub struct WorkerSettings {
     pub timeout_secs: u64,
     /// Largest accepted request body in bytes (`max_body_bytes`).
     pub max_body_bytes: usize,
+    /// Most inputs grouped into one `predict_batch` call (`max_batch_size`); 0 or 1, the
+    /// default, turns batching off. Only for predictors that declare a batch method.
+    pub max_batch_size: usize,
+    /// Longest a request waits for others to join its batch, in milliseconds
+    /// (`max_batch_wait_ms`), 5 by default.
+    pub max_batch_wait_ms: u64,
 }
 
 impl Default for WorkerSettings {
@@ -262,19 +268,23 @@ impl Default for WorkerSettings {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             timeout_secs: 1800,
             max_body_bytes: 16 * 1024 * 1024,
+            max_batch_size: 0,
+            max_batch_wait_ms: 5,
         }
     }
 }
 
 impl WorkerSettings {
     /// Every key [`WorkerSettings::set`] accepts. `workers` is an alias of `concurrency`.
-    pub const KEYS: [&'static str; 6] = [
+    pub const KEYS: [&'static str; 8] = [
         "concurrency",
         "workers",
         "threads",
         "timeout",
         "max_body_bytes",
         "queue_depth",
+        "max_batch_size",
+        "max_batch_wait_ms",
     ];
 
     /// The prediction timeout.
@@ -298,17 +308,20 @@ impl WorkerSettings {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| invalid("expected a whole number greater than zero"))
         };
+        let whole = |zero: &str| {
+            value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid(&format!("expected a whole number ({zero})")))
+        };
         match key {
             "concurrency" | "workers" => self.concurrency = positive()? as usize,
             "threads" => self.threads = positive()? as usize,
             "timeout" => self.timeout_secs = positive()?,
             "max_body_bytes" => self.max_body_bytes = positive()? as usize,
-            "queue_depth" => {
-                self.queue_depth = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid("expected a whole number (0 for no queue)"))?
-            }
+            "queue_depth" => self.queue_depth = whole("0 for no queue")? as usize,
+            "max_batch_size" => self.max_batch_size = whole("0 for no batching")? as usize,
+            "max_batch_wait_ms" => self.max_batch_wait_ms = whole("0 to never wait")?,
             "bind" => {
                 return Err(invalid(
                     "the bind address is set by the server, not by settings",

@@ -522,6 +522,9 @@ mod tests {
         let sent = b"33333333333333333333333533133366686633533133366686666";
         let value = parse_input(sent).unwrap();
         assert_eq!(value, json!(3.333333333333333e52));
-        assert_eq!(value.to_string().parse::<f64>().unwrap(), 3.333333333333333e52);
+        assert_eq!(
+            value.to_string().parse::<f64>().unwrap(),
+            3.333333333333333e52
+        );
     }
 }

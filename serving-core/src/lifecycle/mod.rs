@@ -932,6 +932,7 @@ impl Deployment {
         spec.autoscale = state.autoscale;
         spec.canary = state.policy.clone();
         let model = Arc::from(spec.model.name.as_str());
+        let predictor = crate::batching::from_spec(update.predictor, &spec, &self.metrics)?;
         state.versions.push(Entry {
             record: ModelVersion {
                 id: id.clone(),
@@ -944,7 +945,7 @@ impl Deployment {
             served: Some(Arc::new(Served {
                 id: Arc::from(id.as_str()),
                 model,
-                predictor: update.predictor,
+                predictor,
             })),
         });
         Ok(id)
@@ -1008,6 +1009,7 @@ impl Deployment {
         };
         let spec = &entry.record.spec;
         let predictor = registry.predictor(&spec.model, spec.preprocess.as_deref())?;
+        let predictor = crate::batching::from_spec(predictor, spec, &self.metrics)?;
         entry.served = Some(Arc::new(Served {
             id: Arc::from(version),
             model: Arc::from(spec.model.name.as_str()),
