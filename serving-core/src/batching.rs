@@ -341,6 +341,7 @@ mod tests {
     fn context(id: usize) -> Context {
         Context::new(ContextParts {
             request_id: id.to_string(),
+            resources: crate::Resources::default(),
             endpoint: Arc::from("e"),
             model_version: Arc::from("1"),
             settings: Arc::new(BTreeMap::new()),
