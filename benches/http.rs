@@ -38,6 +38,11 @@ const ROWS: &[Row] = &[
         kind: "serving-pool",
         expect: r#""prediction":10.2"#,
     },
+    Row {
+        name: "serving, quickstart iris (KNN + preprocess)",
+        kind: "iris",
+        expect: r#""prediction":"setosa""#,
+    },
 ];
 
 fn main() {
@@ -61,12 +66,14 @@ fn main() {
     );
     println!();
 
-    let mut results: Vec<(&Row, Load, u64)> = Vec::new();
+    let mut results: Vec<(&Row, Load, u64, u64)> = Vec::new();
     for row in ROWS {
         let mut loads = Vec::new();
         let mut rss = 0;
+        let mut idle_rss = 0;
         for run in 0..runs {
             let server = Server::start(row.kind);
+            idle_rss = server.rss_kib();
             let (status, body) = server.request(support::BODY);
             assert!(
                 status == 200 && body.contains(row.expect),
@@ -98,13 +105,11 @@ fn main() {
             errors: loads.iter().map(|l| l.errors).sum(),
             cpu_us: pick(|l| l.cpu_us),
         };
-        results.push((row, load, rss));
+        results.push((row, load, idle_rss, rss));
     }
 
     let bare = results[0].1;
-    println!(
-        "| {:<44} | {:>8} | {:>7} | {:>7} | {:>7} | {:>6} | {:>10} | {:>6} | {:>7} |",
-        "server",
+    let header = [
         "req/s",
         "p50 µs",
         "p99 µs",
@@ -112,28 +117,32 @@ fn main() {
         "× p99",
         "CPU µs/req",
         "errors",
-        "RSS MiB"
-    );
-    println!(
-        "|{:-<46}|{:->10}|{:->9}|{:->9}|{:->9}|{:->8}|{:->12}|{:->8}|{:->9}|",
-        "", "", "", "", "", "", "", "", ""
-    );
-    for (row, load, rss) in &results {
-        println!(
-            "| {:<44} | {:>8.0} | {:>7.0} | {:>7.0} | {:>7.2} | {:>6.2} | {:>10.1} | {:>6} | {:>7.1} |",
-            row.name,
-            load.rps,
-            load.p50_us,
-            load.p99_us,
-            load.rps / bare.rps,
-            load.p99_us / bare.p99_us,
-            load.cpu_us,
-            load.errors,
-            *rss as f64 / 1024.0
-        );
+        "idle MiB",
+        "RSS MiB",
+    ];
+    print!("| {:<44} |", "server");
+    header.iter().for_each(|h| print!(" {h:>10} |"));
+    println!();
+    print!("|{:-<46}|", "");
+    header.iter().for_each(|_| print!("{:-<12}|", ""));
+    println!();
+    for (row, load, idle_rss, rss) in &results {
+        let cells = [
+            format!("{:.0}", load.rps),
+            format!("{:.0}", load.p50_us),
+            format!("{:.0}", load.p99_us),
+            format!("{:.2}", load.rps / bare.rps),
+            format!("{:.2}", load.p99_us / bare.p99_us),
+            format!("{:.1}", load.cpu_us),
+            load.errors.to_string(),
+            format!("{:.1}", *idle_rss as f64 / 1024.0),
+            format!("{:.1}", *rss as f64 / 1024.0),
+        ];
+        print!("| {:<44} |", row.name);
+        cells.iter().for_each(|c| print!(" {c:>10} |"));
+        println!();
     }
     println!();
-    println!(
-        "goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns are relative to the bare row)"
-    );
+    println!("goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns: relative to bare)");
+    println!("idle MiB: server RSS before any load; RSS MiB: after the last run's load");
 }

@@ -21,6 +21,11 @@ use tokio::net::TcpListener;
 
 use super::{SERVE_ENV, TOKEN};
 
+/// The quickstart's iris model (KNN behind a standardising preprocess), reused as it is.
+#[path = "../../examples/models/iris.rs"]
+#[allow(dead_code, missing_docs)]
+mod iris;
+
 /// What our web service runs with in every benchmark: the ONE place that turns prediction
 /// logging and metrics on.
 pub const OBSERVABILITY: &str = "metrics: InMemoryMetrics (bounded, 10k events); prediction log: \
@@ -117,6 +122,10 @@ pub fn serve_from_env() -> bool {
                 "/api/v1/endpoints/sum",
                 serve_ours(listener, stop, sum_endpoint(false)),
             ),
+            "iris" => (
+                "/api/v1/endpoints/iris",
+                serve_ours(listener, stop, iris_endpoint()),
+            ),
             "serving-unlogged" => (
                 "/api/v1/endpoints/sum",
                 serve_ours(listener, stop, unlogged_sum_endpoint()),
@@ -169,6 +178,14 @@ fn sum_endpoint(inline: bool) -> ModelEndpoint {
     let sum = predictor_fn(|a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) });
     let sum = if inline { sum.inline() } else { sum };
     observed(ModelEndpoint::builder("sum", sum))
+        .build()
+        .expect("valid endpoint")
+}
+
+/// The quickstart's model, as the quickstart builds it, with logging and metrics on.
+fn iris_endpoint() -> ModelEndpoint {
+    let model = iris::Iris::train().expect("the iris dataset trains");
+    observed(model.endpoint("iris"))
         .build()
         .expect("valid endpoint")
 }
