@@ -117,7 +117,20 @@ impl Default for InMemoryMetrics {
 
 impl MetricSink for InMemoryMetrics {
     fn record_request(&self, event: &RequestEvent) {
-        push_bounded(&mut lock(&self.requests), event.clone(), self.capacity);
+        let mut requests = lock(&self.requests);
+        if requests.len() < self.capacity {
+            requests.push_back(event.clone());
+            return;
+        }
+        // Full: overwrite the oldest entry in place, reusing its strings' memory, so that a
+        // busy endpoint allocates nothing here.
+        let mut oldest = requests.pop_front().expect("capacity is at least one");
+        oldest.endpoint.clone_from(&event.endpoint);
+        oldest.model_version.clone_from(&event.model_version);
+        oldest.status = event.status;
+        oldest.latency = event.latency;
+        oldest.at = event.at;
+        requests.push_back(oldest);
     }
 
     fn record_metric(&self, sample: &MetricSample) {

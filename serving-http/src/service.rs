@@ -362,9 +362,10 @@ async fn admit(
         },
         mode => files::decode(input, mode)?,
     };
-    let request = routed_request(decoded.input, headers)
-        .with_request_id(request_id)
-        .with_resource(decoded.files);
+    let mut request = routed_request(decoded.input, headers).with_request_id(request_id);
+    if !decoded.files.is_empty() {
+        request = request.with_resource(decoded.files);
+    }
     Ok(request)
 }
 
