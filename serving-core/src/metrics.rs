@@ -84,8 +84,41 @@ pub type DynMetricSink = dyn MetricSink;
 #[derive(Debug)]
 pub struct InMemoryMetrics {
     capacity: usize,
-    requests: Mutex<VecDeque<RequestEvent>>,
+    requests: Mutex<Requests>,
     series: Mutex<HashMap<(String, String), VecDeque<MetricSample>>>,
+}
+
+/// Recorded requests, compact: every request stores its endpoint and version names as shared
+/// `Arc<str>`s, so recording touches no per-request heap memory (this runs for every request
+/// of every endpoint that keeps the default sink).
+#[derive(Debug, Default)]
+struct Requests {
+    events: VecDeque<StoredRequest>,
+    /// The distinct names seen so far (endpoints and versions: a handful).
+    names: Vec<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct StoredRequest {
+    endpoint: Arc<str>,
+    model_version: Arc<str>,
+    status: u16,
+    latency: Duration,
+    at: SystemTime,
+}
+
+impl Requests {
+    fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.names.iter().find(|known| ***known == *name) {
+            return Arc::clone(known);
+        }
+        // Bounded: a sink fed by endless distinct names stops sharing rather than growing.
+        let name: Arc<str> = Arc::from(name);
+        if self.names.len() < 256 {
+            self.names.push(Arc::clone(&name));
+        }
+        name
+    }
 }
 
 impl InMemoryMetrics {
@@ -105,7 +138,17 @@ impl InMemoryMetrics {
 
     /// The recorded requests still held, oldest first.
     pub fn requests(&self) -> Vec<RequestEvent> {
-        lock(&self.requests).iter().cloned().collect()
+        lock(&self.requests)
+            .events
+            .iter()
+            .map(|stored| RequestEvent {
+                endpoint: stored.endpoint.to_string(),
+                model_version: stored.model_version.to_string(),
+                status: stored.status,
+                latency: stored.latency,
+                at: stored.at,
+            })
+            .collect()
     }
 }
 
@@ -118,19 +161,17 @@ impl Default for InMemoryMetrics {
 impl MetricSink for InMemoryMetrics {
     fn record_request(&self, event: &RequestEvent) {
         let mut requests = lock(&self.requests);
-        if requests.len() < self.capacity {
-            requests.push_back(event.clone());
-            return;
+        let stored = StoredRequest {
+            endpoint: requests.name(&event.endpoint),
+            model_version: requests.name(&event.model_version),
+            status: event.status,
+            latency: event.latency,
+            at: event.at,
+        };
+        if requests.events.len() == self.capacity {
+            requests.events.pop_front();
         }
-        // Full: overwrite the oldest entry in place, reusing its strings' memory, so that a
-        // busy endpoint allocates nothing here.
-        let mut oldest = requests.pop_front().expect("capacity is at least one");
-        oldest.endpoint.clone_from(&event.endpoint);
-        oldest.model_version.clone_from(&event.model_version);
-        oldest.status = event.status;
-        oldest.latency = event.latency;
-        oldest.at = event.at;
-        requests.push_back(oldest);
+        requests.events.push_back(stored);
     }
 
     fn record_metric(&self, sample: &MetricSample) {

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
@@ -31,6 +31,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The header naming the model version that answered; on a request, it asks for that version
 /// and bypasses the canary split.
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+
+// Parsed once: a header name given as `&str` is parsed again on every insert.
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const MODEL_VERSION: HeaderName = HeaderName::from_static(MODEL_VERSION_HEADER);
 /// The header whose value makes the canary split sticky: the same key reaches the same version.
 pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 /// The environment variable that holds the admin token, when the builder is not given one.
@@ -304,10 +308,10 @@ async fn serve_prediction(
             if let Ok(value) =
                 HeaderValue::from_maybe_shared(bytes::Bytes::from(prediction.request_id))
             {
-                headers.insert(REQUEST_ID_HEADER, value);
+                headers.insert(REQUEST_ID, value);
             }
             if let Ok(value) = HeaderValue::from_str(&prediction.model_version) {
-                headers.insert(MODEL_VERSION_HEADER, value);
+                headers.insert(MODEL_VERSION, value);
             }
             Ok(response)
         }
