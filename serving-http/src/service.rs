@@ -21,7 +21,7 @@ use serving_core::{
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::{TOKEN_HEADER, Token};
+use crate::auth::Token;
 use crate::config::WebServiceConfig;
 use crate::error::ApiError;
 use crate::files;
@@ -32,9 +32,11 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// and bypasses the canary split.
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";
 
-// Parsed once: a header name given as `&str` is parsed again on every insert.
+// Parsed once: a header name given as `&str` is parsed (and lowercased) on every use.
 const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const MODEL_VERSION: HeaderName = HeaderName::from_static(MODEL_VERSION_HEADER);
+const ROUTING_KEY: HeaderName = HeaderName::from_static(ROUTING_KEY_HEADER);
+const TOKEN: HeaderName = HeaderName::from_static("cnvrg-api-key");
 /// The header whose value makes the canary split sticky: the same key reaches the same version.
 pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 /// The environment variable that holds the admin token, when the builder is not given one.
@@ -260,7 +262,7 @@ async fn predict(
     body: Body,
 ) -> Response {
     let request_id = headers
-        .get(REQUEST_ID_HEADER)
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map_or_else(new_request_id, str::to_owned);
@@ -269,7 +271,7 @@ async fn predict(
         Err(error) => {
             let mut response = error.into_response();
             if let Ok(value) = HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                response.headers_mut().insert(REQUEST_ID, value);
             }
             response
         }
@@ -354,7 +356,7 @@ async fn admit(
     body: Body,
     request_id: &str,
 ) -> Result<PredictRequest, Error> {
-    authorize(route, headers.get(TOKEN_HEADER))?;
+    authorize(route, headers.get(&TOKEN))?;
     check_content_type(headers)?;
     let spec = route.endpoint.spec();
     let body = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
@@ -375,17 +377,17 @@ async fn admit(
 
 /// A request for `input` with the routing key and pinned version its headers carry.
 pub(crate) fn routed_request(input: serving_core::Input, headers: &HeaderMap) -> PredictRequest {
-    let header = |name: &str| {
+    let header = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
     };
     let mut request = PredictRequest::new(input);
-    if let Some(key) = header(ROUTING_KEY_HEADER) {
+    if let Some(key) = header(&ROUTING_KEY) {
         request = request.with_routing_key(key);
     }
-    if let Some(version) = header(MODEL_VERSION_HEADER) {
+    if let Some(version) = header(&MODEL_VERSION) {
         request = request.with_version(version);
     }
     request
@@ -411,7 +413,7 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::UnsupportedMediaType {
-            content_type: essence,
+            content_type: essence.to_ascii_lowercase(),
         })
     }
 }
@@ -519,6 +521,12 @@ mod tests {
         );
         assert!(parse_input(b"{").is_err());
         assert!(parse_input(b"").is_err());
+    }
+
+    #[test]
+    fn parsed_header_names_are_the_documented_ones() {
+        assert_eq!(TOKEN, HeaderName::try_from(crate::TOKEN_HEADER).unwrap());
+        assert_eq!(REQUEST_ID.as_str(), REQUEST_ID_HEADER);
     }
 
     #[test]
