@@ -143,6 +143,17 @@ type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The physical limit: axum alone parsing the same JSON, checking the token, summing four
 /// floats and replying in JSON.
 fn serve_bare(listener: TcpListener, stop: impl Future<Output = ()> + Send + 'static) -> Serving {
+    let router = bare_router();
+    Box::pin(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+            .expect("bare server runs");
+    })
+}
+
+/// The bare server's routes: `POST /predict`.
+pub fn bare_router() -> Router {
     #[derive(Deserialize)]
     struct Request {
         input_params: [f64; 4],
@@ -163,13 +174,23 @@ fn serve_bare(listener: TcpListener, stop: impl Future<Output = ()> + Send + 'st
         })
         .into_response()
     }
-    let router = Router::new().route("/predict", post(predict));
-    Box::pin(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-            .expect("bare server runs");
-    })
+    Router::new().route("/predict", post(predict))
+}
+
+/// Our web service's routes for server `kind` (`serving`, `serving-unlogged`, ...), with the
+/// path its predictions are served at.
+pub fn our_router(kind: &str) -> (&'static str, Router) {
+    let endpoint = match kind {
+        "serving" => sum_endpoint(true),
+        "serving-pool" => sum_endpoint(false),
+        "serving-unlogged" => unlogged_sum_endpoint(),
+        other => panic!("unknown server kind `{other}`"),
+    };
+    let service = WebService::builder()
+        .endpoint_with_token(endpoint, Token::new(TOKEN))
+        .build()
+        .expect("valid service");
+    ("/api/v1/endpoints/sum", service.router())
 }
 
 /// A trivial model: the sum of four floats, through `predictor_fn`, run inline or on the

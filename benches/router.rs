@@ -1,0 +1,73 @@
+//! The request path without sockets: each router (bare axum, ours with and without the
+//! prediction log) answers the same request through `tower::ServiceExt::oneshot` in a loop on
+//! one thread. It isolates what our handler costs per request from the kernel's TCP work,
+//! which dominates the `http` bench. Run with `cargo bench --bench router`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+fn main() {
+    let rounds: u32 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (path, _) = support::servers::our_router("serving");
+    let routers = [
+        ("bare axum", "/predict", support::servers::bare_router()),
+        (
+            "serving, inline sum, log on",
+            path,
+            support::servers::our_router("serving").1,
+        ),
+        (
+            "serving, inline sum, log off",
+            path,
+            support::servers::our_router("serving-unlogged").1,
+        ),
+        (
+            "serving, sum on the pool, log on",
+            path,
+            support::servers::our_router("serving-pool").1,
+        ),
+    ];
+    println!("request path without sockets: {rounds} requests each, one thread, best of 3");
+    let mut bare = None;
+    for (name, path, router) in routers {
+        let best = (0..3)
+            .map(|_| runtime.block_on(time(&router, path, rounds)))
+            .min()
+            .expect("three runs");
+        let per_request = best.as_secs_f64() * 1e9 / f64::from(rounds);
+        let ratio = bare.map_or(String::new(), |b: f64| {
+            format!(" ({:.2}× bare)", per_request / b)
+        });
+        bare.get_or_insert(per_request);
+        println!("  {name:<36} {per_request:>8.0} ns/request{ratio}");
+    }
+}
+
+async fn time(router: &axum::Router, path: &str, rounds: u32) -> Duration {
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .header("cnvrg-api-key", support::TOKEN)
+            .body(Body::from(support::BODY))
+            .expect("valid request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        assert!(response.status().is_success());
+        let body = response.into_body().collect().await.expect("body");
+        std::hint::black_box(body);
+    }
+    started.elapsed()
+}
