@@ -42,7 +42,12 @@ fn main() {
     ];
     println!("request path without sockets: {rounds} requests each, one thread, best of 3");
     let mut bare = None;
+    // BENCH_ONLY=<text> runs only the routers whose name contains it (for profiling).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for (name, path, router) in routers {
+        if !name.contains(&only) {
+            continue;
+        }
         let best = (0..3)
             .map(|_| runtime.block_on(time(&router, path, rounds)))
             .min()
