@@ -102,6 +102,7 @@
 //!   holding its JSON text.
 
 mod auth;
+mod body;
 mod config;
 mod control;
 mod dashboard;

@@ -448,14 +448,11 @@ pub(crate) fn parse_input(body: &[u8]) -> Result<Value, Error> {
             "the request body is empty; send {\"input_params\": ...}",
         ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid_request(format!("the request body is not valid JSON: {e}")))?;
-    Ok(match value {
-        Value::Object(mut object) if object.contains_key("input_params") => {
-            object.remove("input_params").unwrap_or(Value::Null)
-        }
-        other => other,
-    })
+    serde_json::from_slice::<crate::body::Unwrapped>(body)
+        .map(|unwrapped| unwrapped.0)
+        .map_err(|e| {
+            Error::invalid_request(format!("the request body is not valid JSON: {e}")).into()
+        })
 }
 
 async fn healthz() -> impl IntoResponse {
