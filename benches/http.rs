@@ -29,7 +29,7 @@ const ROWS: &[Row] = &[
         expect: r#""prediction":10.2"#,
     },
     Row {
-        name: "serving, sum: inline, prediction log off",
+        name: "serving, sum: inline, observability off",
         kind: "serving-unlogged",
         expect: r#""prediction":10.2"#,
     },

@@ -21,24 +21,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (path, _) = support::servers::our_router("serving");
+    // The prediction log's writer runs on this runtime, as in a server.
+    let _runtime = runtime.enter();
+    let ours = |kind| {
+        let (path, service, dir) = support::servers::our_service(kind);
+        (path, service.router(), dir)
+    };
+    let (path, on, _on_dir) = ours("serving");
+    let (_, off, _) = ours("serving-unlogged");
+    let (_, pool, _pool_dir) = ours("serving-pool");
     let routers = [
         ("bare axum", "/predict", support::servers::bare_router()),
-        (
-            "serving, inline sum, log on",
-            path,
-            support::servers::our_router("serving").1,
-        ),
-        (
-            "serving, inline sum, log off",
-            path,
-            support::servers::our_router("serving-unlogged").1,
-        ),
-        (
-            "serving, sum on the pool, log on",
-            path,
-            support::servers::our_router("serving-pool").1,
-        ),
+        ("serving, inline sum, observability on", path, on),
+        ("serving, inline sum, observability off", path, off),
+        ("serving, sum on the pool, observability on", path, pool),
     ];
     println!("request path without sockets: {rounds} requests each, one thread, best of 3");
     let mut bare = None;

@@ -2,9 +2,6 @@
 //! [`serve_from_env`]) so that it can be pinned to its own core and its memory read alone.
 
 use std::io::Read as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -12,11 +9,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
-use serving::http::{Token, WebService};
-use serving::{
-    DynMetricSink, DynRecordSink, InMemoryMetrics, ModelEndpoint, ModelEndpointBuilder,
-    PredictionRecord, RecordSink, Result, predictor_fn,
-};
+use serving::http::{Observability, Token, WebService};
+use serving::prediction_log::PredictionLog;
+use serving::{ModelEndpoint, ModelEndpointBuilder, Result, predictor_fn};
 use tokio::net::TcpListener;
 
 use super::{SERVE_ENV, TOKEN};
@@ -26,69 +21,49 @@ use super::{SERVE_ENV, TOKEN};
 #[allow(dead_code, missing_docs)]
 mod iris;
 
-/// What our web service runs with in every benchmark: the ONE place that turns prediction
-/// logging and metrics on.
-pub const OBSERVABILITY: &str = "metrics: InMemoryMetrics (bounded, 10k events); prediction log: \
-    every record serialized to JSON lines on a background thread, bounded queue, then discarded \
-    (issue 3's object_store sink and Prometheus /metrics replace these when they land)";
+/// What our web service runs with in every benchmark (see [`Observed`]).
+pub const OBSERVABILITY: &str = "Observability on: Prometheus /metrics, per-minute charts, recent \
+    history, and the PredictionLog writing JSON-lines segments through object_store to a \
+    temporary directory on local disk";
 
-/// Turns metrics and prediction logging on for an endpoint under test.
-pub fn observed(builder: ModelEndpointBuilder) -> ModelEndpointBuilder {
-    let metrics: Arc<DynMetricSink> = Arc::new(InMemoryMetrics::new());
-    let records: Arc<DynRecordSink> = Arc::new(JsonLinesRecords::start(10_000));
-    builder.metric_sink(metrics).record_sink(records)
+/// The ONE place that turns prediction logging and metrics on for our web service under test:
+/// the `Observability` bundle with a `PredictionLog`, as the quickstart runs it.
+pub struct Observed {
+    observability: Observability,
+    /// Where the prediction log writes; removed when the server stops.
+    dir: tempfile::TempDir,
 }
 
-/// A prediction log that serializes each record to a JSON line off the request path, the work
-/// a real log sink does before it writes. Records wait in a bounded buffer that a writer
-/// thread drains every 10 ms (waking it per record would cost a context switch each); when
-/// the buffer is full, records are dropped and counted.
-#[derive(Debug)]
-pub struct JsonLinesRecords {
-    buffer: Arc<Mutex<Vec<PredictionRecord>>>,
-    capacity: usize,
-    dropped: AtomicU64,
-}
-
-impl JsonLinesRecords {
-    /// Starts the writer thread with a buffer of `capacity` records.
-    pub fn start(capacity: usize) -> Self {
-        let buffer = Arc::new(Mutex::new(Vec::with_capacity(capacity)));
-        let drained = Arc::downgrade(&buffer);
-        std::thread::spawn(move || write_lines(&drained));
-        JsonLinesRecords {
-            buffer,
-            capacity,
-            dropped: AtomicU64::new(0),
+impl Observed {
+    /// A fresh bundle with its own prediction-log directory. Needs a Tokio runtime.
+    pub fn new() -> Observed {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = PredictionLog::builder()
+            .with_dir(dir.path())
+            .build()
+            .expect("a prediction log");
+        Observed {
+            observability: Observability::new().with_prediction_log(log),
+            dir,
         }
     }
-}
 
-fn write_lines(buffer: &Weak<Mutex<Vec<PredictionRecord>>>) {
-    let mut line = Vec::with_capacity(1024);
-    let mut sink = std::io::sink();
-    let mut batch = Vec::new();
-    while let Some(buffer) = buffer.upgrade() {
-        std::mem::swap(&mut *buffer.lock().expect("not poisoned"), &mut batch);
-        drop(buffer);
-        for record in batch.drain(..) {
-            line.clear();
-            serde_json::to_writer(&mut line, &record).expect("records serialize");
-            line.push(b'\n');
-            std::io::Write::write_all(&mut sink, &line).expect("sink accepts everything");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    /// `builder` with the bundle's metric and record sinks.
+    pub fn endpoint(&self, builder: ModelEndpointBuilder) -> ModelEndpoint {
+        self.observability
+            .instrument(builder)
+            .build()
+            .expect("valid endpoint")
     }
-}
 
-impl RecordSink for JsonLinesRecords {
-    fn record(&self, record: PredictionRecord) {
-        let mut buffer = self.buffer.lock().expect("not poisoned");
-        if buffer.len() < self.capacity {
-            buffer.push(record);
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+    /// A web service with auth on serving `endpoint`, with the bundle's routes (`/metrics`, …).
+    pub fn service(self, endpoint: ModelEndpoint) -> (WebService, tempfile::TempDir) {
+        let service = WebService::builder()
+            .endpoint_with_token(endpoint, Token::new(TOKEN))
+            .observability(self.observability)
+            .build()
+            .expect("valid service");
+        (service, self.dir)
     }
 }
 
@@ -114,23 +89,17 @@ pub fn serve_from_env() -> bool {
         };
         let (path, serve) = match kind.as_str() {
             "bare" => ("/predict", serve_bare(listener, stop)),
-            "serving" => (
-                "/api/v1/endpoints/sum",
-                serve_ours(listener, stop, sum_endpoint(true)),
-            ),
-            "serving-pool" => (
-                "/api/v1/endpoints/sum",
-                serve_ours(listener, stop, sum_endpoint(false)),
-            ),
-            "iris" => (
-                "/api/v1/endpoints/iris",
-                serve_ours(listener, stop, iris_endpoint()),
-            ),
-            "serving-unlogged" => (
-                "/api/v1/endpoints/sum",
-                serve_ours(listener, stop, unlogged_sum_endpoint()),
-            ),
-            other => panic!("unknown server kind `{other}`"),
+            other => {
+                let (path, service, dir) = our_service(other);
+                let serve: Serving = Box::pin(async move {
+                    service
+                        .serve_on(listener, stop)
+                        .await
+                        .expect("web service runs");
+                    drop(dir);
+                });
+                (path, serve)
+            }
         };
         println!("PORT {port}\nPATH {path}\nREADY");
         serve.await;
@@ -177,63 +146,43 @@ pub fn bare_router() -> Router {
     Router::new().route("/predict", post(predict))
 }
 
-/// Our web service's routes for server `kind` (`serving`, `serving-unlogged`, ...), with the
-/// path its predictions are served at.
-pub fn our_router(kind: &str) -> (&'static str, Router) {
-    let endpoint = match kind {
-        "serving" => sum_endpoint(true),
-        "serving-pool" => sum_endpoint(false),
-        "serving-unlogged" => unlogged_sum_endpoint(),
+/// Our web service for server `kind` (`serving`, `serving-pool`, `iris`, `serving-unlogged`),
+/// the path its predictions are served at, and its prediction log's directory (if any), which
+/// must outlive it. Needs a Tokio runtime.
+pub fn our_service(kind: &str) -> (&'static str, WebService, Option<tempfile::TempDir>) {
+    let sum = predictor_fn(|a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) });
+    let sum_path = "/api/v1/endpoints/sum";
+    let observed = Observed::new();
+    let (path, endpoint) = match kind {
+        "serving" => (
+            sum_path,
+            observed.endpoint(ModelEndpoint::builder("sum", sum.inline())),
+        ),
+        "serving-pool" => (
+            sum_path,
+            observed.endpoint(ModelEndpoint::builder("sum", sum)),
+        ),
+        "iris" => {
+            // The quickstart's model, built as the quickstart builds it.
+            let model = iris::Iris::train().expect("the iris dataset trains");
+            (
+                "/api/v1/endpoints/iris",
+                observed.endpoint(model.endpoint("iris")),
+            )
+        }
+        "serving-unlogged" => {
+            // No observability at all: the endpoint's default in-memory metrics only.
+            let endpoint = ModelEndpoint::builder("sum", sum.inline())
+                .build()
+                .expect("valid endpoint");
+            let service = WebService::builder()
+                .endpoint_with_token(endpoint, Token::new(TOKEN))
+                .build()
+                .expect("valid service");
+            return (sum_path, service, None);
+        }
         other => panic!("unknown server kind `{other}`"),
     };
-    let service = WebService::builder()
-        .endpoint_with_token(endpoint, Token::new(TOKEN))
-        .build()
-        .expect("valid service");
-    ("/api/v1/endpoints/sum", service.router())
-}
-
-/// A trivial model: the sum of four floats, through `predictor_fn`, run inline or on the
-/// blocking pool (the default).
-fn sum_endpoint(inline: bool) -> ModelEndpoint {
-    let sum = predictor_fn(|a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) });
-    let sum = if inline { sum.inline() } else { sum };
-    observed(ModelEndpoint::builder("sum", sum))
-        .build()
-        .expect("valid endpoint")
-}
-
-/// The quickstart's model, as the quickstart builds it, with logging and metrics on.
-fn iris_endpoint() -> ModelEndpoint {
-    let model = iris::Iris::train().expect("the iris dataset trains");
-    observed(model.endpoint("iris"))
-        .build()
-        .expect("valid endpoint")
-}
-
-/// The inline sum with the default in-memory metrics and no prediction log, to show what
-/// logging costs.
-fn unlogged_sum_endpoint() -> ModelEndpoint {
-    let sum = predictor_fn(|a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) });
-    ModelEndpoint::builder("sum", sum.inline())
-        .build()
-        .expect("valid endpoint")
-}
-
-/// Our web service with auth on, serving `endpoint`.
-fn serve_ours(
-    listener: TcpListener,
-    stop: impl Future<Output = ()> + Send + 'static,
-    endpoint: ModelEndpoint,
-) -> Serving {
-    let service = WebService::builder()
-        .endpoint_with_token(endpoint, Token::new(TOKEN))
-        .build()
-        .expect("valid service");
-    Box::pin(async move {
-        service
-            .serve_on(listener, stop)
-            .await
-            .expect("web service runs");
-    })
+    let (service, dir) = observed.service(endpoint);
+    (path, service, Some(dir))
 }

@@ -450,9 +450,7 @@ pub(crate) fn parse_input(body: &[u8]) -> Result<Value, Error> {
     }
     serde_json::from_slice::<crate::body::Unwrapped>(body)
         .map(|unwrapped| unwrapped.0)
-        .map_err(|e| {
-            Error::invalid_request(format!("the request body is not valid JSON: {e}")).into()
-        })
+        .map_err(|e| Error::invalid_request(format!("the request body is not valid JSON: {e}")))
 }
 
 async fn healthz() -> impl IntoResponse {
