@@ -2,7 +2,8 @@
 //! under the same load. Run with `cargo bench --bench http` (or `make bench`).
 //!
 //! `BENCH_SECS` (default 10) sets each run's length and `BENCH_RUNS` (default 3) how many runs
-//! each row takes; the table shows medians.
+//! each row takes; the table shows medians. `BENCH_ONLY=<text>` runs only the rows whose name
+//! contains the text (and the bare row).
 
 mod support;
 
@@ -67,7 +68,12 @@ fn main() {
     println!();
 
     let mut results: Vec<(&Row, Load, u64, u64)> = Vec::new();
-    for row in ROWS {
+    // BENCH_ONLY=<text>: only the rows whose name contains it (the bare row always runs).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    for row in ROWS
+        .iter()
+        .filter(|row| row.kind == "bare" || row.name.contains(&only))
+    {
         let mut loads = Vec::new();
         let mut rss = 0;
         let mut idle_rss = 0;

@@ -89,12 +89,22 @@ impl Writer {
 
     /// Writes the buffer as one segment per endpoint; the buffer is empty afterwards either way.
     async fn write_buffer(&mut self) -> Result<()> {
+        let buffer = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.segment_records));
         let mut by_endpoint: BTreeMap<String, Vec<PredictionRecord>> = BTreeMap::new();
-        for record in self.buffer.drain(..) {
-            by_endpoint
-                .entry(record.endpoint.clone())
-                .or_default()
-                .push(record);
+        let single = buffer.first().map(|first| first.endpoint.clone());
+        match single {
+            // The usual case, one endpoint per process: no regrouping of thousands of records.
+            Some(endpoint) if buffer.iter().all(|record| record.endpoint == endpoint) => {
+                by_endpoint.insert(endpoint, buffer);
+            }
+            _ => {
+                for record in buffer {
+                    by_endpoint
+                        .entry(record.endpoint.clone())
+                        .or_default()
+                        .push(record);
+                }
+            }
         }
         let mut outcome = Ok(());
         for (endpoint, records) in by_endpoint {
@@ -107,7 +117,8 @@ impl Writer {
                 self.sequence,
             );
             let count = records.len() as u64;
-            match self.put(&location, encode(&records)).await {
+            let bytes = encode(records).await;
+            match self.put(&location, bytes).await {
                 Ok(()) => {
                     self.counters.written.fetch_add(count, Ordering::Relaxed);
                 }
@@ -181,14 +192,28 @@ pub(super) fn segment_bounds(name: &str) -> Option<(i64, i64)> {
     Some((first, last))
 }
 
-fn encode(records: &[PredictionRecord]) -> Vec<u8> {
+/// The records as JSON lines. A segment holds thousands of records, milliseconds of work:
+/// done a slice at a time, yielding between slices, so that the requests sharing this thread
+/// are answered meanwhile (encoded in one go on a one-core server, it held every request for
+/// as long, and p99 latency went from about 1.5 to 8 ms). Records are dropped as they are
+/// encoded, which is work of the same size.
+async fn encode(records: Vec<PredictionRecord>) -> Vec<u8> {
+    const SLICE: usize = 64;
     let mut bytes = Vec::with_capacity(records.len() * 256);
-    for record in records {
-        serde_json::to_writer(&mut bytes, &PredictionRow::from(record))
-            .expect("a row always serializes");
-        bytes.push(b'\n');
+    let mut records = records.into_iter();
+    loop {
+        let mut encoded = 0;
+        for record in records.by_ref().take(SLICE) {
+            serde_json::to_writer(&mut bytes, &PredictionRow::from(&record))
+                .expect("a row always serializes");
+            bytes.push(b'\n');
+            encoded += 1;
+        }
+        if encoded < SLICE {
+            return bytes;
+        }
+        tokio::task::yield_now().await;
     }
-    bytes
 }
 
 fn clone_outcome(outcome: &Result<()>) -> Result<()> {
