@@ -67,7 +67,7 @@ fn main() {
     );
     println!();
 
-    let mut results: Vec<(&Row, Load, u64, u64)> = Vec::new();
+    let mut results: Vec<(&Row, Load, u64, u64, Option<f64>)> = Vec::new();
     // BENCH_ONLY=<text>: only the rows whose name contains it (the bare row always runs).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for row in ROWS
@@ -77,6 +77,7 @@ fn main() {
         let mut loads = Vec::new();
         let mut rss = 0;
         let mut idle_rss = 0;
+        let mut dropped = Vec::new();
         for run in 0..runs {
             let server = Server::start(row.kind);
             idle_rss = server.rss_kib();
@@ -90,6 +91,11 @@ fn main() {
             drive(&server, Duration::from_secs(1));
             let load = drive(&server, secs);
             rss = server.rss_kib();
+            // Share of this server's predictions its prediction log dropped (warm-up included).
+            if let Some(n) = server.metric("serving_prediction_log_dropped_total") {
+                let answered = server.metric("serving_requests_total").unwrap_or(f64::NAN);
+                dropped.push(100.0 * n / answered);
+            }
             eprintln!(
                 "  {} run {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {:.1} CPU µs/req, {} errors",
                 row.name,
@@ -111,7 +117,8 @@ fn main() {
             errors: loads.iter().map(|l| l.errors).sum(),
             cpu_us: pick(|l| l.cpu_us),
         };
-        results.push((row, load, idle_rss, rss));
+        let dropped = (!dropped.is_empty()).then(|| median(&mut dropped));
+        results.push((row, load, idle_rss, rss, dropped));
     }
 
     let bare = results[0].1;
@@ -125,6 +132,7 @@ fn main() {
         "errors",
         "idle MiB",
         "RSS MiB",
+        "log drop %",
     ];
     print!("| {:<44} |", "server");
     header.iter().for_each(|h| print!(" {h:>10} |"));
@@ -132,7 +140,7 @@ fn main() {
     print!("|{:-<46}|", "");
     header.iter().for_each(|_| print!("{:-<12}|", ""));
     println!();
-    for (row, load, idle_rss, rss) in &results {
+    for (row, load, idle_rss, rss, dropped) in &results {
         let cells = [
             format!("{:.0}", load.rps),
             format!("{:.0}", load.p50_us),
@@ -143,6 +151,7 @@ fn main() {
             load.errors.to_string(),
             format!("{:.1}", *idle_rss as f64 / 1024.0),
             format!("{:.1}", *rss as f64 / 1024.0),
+            dropped.map_or("-".to_owned(), |d| format!("{d:.1}")),
         ];
         print!("| {:<44} |", row.name);
         cells.iter().for_each(|c| print!(" {c:>10} |"));
@@ -151,4 +160,8 @@ fn main() {
     println!();
     println!("goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns: relative to bare)");
     println!("idle MiB: server RSS before any load; RSS MiB: after the last run's load");
+    println!(
+        "log drop %: predictions the prediction log dropped because its bounded queue was full \
+         (counted at /metrics), by design rather than slowing requests"
+    );
 }

@@ -79,6 +79,16 @@ fn main() {
         last as f64 / 1024.0,
         (last as f64 - first as f64) / 1024.0
     );
+    // The prediction log is bounded: what it could not keep up with is dropped and counted.
+    let written = server.metric("serving_prediction_log_written_total");
+    let dropped = server.metric("serving_prediction_log_dropped_total");
+    let queued = server.metric("serving_prediction_log_queue_length");
+    println!(
+        "prediction log: {} written, {} dropped, {} queued (from /metrics; written lags by up to one flush interval)",
+        written.map_or("?".to_owned(), |n| format!("{n:.0}")),
+        dropped.map_or("?".to_owned(), |n| format!("{n:.0}")),
+        queued.map_or("?".to_owned(), |n| format!("{n:.0}")),
+    );
     if errors > 0 {
         println!("FAILED: {errors} requests failed");
         std::process::exit(1);

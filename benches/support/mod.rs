@@ -113,6 +113,38 @@ impl Server {
         rss_kib(self.pid())
     }
 
+    /// `GET path` on the server; the body, or an empty string when it does not answer 200.
+    pub fn get(&self, path: &str) -> String {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        );
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// The value of the Prometheus sample `name` (summed over its label sets) at `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics");
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// Sends one request and returns the status line and body, to check the answer.
     pub fn request(&self, body: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("server listens");
