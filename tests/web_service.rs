@@ -842,35 +842,19 @@ async fn log_metric_inside_a_predictor_reaches_the_endpoints_metrics() {
     server.stop().await;
 }
 
-/// A log writer the test can read back.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-// Current-thread runtime: the thread-local subscriber sees the server, the endpoint and the
-// client, which all run on this thread.
-#[tokio::test(flavor = "current_thread")]
-async fn tokens_never_appear_in_the_logs() {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
+/// Runs in a child process (see `tokens_never_appear_in_the_logs`), so that it owns the
+/// global subscriber: a thread-local one misses events whose callsite interest another test
+/// thread cached first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run in a child process by tokens_never_appear_in_the_logs"]
+async fn tokens_in_logs_child() {
+    let Some(token_file) = std::env::var_os("SERVING_TOKENS_CHILD") else {
+        return;
+    };
+    tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let wrong = "wrong-token-9f8e7d6c5b4a";
+        .init();
     let fail = predictor_fn(|x: f64| -> std::result::Result<f64, String> {
         if x < 0.0 {
             Err("negative".to_owned())
@@ -885,6 +869,8 @@ async fn tokens_never_appear_in_the_logs() {
         .build()
         .unwrap();
     let token = service.token("generated").unwrap().expose().to_owned();
+    // Handed to the parent through a file: printing it would put it in the logs under test.
+    std::fs::write(token_file, &token).unwrap();
     let server = TestServer::start(service).await;
     let fail = server.endpoint_url("fail");
     let generated = server.endpoint_url("generated");
@@ -892,16 +878,45 @@ async fn tokens_never_appear_in_the_logs() {
     assert_eq!(post_json(&fail, Some(TOKEN), &json!(1)).await.0, 200);
     assert_eq!(post_json(&fail, Some(TOKEN), &json!(-1)).await.0, 500);
     assert_eq!(post_json(&fail, Some(TOKEN), &json!("x")).await.0, 422);
-    assert_eq!(post_json(&fail, Some(wrong), &json!(1)).await.0, 401);
+    assert_eq!(post_json(&fail, Some(WRONG_TOKEN), &json!(1)).await.0, 401);
     assert_eq!(post_json(&generated, Some(&token), &json!(1)).await.0, 200);
-    assert_eq!(post_json(&generated, Some(wrong), &json!(1)).await.0, 401);
+    assert_eq!(
+        post_json(&generated, Some(WRONG_TOKEN), &json!(1)).await.0,
+        401
+    );
     server.stop().await;
+}
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+const WRONG_TOKEN: &str = "wrong-token-9f8e7d6c5b4a";
+
+#[test]
+fn tokens_never_appear_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("generated-token");
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "web_service::tokens_in_logs_child",
+            "--nocapture",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("SERVING_TOKENS_CHILD", &token_file)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "child failed:\n{text}");
+    let generated = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(generated.len(), 64, "a generated token");
     assert!(text.contains("web service listening"), "{text}");
     assert!(text.contains("prediction failed"), "{text}");
     assert!(text.contains("prediction refused"), "{text}");
-    for secret in [TOKEN, token.as_str(), wrong] {
+    for secret in [TOKEN, generated.as_str(), WRONG_TOKEN] {
         assert!(!text.contains(secret), "a token was logged:\n{text}");
     }
 }
