@@ -35,15 +35,14 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let sample = samples.path().join(format!("digit-{label}.png"));
     std::fs::write(&sample, png)?;
 
-    let endpoint = model.endpoint(ENDPOINT).build()?;
-    let service = WebService::builder().config(WebServiceConfig::from_env()?);
-    let service = match std::env::var("SERVING_TOKEN") {
-        Ok(secret) if !secret.is_empty() => {
-            service.endpoint_with_token(endpoint, Token::new(secret))
-        }
-        _ => service.endpoint(endpoint),
-    }
-    .build()?;
+    let endpoint = model
+        .endpoint(ENDPOINT)
+        .token_env("SERVING_TOKEN")
+        .build()?;
+    let service = WebService::builder()
+        .config(WebServiceConfig::from_env()?)
+        .endpoint(endpoint)
+        .build()?;
     let token = service
         .token(ENDPOINT)
         .expect("endpoints require a token by default")

@@ -40,17 +40,14 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let observability = Observability::new()
         .with_prediction_log(prediction_log)
         .with_log_lines(true);
-    let endpoint = observability.instrument(model.endpoint(ENDPOINT)).build()?;
+    let endpoint = observability
+        .instrument(model.endpoint(ENDPOINT).token_env("SERVING_TOKEN"))
+        .build()?;
     let service = WebService::builder()
         .config(WebServiceConfig::from_env()?)
-        .observability(observability);
-    let service = match std::env::var("SERVING_TOKEN") {
-        Ok(secret) if !secret.is_empty() => {
-            service.endpoint_with_token(endpoint, Token::new(secret))
-        }
-        _ => service.endpoint(endpoint),
-    }
-    .build()?;
+        .observability(observability)
+        .endpoint(endpoint)
+        .build()?;
     let token = service
         .token(ENDPOINT)
         .expect("endpoints require a token by default")

@@ -634,6 +634,13 @@ impl ModelEndpointBuilder {
         self
     }
 
+    /// Takes the endpoint's token from the environment variable `var` when it is set and not
+    /// empty; a token is generated otherwise (`auth.token_env` in the spec).
+    pub fn token_env(mut self, var: impl Into<String>) -> Self {
+        self.spec.auth.token_env = Some(var.into());
+        self
+    }
+
     /// Adds a KEY-VALUE setting readable through [`Context::setting`].
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.spec.server.env.insert(key.into(), value.into());
