@@ -56,6 +56,7 @@ mod predictor;
 mod preprocess;
 mod record;
 mod record_sinks;
+mod setting;
 mod signature;
 mod spec;
 mod trigger;

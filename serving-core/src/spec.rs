@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::AutoscaleBounds;
 use crate::error::{Error, Result};
 use crate::lifecycle::CanaryPolicy;
+use crate::setting::Setting;
 use crate::signature::ModelSignature;
 
 /// Everything that defines an endpoint except the model's code, which is referenced by name
@@ -295,44 +296,21 @@ impl WorkerSettings {
     /// Sets one KEY-VALUE pair. `bind` cannot be changed this way; an unknown key is an error
     /// that lists the valid ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let invalid = |reason: &str| Error::InvalidSetting {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let positive = || {
-            value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("expected a whole number greater than zero"))
-        };
-        let whole = |zero: &str| {
-            value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| invalid(&format!("expected a whole number ({zero})")))
-        };
+        let setting = Setting { key, value };
         match key {
-            "concurrency" | "workers" => self.concurrency = positive()? as usize,
-            "threads" => self.threads = positive()? as usize,
-            "timeout" => self.timeout_secs = positive()?,
-            "max_body_bytes" => self.max_body_bytes = positive()? as usize,
-            "queue_depth" => self.queue_depth = whole("0 for no queue")? as usize,
-            "max_batch_size" => self.max_batch_size = whole("0 for no batching")? as usize,
-            "max_batch_wait_ms" => self.max_batch_wait_ms = whole("0 to never wait")?,
+            "concurrency" | "workers" => self.concurrency = setting.positive()? as usize,
+            "threads" => self.threads = setting.positive()? as usize,
+            "timeout" => self.timeout_secs = setting.positive()?,
+            "max_body_bytes" => self.max_body_bytes = setting.positive()? as usize,
+            "queue_depth" => self.queue_depth = setting.whole("0 for no queue")? as usize,
+            "max_batch_size" => self.max_batch_size = setting.whole("0 for no batching")? as usize,
+            "max_batch_wait_ms" => self.max_batch_wait_ms = setting.whole("0 to never wait")?,
             "bind" => {
-                return Err(invalid(
-                    "the bind address is set by the server, not by settings",
-                ));
+                return Err(
+                    setting.invalid("the bind address is set by the server, not by settings")
+                );
             }
-            _ => {
-                return Err(Error::UnknownSetting {
-                    key: key.to_owned(),
-                    valid: Self::KEYS.to_vec(),
-                });
-            }
+            _ => return Err(setting.unknown(&Self::KEYS)),
         }
         Ok(())
     }

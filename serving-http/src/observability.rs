@@ -38,7 +38,7 @@ use axum::routing::get;
 use serde::Serialize;
 use serde_json::Value;
 use serving_core::prediction_log::{
-    Order, PredictionLog, PredictionQuery, format_time, parse_time, write_csv,
+    Order, PredictionLog, PredictionPage, PredictionQuery, format_time, parse_time, write_csv,
 };
 use serving_core::{
     ChartMetrics, Charts, DynMetricSink, DynRecordSink, Error, FanOut, InMemoryMetrics,
@@ -360,16 +360,29 @@ impl From<PredictionRecord> for LogEntry {
     }
 }
 
+/// The page of the prediction log that a `logs` or `logs.csv` request asks for, at most
+/// `max_size` records, once the caller is authorized.
+async fn query_log(
+    state: &ServiceState,
+    name: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+    max_size: usize,
+) -> Result<(PredictionQuery, PredictionPage), ApiError> {
+    let log = prediction_log(state)?;
+    authorize(state, name, headers)?;
+    let query = log_query(name, uri, max_size)?;
+    let page = log.query(&query).await.map_err(internal)?;
+    Ok((query, page))
+}
+
 async fn logs(
     State(state): State<Arc<ServiceState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let log = prediction_log(&state)?;
-    authorize(&state, &name, &headers)?;
-    let query = log_query(&name, &uri, 1_000)?;
-    let page = log.query(&query).await.map_err(internal)?;
+    let (query, page) = query_log(&state, &name, &headers, &uri, 1_000).await?;
     let body = serde_json::json!({
         "endpoint": name,
         "total": page.total,
@@ -386,10 +399,7 @@ async fn logs_csv(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let log = prediction_log(&state)?;
-    authorize(&state, &name, &headers)?;
-    let query = log_query(&name, &uri, 1_000_000)?;
-    let page = log.query(&query).await.map_err(internal)?;
+    let (_, page) = query_log(&state, &name, &headers, &uri, 1_000_000).await?;
     let mut csv = Vec::with_capacity(128 + page.records.len() * 256);
     write_csv(&page.records, &mut csv).map_err(internal)?;
     let disposition = format!("attachment; filename=\"{name}-predictions.csv\"");

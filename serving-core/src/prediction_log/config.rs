@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::setting::Setting;
 
 /// Settings of a [`PredictionLog`](super::PredictionLog), settable as KEY-VALUE pairs with
 /// [`PredictionLogConfig::set`] or from `SERVING_PREDICTION_LOG_<KEY>` environment variables.
@@ -65,21 +66,9 @@ impl PredictionLogConfig {
 
     /// Sets one KEY-VALUE pair; an unknown key is an error that lists the valid ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let invalid = |reason: &str| Error::InvalidSetting {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let positive = || {
-            value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("expected a whole number greater than zero"))
-        };
+        let setting = Setting { key, value };
         match key {
-            "dir" if value.trim().is_empty() => return Err(invalid("expected a directory")),
+            "dir" if value.trim().is_empty() => return Err(setting.invalid("expected a directory")),
             "dir" => self.dir = PathBuf::from(value.trim()),
             "prefix" => {
                 let prefix = value.trim().trim_matches('/');
@@ -88,19 +77,14 @@ impl PredictionLogConfig {
                         .split('/')
                         .any(|part| part.is_empty() || part == "..")
                 {
-                    return Err(invalid("expected a key prefix such as `predictions`"));
+                    return Err(setting.invalid("expected a key prefix such as `predictions`"));
                 }
                 self.prefix = prefix.to_owned();
             }
-            "queue_capacity" => self.queue_capacity = positive()? as usize,
-            "segment_records" => self.segment_records = positive()? as usize,
-            "flush_interval_ms" => self.flush_interval_ms = positive()?,
-            _ => {
-                return Err(Error::UnknownSetting {
-                    key: key.to_owned(),
-                    valid: Self::KEYS.to_vec(),
-                });
-            }
+            "queue_capacity" => self.queue_capacity = setting.positive()? as usize,
+            "segment_records" => self.segment_records = setting.positive()? as usize,
+            "flush_interval_ms" => self.flush_interval_ms = setting.positive()?,
+            _ => return Err(setting.unknown(&Self::KEYS)),
         }
         Ok(())
     }
