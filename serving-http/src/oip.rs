@@ -21,8 +21,8 @@ use serving_core::{
 use crate::auth::TOKEN_HEADER;
 use crate::error::ApiError;
 use crate::service::{
-    MODEL_VERSION_HEADER, REQUEST_ID_HEADER, Route, ServiceState, authorize, check_content_type,
-    read_body, routed_request,
+    MODEL_VERSION_HEADER, REQUEST_ID_HEADER, Route, ServiceState, authorize, caller_request_id,
+    check_content_type, read_body, routed_request, usable_request_id,
 };
 
 type Shared = State<Arc<ServiceState>>;
@@ -298,11 +298,7 @@ async fn admit(
     body: Body,
     signature: Option<&ModelSignature>,
 ) -> Result<(InferenceRequest, PredictRequest, String), (Error, String)> {
-    let header_id = headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned);
+    let header_id = caller_request_id(headers);
     let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
     authorize_oip(route, headers).map_err(refused)?;
     check_content_type(headers).map_err(refused)?;
@@ -318,7 +314,7 @@ async fn admit(
     let request_id = request
         .id
         .clone()
-        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .filter(|id| usable_request_id(id))
         .or_else(|| header_id.clone())
         .unwrap_or_else(new_request_id);
     let input = to_input(&request.inputs, signature).map_err(|e| (e, request_id.clone()))?;

@@ -261,11 +261,7 @@ async fn predict(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(new_request_id, str::to_owned);
+    let request_id = caller_request_id(&headers).unwrap_or_else(new_request_id);
     match serve_prediction(&state, &name, &headers, body, &request_id).await {
         Ok(response) => response,
         Err(error) => {
@@ -276,6 +272,20 @@ async fn predict(
             response
         }
     }
+}
+
+/// Whether a request id chosen by the caller can be used: not empty, at most 128 bytes.
+pub(crate) fn usable_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128
+}
+
+/// The request id the caller sent in `x-request-id`, when it is usable.
+pub(crate) fn caller_request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| usable_request_id(id))
+        .map(str::to_owned)
 }
 
 async fn serve_prediction(
