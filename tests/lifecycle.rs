@@ -488,7 +488,7 @@ async fn a_shadow_answers_into_the_records_but_never_to_the_caller() {
         metrics
             .requests()
             .iter()
-            .filter(|e| e.endpoint == "shadowed" && e.model_version == version)
+            .filter(|e| &*e.endpoint == "shadowed" && &*e.model_version == version)
             .count()
     };
     assert_eq!(
@@ -586,7 +586,7 @@ async fn the_automated_canary_rolls_back_a_breaking_candidate_and_promotes_a_hol
         .requests()
         .into_iter()
         .filter(|e| e.status >= 500)
-        .map(|e| e.model_version)
+        .map(|e| e.model_version.to_string())
         .collect();
     assert_eq!(failed_versions.len(), failures.len(), "{failures:?}");
     assert!(

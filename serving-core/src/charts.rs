@@ -1,7 +1,7 @@
 //! [`ChartMetrics`]: per-minute aggregates of requests and custom metrics, for charts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,7 @@ pub struct ChartMetrics {
 
 #[derive(Debug, Default)]
 struct State {
-    requests: HashMap<(String, String), Minutes<RequestMinute>>,
+    requests: HashMap<(Arc<str>, Arc<str>), Minutes<RequestMinute>>,
     metrics: HashMap<(String, String, String), Minutes<MetricMinute>>,
     dropped_series: u64,
 }
@@ -75,9 +75,9 @@ impl ChartMetrics {
         let mut versions: Vec<VersionChart> = state
             .requests
             .iter()
-            .filter(|((e, _), _)| e == endpoint)
+            .filter(|((e, _), _)| **e == *endpoint)
             .map(|((_, version), minutes)| VersionChart {
-                model_version: version.clone(),
+                model_version: version.to_string(),
                 points: minutes
                     .since(since)
                     .map(|(minute, m)| RequestPoint {
@@ -139,7 +139,10 @@ impl MetricSink for ChartMetrics {
     fn record_request(&self, event: &RequestEvent) {
         let mut state = self.lock();
         let series_count = state.requests.len() + state.metrics.len();
-        let key = (event.endpoint.clone(), event.model_version.clone());
+        let key = (
+            Arc::clone(&event.endpoint),
+            Arc::clone(&event.model_version),
+        );
         let Some(minutes) = series(&mut state.requests, key, series_count, self.max_series) else {
             state.dropped_series += 1;
             return;

@@ -148,8 +148,8 @@ impl MetricSink for StatusRecorder {
     fn record_request(&self, event: &RequestEvent) {
         self.inner.record_request(event);
         self.inner.record_metric(&MetricSample {
-            endpoint: event.endpoint.clone(),
-            model_version: event.model_version.clone(),
+            endpoint: event.endpoint.to_string(),
+            model_version: event.model_version.to_string(),
             key: format!("{}\u{0}requests", event.endpoint),
             value: f64::from(event.status),
             at: event.at,

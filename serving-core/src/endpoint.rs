@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,29 @@ pub struct PredictRequest {
     /// Asks for one version by id, bypassing the split (it must be the stable, candidate or
     /// shadow version).
     pub version: Option<String>,
+    /// When the transport received the request; its latency counts from then. Taken when
+    /// `predict` starts if unset.
+    pub arrival: Option<Arrival>,
+}
+
+/// When a request arrived: the wall-clock time it is recorded at, and the monotonic instant its
+/// latency and timeout count from.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Wall-clock time of arrival.
+    pub at: SystemTime,
+    /// Monotonic time of arrival.
+    pub started: Instant,
+}
+
+impl Arrival {
+    /// Now.
+    pub fn now() -> Self {
+        Arrival {
+            at: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl PredictRequest {
@@ -53,6 +77,7 @@ impl PredictRequest {
             resources: Resources::default(),
             routing_key: None,
             version: None,
+            arrival: None,
         }
     }
 
@@ -79,6 +104,13 @@ impl PredictRequest {
     /// Asks for one version, bypassing the split.
     pub fn with_version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
+        self
+    }
+
+    /// Counts the request's latency from `arrival`: when the transport received it, before
+    /// reading and decoding its body.
+    pub fn with_arrival(mut self, arrival: Arrival) -> Self {
+        self.arrival = Some(arrival);
         self
     }
 }
@@ -151,18 +183,13 @@ pub struct Refused {
 }
 
 impl Refused {
-    /// A refusal of the request `request_id` that arrived at `at` and was refused now.
-    pub fn new(
-        request_id: impl Into<String>,
-        error: Error,
-        at: SystemTime,
-        started: Instant,
-    ) -> Self {
+    /// A refusal, now, of the request `request_id` that arrived at `arrival`.
+    pub fn new(request_id: impl Into<String>, error: Error, arrival: Arrival) -> Self {
         Refused {
             request_id: request_id.into(),
             error,
-            at,
-            elapsed: started.elapsed(),
+            at: arrival.at,
+            elapsed: arrival.started.elapsed(),
         }
     }
 }
@@ -170,7 +197,6 @@ impl Refused {
 /// A type-erased endpoint.
 pub type DynEndpoint = dyn Endpoint;
 
-#[async_trait]
 impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
     fn name(&self) -> &str {
         (**self).name()
@@ -184,8 +210,16 @@ impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
         (**self).is_ready()
     }
 
-    async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
-        (**self).predict(request).await
+    // Hands back the pointee's boxed future as it is, rather than boxing another around it.
+    fn predict<'a, 'f>(
+        &'a self,
+        request: PredictRequest,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Prediction>> + Send + 'f>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        (**self).predict(request)
     }
 
     fn lifecycle(&self) -> Option<&Lifecycle> {
@@ -265,6 +299,7 @@ impl ModelEndpoint {
         input: Input,
         resources: Resources,
         request_id: &str,
+        started: Instant,
     ) -> (Result<Value>, Logged) {
         if !self.is_ready() {
             let error = Error::NotReady {
@@ -274,7 +309,7 @@ impl ModelEndpoint {
         }
         // Time spent waiting for a slot counts toward the prediction's timeout.
         let timeout = self.spec.server.workers.timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
         let _slot = match self.admission.admit(&self.name, deadline).await {
             Ok(slot) => slot,
             Err(error) => return (Err(error), Logged::default()),
@@ -313,7 +348,7 @@ impl ModelEndpoint {
     /// Logs, measures and records one finished request, the shadow's included.
     fn finish(&self, request: &Completed<'_>) {
         if let Err(error) = request.outcome {
-            let (request_id, version) = (request.request_id, request.version);
+            let (request_id, version) = (request.request_id, &**request.version);
             let shadow = request.mirror_of.is_some();
             if error.is_client_error() {
                 tracing::debug!(endpoint = %self.name, model_version = version, request_id, shadow, %error, "prediction refused");
@@ -322,8 +357,8 @@ impl ModelEndpoint {
             }
         }
         self.metrics.record_request(&RequestEvent {
-            endpoint: self.name.to_string(),
-            model_version: request.version.to_owned(),
+            endpoint: Arc::clone(&self.name),
+            model_version: Arc::clone(request.version),
             status: request.status,
             latency: request.elapsed,
             at: request.at,
@@ -360,7 +395,7 @@ impl ModelEndpoint {
             model: request
                 .model
                 .map_or_else(|| self.spec.model.name.clone(), str::to_owned),
-            model_version: request.version.to_owned(),
+            model_version: request.version.to_string(),
             input: request.input.cloned(),
             output,
             error,
@@ -395,11 +430,10 @@ impl ModelEndpoint {
         };
         let endpoint = self.clone();
         runtime.spawn(async move {
-            let at = SystemTime::now();
-            let started = Instant::now();
+            let Arrival { at, started } = Arrival::now();
             let kept_input = endpoint.kept_input(&input);
             let (outcome, logged) = endpoint
-                .run(&shadow, input, resources, &primary.request_id)
+                .run(&shadow, input, resources, &primary.request_id, started)
                 .await;
             if matches!(outcome, Err(Error::Overloaded { .. })) {
                 // Mirrors never take capacity from real traffic.
@@ -445,7 +479,7 @@ struct Primary {
 struct Completed<'a> {
     request_id: &'a str,
     /// The version that answered; empty when none was found.
-    version: &'a str,
+    version: &'a Arc<str>,
     /// Its model's name, when a version was found.
     model: Option<&'a str>,
     /// For a shadow's run, the version whose answer was returned.
@@ -475,8 +509,7 @@ impl Endpoint for ModelEndpoint {
 
     async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
         let _in_flight = crate::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
-        let at = SystemTime::now();
-        let started = Instant::now();
+        let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
         let request_id = request.request_id.unwrap_or_else(new_request_id);
         let routed = self
             .lifecycle
@@ -496,8 +529,14 @@ impl Endpoint for ModelEndpoint {
             Ok(routed) => (
                 Arc::clone(&routed.serve.id),
                 Some(Arc::clone(&routed.serve.model)),
-                self.run(&routed.serve, request.input, request.resources, &request_id)
-                    .await,
+                self.run(
+                    &routed.serve,
+                    request.input,
+                    request.resources,
+                    &request_id,
+                    started,
+                )
+                .await,
             ),
             Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
         };
@@ -543,7 +582,7 @@ impl Endpoint for ModelEndpoint {
         let status = refused.error.status();
         self.finish(&Completed {
             request_id: &refused.request_id,
-            version: "",
+            version: &Arc::from(""),
             model: None,
             mirror_of: None,
             input: None,

@@ -69,8 +69,8 @@ pub use batching::{BATCH_SIZE_METRIC, BatchConfig, Batched};
 pub use charts::{ChartMetrics, Charts, MetricChart, MetricPoint, RequestPoint, VersionChart};
 pub use context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
 pub use endpoint::{
-    DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest, Prediction,
-    Refused, new_request_id,
+    Arrival, DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest,
+    Prediction, Refused, new_request_id,
 };
 pub use error::{BoxError, Error, Result};
 pub use feedback::{

@@ -8,12 +8,15 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 /// One served request, as measured by its endpoint.
+///
+/// Names are shared (`Arc<str>`): an event is made for every request, and cloning a name into a
+/// sink's own key then costs no allocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestEvent {
     /// The endpoint's name.
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     /// The model version that answered (empty when none did, for example unauthorized).
-    pub model_version: String,
+    pub model_version: Arc<str>,
     /// The outcome as an HTTP status, for every endpoint kind.
     pub status: u16,
     /// Time from receipt to answer.
@@ -88,14 +91,10 @@ pub struct InMemoryMetrics {
     series: Mutex<HashMap<(String, String), VecDeque<MetricSample>>>,
 }
 
-/// Recorded requests, compact: every request stores its endpoint and version names as shared
-/// `Arc<str>`s, so recording touches no per-request heap memory (this runs for every request
-/// of every endpoint that keeps the default sink).
+/// Recorded requests; names are the events' shared `Arc<str>`s, so recording copies no text.
 #[derive(Debug, Default)]
 struct Requests {
     events: VecDeque<StoredRequest>,
-    /// The distinct names seen so far (endpoints and versions: a handful).
-    names: Vec<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -105,20 +104,6 @@ struct StoredRequest {
     status: u16,
     latency: Duration,
     at: SystemTime,
-}
-
-impl Requests {
-    fn name(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.names.iter().find(|known| ***known == *name) {
-            return Arc::clone(known);
-        }
-        // Bounded: a sink fed by endless distinct names stops sharing rather than growing.
-        let name: Arc<str> = Arc::from(name);
-        if self.names.len() < 256 {
-            self.names.push(Arc::clone(&name));
-        }
-        name
-    }
 }
 
 impl InMemoryMetrics {
@@ -142,8 +127,8 @@ impl InMemoryMetrics {
             .events
             .iter()
             .map(|stored| RequestEvent {
-                endpoint: stored.endpoint.to_string(),
-                model_version: stored.model_version.to_string(),
+                endpoint: Arc::clone(&stored.endpoint),
+                model_version: Arc::clone(&stored.model_version),
                 status: stored.status,
                 latency: stored.latency,
                 at: stored.at,
@@ -162,8 +147,8 @@ impl MetricSink for InMemoryMetrics {
     fn record_request(&self, event: &RequestEvent) {
         let mut requests = lock(&self.requests);
         let stored = StoredRequest {
-            endpoint: requests.name(&event.endpoint),
-            model_version: requests.name(&event.model_version),
+            endpoint: Arc::clone(&event.endpoint),
+            model_version: Arc::clone(&event.model_version),
             status: event.status,
             latency: event.latency,
             at: event.at,

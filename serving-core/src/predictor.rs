@@ -1,6 +1,8 @@
 //! The [`Predictor`] trait: the user's predict function.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -66,35 +68,49 @@ impl Capabilities {
     }
 }
 
-#[async_trait]
-impl<P: Predictor + ?Sized> Predictor for Arc<P> {
-    async fn predict(&self, input: Input, ctx: &Context) -> Result<Value> {
-        (**self).predict(input, ctx).await
-    }
+/// The future every `Predictor` method returns once `async_trait` has boxed it.
+type PredictorFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
+/// Forwards to the pointee, handing back its boxed future as it is: an `#[async_trait]`
+/// forwarding impl would box a second future around it on every request.
+macro_rules! forward_predictor {
+    ($pointer:ident) => {
+        impl<P: Predictor + ?Sized> Predictor for $pointer<P> {
+            fn predict<'a, 'b, 'f>(
+                &'a self,
+                input: Input,
+                ctx: &'b Context,
+            ) -> PredictorFuture<'f, Result<Value>>
+            where
+                'a: 'f,
+                'b: 'f,
+                Self: 'f,
+            {
+                (**self).predict(input, ctx)
+            }
 
-    async fn predict_batch(&self, inputs: Vec<Input>, ctx: &Context) -> Vec<Result<Value>> {
-        (**self).predict_batch(inputs, ctx).await
-    }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+
+            fn predict_batch<'a, 'b, 'f>(
+                &'a self,
+                inputs: Vec<Input>,
+                ctx: &'b Context,
+            ) -> PredictorFuture<'f, Vec<Result<Value>>>
+            where
+                'a: 'f,
+                'b: 'f,
+                Self: 'f,
+            {
+                (**self).predict_batch(inputs, ctx)
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl<P: Predictor + ?Sized> Predictor for Box<P> {
-    async fn predict(&self, input: Input, ctx: &Context) -> Result<Value> {
-        (**self).predict(input, ctx).await
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-
-    async fn predict_batch(&self, inputs: Vec<Input>, ctx: &Context) -> Vec<Result<Value>> {
-        (**self).predict_batch(inputs, ctx).await
-    }
-}
+forward_predictor!(Arc);
+forward_predictor!(Box);
 
 /// Conveniences for every [`Predictor`].
 ///

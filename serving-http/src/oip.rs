@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -15,7 +14,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use serving_core::{
-    Error, Input, ModelSignature, PredictRequest, Refused, TensorSpec, new_request_id,
+    Arrival, Error, Input, ModelSignature, PredictRequest, Refused, TensorSpec, new_request_id,
 };
 
 use crate::auth::TOKEN_HEADER;
@@ -75,12 +74,16 @@ async fn ready(State(state): Shared) -> Response {
 }
 
 fn route<'a>(state: &'a ServiceState, name: &str) -> Result<&'a Route, ApiError> {
-    state.endpoints.get(name).ok_or_else(|| {
-        Error::EndpointNotFound {
-            endpoint: name.to_owned(),
-        }
-        .into()
-    })
+    state
+        .endpoints
+        .get(name)
+        .map(|route| &**route)
+        .ok_or_else(|| {
+            Error::EndpointNotFound {
+                endpoint: name.to_owned(),
+            }
+            .into()
+        })
 }
 
 /// The prediction token from `Cnvrg-Api-Key`, or else from `Authorization: Bearer`.
@@ -250,20 +253,29 @@ async fn inference(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (at, started) = (SystemTime::now(), Instant::now());
+    let arrival = Arrival::now();
     let route = route(state, name)?;
     let signature = signature(route, version);
-    let (request, predict, request_id) =
-        match admit(state, route, version, headers, body, signature.as_ref()).await {
-            Ok(admitted) => admitted,
-            Err((error, request_id)) => {
-                let response = ApiError::from_core(&error, &request_id);
-                route
-                    .endpoint
-                    .refused(Refused::new(request_id, error, at, started));
-                return Err(response);
-            }
-        };
+    let (request, predict, request_id) = match admit(
+        state,
+        route,
+        version,
+        headers,
+        body,
+        signature.as_ref(),
+        arrival,
+    )
+    .await
+    {
+        Ok(admitted) => admitted,
+        Err((error, request_id)) => {
+            let response = ApiError::from_core(&error, &request_id);
+            route
+                .endpoint
+                .refused(Refused::new(request_id, error, arrival));
+            return Err(response);
+        }
+    };
     let prediction = route
         .endpoint
         .predict(predict)
@@ -297,13 +309,15 @@ async fn admit(
     headers: &HeaderMap,
     body: Body,
     signature: Option<&ModelSignature>,
+    arrival: Arrival,
 ) -> Result<(InferenceRequest, PredictRequest, String), (Error, String)> {
     let header_id = caller_request_id(headers);
     let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
     authorize_oip(route, headers).map_err(refused)?;
     check_content_type(headers).map_err(refused)?;
     let spec = route.endpoint.spec();
-    let bytes = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout)
+    let limit = spec.server.workers.max_body_bytes;
+    let bytes = read_body(body, limit, state.body_timeout, arrival)
         .await
         .map_err(refused)?;
     let request: InferenceRequest = serde_json::from_slice(&bytes).map_err(|e| {
@@ -318,7 +332,7 @@ async fn admit(
         .or_else(|| header_id.clone())
         .unwrap_or_else(new_request_id);
     let input = to_input(&request.inputs, signature).map_err(|e| (e, request_id.clone()))?;
-    let mut predict = routed_request(input, headers).with_request_id(&request_id);
+    let mut predict = routed_request(input, headers, arrival).with_request_id(&request_id);
     if let Some(version) = version {
         predict = predict.with_version(version);
     }

@@ -11,7 +11,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serving_core::prediction_log::PredictionLog;
 use serving_core::{ChartMetrics, MetricSample, MetricSink, RequestEvent};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 /// The `Content-Type` of the exposition (Prometheus text format 0.0.4).
@@ -43,6 +44,8 @@ pub struct PrometheusMetrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Family<VersionLabels, Histogram>,
     in_flight: Family<EndpointLabels, Gauge>,
+    /// The gauges of `in_flight` by endpoint name (a gauge's clones share its value).
+    in_flight_by_name: RwLock<HashMap<String, Gauge>>,
     custom: Family<MetricLabels, Gauge<f64, AtomicU64>>,
     custom_samples: Family<MetricLabels, Counter>,
     custom_dropped: Counter,
@@ -50,24 +53,26 @@ pub struct PrometheusMetrics {
     max_custom_series: usize,
 }
 
+// The per-request label sets hold the event's shared names: made on every request, they
+// allocate nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
-    endpoint: String,
-    model_version: String,
+    endpoint: Arc<str>,
+    model_version: Arc<str>,
     status: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ErrorLabels {
-    endpoint: String,
-    model_version: String,
+    endpoint: Arc<str>,
+    model_version: Arc<str>,
     class: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VersionLabels {
-    endpoint: String,
-    model_version: String,
+    endpoint: Arc<str>,
+    model_version: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -137,6 +142,7 @@ impl PrometheusMetrics {
             errors,
             duration,
             in_flight,
+            in_flight_by_name: RwLock::default(),
             custom,
             custom_samples,
             custom_dropped,
@@ -165,6 +171,30 @@ impl PrometheusMetrics {
         self
     }
 
+    /// The in-flight gauge of `endpoint`, found by name without building a label set (twice
+    /// per request otherwise, an allocation each).
+    fn in_flight_gauge(&self, endpoint: &str) -> Gauge {
+        let known = self
+            .in_flight_by_name
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(gauge) = known.get(endpoint) {
+            return gauge.clone();
+        }
+        drop(known);
+        let gauge = self
+            .in_flight
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            })
+            .clone();
+        self.in_flight_by_name
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(endpoint.to_owned(), gauge.clone());
+        gauge
+    }
+
     /// The exposition in Prometheus text format 0.0.4 ([`METRICS_CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -182,19 +212,11 @@ impl Default for PrometheusMetrics {
 
 impl MetricSink for PrometheusMetrics {
     fn request_started(&self, endpoint: &str) {
-        self.in_flight
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.to_owned(),
-            })
-            .inc();
+        self.in_flight_gauge(endpoint).inc();
     }
 
     fn request_finished(&self, endpoint: &str) {
-        self.in_flight
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.to_owned(),
-            })
-            .dec();
+        self.in_flight_gauge(endpoint).dec();
     }
 
     fn record_request(&self, event: &RequestEvent) {

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -16,7 +15,8 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use serving_core::{
-    DynEndpoint, Endpoint, Error, FileInput, PredictRequest, Refused, Result, new_request_id,
+    Arrival, DynEndpoint, Endpoint, Error, FileInput, PredictRequest, Refused, Result,
+    new_request_id,
 };
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -56,7 +56,7 @@ pub struct WebService {
 /// What every handler shares. Route modules (one file per concern) take it as axum state.
 #[derive(Debug)]
 pub(crate) struct ServiceState {
-    pub(crate) endpoints: HashMap<String, Route>,
+    pub(crate) endpoints: HashMap<String, Arc<Route>>,
     pub(crate) draining: AtomicBool,
     pub(crate) body_timeout: std::time::Duration,
     /// Authorizes the admin API (`Authorization: Bearer`); never a prediction token.
@@ -95,8 +95,18 @@ impl WebService {
 
     /// The routes, to mount inside another axum app or serve as they are.
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/api/v1/endpoints/{name}", post(predict))
+        // Each endpoint gets a literal route holding its `Route`, so that a prediction needs
+        // no path parameter and no lookup; the parameter route answers unknown names.
+        let mut router = Router::new();
+        for (name, route) in &self.state.endpoints {
+            let (state, route) = (Arc::clone(&self.state), Arc::clone(route));
+            let predict = move |request: axum::extract::Request| async move {
+                predict_on(&state, &route, request).await
+            };
+            router = router.route(&format!("/api/v1/endpoints/{name}"), post(predict));
+        }
+        router
+            .route("/api/v1/endpoints/{name}", post(predict_by_name))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .merge(crate::control::routes())
@@ -219,7 +229,7 @@ impl WebServiceBuilder {
                 ),
             };
             if endpoints
-                .insert(name.clone(), Route { endpoint, token })
+                .insert(name.clone(), Arc::new(Route { endpoint, token }))
                 .is_some()
             {
                 return Err(Error::InvalidSpec {
@@ -255,23 +265,45 @@ impl WebServiceBuilder {
     }
 }
 
-async fn predict(
+/// `POST /api/v1/endpoints/{name}` by name: in practice for names no endpoint has, since each
+/// endpoint has a literal route of its own.
+async fn predict_by_name(
     State(state): State<Arc<ServiceState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
-    let request_id = caller_request_id(&headers).unwrap_or_else(new_request_id);
-    match serve_prediction(&state, &name, &headers, body, &request_id).await {
-        Ok(response) => response,
-        Err(error) => {
-            let mut response = error.into_response();
-            if let Ok(value) = HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert(REQUEST_ID, value);
-            }
-            response
-        }
+    if let Some(route) = state.endpoints.get(&name) {
+        return predict_on(&state, route, request).await;
     }
+    let request_id = caller_request_id(request.headers()).unwrap_or_else(new_request_id);
+    let error = Error::EndpointNotFound { endpoint: name };
+    with_request_id(
+        ApiError::from_core(&error, &request_id).into_response(),
+        &request_id,
+    )
+}
+
+/// Serves one prediction request on `route`.
+async fn predict_on(
+    state: &ServiceState,
+    route: &Route,
+    request: axum::extract::Request,
+) -> Response {
+    let arrival = Arrival::now();
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let request_id = caller_request_id(headers).unwrap_or_else(new_request_id);
+    match serve_prediction(state, route, headers, body, &request_id, arrival).await {
+        Ok(response) => response,
+        Err(error) => with_request_id(error.into_response(), &request_id),
+    }
+}
+
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 /// Whether a request id chosen by the caller can be used: not empty, at most 128 bytes.
@@ -290,25 +322,19 @@ pub(crate) fn caller_request_id(headers: &HeaderMap) -> Option<String> {
 
 async fn serve_prediction(
     state: &ServiceState,
-    name: &str,
+    route: &Route,
     headers: &HeaderMap,
     body: Body,
     request_id: &str,
+    arrival: Arrival,
 ) -> Result<Response, ApiError> {
-    let (at, started) = (SystemTime::now(), Instant::now());
-    let route = state
-        .endpoints
-        .get(name)
-        .ok_or_else(|| Error::EndpointNotFound {
-            endpoint: name.to_owned(),
-        })?;
-    let request = match admit(state, route, headers, body, request_id).await {
+    let request = match admit(state, route, headers, body, request_id, arrival).await {
         Ok(request) => request,
         Err(error) => {
             let response = ApiError::from_core(&error, request_id);
             route
                 .endpoint
-                .refused(Refused::new(request_id, error, at, started));
+                .refused(Refused::new(request_id, error, arrival));
             return Err(response);
         }
     };
@@ -365,11 +391,13 @@ async fn admit(
     headers: &HeaderMap,
     body: Body,
     request_id: &str,
+    arrival: Arrival,
 ) -> Result<PredictRequest, Error> {
     authorize(route, headers.get(&TOKEN))?;
     check_content_type(headers)?;
     let spec = route.endpoint.spec();
-    let body = read_body(body, spec.server.workers.max_body_bytes, state.body_timeout).await?;
+    let limit = spec.server.workers.max_body_bytes;
+    let body = read_body(body, limit, state.body_timeout, arrival).await?;
     let input = parse_input(&body)?;
     let decoded = match spec.files {
         FileInput::Off => files::DecodedInput {
@@ -378,22 +406,27 @@ async fn admit(
         },
         mode => files::decode(input, mode)?,
     };
-    let mut request = routed_request(decoded.input, headers).with_request_id(request_id);
+    let mut request = routed_request(decoded.input, headers, arrival).with_request_id(request_id);
     if !decoded.files.is_empty() {
         request = request.with_resource(decoded.files);
     }
     Ok(request)
 }
 
-/// A request for `input` with the routing key and pinned version its headers carry.
-pub(crate) fn routed_request(input: serving_core::Input, headers: &HeaderMap) -> PredictRequest {
+/// A request for `input` that arrived at `arrival`, with the routing key and pinned version its
+/// headers carry.
+pub(crate) fn routed_request(
+    input: serving_core::Input,
+    headers: &HeaderMap,
+    arrival: Arrival,
+) -> PredictRequest {
     let header = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
     };
-    let mut request = PredictRequest::new(input);
+    let mut request = PredictRequest::new(input).with_arrival(arrival);
     if let Some(key) = header(&ROUTING_KEY) {
         request = request.with_routing_key(key);
     }
@@ -428,17 +461,20 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
+/// The body, at most `limit` bytes, read within `timeout` of the request's arrival.
 pub(crate) async fn read_body(
     body: Body,
     limit: usize,
     timeout: std::time::Duration,
+    arrival: Arrival,
 ) -> Result<bytes::Bytes, Error> {
     // A body announced (Content-Length) larger than the limit is refused before it is read.
     if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
         return Err(Error::PayloadTooLarge { limit });
     }
     let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(timeout, collect).await {
+    let deadline = tokio::time::Instant::from_std(arrival.started) + timeout;
+    match tokio::time::timeout_at(deadline, collect).await {
         Err(_) => Err(Error::BodyTimeout { after: timeout }),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
