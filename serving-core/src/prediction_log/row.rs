@@ -63,6 +63,74 @@ impl From<&PredictionRecord> for PredictionRow {
     }
 }
 
+/// A [`PredictionRow`] that borrows its record: the same JSON, written without copying the
+/// record's text first (the writer encodes every prediction through it). JSON columns are
+/// written straight into the output as escaped strings.
+#[derive(Serialize)]
+pub(super) struct RowRef<'a> {
+    request_id: &'a str,
+    endpoint: &'a str,
+    model: &'a str,
+    model_version: &'a str,
+    status: u16,
+    start_time: String,
+    elapsed_ms: f64,
+    input: Option<JsonText<'a, Value>>,
+    output: Option<JsonText<'a, Value>>,
+    error: Option<&'a str>,
+    metrics: JsonText<'a, BTreeMap<String, f64>>,
+    params: JsonText<'a, BTreeMap<String, Value>>,
+}
+
+impl<'a> From<&'a PredictionRecord> for RowRef<'a> {
+    fn from(record: &'a PredictionRecord) -> Self {
+        RowRef {
+            request_id: &record.request_id,
+            endpoint: &record.endpoint,
+            model: &record.model,
+            model_version: &record.model_version,
+            status: record.status,
+            start_time: format_time(record.start_time),
+            elapsed_ms: record.elapsed_ms,
+            input: record.input.as_ref().map(JsonText),
+            output: record.output.as_ref().map(JsonText),
+            error: record.error.as_deref(),
+            metrics: JsonText(&record.metrics),
+            params: JsonText(&record.params),
+        }
+    }
+}
+
+/// A value serialized as a string holding its JSON text.
+struct JsonText<'a, T>(&'a T);
+
+impl<T: Serialize> Serialize for JsonText<'_, T> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<T: Serialize> std::fmt::Display for JsonText<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Hands serde_json's output to the formatter; serde_json writes whole UTF-8 pieces.
+        struct Out<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+        impl std::io::Write for Out<'_, '_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+                self.0.write_str(text).map_err(std::io::Error::other)?;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        serde_json::to_writer(Out(f), self.0).map_err(|_| std::fmt::Error)
+    }
+}
+
 impl TryFrom<PredictionRow> for PredictionRecord {
     type Error = Error;
 
@@ -150,6 +218,18 @@ mod tests {
             elapsed_ms: 1.25,
             metrics: BTreeMap::from([("confidence".into(), 0.5)]),
             params: BTreeMap::from([("tag".into(), json!({"k": 1}))]),
+        }
+    }
+
+    #[test]
+    fn borrowed_rows_encode_exactly_as_rows() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_777_636_800_123_456);
+        let mut unicode = record("r\u{e9}2", at);
+        unicode.output = Some(json!({"label": "caf\u{e9} \u{1f600}", "p": [0.1, 1e300]}));
+        for original in [record("r1", at), unicode] {
+            let borrowed = serde_json::to_string(&RowRef::from(&original)).unwrap();
+            let owned = serde_json::to_string(&PredictionRow::from(&original)).unwrap();
+            assert_eq!(borrowed, owned);
         }
     }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::Counters;
-use super::row::{PredictionRow, micros};
+use super::row::{RowRef, micros};
 use crate::error::{Error, Result};
 use crate::record::PredictionRecord;
 
@@ -39,44 +39,54 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
+    /// Drains the queue when woken (by a command, or a queue more than half full) and every
+    /// flush interval, rather than on every record: waking on each one cost a task switch per
+    /// prediction on the thread that serves them.
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Message>, wake: Arc<Notify>) {
         // `interval` would tick at once; the first write waits a whole interval.
         let first = tokio::time::Instant::now() + self.flush_interval;
         let mut ticker = tokio::time::interval_at(first, self.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                message = queue.recv() => match message {
-                    Some(Message::Record(record)) => self.push(*record).await,
-                    Some(Message::Flush(ack)) => {
+            let ticked = tokio::select! {
+                () = wake.notified() => false,
+                _ = ticker.tick() => true,
+            };
+            loop {
+                match queue.try_recv() {
+                    Ok(Message::Record(record)) => self.push(*record).await,
+                    Ok(Message::Flush(ack)) => {
                         let _ = ack.send(self.write_buffer().await);
                     }
-                    Some(Message::Close(ack)) => {
-                        // Refuse new records, then write every record accepted before.
-                        queue.close();
-                        let mut waiting = vec![ack];
-                        while let Some(message) = queue.recv().await {
-                            match message {
-                                Message::Record(record) => self.push(*record).await,
-                                Message::Flush(ack) | Message::Close(ack) => waiting.push(ack),
-                            }
-                        }
-                        let outcome = self.write_buffer().await;
-                        for ack in waiting {
-                            let _ = ack.send(clone_outcome(&outcome));
-                        }
-                        return;
-                    }
-                    None => {
+                    Ok(Message::Close(ack)) => return self.close(queue, ack).await,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
                         // Every handle is gone: write what is left and stop.
                         let _ = self.write_buffer().await;
                         return;
                     }
-                },
-                _ = ticker.tick(), if !self.buffer.is_empty() => {
-                    let _ = self.write_buffer().await;
                 }
             }
+            if ticked && !self.buffer.is_empty() {
+                let _ = self.write_buffer().await;
+            }
+        }
+    }
+
+    /// Refuses new records, then writes every record accepted before and answers every
+    /// command still queued.
+    async fn close(mut self, mut queue: mpsc::Receiver<Message>, ack: oneshot::Sender<Result<()>>) {
+        queue.close();
+        let mut waiting = vec![ack];
+        while let Some(message) = queue.recv().await {
+            match message {
+                Message::Record(record) => self.push(*record).await,
+                Message::Flush(ack) | Message::Close(ack) => waiting.push(ack),
+            }
+        }
+        let outcome = self.write_buffer().await;
+        for ack in waiting {
+            let _ = ack.send(clone_outcome(&outcome));
         }
     }
 
@@ -206,7 +216,7 @@ async fn encode(records: Vec<PredictionRecord>) -> Vec<u8> {
     loop {
         let mut encoded = 0;
         for record in records.by_ref().take(SLICE) {
-            serde_json::to_writer(&mut bytes, &PredictionRow::from(&record))
+            serde_json::to_writer(&mut bytes, &RowRef::from(&record))
                 .expect("a row always serializes");
             bytes.push(b'\n');
             encoded += 1;
