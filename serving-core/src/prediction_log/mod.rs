@@ -5,14 +5,13 @@
 //! prediction, failures included, lands in it.
 //!
 //! # How records travel
-//! `record` puts the record on a bounded queue ([`PredictionLogConfig::queue_capacity`]) with a
-//! non-blocking `try_send` and returns: a slow store never slows a prediction. A background
-//! task, woken once a hundred or so records have queued, batches them and writes them as
-//! JSON-lines segments (one [`PredictionRow`] per line) when
-//! [`PredictionLogConfig::segment_records`] have gathered or every
-//! [`PredictionLogConfig::flush_interval_ms`], whichever comes first.
+//! `record` encodes the record as one JSON line (a [`PredictionRow`]), appends it to its
+//! endpoint's pending batch, and returns: a slow store never slows a prediction. At most
+//! [`PredictionLogConfig::queue_capacity`] records wait. A background task writes a batch as a
+//! segment when [`PredictionLogConfig::segment_records`] have gathered, and every batch every
+//! [`PredictionLogConfig::flush_interval_ms`].
 //!
-//! **When the queue is full, the new record is dropped and counted** in
+//! **When `queue_capacity` records wait, the new record is dropped and counted** in
 //! [`PredictionLogStats::dropped`] (exported as `serving_prediction_log_dropped_total` by the
 //! Prometheus exposition), with a warning at most every ten seconds. Predictions are never
 //! blocked and memory never grows past the queue and one segment. A segment that still fails
@@ -58,7 +57,7 @@ mod row;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -66,7 +65,7 @@ use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
 pub use self::config::PredictionLogConfig;
 pub use self::csv::{CSV_COLUMNS, read_csv, write_csv};
@@ -77,13 +76,9 @@ pub use self::row::{PredictionRow, format_time, parse_time};
 /// same version (enable its `aws`, `gcp` or `azure` feature in your own `Cargo.toml`).
 pub use object_store;
 
-use self::writer::{Message, Writer};
+use self::writer::{Pending, Refusal, Writer};
 use crate::error::{Error, Result};
 use crate::record::{PredictionRecord, RecordSink};
-
-/// Queued records that wake the writer. Waking it for each record cost a task switch per
-/// prediction; letting thousands gather made it encode them after they had left the CPU cache.
-const WAKE_AFTER: usize = 128;
 
 /// A handle on the prediction log; cheap to clone, every clone feeds the same writer.
 ///
@@ -96,16 +91,25 @@ pub struct PredictionLog {
 
 #[derive(Debug)]
 struct Shared {
-    queue: mpsc::Sender<Message>,
-    /// Wakes the writer: after a command, or when the queue is more than half full.
+    pending: Arc<Pending>,
+    writer: Arc<Writer>,
+    /// Wakes the writer task when a batch is full.
     wake: Arc<Notify>,
+    /// Stops the writer task.
+    stop: Arc<Notify>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     config: PredictionLogConfig,
     counters: Arc<Counters>,
-    closed: AtomicBool,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     last_drop_warning: AtomicU64,
+}
+
+impl Drop for Shared {
+    /// The last handle is gone: the writer writes what is left and stops.
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -122,17 +126,17 @@ pub(crate) struct Counters {
 /// never accepted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PredictionLogStats {
-    /// Records taken onto the queue.
+    /// Records accepted.
     pub accepted: u64,
-    /// Records refused because the queue was full or the log closed.
+    /// Records refused because `queue_capacity` records were waiting or the log had closed.
     pub dropped: u64,
     /// Records written to the store.
     pub written: u64,
     /// Records whose segment could not be written.
     pub failed: u64,
-    /// Records and commands waiting in the queue now.
+    /// Records waiting to be written now.
     pub queued: u64,
-    /// The queue's capacity.
+    /// How many records may wait ([`PredictionLogConfig::queue_capacity`]).
     pub capacity: u64,
 }
 
@@ -152,22 +156,23 @@ impl PredictionLog {
 
     /// Writes every record accepted before this call, and reports whether that worked.
     pub async fn flush(&self) -> Result<()> {
-        self.command(Message::Flush).await
+        self.shared.writer.write(&self.shared.pending, true).await
     }
 
     /// Refuses new records (they count as dropped), writes every record accepted before, and
     /// stops the writer. Call it on graceful shutdown; calling it again does nothing.
     pub async fn close(&self) -> Result<()> {
-        self.shared.closed.store(true, Ordering::Release);
-        let outcome = self.command(Message::Close).await;
-        let writer = self
+        self.shared.pending.close();
+        let outcome = self.flush().await;
+        let task = self
             .shared
-            .writer
+            .task
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(writer) = writer {
-            let _ = writer.await;
+        if let Some(task) = task {
+            self.shared.stop.notify_one();
+            let _ = task.await;
         }
         outcome
     }
@@ -175,14 +180,13 @@ impl PredictionLog {
     /// The counters.
     pub fn stats(&self) -> PredictionLogStats {
         let counters = &self.shared.counters;
-        let capacity = self.shared.queue.max_capacity() as u64;
         PredictionLogStats {
             accepted: counters.accepted.load(Ordering::Relaxed),
             dropped: counters.dropped.load(Ordering::Relaxed),
             written: counters.written.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
-            queued: capacity.saturating_sub(self.shared.queue.capacity() as u64),
-            capacity,
+            queued: self.shared.pending.len() as u64,
+            capacity: self.shared.config.queue_capacity as u64,
         }
     }
 
@@ -194,19 +198,6 @@ impl PredictionLog {
     /// The store it writes to.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.shared.store
-    }
-
-    async fn command(
-        &self,
-        message: impl FnOnce(oneshot::Sender<Result<()>>) -> Message,
-    ) -> Result<()> {
-        let (ack, done) = oneshot::channel();
-        if self.shared.queue.send(message(ack)).await.is_err() {
-            // The writer has closed: everything accepted was written then.
-            return Ok(());
-        }
-        self.shared.wake.notify_one();
-        done.await.unwrap_or(Ok(()))
     }
 
     fn drop_record(&self, reason: &str) {
@@ -228,31 +219,26 @@ impl PredictionLog {
 }
 
 impl RecordSink for PredictionLog {
-    /// Queues the record without waiting; drops and counts it when the queue is full or the
-    /// log is closed.
+    /// Encodes the record and adds it to the pending batch without waiting; drops and counts
+    /// it when `queue_capacity` records are waiting or the log is closed.
     fn record(&self, record: PredictionRecord) {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return self.drop_record("is closed");
-        }
-        match self
-            .shared
-            .queue
-            .try_send(Message::Record(Box::new(record)))
-        {
-            Ok(()) => {
+        let config = &self.shared.config;
+        let pushed =
+            self.shared
+                .pending
+                .push(&record, config.queue_capacity, config.segment_records);
+        match pushed {
+            Ok(full) => {
                 self.shared
                     .counters
                     .accepted
                     .fetch_add(1, Ordering::Relaxed);
-                let queue = &self.shared.queue;
-                if queue.max_capacity() - queue.capacity()
-                    >= WAKE_AFTER.min(queue.max_capacity() / 2)
-                {
+                if full {
                     self.shared.wake.notify_one();
                 }
             }
-            Err(mpsc::error::TrySendError::Full(_)) => self.drop_record("queue is full"),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.drop_record("is closed"),
+            Err(Refusal::Full) => self.drop_record("queue is full"),
+            Err(Refusal::Closed) => self.drop_record("is closed"),
         }
     }
 }
@@ -325,29 +311,33 @@ impl PredictionLogBuilder {
         };
         let prefix = Path::from(self.config.prefix.as_str());
         let counters = Arc::new(Counters::default());
-        let (queue, receiver) = mpsc::channel(self.config.queue_capacity);
-        let writer = Writer {
+        let writer = Arc::new(Writer {
             store: Arc::clone(&store),
             prefix: prefix.clone(),
             writer_id: crate::new_request_id()[..12].to_owned(),
-            segment_records: self.config.segment_records,
-            flush_interval: self.config.flush_interval().max(Duration::from_millis(1)),
+            sequence: AtomicU64::new(0),
             counters: Arc::clone(&counters),
-            sequence: 0,
-            buffer: Vec::new(),
-        };
-        let wake = Arc::new(Notify::new());
-        let task = runtime.spawn(writer.run(receiver, Arc::clone(&wake)));
+            writing: tokio::sync::Mutex::new(()),
+        });
+        let pending = Arc::new(Pending::default());
+        let (wake, stop) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let task = runtime.spawn(Arc::clone(&writer).run(
+            Arc::clone(&pending),
+            Arc::clone(&wake),
+            self.config.flush_interval().max(Duration::from_millis(1)),
+            Arc::clone(&stop),
+        ));
         Ok(PredictionLog {
             shared: Arc::new(Shared {
-                queue,
+                pending,
+                writer,
                 wake,
+                stop,
+                task: Mutex::new(Some(task)),
                 store,
                 prefix,
                 config: self.config,
                 counters,
-                closed: AtomicBool::new(false),
-                writer: Mutex::new(Some(task)),
                 last_drop_warning: AtomicU64::new(0),
             }),
         })

@@ -1,6 +1,7 @@
 //! [`PredictionRow`]: one prediction as a flat row of scalars, the shape of segment lines and
 //! CSV rows.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -64,8 +65,7 @@ impl From<&PredictionRecord> for PredictionRow {
 }
 
 /// A [`PredictionRow`] that borrows its record: the same JSON, written without copying the
-/// record's text first (the writer encodes every prediction through it). JSON columns are
-/// written straight into the output as escaped strings.
+/// record's text first (every prediction is encoded through it).
 #[derive(Serialize)]
 pub(super) struct RowRef<'a> {
     request_id: &'a str,
@@ -109,25 +109,10 @@ impl<T: Serialize> Serialize for JsonText<'_, T> {
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<T: Serialize> std::fmt::Display for JsonText<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        /// Hands serde_json's output to the formatter; serde_json writes whole UTF-8 pieces.
-        struct Out<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
-        impl std::io::Write for Out<'_, '_> {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
-                self.0.write_str(text).map_err(std::io::Error::other)?;
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        serde_json::to_writer(Out(f), self.0).map_err(|_| std::fmt::Error)
+        // Encoded whole first: streaming it through `collect_str` cost more in `fmt` calls
+        // than the copy.
+        let text = serde_json::to_string(self.0).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
     }
 }
 
@@ -172,7 +157,32 @@ impl TryFrom<PredictionRow> for PredictionRecord {
 
 /// `time` as RFC 3339 in UTC with microseconds, for example `2026-05-01T12:00:00.123456Z`.
 pub fn format_time(time: SystemTime) -> String {
-    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Micros, true)
+    // Every prediction is stamped, and the text up to the second changes once a second: it is
+    // formatted by chrono once per second and thread, and the microseconds are appended.
+    thread_local! {
+        static LAST_SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let micros = micros(time);
+    if micros <= 0 || micros == i64::MAX {
+        return DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Micros, true);
+    }
+    let (second, fraction) = (micros / 1_000_000, micros % 1_000_000);
+    LAST_SECOND.with_borrow_mut(|(last, prefix)| {
+        if *last != second {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(second.unsigned_abs());
+            *prefix = DateTime::<Utc>::from(whole).to_rfc3339_opts(SecondsFormat::Secs, true);
+            prefix.pop(); // the `Z`
+            *last = second;
+        }
+        let mut text = String::with_capacity(prefix.len() + 8);
+        text.push_str(prefix);
+        text.push('.');
+        for place in [100_000, 10_000, 1_000, 100, 10, 1] {
+            text.push(char::from(b'0' + (fraction / place % 10) as u8));
+        }
+        text.push('Z');
+        text
+    })
 }
 
 /// Parses a time given as RFC 3339 (`2026-05-01T12:00:00Z`) or as seconds since the Unix
@@ -251,5 +261,22 @@ mod tests {
         assert_eq!(parse_time("2026-05-01T14:00:00+02:00").unwrap(), at);
         assert!(parse_time("yesterday").is_err());
         assert_eq!(micros(at), 1_777_636_800_000_000);
+    }
+
+    #[test]
+    fn times_format_as_chrono_does() {
+        let chrono =
+            |t: SystemTime| DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let base = SystemTime::UNIX_EPOCH + Duration::from_micros(1_777_636_799_000_000);
+        for offset_us in [0, 1, 999_999, 1_000_000, 1_000_007, 86_400_123_456, 0] {
+            let at = base + Duration::from_micros(offset_us);
+            assert_eq!(format_time(at), chrono(at));
+        }
+        for at in [
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH - Duration::from_secs(1),
+        ] {
+            assert_eq!(format_time(at), chrono(at));
+        }
     }
 }

@@ -1,134 +1,186 @@
-//! The background task that batches queued records into JSON-lines segments.
+//! Where records wait, encoded, for the store: [`Pending`] batches per endpoint, and the
+//! [`Writer`] that stores them as segments.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
 use super::Counters;
 use super::row::{RowRef, micros};
 use crate::error::{Error, Result};
 use crate::record::PredictionRecord;
 
-/// What travels from the log's handles to its writer. Records and commands share one queue so
-/// that a flush covers exactly the records queued before it.
-#[derive(Debug)]
-pub(super) enum Message {
-    Record(Box<PredictionRecord>),
-    Flush(oneshot::Sender<Result<()>>),
-    Close(oneshot::Sender<Result<()>>),
-}
-
 /// Attempts per segment before its records are counted as failed.
 const WRITE_ATTEMPTS: u32 = 4;
 
+/// Encoded records waiting for the store. Records are encoded as they are recorded, while
+/// they are still in the CPU cache (encoding them later, in bulk, cost twice as much under
+/// load), and then wait here as bytes.
+#[derive(Debug, Default)]
+pub(super) struct Pending(Mutex<Batches>);
+
+#[derive(Debug, Default)]
+struct Batches {
+    /// The batch each endpoint is filling.
+    filling: HashMap<String, Batch>,
+    /// Batches that reached the segment size, oldest first.
+    full: Vec<(String, Batch)>,
+    /// Records waiting, in all batches.
+    records: usize,
+    /// Set by `close`: nothing more is accepted.
+    closed: bool,
+}
+
+/// JSON lines of one endpoint's records, and the bounds of their start times.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    bytes: Vec<u8>,
+    records: usize,
+    first_us: i64,
+    last_us: i64,
+}
+
+/// Why `Pending::push` refused a record.
+pub(super) enum Refusal {
+    Full,
+    Closed,
+}
+
+thread_local! {
+    /// Where `push` encodes a record before taking the lock.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pending {
+    /// Encodes `record` and adds it to its endpoint's batch. `Ok(true)` when a batch became
+    /// full and the writer should be woken.
+    pub(super) fn push(
+        &self,
+        record: &PredictionRecord,
+        capacity: usize,
+        segment_records: usize,
+    ) -> std::result::Result<bool, Refusal> {
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            serde_json::to_writer(&mut *line, &RowRef::from(record))
+                .expect("a row always serializes");
+            line.push(b'\n');
+            let mut pending = self.lock();
+            if pending.closed {
+                return Err(Refusal::Closed);
+            }
+            if pending.records >= capacity {
+                return Err(Refusal::Full);
+            }
+            pending.records += 1;
+            let at = micros(record.start_time);
+            let batch = match pending.filling.get_mut(&record.endpoint) {
+                Some(batch) => batch,
+                None => pending.filling.entry(record.endpoint.clone()).or_default(),
+            };
+            batch.add(line, at);
+            if batch.records < segment_records {
+                return Ok(false);
+            }
+            let full = std::mem::take(batch);
+            pending.full.push((record.endpoint.clone(), full));
+            Ok(true)
+        })
+    }
+
+    /// The batches to write: the full ones, and with `all` the ones filling too.
+    pub(super) fn take(&self, all: bool) -> Vec<(String, Batch)> {
+        let mut pending = self.lock();
+        let mut batches = std::mem::take(&mut pending.full);
+        if all {
+            batches.extend(pending.filling.drain().filter(|(_, b)| b.records > 0));
+        }
+        pending.records -= batches.iter().map(|(_, b)| b.records).sum::<usize>();
+        batches
+    }
+
+    /// Refuses every record from now on; what is pending is still taken and written.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Records waiting.
+    pub(super) fn len(&self) -> usize {
+        self.lock().records
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batches> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Batch {
+    fn add(&mut self, line: &[u8], at: i64) {
+        if self.records == 0 {
+            (self.first_us, self.last_us) = (at, at);
+        }
+        self.first_us = self.first_us.min(at);
+        self.last_us = self.last_us.max(at);
+        self.bytes.extend_from_slice(line);
+        self.records += 1;
+    }
+}
+
+/// Stores batches as segments. Batches are taken and written under one async lock, so that a
+/// flush returns only once every batch taken before it has been written.
+#[derive(Debug)]
 pub(super) struct Writer {
     pub(super) store: Arc<dyn ObjectStore>,
     pub(super) prefix: Path,
     pub(super) writer_id: String,
-    pub(super) segment_records: usize,
-    pub(super) flush_interval: Duration,
+    pub(super) sequence: AtomicU64,
     pub(super) counters: Arc<Counters>,
-    pub(super) sequence: u64,
-    pub(super) buffer: Vec<PredictionRecord>,
+    pub(super) writing: tokio::sync::Mutex<()>,
 }
 
 impl Writer {
-    /// Drains the queue when woken (by a command, or a queue more than half full) and every
-    /// flush interval, rather than on every record: waking on each one cost a task switch per
-    /// prediction on the thread that serves them.
-    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Message>, wake: Arc<Notify>) {
+    /// Writes full batches when woken and every batch each `interval`; on `stop`, writes every
+    /// batch and returns.
+    pub(super) async fn run(
+        self: Arc<Self>,
+        pending: Arc<Pending>,
+        wake: Arc<Notify>,
+        interval: Duration,
+        stop: Arc<Notify>,
+    ) {
         // `interval` would tick at once; the first write waits a whole interval.
-        let first = tokio::time::Instant::now() + self.flush_interval;
-        let mut ticker = tokio::time::interval_at(first, self.flush_interval);
+        let first = tokio::time::Instant::now() + interval;
+        let mut ticker = tokio::time::interval_at(first, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let ticked = tokio::select! {
+            let all = tokio::select! {
+                () = stop.notified() => {
+                    let _ = self.write(&pending, true).await;
+                    return;
+                }
                 () = wake.notified() => false,
                 _ = ticker.tick() => true,
             };
-            loop {
-                match queue.try_recv() {
-                    Ok(Message::Record(record)) => self.push(*record).await,
-                    Ok(Message::Flush(ack)) => {
-                        let _ = ack.send(self.write_buffer().await);
-                    }
-                    Ok(Message::Close(ack)) => return self.close(queue, ack).await,
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        // Every handle is gone: write what is left and stop.
-                        let _ = self.write_buffer().await;
-                        return;
-                    }
-                }
-            }
-            if ticked && !self.buffer.is_empty() {
-                let _ = self.write_buffer().await;
-            }
+            let _ = self.write(&pending, all).await;
         }
     }
 
-    /// Refuses new records, then writes every record accepted before and answers every
-    /// command still queued.
-    async fn close(mut self, mut queue: mpsc::Receiver<Message>, ack: oneshot::Sender<Result<()>>) {
-        queue.close();
-        let mut waiting = vec![ack];
-        while let Some(message) = queue.recv().await {
-            match message {
-                Message::Record(record) => self.push(*record).await,
-                Message::Flush(ack) | Message::Close(ack) => waiting.push(ack),
-            }
-        }
-        let outcome = self.write_buffer().await;
-        for ack in waiting {
-            let _ = ack.send(clone_outcome(&outcome));
-        }
-    }
-
-    async fn push(&mut self, record: PredictionRecord) {
-        self.buffer.push(record);
-        if self.buffer.len() >= self.segment_records {
-            let _ = self.write_buffer().await;
-        }
-    }
-
-    /// Writes the buffer as one segment per endpoint; the buffer is empty afterwards either way.
-    async fn write_buffer(&mut self) -> Result<()> {
-        let buffer = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.segment_records));
-        let mut by_endpoint: BTreeMap<String, Vec<PredictionRecord>> = BTreeMap::new();
-        let single = buffer.first().map(|first| first.endpoint.clone());
-        match single {
-            // The usual case, one endpoint per process: no regrouping of thousands of records.
-            Some(endpoint) if buffer.iter().all(|record| record.endpoint == endpoint) => {
-                by_endpoint.insert(endpoint, buffer);
-            }
-            _ => {
-                for record in buffer {
-                    by_endpoint
-                        .entry(record.endpoint.clone())
-                        .or_default()
-                        .push(record);
-                }
-            }
-        }
+    /// Takes the batches due (all of them with `all`) and writes one segment each.
+    pub(super) async fn write(&self, pending: &Pending, all: bool) -> Result<()> {
+        let _writing = self.writing.lock().await;
         let mut outcome = Ok(());
-        for (endpoint, records) in by_endpoint {
-            self.sequence += 1;
-            let location = segment_path(
-                &self.prefix,
-                &endpoint,
-                &records,
-                &self.writer_id,
-                self.sequence,
-            );
-            let count = records.len() as u64;
-            let bytes = encode(records).await;
-            match self.put(&location, bytes).await {
+        for (endpoint, batch) in pending.take(all) {
+            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+            let location = segment_path(&self.prefix, &endpoint, &batch, &self.writer_id, sequence);
+            let count = batch.records as u64;
+            match self.put(&location, batch.bytes).await {
                 Ok(()) => {
                     self.counters.written.fetch_add(count, Ordering::Relaxed);
                 }
@@ -171,21 +223,12 @@ impl Writer {
 fn segment_path(
     prefix: &Path,
     endpoint: &str,
-    records: &[PredictionRecord],
+    batch: &Batch,
     writer_id: &str,
     sequence: u64,
 ) -> Path {
-    let first = records
-        .iter()
-        .map(|r| micros(r.start_time))
-        .min()
-        .unwrap_or(0);
-    let last = records
-        .iter()
-        .map(|r| micros(r.start_time))
-        .max()
-        .unwrap_or(0);
     let date = DateTime::<Utc>::from(SystemTime::now()).format("%Y-%m-%d");
+    let (first, last) = (batch.first_us, batch.last_us);
     prefix
         .clone()
         .join(endpoint)
@@ -202,49 +245,13 @@ pub(super) fn segment_bounds(name: &str) -> Option<(i64, i64)> {
     Some((first, last))
 }
 
-/// The records as JSON lines. A segment holds thousands of records, milliseconds of work:
-/// done a slice at a time, yielding between slices, so that the requests sharing this thread
-/// are answered meanwhile (encoded in one go on a one-core server, it held every request for
-/// as long, and p99 latency went from about 1.5 to 8 ms). A slice is a few hundred µs of work:
-/// large enough that the writer outpaces 64 busy connections between its turns (with 64-record
-/// slices it barely kept pace, and the queue overflowed), small enough for the p99. Records are
-/// dropped as they are encoded, which is work of the same size.
-async fn encode(records: Vec<PredictionRecord>) -> Vec<u8> {
-    const SLICE: usize = 256;
-    let mut bytes = Vec::with_capacity(records.len() * 256);
-    let mut records = records.into_iter();
-    loop {
-        let mut encoded = 0;
-        for record in records.by_ref().take(SLICE) {
-            serde_json::to_writer(&mut bytes, &RowRef::from(&record))
-                .expect("a row always serializes");
-            bytes.push(b'\n');
-            encoded += 1;
-        }
-        if encoded < SLICE {
-            return bytes;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
-fn clone_outcome(outcome: &Result<()>) -> Result<()> {
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(error) => Err(Error::Storage {
-            location: "prediction log".to_owned(),
-            source: error.to_string().into(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    #[test]
-    fn segment_names_carry_their_bounds() {
-        let record = |us: u64| PredictionRecord {
+    fn record(us: u64) -> PredictionRecord {
+        PredictionRecord {
             request_id: "r".into(),
             endpoint: "iris".into(),
             model: "m".into(),
@@ -257,18 +264,42 @@ mod tests {
             elapsed_ms: 0.0,
             metrics: BTreeMap::new(),
             params: BTreeMap::new(),
-        };
-        let path = segment_path(
-            &Path::from("predictions"),
-            "iris",
-            &[record(30), record(10), record(20)],
-            "w1",
-            7,
-        );
+        }
+    }
+
+    #[test]
+    fn segment_names_carry_their_bounds() {
+        let pending = Pending::default();
+        for us in [30, 10, 20] {
+            assert!(pending.push(&record(us), 10, 3).is_ok());
+        }
+        let batches = pending.take(false);
+        assert_eq!(batches.len(), 1, "three records fill a segment of three");
+        let (endpoint, batch) = &batches[0];
+        let path = segment_path(&Path::from("predictions"), endpoint, batch, "w1", 7);
         let name = path.filename().unwrap();
         assert_eq!(name, "10-30-w1-00000007.jsonl");
         assert!(path.as_ref().starts_with("predictions/iris/date="));
         assert_eq!(segment_bounds(name), Some((10, 30)));
         assert_eq!(segment_bounds("notes.txt"), None);
+    }
+
+    #[test]
+    fn pending_records_are_bounded_and_closing_refuses_more() {
+        let pending = Pending::default();
+        assert!(pending.push(&record(1), 2, 100).is_ok());
+        assert!(pending.push(&record(2), 2, 100).is_ok());
+        assert!(matches!(
+            pending.push(&record(3), 2, 100),
+            Err(Refusal::Full)
+        ));
+        assert_eq!(pending.take(false).len(), 0, "nothing is full yet");
+        assert_eq!(pending.take(true)[0].1.records, 2);
+        assert_eq!(pending.len(), 0);
+        pending.close();
+        assert!(matches!(
+            pending.push(&record(4), 2, 100),
+            Err(Refusal::Closed)
+        ));
     }
 }
