@@ -85,7 +85,7 @@ impl Pending {
                 Some(batch) => batch,
                 None => pending.filling.entry(record.endpoint.clone()).or_default(),
             };
-            batch.add(line, at);
+            batch.add(line, at, segment_records);
             if batch.records < segment_records {
                 return Ok(false);
             }
@@ -121,10 +121,18 @@ impl Pending {
     }
 }
 
+/// The most a batch reserves up front.
+const MAX_RESERVE: usize = 4 << 20;
+
 impl Batch {
-    fn add(&mut self, line: &[u8], at: i64) {
+    fn add(&mut self, line: &[u8], at: i64, segment_records: usize) {
         if self.records == 0 {
             (self.first_us, self.last_us) = (at, at);
+            // Room for a whole segment of lines like this one plus a quarter: growing by
+            // doubling instead copied megabytes on the request that crossed each size.
+            let expected = line.len().saturating_mul(segment_records);
+            self.bytes
+                .reserve(expected.saturating_add(expected / 4).min(MAX_RESERVE));
         }
         self.first_us = self.first_us.min(at);
         self.last_us = self.last_us.max(at);
