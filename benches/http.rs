@@ -35,7 +35,12 @@ const ROWS: &[Row] = &[
         expect: r#""prediction":10.2"#,
     },
     Row {
-        name: "serving, sum: predictor_fn (blocking pool)",
+        name: "serving, sum: predictor_fn (adaptive)",
+        kind: "serving-adaptive",
+        expect: r#""prediction":10.2"#,
+    },
+    Row {
+        name: "serving, sum: predictor_fn(..).on_pool()",
         kind: "serving-pool",
         expect: r#""prediction":10.2"#,
     },

@@ -146,7 +146,8 @@ pub fn bare_router() -> Router {
     Router::new().route("/predict", post(predict))
 }
 
-/// Our web service for server `kind` (`serving`, `serving-pool`, `iris`, `serving-unlogged`),
+/// Our web service for server `kind` (`serving`, `serving-pool`, `serving-adaptive`, `iris`,
+/// `serving-unlogged`),
 /// the path its predictions are served at, and its prediction log's directory (if any), which
 /// must outlive it. Needs a Tokio runtime.
 pub fn our_service(kind: &str) -> (&'static str, WebService, Option<tempfile::TempDir>) {
@@ -159,6 +160,10 @@ pub fn our_service(kind: &str) -> (&'static str, WebService, Option<tempfile::Te
             observed.endpoint(ModelEndpoint::builder("sum", sum.inline())),
         ),
         "serving-pool" => (
+            sum_path,
+            observed.endpoint(ModelEndpoint::builder("sum", sum.on_pool())),
+        ),
+        "serving-adaptive" => (
             sum_path,
             observed.endpoint(ModelEndpoint::builder("sum", sum)),
         ),

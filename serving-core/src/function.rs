@@ -3,6 +3,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -18,8 +20,15 @@ use crate::predictor::Predictor;
 ///
 /// Each argument deserializes from one positional argument of the input (the items of a JSON
 /// array); a function of one argument receives the whole input, or the single item of a
-/// one-item array. The function returns `Result<T, E>` with `T: Serialize`. It runs on the
-/// endpoint's bounded blocking pool, so CPU-bound models never stall the async runtime.
+/// one-item array. The function returns `Result<T, E>` with `T: Serialize`.
+///
+/// Where it runs adapts to how long it takes: it starts on the endpoint's bounded blocking
+/// pool, so CPU-bound models never stall the async runtime, and moves onto the async thread
+/// once it has answered [`ADAPTIVE_PROBE_CALLS`] calls in a row within [`ADAPTIVE_FAST`] (there
+/// the hop to a pool thread and back costs more than the function). A call that then takes
+/// longer than [`ADAPTIVE_SLOW`] sends it back to the pool, and it must prove itself over twice
+/// as many calls before moving again. [`FnPredictor::inline`] and [`FnPredictor::on_pool`] fix
+/// the place instead.
 ///
 /// ```
 /// use serving_core::{predictor_fn, Result};
@@ -36,8 +45,72 @@ where
 {
     FnPredictor {
         function: Arc::new(function),
-        inline: false,
+        placement: Placement::Adaptive(Arc::new(Adaptive::default())),
         _args: PhantomData,
+    }
+}
+
+/// Consecutive calls within [`ADAPTIVE_FAST`] on the pool before a [`predictor_fn`] runs on the
+/// async thread (doubled after each move back, up to a million).
+pub const ADAPTIVE_PROBE_CALLS: u32 = 100;
+/// The longest call that counts toward moving a [`predictor_fn`] onto the async thread.
+pub const ADAPTIVE_FAST: Duration = Duration::from_micros(50);
+/// A call on the async thread longer than this moves a [`predictor_fn`] back to the pool.
+pub const ADAPTIVE_SLOW: Duration = Duration::from_micros(250);
+
+/// Where a [`FnPredictor`] runs its function.
+#[derive(Clone)]
+enum Placement {
+    Pool,
+    Inline,
+    Adaptive(Arc<Adaptive>),
+}
+
+/// What an adaptive predictor has learned of its function's speed; shared by its clones.
+#[derive(Debug)]
+struct Adaptive {
+    inline: AtomicBool,
+    /// Consecutive fast calls on the pool.
+    fast_streak: AtomicU32,
+    /// Fast calls needed before moving inline.
+    needed: AtomicU32,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            inline: AtomicBool::new(false),
+            fast_streak: AtomicU32::new(0),
+            needed: AtomicU32::new(ADAPTIVE_PROBE_CALLS),
+        }
+    }
+}
+
+impl Adaptive {
+    fn inline(&self) -> bool {
+        self.inline.load(Ordering::Relaxed)
+    }
+
+    /// A call on the pool took `took`.
+    fn ran_on_pool(&self, took: Duration) {
+        if took > ADAPTIVE_FAST {
+            self.fast_streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        let streak = self.fast_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak >= self.needed.load(Ordering::Relaxed) {
+            self.inline.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A call on the async thread took `took`.
+    fn ran_inline(&self, took: Duration) {
+        if took > ADAPTIVE_SLOW && self.inline.swap(false, Ordering::Relaxed) {
+            self.fast_streak.store(0, Ordering::Relaxed);
+            let needed = self.needed.load(Ordering::Relaxed);
+            self.needed
+                .store(needed.saturating_mul(2).min(1_000_000), Ordering::Relaxed);
+        }
     }
 }
 
@@ -53,20 +126,37 @@ pub trait PredictFn<Args>: Send + Sync + 'static {
 /// The predictor made by [`predictor_fn`].
 pub struct FnPredictor<F, Args> {
     function: Arc<F>,
-    inline: bool,
+    placement: Placement,
     _args: PhantomData<fn(Args)>,
 }
 
 impl<F, Args> FnPredictor<F, Args> {
-    /// Runs the function on the async runtime's thread instead of the blocking pool.
+    /// Always runs the function on the async runtime's thread, from the first call.
     ///
     /// For functions that answer in microseconds (a small tree, a linear model), the hop to a
     /// pool thread and back costs more than the function itself. A function that can take
     /// longer (more than about 100 µs) must stay on the pool: run inline, it stalls every other
     /// request on its thread, and the endpoint's timeout cannot interrupt it.
     pub fn inline(mut self) -> Self {
-        self.inline = true;
+        self.placement = Placement::Inline;
         self
+    }
+
+    /// Always runs the function on the blocking pool, however fast it is: for a function that
+    /// is usually fast but can block (it waits on a lock, a file or the network).
+    pub fn on_pool(mut self) -> Self {
+        self.placement = Placement::Pool;
+        self
+    }
+
+    /// Whether its calls run on the async thread now (for an adaptive one, what it has
+    /// learned so far).
+    pub fn runs_inline(&self) -> bool {
+        match &self.placement {
+            Placement::Pool => false,
+            Placement::Inline => true,
+            Placement::Adaptive(adaptive) => adaptive.inline(),
+        }
     }
 }
 
@@ -74,7 +164,7 @@ impl<F, Args> Clone for FnPredictor<F, Args> {
     fn clone(&self) -> Self {
         FnPredictor {
             function: Arc::clone(&self.function),
-            inline: self.inline,
+            placement: self.placement.clone(),
             _args: PhantomData,
         }
     }
@@ -82,9 +172,15 @@ impl<F, Args> Clone for FnPredictor<F, Args> {
 
 impl<F, Args> fmt::Debug for FnPredictor<F, Args> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let placement = match &self.placement {
+            Placement::Pool => "pool",
+            Placement::Inline => "inline",
+            Placement::Adaptive(adaptive) if adaptive.inline() => "adaptive, inline now",
+            Placement::Adaptive(_) => "adaptive, on the pool now",
+        };
         f.debug_tuple("FnPredictor")
             .field(&std::any::type_name::<F>())
-            .field(&if self.inline { "inline" } else { "pool" })
+            .field(&placement)
             .finish()
     }
 }
@@ -96,12 +192,30 @@ where
     Args: 'static,
 {
     async fn predict(&self, input: Input, ctx: &Context) -> Result<Value> {
-        if self.inline {
-            // The endpoint scopes the context to this task, so `log_metric` still finds it.
-            return self.function.call(&input);
-        }
+        // Inline, the endpoint has scoped the context to this task, so `log_metric` finds it.
+        let adaptive = match &self.placement {
+            Placement::Inline => return self.function.call(&input),
+            Placement::Pool => None,
+            Placement::Adaptive(adaptive) if adaptive.inline() => {
+                let started = Instant::now();
+                let output = self.function.call(&input);
+                adaptive.ran_inline(started.elapsed());
+                return output;
+            }
+            Placement::Adaptive(adaptive) => Some(adaptive),
+        };
         let function = Arc::clone(&self.function);
-        ctx.run_blocking(move || function.call(&input)).await
+        let (output, took) = ctx
+            .run_blocking(move || {
+                let started = Instant::now();
+                let output = function.call(&input);
+                Ok((output, started.elapsed()))
+            })
+            .await?;
+        if let Some(adaptive) = adaptive {
+            adaptive.ran_on_pool(took);
+        }
+        output
     }
 }
 
@@ -196,6 +310,45 @@ mod tests {
 
     fn call<Args>(f: impl PredictFn<Args>, input: Value) -> Result<Value> {
         f.call(&Input::Json(input))
+    }
+
+    #[tokio::test]
+    async fn adaptive_functions_move_inline_when_fast_and_back_when_slow() {
+        use crate::{Endpoint, ModelEndpoint, PredictRequest};
+        let sleep = predictor_fn(|micros: u64| -> Result<u64> {
+            std::thread::sleep(Duration::from_micros(micros));
+            Ok(micros)
+        });
+        let endpoint = ModelEndpoint::builder("sleeper", sleep.clone())
+            .build()
+            .unwrap();
+        let call = |micros: u64| endpoint.predict(PredictRequest::new(json!(micros)));
+        // Fast calls until it moves inline (a preempted call can break a streak): how many.
+        let until_inline = || async {
+            let mut calls = 0;
+            while !sleep.runs_inline() && calls < 100 * ADAPTIVE_PROBE_CALLS {
+                call(0).await.unwrap();
+                calls += 1;
+            }
+            assert!(sleep.runs_inline(), "{sleep:?}");
+            calls
+        };
+        // A slow call breaks the streak of fast ones.
+        for _ in 0..ADAPTIVE_PROBE_CALLS - 1 {
+            call(0).await.unwrap();
+        }
+        call(1_000).await.unwrap();
+        assert!(!sleep.runs_inline());
+        assert!(until_inline().await >= ADAPTIVE_PROBE_CALLS);
+        // Inline, one slow call sends it back, and twice as many fast calls are needed.
+        assert_eq!(call(1_000).await.unwrap().output, json!(1000));
+        assert!(!sleep.runs_inline());
+        for _ in 0..2 * ADAPTIVE_PROBE_CALLS - 1 {
+            call(0).await.unwrap();
+        }
+        assert!(!sleep.runs_inline());
+        until_inline().await;
+        assert!(!sleep.clone().on_pool().runs_inline());
     }
 
     #[test]

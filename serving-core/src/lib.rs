@@ -76,7 +76,10 @@ pub use error::{BoxError, Error, Result};
 pub use feedback::{
     DynFeedbackSink, ExportReceipt, FeedbackExport, FeedbackSink, InMemoryFeedback,
 };
-pub use function::{FnPredictor, IntoOutput, PredictFn, predictor_fn};
+pub use function::{
+    ADAPTIVE_FAST, ADAPTIVE_PROBE_CALLS, ADAPTIVE_SLOW, FnPredictor, IntoOutput, PredictFn,
+    predictor_fn,
+};
 pub use input::{Arg, Input};
 pub use lifecycle::{
     CanaryDecision, CanaryEvaluation, CanaryMetric, CanaryPolicy, CanaryRule, CanaryStatus,
