@@ -19,8 +19,8 @@ pub struct PredictionLogConfig {
     pub dir: PathBuf,
     /// Key prefix of the segments inside the store (`prefix`), `predictions` by default.
     pub prefix: String,
-    /// Records queued between predictions and the writer (`queue_capacity`); when the queue is
-    /// full, new records are dropped and counted.
+    /// Records that may wait, encoded, for the writer (`queue_capacity`); beyond it, new
+    /// records are dropped and counted.
     pub queue_capacity: usize,
     /// Most records in one segment (`segment_records`); a full buffer is written at once.
     pub segment_records: usize,
