@@ -1,9 +1,10 @@
 //! The web-service benchmark: our `WebService` against a bare axum server doing the same work,
 //! under the same load. Run with `cargo bench --bench http` (or `make bench`).
 //!
-//! `BENCH_SECS` (default 10) sets each run's length and `BENCH_RUNS` (default 3) how many runs
-//! each row takes; the table shows medians. `BENCH_ONLY=<text>` runs only the rows whose name
-//! contains the text (and the bare row).
+//! `BENCH_SECS` (default 10) sets each run's length and `BENCH_RUNS` (default 3) how many
+//! rounds run; a round runs every row once. The table shows medians, and each ratio is the
+//! median over rounds of a run against the same round's bare run. `BENCH_ONLY=<text>` runs
+//! only the rows whose name contains the text (and the bare row).
 
 mod support;
 
@@ -51,18 +52,27 @@ const ROWS: &[Row] = &[
     },
 ];
 
+/// One row's runs, a run per round.
+#[derive(Default)]
+struct Measured {
+    loads: Vec<Load>,
+    idle_rss: u64,
+    rss: u64,
+    dropped: Vec<f64>,
+}
+
 fn main() {
     if support::servers::serve_from_env() {
         return;
     }
     let secs = secs_from_env("BENCH_SECS", 10);
-    let runs: usize = std::env::var("BENCH_RUNS")
+    let rounds: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
     println!(
-        "serving web-service benchmark: {runs} run(s) of {}s per row, medians shown",
+        "serving web-service benchmark: {rounds} round(s) of every row, {}s per run, medians shown",
         secs.as_secs()
     );
     println!("{}", describe_machine());
@@ -72,20 +82,19 @@ fn main() {
     );
     println!();
 
-    let mut results: Vec<(&Row, Load, u64, u64, Option<f64>)> = Vec::new();
     // BENCH_ONLY=<text>: only the rows whose name contains it (the bare row always runs).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    for row in ROWS
+    let rows: Vec<&Row> = ROWS
         .iter()
         .filter(|row| row.kind == "bare" || row.name.contains(&only))
-    {
-        let mut loads = Vec::new();
-        let mut rss = 0;
-        let mut idle_rss = 0;
-        let mut dropped = Vec::new();
-        for run in 0..runs {
+        .collect();
+    // Rounds of every row, rather than all runs of one row and then the next: the machine's
+    // slow and fast spells then fall on every row alike.
+    let mut measured: Vec<Measured> = rows.iter().map(|_| Measured::default()).collect();
+    for round in 1..=rounds {
+        for (row, measured) in rows.iter().zip(&mut measured) {
             let server = Server::start(row.kind);
-            idle_rss = server.rss_kib();
+            measured.idle_rss = server.rss_kib();
             let (status, body) = server.request(support::BODY);
             assert!(
                 status == 200 && body.contains(row.expect),
@@ -95,38 +104,20 @@ fn main() {
             // Warm up connections, allocator and caches before measuring.
             drive(&server, Duration::from_secs(1));
             let load = drive(&server, secs);
-            rss = server.rss_kib();
+            measured.rss = server.rss_kib();
             // Share of this server's predictions its prediction log dropped (warm-up included).
             if let Some(n) = server.metric("serving_prediction_log_dropped_total") {
                 let answered = server.metric("serving_requests_total").unwrap_or(f64::NAN);
-                dropped.push(100.0 * n / answered);
+                measured.dropped.push(100.0 * n / answered);
             }
             eprintln!(
-                "  {} run {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {:.1} CPU µs/req, {} errors",
-                row.name,
-                run + 1,
-                load.rps,
-                load.p50_us,
-                load.p99_us,
-                load.cpu_us,
-                load.errors
+                "  round {round}, {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {:.1} CPU µs/req, {} errors",
+                row.name, load.rps, load.p50_us, load.p99_us, load.cpu_us, load.errors
             );
-            loads.push(load);
+            measured.loads.push(load);
         }
-        let pick = |f: fn(&Load) -> f64| median(&mut loads.iter().map(f).collect::<Vec<_>>());
-        let load = Load {
-            rps: pick(|l| l.rps),
-            p50_us: pick(|l| l.p50_us),
-            p99_us: pick(|l| l.p99_us),
-            requests: loads.iter().map(|l| l.requests).sum(),
-            errors: loads.iter().map(|l| l.errors).sum(),
-            cpu_us: pick(|l| l.cpu_us),
-        };
-        let dropped = (!dropped.is_empty()).then(|| median(&mut dropped));
-        results.push((row, load, idle_rss, rss, dropped));
     }
 
-    let bare = results[0].1;
     let header = [
         "req/s",
         "p50 µs",
@@ -145,17 +136,26 @@ fn main() {
     print!("|{:-<46}|", "");
     header.iter().for_each(|_| print!("{:-<12}|", ""));
     println!();
-    for (row, load, idle_rss, rss, dropped) in &results {
+    let bare = measured[0].loads.clone();
+    for (row, measured) in rows.iter().zip(&mut measured) {
+        let loads = &measured.loads;
+        let pick = |f: fn(&Load) -> f64| median(&mut loads.iter().map(f).collect::<Vec<_>>());
+        // Each round's run against the same round's bare run.
+        let ratio = |f: fn(&Load) -> f64| {
+            let mut ratios: Vec<f64> = loads.iter().zip(&bare).map(|(l, b)| f(l) / f(b)).collect();
+            median(&mut ratios)
+        };
+        let dropped = (!measured.dropped.is_empty()).then(|| median(&mut measured.dropped));
         let cells = [
-            format!("{:.0}", load.rps),
-            format!("{:.0}", load.p50_us),
-            format!("{:.0}", load.p99_us),
-            format!("{:.2}", load.rps / bare.rps),
-            format!("{:.2}", load.p99_us / bare.p99_us),
-            format!("{:.1}", load.cpu_us),
-            load.errors.to_string(),
-            format!("{:.1}", *idle_rss as f64 / 1024.0),
-            format!("{:.1}", *rss as f64 / 1024.0),
+            format!("{:.0}", pick(|l| l.rps)),
+            format!("{:.0}", pick(|l| l.p50_us)),
+            format!("{:.0}", pick(|l| l.p99_us)),
+            format!("{:.2}", ratio(|l| l.rps)),
+            format!("{:.2}", ratio(|l| l.p99_us)),
+            format!("{:.1}", pick(|l| l.cpu_us)),
+            loads.iter().map(|l| l.errors).sum::<u64>().to_string(),
+            format!("{:.1}", measured.idle_rss as f64 / 1024.0),
+            format!("{:.1}", measured.rss as f64 / 1024.0),
             dropped.map_or("-".to_owned(), |d| format!("{d:.1}")),
         ];
         print!("| {:<44} |", row.name);
@@ -163,7 +163,10 @@ fn main() {
         println!();
     }
     println!();
-    println!("goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns: relative to bare)");
+    println!(
+        "goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns: median over rounds of \
+         each run against the same round's bare run)"
+    );
     println!("idle MiB: server RSS before any load; RSS MiB: after the last run's load");
     println!(
         "log drop %: predictions the prediction log dropped because its bounded queue was full \
