@@ -26,6 +26,11 @@ const ROWS: &[Row] = &[
         expect: r#""prediction":10.2"#,
     },
     Row {
+        name: "bare axum + 2 µs of busy work per request",
+        kind: "bare-2us",
+        expect: r#""prediction":10.2"#,
+    },
+    Row {
         name: "serving, sum: predictor_fn(..).inline()",
         kind: "serving",
         expect: r#""prediction":10.2"#,
@@ -166,6 +171,10 @@ fn main() {
     println!(
         "goal: serving ≥ 0.85× bare req/s and ≤ 2× bare p99 (× columns: median over rounds of \
          each run against the same round's bare run)"
+    );
+    println!(
+        "bare axum + 2 µs: what 2 µs more server work per request costs on this machine, to \
+         read the other rows' distance from bare by"
     );
     println!("idle MiB: server RSS before any load; RSS MiB: after the last run's load");
     println!(
