@@ -71,6 +71,11 @@ impl<'de> Visitor<'de> for Unwrap {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<Key>()? {
             match key {
+                Key::Other(key)
+                    if key == RAW_VALUE_TOKEN && object.is_empty() && params.is_none() =>
+                {
+                    return raw_value(&mut map);
+                }
                 Key::InputParams => params = Some(map.next_value::<Value>()?),
                 Key::Other(key) => {
                     object.insert(key, map.next_value::<Value>()?);
@@ -78,6 +83,24 @@ impl<'de> Visitor<'de> for Unwrap {
             }
         }
         Ok(params.unwrap_or(Value::Object(object)))
+    }
+}
+
+/// The key that makes `serde_json::Value` read an object as the JSON text of its one string
+/// value (serde_json's `raw_value` feature, which axum enables for every crate in the build).
+/// Found by fuzzing: read as a plain object instead, such a body became an input that logged
+/// as JSON another reader of the log would parse differently, or not at all.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// The body `{RAW_VALUE_TOKEN: "text"}`, read as `serde_json::Value` reads it: the value of
+/// `text` parsed as JSON, then unwrapped like any body.
+fn raw_value<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Value, A::Error> {
+    let text: String = map.next_value()?;
+    match serde_json::from_str::<Value>(&text).map_err(de::Error::custom)? {
+        Value::Object(mut object) if object.contains_key("input_params") => {
+            Ok(object.remove("input_params").unwrap_or_default())
+        }
+        other => Ok(other),
     }
 }
 
@@ -146,6 +169,9 @@ mod tests {
             "12.5",
             "null",
             "false",
+            r#"{"$serde_json::private::RawValue": "[1, 2]"}"#,
+            r#"{"$serde_json::private::RawValue": "{\"input_params\": 5}"}"#,
+            r#"{"a": 1, "$serde_json::private::RawValue": "[1, 2]"}"#,
         ];
         for body in bodies {
             let parsed = serde_json::from_str::<Unwrapped>(body).unwrap().0;
@@ -155,7 +181,10 @@ mod tests {
 
     #[test]
     fn refuses_what_json_refuses() {
-        for body in ["{", r#"{"input_params": }"#, "[1,]", "nul", r#"{"a" 1}"#] {
+        let raw_not_json = r#"{"$serde_json::private::RawValue": " 33VQ59teinput_p"}"#;
+        let raw_then_more = r#"{"$serde_json::private::RawValue": "1", "a": 2}"#;
+        let refused = ["{", r#"{"input_params": }"#, "[1,]", "nul", r#"{"a" 1}"#];
+        for body in refused.into_iter().chain([raw_not_json, raw_then_more]) {
             assert!(serde_json::from_str::<Unwrapped>(body).is_err(), "{body}");
         }
         let deep = "[".repeat(10_000);
