@@ -14,10 +14,11 @@
 //! **When `queue_capacity` records wait, the new record is dropped and counted** in
 //! [`PredictionLogStats::dropped`] (exported as `serving_prediction_log_dropped_total` by the
 //! Prometheus exposition), with a warning at most every ten seconds. Predictions are never
-//! blocked and memory never grows past the queue and one segment. A segment that still fails
+//! blocked and memory never grows past `queue_capacity` waiting records and the segments being
+//! written. A segment that still fails
 //! after four attempts is counted in [`PredictionLogStats::failed`].
 //!
-//! [`PredictionLog::flush`] writes everything queued before it; [`PredictionLog::close`] (on
+//! [`PredictionLog::flush`] writes everything accepted before it; [`PredictionLog::close`] (on
 //! graceful shutdown) refuses new records and writes every record accepted before, so nothing
 //! acknowledged is lost.
 //!
