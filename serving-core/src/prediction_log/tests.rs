@@ -91,6 +91,47 @@ async fn writes_segments_and_queries_them_back() {
 }
 
 #[tokio::test]
+async fn full_segments_are_written_unasked_per_endpoint_and_the_rest_when_the_log_is_dropped() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let log = PredictionLog::builder()
+        .with_store(Arc::clone(&store))
+        .with_setting("segment_records", "3")
+        .unwrap()
+        .with_setting("flush_interval_ms", "3600000")
+        .unwrap()
+        .build()
+        .unwrap();
+    for id in 0..9 {
+        let mut record = record(id, at(id as u64), "1", 200);
+        if id % 4 == 3 {
+            record.endpoint = "other".into();
+        }
+        log.record(record);
+    }
+    // iris has 7 records (two full segments of 3), other has 2: no flush, no interval.
+    wait_until(|| log.stats().written == 6).await;
+    assert_eq!(log.stats().queued, 3);
+    let reader = PredictionLog::builder()
+        .with_store(Arc::clone(&store))
+        .build()
+        .unwrap();
+    let iris = reader.query(&PredictionQuery::new("iris")).await.unwrap();
+    assert_eq!(ids(&iris), ["r000", "r001", "r002", "r004", "r005", "r006"]);
+    // The last handle gone, the writer writes what is left.
+    drop(log);
+    let other = PredictionQuery::new("other");
+    for _ in 0..1000 {
+        if reader.query(&other).await.unwrap().total == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let iris = reader.query(&PredictionQuery::new("iris")).await.unwrap();
+    assert_eq!(iris.total, 7);
+    assert_eq!(ids(&reader.query(&other).await.unwrap()), ["r003", "r007"]);
+}
+
+#[tokio::test]
 async fn close_writes_everything_accepted_and_refuses_the_rest() {
     let store = Arc::new(InMemory::new());
     // A long interval: only close can write these.
