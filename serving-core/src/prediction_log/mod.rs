@@ -223,12 +223,7 @@ impl RecordSink for PredictionLog {
     /// Encodes the record and adds it to the pending batch without waiting; drops and counts
     /// it when `queue_capacity` records are waiting or the log is closed.
     fn record(&self, record: PredictionRecord) {
-        let config = &self.shared.config;
-        let pushed =
-            self.shared
-                .pending
-                .push(&record, config.queue_capacity, config.segment_records);
-        match pushed {
+        match self.shared.pending.push(&record) {
             Ok(full) => {
                 self.shared
                     .counters
@@ -320,7 +315,10 @@ impl PredictionLogBuilder {
             counters: Arc::clone(&counters),
             writing: tokio::sync::Mutex::new(()),
         });
-        let pending = Arc::new(Pending::default());
+        let pending = Arc::new(Pending::new(
+            self.config.queue_capacity,
+            self.config.segment_records,
+        ));
         let (wake, stop) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let task = runtime.spawn(Arc::clone(&writer).run(
             Arc::clone(&pending),

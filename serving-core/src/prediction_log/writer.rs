@@ -23,8 +23,14 @@ const WRITE_ATTEMPTS: u32 = 4;
 /// Encoded records waiting for the store. Records are encoded as they are recorded, while
 /// they are still in the CPU cache (encoding them later, in bulk, cost twice as much under
 /// load), and then wait here as bytes.
-#[derive(Debug, Default)]
-pub(super) struct Pending(Mutex<Batches>);
+#[derive(Debug)]
+pub(super) struct Pending {
+    batches: Mutex<Batches>,
+    /// Most records waiting (`queue_capacity`).
+    capacity: usize,
+    /// Records per segment (`segment_records`).
+    segment_records: usize,
+}
 
 #[derive(Debug, Default)]
 struct Batches {
@@ -59,14 +65,18 @@ thread_local! {
 }
 
 impl Pending {
+    /// Room for `capacity` waiting records, in segments of `segment_records`.
+    pub(super) fn new(capacity: usize, segment_records: usize) -> Self {
+        Pending {
+            batches: Mutex::default(),
+            capacity,
+            segment_records,
+        }
+    }
+
     /// Encodes `record` and adds it to its endpoint's batch. `Ok(true)` when a batch became
     /// full and the writer should be woken.
-    pub(super) fn push(
-        &self,
-        record: &PredictionRecord,
-        capacity: usize,
-        segment_records: usize,
-    ) -> std::result::Result<bool, Refusal> {
+    pub(super) fn push(&self, record: &PredictionRecord) -> std::result::Result<bool, Refusal> {
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
             serde_json::to_writer(&mut *line, &RowRef::from(record))
@@ -76,7 +86,7 @@ impl Pending {
             if pending.closed {
                 return Err(Refusal::Closed);
             }
-            if pending.records >= capacity {
+            if pending.records >= self.capacity {
                 return Err(Refusal::Full);
             }
             pending.records += 1;
@@ -85,8 +95,8 @@ impl Pending {
                 Some(batch) => batch,
                 None => pending.filling.entry(record.endpoint.clone()).or_default(),
             };
-            batch.add(line, at, segment_records);
-            if batch.records < segment_records {
+            batch.add(line, at, self.segment_records);
+            if batch.records < self.segment_records {
                 return Ok(false);
             }
             let full = std::mem::take(batch);
@@ -117,7 +127,7 @@ impl Pending {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Batches> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.batches.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -277,9 +287,9 @@ mod tests {
 
     #[test]
     fn segment_names_carry_their_bounds() {
-        let pending = Pending::default();
+        let pending = Pending::new(10, 3);
         for us in [30, 10, 20] {
-            assert!(pending.push(&record(us), 10, 3).is_ok());
+            assert!(pending.push(&record(us)).is_ok());
         }
         let batches = pending.take(false);
         assert_eq!(batches.len(), 1, "three records fill a segment of three");
@@ -294,20 +304,14 @@ mod tests {
 
     #[test]
     fn pending_records_are_bounded_and_closing_refuses_more() {
-        let pending = Pending::default();
-        assert!(pending.push(&record(1), 2, 100).is_ok());
-        assert!(pending.push(&record(2), 2, 100).is_ok());
-        assert!(matches!(
-            pending.push(&record(3), 2, 100),
-            Err(Refusal::Full)
-        ));
+        let pending = Pending::new(2, 100);
+        assert!(pending.push(&record(1)).is_ok());
+        assert!(pending.push(&record(2)).is_ok());
+        assert!(matches!(pending.push(&record(3)), Err(Refusal::Full)));
         assert_eq!(pending.take(false).len(), 0, "nothing is full yet");
         assert_eq!(pending.take(true)[0].1.records, 2);
         assert_eq!(pending.len(), 0);
         pending.close();
-        assert!(matches!(
-            pending.push(&record(4), 2, 100),
-            Err(Refusal::Closed)
-        ));
+        assert!(matches!(pending.push(&record(4)), Err(Refusal::Closed)));
     }
 }
