@@ -351,6 +351,38 @@ mod tests {
         assert!(!sleep.clone().on_pool().runs_inline());
     }
 
+    #[tokio::test]
+    async fn metrics_logged_from_user_code_arrive_wherever_the_function_runs() {
+        use crate::{Endpoint, InMemoryMetrics, MetricSink, ModelEndpoint, PredictRequest};
+        let half = predictor_fn(|x: f64| -> Result<f64> {
+            crate::log_metric("half", x / 2.0);
+            Ok(x)
+        });
+        let metrics = Arc::new(InMemoryMetrics::new());
+        let endpoint = ModelEndpoint::builder("halver", half.clone())
+            .metric_sink(Arc::clone(&metrics) as Arc<dyn MetricSink>)
+            .build()
+            .unwrap();
+        // Calls on the pool until it moves inline (a preempted call can delay that), then ten
+        // inline.
+        let mut calls = 0;
+        let mut inline_calls = 0;
+        while inline_calls < 10 && calls < 100 * ADAPTIVE_PROBE_CALLS {
+            inline_calls += u32::from(half.runs_inline());
+            endpoint
+                .predict(PredictRequest::new(json!(calls)))
+                .await
+                .unwrap();
+            calls += 1;
+        }
+        assert_eq!(inline_calls, 10, "{half:?}");
+        let since = std::time::SystemTime::UNIX_EPOCH;
+        let logged = metrics.recent_metric("halver", "half", since).unwrap();
+        let values: Vec<f64> = logged.iter().map(|sample| sample.value).collect();
+        let expected: Vec<f64> = (0..calls).map(|i| f64::from(i) / 2.0).collect();
+        assert_eq!(values, expected);
+    }
+
     #[test]
     fn typed_positional_arguments() {
         let sum = |a: f64, b: f64, c: f64, d: f64| -> Result<f64> { Ok(a + b + c + d) };
