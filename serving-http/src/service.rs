@@ -106,7 +106,7 @@ impl WebService {
             router = router.route(&format!("/api/v1/endpoints/{name}"), post(predict));
         }
         router
-            .route("/api/v1/endpoints/{name}", post(predict_by_name))
+            .route("/api/v1/endpoints/{name}", post(predict_unknown))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .merge(crate::control::routes())
@@ -265,17 +265,10 @@ impl WebServiceBuilder {
     }
 }
 
-/// `POST /api/v1/endpoints/{name}` by name: in practice for names no endpoint has, since each
-/// endpoint has a literal route of its own.
-async fn predict_by_name(
-    State(state): State<Arc<ServiceState>>,
-    Path(name): Path<String>,
-    request: axum::extract::Request,
-) -> Response {
-    if let Some(route) = state.endpoints.get(&name) {
-        return predict_on(&state, route, request).await;
-    }
-    let request_id = caller_request_id(request.headers()).unwrap_or_else(new_request_id);
+/// `POST /api/v1/endpoints/{name}` for a name no endpoint has: each endpoint has a literal
+/// route of its own, which the router prefers to this one.
+async fn predict_unknown(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let request_id = caller_request_id(&headers).unwrap_or_else(new_request_id);
     let error = Error::EndpointNotFound { endpoint: name };
     with_request_id(
         ApiError::from_core(&error, &request_id).into_response(),
