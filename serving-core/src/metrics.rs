@@ -87,14 +87,10 @@ pub type DynMetricSink = dyn MetricSink;
 #[derive(Debug)]
 pub struct InMemoryMetrics {
     capacity: usize,
-    requests: Mutex<Requests>,
+    /// Recorded requests; names are the events' shared `Arc<str>`s, so recording copies no
+    /// text.
+    requests: Mutex<VecDeque<StoredRequest>>,
     series: Mutex<HashMap<(String, String), VecDeque<MetricSample>>>,
-}
-
-/// Recorded requests; names are the events' shared `Arc<str>`s, so recording copies no text.
-#[derive(Debug, Default)]
-struct Requests {
-    events: VecDeque<StoredRequest>,
 }
 
 #[derive(Debug)]
@@ -124,7 +120,6 @@ impl InMemoryMetrics {
     /// The recorded requests still held, oldest first.
     pub fn requests(&self) -> Vec<RequestEvent> {
         lock(&self.requests)
-            .events
             .iter()
             .map(|stored| RequestEvent {
                 endpoint: Arc::clone(&stored.endpoint),
@@ -153,10 +148,10 @@ impl MetricSink for InMemoryMetrics {
             latency: event.latency,
             at: event.at,
         };
-        if requests.events.len() == self.capacity {
-            requests.events.pop_front();
+        if requests.len() == self.capacity {
+            requests.pop_front();
         }
-        requests.events.push_back(stored);
+        requests.push_back(stored);
     }
 
     fn record_metric(&self, sample: &MetricSample) {
