@@ -99,8 +99,6 @@ struct Shared {
     /// Stops the writer task.
     stop: Arc<Notify>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    store: Arc<dyn ObjectStore>,
-    prefix: Path,
     config: PredictionLogConfig,
     counters: Arc<Counters>,
     last_drop_warning: AtomicU64,
@@ -152,7 +150,8 @@ impl PredictionLog {
     /// [`PredictionLog::flush`].
     #[doc(alias = "get_predictions")]
     pub async fn query(&self, query: &PredictionQuery) -> Result<PredictionPage> {
-        query::run(self.shared.store.as_ref(), &self.shared.prefix, query).await
+        let writer = &self.shared.writer;
+        query::run(writer.store.as_ref(), &writer.prefix, query).await
     }
 
     /// Writes every record accepted before this call, and reports whether that worked.
@@ -198,7 +197,7 @@ impl PredictionLog {
 
     /// The store it writes to.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.shared.store
+        &self.shared.writer.store
     }
 
     fn drop_record(&self, reason: &str) {
@@ -305,11 +304,10 @@ impl PredictionLogBuilder {
                 Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| storage(Box::new(e)))?)
             }
         };
-        let prefix = Path::from(self.config.prefix.as_str());
         let counters = Arc::new(Counters::default());
         let writer = Arc::new(Writer {
-            store: Arc::clone(&store),
-            prefix: prefix.clone(),
+            store,
+            prefix: Path::from(self.config.prefix.as_str()),
             writer_id: crate::new_request_id()[..12].to_owned(),
             sequence: AtomicU64::new(0),
             counters: Arc::clone(&counters),
@@ -333,8 +331,6 @@ impl PredictionLogBuilder {
                 wake,
                 stop,
                 task: Mutex::new(Some(task)),
-                store,
-                prefix,
                 config: self.config,
                 counters,
                 last_drop_warning: AtomicU64::new(0),
