@@ -108,3 +108,21 @@ pub fn error_of(body: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("not an error body: {body}"))
 }
+
+/// The Python interpreter of the test tools that `scripts/test-setup` installs
+/// (`scripts/requirements-test.txt`): `$SERVING_TEST_PYTHON`, else the set-up's default venv.
+#[allow(dead_code)] // until a test module uses it
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("SERVING_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            std::path::Path::new(&home).join(".cache/serving-components/python/current/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "no Python test tools at {}: run scripts/test-setup first",
+        python.display()
+    );
+    python
+}
