@@ -6,10 +6,28 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::setting::Setting;
+use crate::setting::{Setting, Settings, name_array};
+use crate::setting_keys;
+
+setting_keys! {
+    /// The keys of a [`PredictionLogConfig`], each named after its field.
+    pub enum PredictionLogKey {
+        /// [`PredictionLogConfig::dir`].
+        Dir = "dir",
+        /// [`PredictionLogConfig::prefix`].
+        Prefix = "prefix",
+        /// [`PredictionLogConfig::queue_capacity`].
+        QueueCapacity = "queue_capacity",
+        /// [`PredictionLogConfig::segment_records`].
+        SegmentRecords = "segment_records",
+        /// [`PredictionLogConfig::flush_interval_ms`].
+        FlushIntervalMs = "flush_interval_ms",
+    }
+}
 
 /// Settings of a [`PredictionLog`](super::PredictionLog), settable as KEY-VALUE pairs with
-/// [`PredictionLogConfig::set`] or from `SERVING_PREDICTION_LOG_<KEY>` environment variables.
+/// [`PredictionLogConfig::set`] or from `SERVING_PREDICTION_LOG_<KEY>` environment variables
+/// ([`Settings`], keys [`PredictionLogKey`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -42,63 +60,56 @@ impl Default for PredictionLogConfig {
 }
 
 impl PredictionLogConfig {
-    /// Every key [`PredictionLogConfig::set`] accepts.
-    pub const KEYS: [&'static str; 5] = [
-        "dir",
-        "prefix",
-        "queue_capacity",
-        "segment_records",
-        "flush_interval_ms",
-    ];
+    /// Every key [`PredictionLogConfig::set`] accepts ([`PredictionLogKey`]'s names).
+    pub const KEYS: [&'static str; 5] = name_array(<PredictionLogKey as crate::SettingKey>::NAMES);
 
     /// The defaults, overridden by `SERVING_PREDICTION_LOG_DIR`, `…_PREFIX`,
     /// `…_QUEUE_CAPACITY`, `…_SEGMENT_RECORDS` and `…_FLUSH_INTERVAL_MS` when set.
     pub fn from_env() -> Result<Self> {
-        let mut config = Self::default();
-        for key in Self::KEYS {
-            let var = format!("SERVING_PREDICTION_LOG_{}", key.to_ascii_uppercase());
-            if let Ok(value) = std::env::var(&var) {
-                config.set(key, &value)?;
-            }
-        }
-        Ok(config)
+        <Self as Settings>::from_env()
     }
 
     /// Sets one KEY-VALUE pair; an unknown key is an error that lists the valid ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let setting = Setting { key, value };
-        match key {
-            "dir" if value.trim().is_empty() => return Err(setting.invalid("expected a directory")),
-            "dir" => self.dir = PathBuf::from(value.trim()),
-            "prefix" => {
-                let prefix = value.trim().trim_matches('/');
-                if prefix.is_empty()
-                    || prefix
-                        .split('/')
-                        .any(|part| part.is_empty() || part == "..")
-                {
-                    return Err(setting.invalid("expected a key prefix such as `predictions`"));
-                }
-                self.prefix = prefix.to_owned();
-            }
-            "queue_capacity" => self.queue_capacity = setting.positive()? as usize,
-            "segment_records" => self.segment_records = setting.positive()? as usize,
-            "flush_interval_ms" => self.flush_interval_ms = setting.positive()?,
-            _ => return Err(setting.unknown(&Self::KEYS)),
-        }
-        Ok(())
+        Settings::set(self, key, value)
     }
 
     /// Applies several KEY-VALUE pairs, stopping at the first error.
     pub fn apply<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
-        pairs
-            .into_iter()
-            .try_for_each(|(key, value)| self.set(key, value))
+        Settings::apply(self, pairs)
     }
 
     /// The flush interval.
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+}
+
+impl Settings for PredictionLogConfig {
+    type Key = PredictionLogKey;
+    const ENV_PREFIX: &'static str = "SERVING_PREDICTION_LOG_";
+
+    fn set_key(&mut self, key: PredictionLogKey, value: &Setting<'_>) -> Result<()> {
+        match key {
+            PredictionLogKey::Dir => {
+                self.dir = PathBuf::from(value.non_empty("expected a directory")?);
+            }
+            PredictionLogKey::Prefix => {
+                let prefix = value.value().trim().trim_matches('/');
+                if prefix.is_empty()
+                    || prefix
+                        .split('/')
+                        .any(|part| part.is_empty() || part == "..")
+                {
+                    return Err(value.invalid("expected a key prefix such as `predictions`"));
+                }
+                self.prefix = prefix.to_owned();
+            }
+            PredictionLogKey::QueueCapacity => self.queue_capacity = value.positive()? as usize,
+            PredictionLogKey::SegmentRecords => self.segment_records = value.positive()? as usize,
+            PredictionLogKey::FlushIntervalMs => self.flush_interval_ms = value.positive()?,
+        }
+        Ok(())
     }
 }
 
@@ -126,6 +137,27 @@ mod tests {
         );
         assert!(config.set("queue_capacity", "0").is_err());
         assert!(config.set("prefix", "a/../b").is_err());
+    }
+
+    #[test]
+    fn typed_keys_and_the_environment_prefix() {
+        let config = PredictionLogConfig::default()
+            .with_config(PredictionLogKey::SegmentRecords, "10")
+            .unwrap();
+        assert_eq!(config.segment_records, 10);
+        let config = PredictionLogConfig::from_lookup(|var| {
+            (var == "SERVING_PREDICTION_LOG_FLUSH_INTERVAL_MS").then(|| "250".to_owned())
+        })
+        .unwrap();
+        assert_eq!(config.flush_interval(), Duration::from_millis(250));
+        let error = PredictionLogConfig::default()
+            .set("queue_capacity", "lots")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`lots`") && error.contains("`queue_capacity`"),
+            "{error}"
+        );
     }
 
     #[test]
