@@ -101,8 +101,8 @@ pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use setting::{Setting, SettingKey, Settings};
 pub use signature::{ModelSignature, TensorSpec};
 pub use spec::{
-    AuthSpec, BackendSection, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef, ServerSettings,
-    WorkerKey, WorkerSettings,
+    AuthSpec, BackendSection, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef,
+    ServerSettings, WorkerKey, WorkerSettings,
 };
 pub use trigger::{Alert, CallbackTrigger, Comparison, DynTrigger, Severity, Trigger, TriggerRule};
 

@@ -269,7 +269,10 @@ impl<'a> Setting<'a> {
 /// `const KEYS: [&str; 2] = name_array(MyKey::NAMES);` fails to compile when `N` is not the
 /// number of names.
 pub const fn name_array<const N: usize>(names: &[&'static str]) -> [&'static str; N] {
-    assert!(names.len() == N, "KEYS must list every name of the key enum");
+    assert!(
+        names.len() == N,
+        "KEYS must list every name of the key enum"
+    );
     let mut out = [""; N];
     let mut i = 0;
     while i < N {
@@ -408,7 +411,10 @@ mod tests {
         }
         assert_eq!(SampleKey::Size.as_ref(), "size");
         assert_eq!(SampleKey::GroupId.to_string(), "group.id");
-        assert_eq!(SampleKey::ALL, [SampleKey::Size, SampleKey::Name, SampleKey::GroupId]);
+        assert_eq!(
+            SampleKey::ALL,
+            [SampleKey::Size, SampleKey::Name, SampleKey::GroupId]
+        );
         assert_eq!(SampleKey::Size.aliases(), ["capacity", "cap"]);
         assert_eq!(
             SampleKey::NAMES,
@@ -426,9 +432,7 @@ mod tests {
         assert_eq!(sample.size, 7);
         sample.apply([("cap", "8"), ("name", " x ")]).unwrap();
         assert_eq!((sample.size, sample.name.as_str()), (8, "x"));
-        let built = Sample::default()
-            .with_config(SampleKey::Size, "9")
-            .unwrap();
+        let built = Sample::default().with_config(SampleKey::Size, "9").unwrap();
         assert_eq!(built.size, 9);
     }
 
@@ -462,7 +466,11 @@ mod tests {
         );
         // Stops at the first error; what came before it stays applied.
         let mut sample = Sample::default();
-        assert!(sample.apply([("size", "3"), ("size", "x"), ("name", "n")]).is_err());
+        assert!(
+            sample
+                .apply([("size", "3"), ("size", "x"), ("name", "n")])
+                .is_err()
+        );
         assert_eq!((sample.size, sample.name.as_str()), (3, ""));
     }
 
@@ -496,7 +504,10 @@ mod tests {
         let error = Sample::from_lookup(|var| (var == "TEST_SAMPLE_CAP").then(|| "no".into()))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("`TEST_SAMPLE_CAP`") && error.contains("`no`"), "{error}");
+        assert!(
+            error.contains("`TEST_SAMPLE_CAP`") && error.contains("`no`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -506,7 +506,10 @@ mod tests {
         );
         for (kind, text) in [
             (EndpointKind::WebService, r#"{"type":"web_service"}"#),
-            (EndpointKind::Batch(BackendSection::new()), r#"{"type":"batch"}"#),
+            (
+                EndpointKind::Batch(BackendSection::new()),
+                r#"{"type":"batch"}"#,
+            ),
         ] {
             assert_eq!(serde_json::to_string(&kind).unwrap(), text);
             assert_eq!(serde_json::from_str::<EndpointKind>(text).unwrap(), kind);
@@ -531,9 +534,14 @@ mod tests {
             }
         );
         let typo = BackendSection::from_config(&json!({"output_topics": "out"})).unwrap();
-        let error = typo.parse::<Topics>("kafka_stream").unwrap_err().to_string();
+        let error = typo
+            .parse::<Topics>("kafka_stream")
+            .unwrap_err()
+            .to_string();
         assert!(
-            error.contains("kafka_stream section: unknown field `output_topics`, expected `output_topic`"),
+            error.contains(
+                "kafka_stream section: unknown field `output_topics`, expected `output_topic`"
+            ),
             "{error}"
         );
     }
