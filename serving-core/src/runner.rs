@@ -155,8 +155,14 @@ pub enum OutputOrder {
 /// item with [`Error::Overloaded`] as HTTP's admission does, because it never has more calls
 /// running than the endpoint's `concurrency` worker setting admits.
 ///
-/// Each prediction runs in its own task, so that predictors which answer inline use every
-/// core. A dropped [`Run`] does not cancel the calls it started: they finish and are recorded.
+/// The endpoint's slots are shared by everything that calls it: when another transport (a
+/// web service on the same endpoint) or a shadow version's mirrored calls also take them,
+/// give the endpoint a `queue_depth` so that the runner's calls wait there rather than being
+/// shed.
+///
+/// Each prediction runs in its own Tokio task (a run must be polled inside a Tokio runtime),
+/// so that predictors which answer inline use every core. A dropped [`Run`] does not cancel
+/// the calls it started: they finish and are recorded.
 ///
 /// # Contract
 /// What a transport owes the endpoint, and what the runner does of it for the transport that
@@ -289,7 +295,12 @@ impl Runner {
     ///
     /// When `output` fails, the runner takes no more items, lets those in flight finish (they
     /// are recorded, not written), and returns the error.
-    pub async fn run_into<M, S, F, O>(&self, items: S, output: &mut O, stop: F) -> Result<RunSummary>
+    pub async fn run_into<M, S, F, O>(
+        &self,
+        items: S,
+        output: &mut O,
+        stop: F,
+    ) -> Result<RunSummary>
     where
         M: Send + 'static,
         S: Stream<Item = Item<M>> + Send + 'static,
@@ -503,7 +514,9 @@ impl<M: Send + 'static> Run<M> {
             // Nothing of this key is in flight: forget it, so distinct keys do not pile up.
             self.sequences.remove(&key);
         }
-        freed.into_iter().for_each(|processed| self.deliver(processed));
+        freed
+            .into_iter()
+            .for_each(|processed| self.deliver(processed));
     }
 
     fn deliver(&mut self, processed: Processed<M>) {
@@ -525,7 +538,10 @@ impl<M: Send + 'static> Stream for Run<M> {
             if let Some(processed) = this.ready.pop_front() {
                 return Poll::Ready(Some(processed));
             }
-            let stopped = this.stop.as_mut().is_some_and(|stop| stop.poll_unpin(cx).is_ready());
+            let stopped = this
+                .stop
+                .as_mut()
+                .is_some_and(|stop| stop.poll_unpin(cx).is_ready());
             if stopped {
                 this.stop = None;
                 this.source = None;
@@ -642,7 +658,11 @@ mod tests {
         // No queue: HTTP would shed every request beyond the second with 503.
         let (endpoint, metrics) = endpoint(&sleeper, "2");
         let runner = Runner::new(endpoint).with_concurrency(64);
-        assert_eq!(runner.concurrency(), 2, "clamped to what the endpoint admits");
+        assert_eq!(
+            runner.concurrency(),
+            2,
+            "clamped to what the endpoint admits"
+        );
         let taken = Arc::new(AtomicUsize::new(0));
         let items = futures::stream::iter(0..300).map({
             let taken = Arc::clone(&taken);
@@ -666,7 +686,10 @@ mod tests {
         assert_eq!(sleeper.most.load(Ordering::SeqCst), 2);
         let statuses: Vec<u16> = metrics.requests().iter().map(|e| e.status).collect();
         assert_eq!(statuses.len(), 300, "one event per item");
-        assert!(statuses.iter().all(|&s| s == 200), "none refused: {statuses:?}");
+        assert!(
+            statuses.iter().all(|&s| s == 200),
+            "none refused: {statuses:?}"
+        );
     }
 
     #[tokio::test]
@@ -689,7 +712,11 @@ mod tests {
             .with_order(OutputOrder::PerKey);
         // Key "slow" has one long item first; key "fast" items are quick.
         let items = futures::stream::iter((0..8).map(|i| {
-            let (key, ms) = if i % 2 == 0 { ("slow", 80) } else { ("fast", 1) };
+            let (key, ms) = if i % 2 == 0 {
+                ("slow", 80)
+            } else {
+                ("fast", 1)
+            };
             item(i, ms).with_routing_key(key)
         }));
         let order: Vec<(Option<String>, u64)> = runner
@@ -775,7 +802,10 @@ mod tests {
             Item::refused(Error::PayloadTooLarge { limit: 3 }).with_request_id("b"),
             Item::new(json!(3)),
         ]);
-        let out: Vec<Processed> = Runner::new(Arc::clone(&endpoint)).run(items).collect().await;
+        let out: Vec<Processed> = Runner::new(Arc::clone(&endpoint))
+            .run(items)
+            .collect()
+            .await;
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].request_id, "a");
         assert!(!out[0].refused);
@@ -816,7 +846,11 @@ mod tests {
         let delivered = collect.await.unwrap();
         assert_eq!(delivered.len(), 3, "the three in flight are delivered");
         assert!(delivered.iter().all(|p| p.result.is_ok()));
-        assert_eq!(taken.load(Ordering::SeqCst), 3, "the rest stay in the source");
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            3,
+            "the rest stay in the source"
+        );
         assert_eq!(sleeper.running.load(Ordering::SeqCst), 0);
         assert_eq!(metrics.requests().len(), 3);
     }
@@ -850,9 +884,9 @@ mod tests {
         let sleeper = Arc::new(Sleeper::default());
         let (endpoint, _) = endpoint(&sleeper, "4");
         let runner = Runner::new(endpoint);
-        let items = futures::stream::iter((0..20).map(|i| item(i, 0)))
-            .chain(futures::stream::iter([
-                Item::refused(Error::invalid_request("not JSON")).with_meta(20)
+        let items =
+            futures::stream::iter((0..20).map(|i| item(i, 0))).chain(futures::stream::iter([
+                Item::refused(Error::invalid_request("not JSON")).with_meta(20),
             ]));
         let mut written = Vec::new();
         let summary = runner
@@ -860,7 +894,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            (summary.items, summary.predicted, summary.refused, summary.failed),
+            (
+                summary.items,
+                summary.predicted,
+                summary.refused,
+                summary.failed
+            ),
             (21, 20, 1, 0)
         );
         let metas: Vec<usize> = written.iter().map(|p| p.meta).collect();

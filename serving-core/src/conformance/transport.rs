@@ -28,8 +28,7 @@ use serde_json::{Value, json};
 
 use crate::runner::{Item, OutputOrder, Runner};
 use crate::{
-    Arrival, Context, Error, Input, ModelEndpoint, PredictionRecord, Predictor, RecordSink,
-    Result,
+    Arrival, Context, Error, Input, ModelEndpoint, PredictionRecord, Predictor, RecordSink, Result,
 };
 
 /// The endpoint every transport serves in the suite, and what the suite observes of it: the
@@ -217,9 +216,18 @@ pub async fn records(harness: &mut dyn TransportHarness, kit: &TransportKit) {
     assert_eq!(delivered.len(), ITEMS, "one output per item: {delivered:?}");
     let by_item: BTreeMap<u64, &Delivered> = delivered
         .iter()
-        .map(|d| (item_of(d).unwrap_or_else(|| panic!("a prediction: {d:?}")), d))
+        .map(|d| {
+            (
+                item_of(d).unwrap_or_else(|| panic!("a prediction: {d:?}")),
+                d,
+            )
+        })
         .collect();
-    assert_eq!(by_item.len(), ITEMS, "each item delivered once: {delivered:?}");
+    assert_eq!(
+        by_item.len(),
+        ITEMS,
+        "each item delivered once: {delivered:?}"
+    );
 
     let records = kit.records_of(tag);
     assert_eq!(records.len(), ITEMS, "a record for every item: {records:?}");
@@ -310,7 +318,10 @@ pub async fn refusals(harness: &mut dyn TransportHarness, kit: &TransportKit) {
             (400..500).contains(&record.status),
             "a refusal is the caller's fault: {record:?}"
         );
-        assert!(record.error.is_some() && record.output.is_none(), "{record:?}");
+        assert!(
+            record.error.is_some() && record.output.is_none(),
+            "{record:?}"
+        );
         assert_eq!(
             record.model_version, "",
             "no version answered a refused item: {record:?}"
@@ -337,7 +348,11 @@ pub async fn order(harness: &mut dyn TransportHarness, kit: &TransportKit) {
         .collect();
     let mut sorted = order.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, (0..ITEMS as u64).collect::<Vec<_>>(), "each item once");
+    assert_eq!(
+        sorted,
+        (0..ITEMS as u64).collect::<Vec<_>>(),
+        "each item once"
+    );
     assert_eq!(kit.records_of(tag).len(), ITEMS, "a record for every item");
     match harness.order() {
         OutputOrder::Input => assert_eq!(order, sorted, "outputs in input order"),
