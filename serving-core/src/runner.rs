@@ -15,6 +15,50 @@
 //! assert_eq!(outputs[7].result.as_ref().unwrap().output, json!(14.0));
 //! # Ok(()) }
 //! ```
+//!
+//! A transport that writes its results somewhere (a Kafka producer, a batch output file)
+//! implements [`OutputSink`] and hands it to [`Runner::run_into`], with its shutdown signal:
+//!
+//! ```
+//! use serving_core::runner::{Item, OutputSink, Processed, Runner};
+//! use serving_core::{predictor_fn, Error, ModelEndpoint, Result};
+//! use serde_json::json;
+//!
+//! /// Writes `row,prediction` lines; the row number travels with each item as its metadata.
+//! #[derive(Default)]
+//! struct Lines(Vec<String>);
+//!
+//! #[async_trait::async_trait]
+//! impl OutputSink<usize> for Lines {
+//!     async fn write(&mut self, processed: Processed<usize>) -> Result<()> {
+//!         let cell = match processed.result {
+//!             Ok(prediction) => prediction.output.to_string(),
+//!             Err(error) => format!("error: {error}"),
+//!         };
+//!         self.0.push(format!("{},{cell}", processed.meta));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+//! let negate = predictor_fn(|x: f64| -> Result<f64> { Ok(-x) });
+//! let endpoint = ModelEndpoint::builder("negate", negate).build()?;
+//! let rows = ["1", "2", "oops"].into_iter().enumerate().map(|(row, text)| {
+//!     match text.parse::<f64>() {
+//!         Ok(x) => Item::new(json!(x)).with_meta(row),
+//!         // Refused before the model: recorded, never predicted, still written.
+//!         Err(e) => Item::refused(Error::invalid_request(e.to_string())).with_meta(row),
+//!     }
+//! });
+//! let mut lines = Lines::default();
+//! let shutdown = std::future::pending(); // for example `serving_http::shutdown_signal()`
+//! let summary = Runner::new(endpoint)
+//!     .run_into(futures::stream::iter(rows), &mut lines, shutdown)
+//!     .await?;
+//! assert_eq!((summary.predicted, summary.refused), (2, 1));
+//! assert_eq!(lines.0[..2], ["0,-1.0", "1,-2.0"]);
+//! # Ok(()) }
+//! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -320,7 +364,10 @@ impl Runner {
             summary.count(&processed);
             if let Err(e) = output.write(processed).await {
                 error = Some(e);
-                failed.take().map(|failed| failed.send(()));
+                if let Some(failed) = failed.take() {
+                    // The run only needs to hear it; it may have ended already.
+                    let _ = failed.send(());
+                }
             }
         }
         match error {

@@ -14,6 +14,12 @@
 //! # }
 //! ```
 //!
+//! A harness for another transport does the same over its own wire. For Kafka, for example:
+//! produce each submission to the input topic (its id and routing key as the message's
+//! header and key, an undecodable one as bytes that are not JSON), read one message per item
+//! from the output topic, declare the order the stream keeps, and for the drain stop the
+//! stream with its shutdown signal once `busy` completes.
+//!
 //! [`Runner`]: crate::runner::Runner
 
 use std::collections::{BTreeMap, BTreeSet};
