@@ -766,11 +766,15 @@ mod tests {
             };
             item(i, ms).with_routing_key(key)
         }));
-        let order: Vec<(Option<String>, u64)> = runner
-            .run(items)
-            .map(|p| (p.routing_key.clone(), output_item(&p)))
-            .collect()
-            .await;
+        let mut run = runner.run(items);
+        let mut order: Vec<(Option<String>, u64)> = Vec::new();
+        while let Some(p) = run.next().await {
+            order.push((p.routing_key.clone(), output_item(&p)));
+        }
+        assert!(
+            run.sequences.is_empty(),
+            "keys with nothing in flight are forgotten"
+        );
         for key in ["slow", "fast"] {
             let of_key: Vec<u64> = order
                 .iter()
@@ -827,6 +831,7 @@ mod tests {
         {
             let output = request.input.to_json();
             Box::pin(async move {
+                assert_ne!(output, json!("panic"), "the endpoint panicked on purpose");
                 Ok(Prediction {
                     output,
                     request_id: request.request_id.unwrap_or_default(),
@@ -867,6 +872,19 @@ mod tests {
             out[2].result.as_ref().unwrap().request_id,
             out[2].request_id,
             "the endpoint got the id the output carries"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_panics_fails_only_that_item() {
+        let items = futures::stream::iter([json!(1), json!("panic"), json!(3)].map(Item::new));
+        let out: Vec<Processed> = Runner::new(Refusals::default()).run(items).collect().await;
+        assert_eq!(out.len(), 3);
+        assert!(out[0].result.is_ok() && out[2].result.is_ok());
+        assert!(
+            matches!(&out[1].result, Err(Error::Panicked { message }) if message.contains("on purpose")),
+            "{:?}",
+            out[1].result
         );
     }
 
