@@ -829,9 +829,10 @@ mod tests {
             'a: 'f,
             Self: 'f,
         {
-            let output = request.input.to_json();
+            let input = request.input.to_json();
+            assert_ne!(input, json!("panic"), "the endpoint panicked on purpose");
+            let output = json!({"input": input, "routing_key": request.routing_key});
             Box::pin(async move {
-                assert_ne!(output, json!("panic"), "the endpoint panicked on purpose");
                 Ok(Prediction {
                     output,
                     request_id: request.request_id.unwrap_or_default(),
@@ -873,6 +874,15 @@ mod tests {
             out[2].request_id,
             "the endpoint got the id the output carries"
         );
+    }
+
+    #[tokio::test]
+    async fn the_routing_key_reaches_the_endpoint() {
+        let items = futures::stream::iter([Item::new(json!(1)).with_routing_key("user-7")]);
+        let out: Vec<Processed> = Runner::new(Refusals::default()).run(items).collect().await;
+        let prediction = out[0].result.as_ref().unwrap();
+        assert_eq!(prediction.output["routing_key"], json!("user-7"));
+        assert_eq!(out[0].routing_key.as_deref(), Some("user-7"));
     }
 
     #[tokio::test]
