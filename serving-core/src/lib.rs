@@ -17,6 +17,10 @@
 //! local filesystem by default) and reads them back by time range, model, version and status,
 //! or as CSV.
 //!
+//! The [`runner`] module is the one path from a stream or a batch to `predict` (bounded,
+//! back-pressured, ordered, drained on shutdown) and writes down what every transport owes
+//! the endpoint, in [`runner::Runner`]'s `# Contract`.
+//!
 //! The [`setting`] module is how every settings type, here and in the backend crates, is set
 //! from KEY-VALUE pairs and the environment: typed keys with aliases, an environment prefix,
 //! errors that name the key and list the valid ones. Each backend owns its section of an
@@ -61,6 +65,7 @@ mod predictor;
 mod preprocess;
 mod record;
 mod record_sinks;
+pub mod runner;
 pub mod setting;
 mod signature;
 mod spec;
