@@ -120,7 +120,7 @@ pub mod __fuzz {
 mod fuzz;
 
 pub use auth::{TOKEN_HEADER, Token};
-pub use config::WebServiceConfig;
+pub use config::{WebServiceConfig, WebServiceKey};
 pub use observability::Observability;
 pub use prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 pub use service::{
