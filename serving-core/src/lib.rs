@@ -50,6 +50,7 @@ mod function;
 mod input;
 mod lifecycle;
 mod metrics;
+mod outcome;
 mod pool;
 pub mod prediction_log;
 mod predictor;
@@ -88,6 +89,7 @@ pub use lifecycle::{
     VersionTraffic, outputs_agree,
 };
 pub use metrics::{DynMetricSink, FanOut, InMemoryMetrics, MetricSample, MetricSink, RequestEvent};
+pub use outcome::Outcome;
 pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;

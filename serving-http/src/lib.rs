@@ -121,6 +121,7 @@ mod fuzz;
 
 pub use auth::{TOKEN_HEADER, Token};
 pub use config::WebServiceConfig;
+pub use error::{outcome_status, status_of};
 pub use observability::Observability;
 pub use prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 pub use service::{

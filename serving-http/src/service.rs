@@ -93,8 +93,21 @@ impl WebService {
         &self.config
     }
 
-    /// The routes, to mount inside another axum app or serve as they are.
+    /// Every route, to mount inside another axum app or serve as they are: the
+    /// [prediction](WebService::predict_router), [operations](WebService::ops_router) and
+    /// [admin](WebService::admin_router) routers merged, with JSON answers for unknown routes
+    /// and methods ([`WebService::with_fallbacks`]).
     pub fn router(&self) -> Router {
+        Self::with_fallbacks(
+            self.predict_router()
+                .merge(self.ops_router())
+                .merge(self.admin_router()),
+        )
+    }
+
+    /// The prediction routes: `POST /api/v1/endpoints/{name}` and the Open Inference
+    /// Protocol's (`/v2/...`, its health and metadata routes included).
+    pub fn predict_router(&self) -> Router {
         // Each endpoint gets a literal route holding its `Route`, so that a prediction needs
         // no path parameter and no lookup; the parameter route answers unknown names.
         let mut router = Router::new();
@@ -105,15 +118,45 @@ impl WebService {
             };
             router = router.route(&format!("/api/v1/endpoints/{name}"), post(predict));
         }
+        self.part(
+            router
+                .route("/api/v1/endpoints/{name}", post(predict_unknown))
+                .merge(crate::oip::routes()),
+        )
+    }
+
+    /// The operations routes: `GET /healthz`, `GET /readyz`, and those of its
+    /// [`Observability`](crate::Observability): `/metrics`, `/dashboard`, the charts and logs
+    /// APIs. With [`WebService::admin_router`], what a stream or batch process serves over
+    /// HTTP beside its own transport.
+    pub fn ops_router(&self) -> Router {
+        self.part(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz))
+                .merge(crate::observability::routes()),
+        )
+    }
+
+    /// The admin API under `/api/v1/admin/`: status, versions, rollouts, canary, shadow,
+    /// autoscale.
+    pub fn admin_router(&self) -> Router {
+        self.part(crate::control::routes())
+    }
+
+    /// `router` (parts of this service, merged, or an app's own) with the service's answers
+    /// for an unknown route (404) and a method a route does not take (405), both
+    /// `{"error": ...}`. Set them once, on the merged router: axum refuses to merge two
+    /// routers that both have a fallback.
+    pub fn with_fallbacks(router: Router) -> Router {
         router
-            .route("/api/v1/endpoints/{name}", post(predict_unknown))
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .merge(crate::control::routes())
-            .merge(crate::oip::routes())
-            .merge(crate::observability::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+    }
+
+    /// A part of the router, with the service's state and panic handling.
+    fn part(&self, routes: Router<Arc<ServiceState>>) -> Router {
+        routes
             .layer(CatchPanicLayer::custom(panic_response))
             .with_state(Arc::clone(&self.state))
     }
