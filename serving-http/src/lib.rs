@@ -102,15 +102,12 @@
 //!   holding its JSON text.
 
 mod auth;
-mod body;
 mod config;
 mod control;
 mod dashboard;
 mod error;
-mod files;
 pub mod observability;
 mod oip;
-mod prometheus;
 mod service;
 
 #[doc(hidden)]
@@ -123,8 +120,10 @@ pub use auth::{TOKEN_HEADER, Token};
 pub use config::WebServiceConfig;
 pub use error::{outcome_status, status_of};
 pub use observability::Observability;
-pub use prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 pub use service::{
     ADMIN_TOKEN_ENV, MODEL_VERSION_HEADER, REQUEST_ID_HEADER, ROUTING_KEY_HEADER, WebService,
-    WebServiceBuilder, shutdown_signal,
+    WebServiceBuilder,
 };
+/// Moved to the core (`serving_core::observe`) so that every transport drains and exports
+/// alike; re-exported where they were.
+pub use serving_core::observe::{METRICS_CONTENT_TYPE, PrometheusMetrics, shutdown_signal};

@@ -37,189 +37,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use serde_json::Value;
+use serving_core::observe::METRICS_CONTENT_TYPE;
+/// The sinks, moved to the core so that every transport wires them alike; re-exported where
+/// they were.
+pub use serving_core::observe::Observability;
 use serving_core::prediction_log::{
     Order, PredictionLog, PredictionPage, PredictionQuery, format_time, parse_time, write_csv,
 };
-use serving_core::{
-    ChartMetrics, Charts, DynMetricSink, DynRecordSink, Error, FanOut, InMemoryMetrics,
-    ModelEndpointBuilder, PredictionRecord, RecordFanOut, TracingRecords,
-};
+use serving_core::{Charts, Error, PredictionRecord};
 
 use crate::auth::TOKEN_HEADER;
 use crate::dashboard;
 use crate::error::ApiError;
-use crate::prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 use crate::service::{Route, ServiceState, WebService, WebServiceBuilder};
-
-/// The sinks that record, measure and chart endpoints, shared by every endpoint of a service.
-///
-/// Give each endpoint its sinks with [`Observability::instrument`] (or
-/// [`Observability::metric_sink`] and [`Observability::record_sink`]), and the service the
-/// whole with [`WebServiceBuilder::observability`]: the service then serves `/metrics`,
-/// `/dashboard` and the charts and logs APIs, and closes the prediction log after its graceful
-/// shutdown so that no recorded prediction is lost.
-///
-/// ```no_run
-/// use serving_core::prediction_log::PredictionLog;
-/// use serving_core::{predictor_fn, ModelEndpoint, Result};
-/// use serving_http::{shutdown_signal, Observability, WebService};
-///
-/// # #[tokio::main] async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-/// let observability = Observability::new()
-///     .with_prediction_log(PredictionLog::builder().build()?)
-///     .with_log_lines(true);
-/// let model = predictor_fn(|a: f64, b: f64| -> Result<f64> { Ok(a + b) });
-/// let endpoint = observability
-///     .instrument(ModelEndpoint::builder("adder", model))
-///     .build()?;
-/// let service = WebService::builder()
-///     .endpoint(endpoint)
-///     .observability(observability)
-///     .build()?;
-/// service.serve(shutdown_signal()).await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct Observability {
-    prometheus: Arc<PrometheusMetrics>,
-    charts: Arc<ChartMetrics>,
-    history: Arc<InMemoryMetrics>,
-    prediction_log: Option<PredictionLog>,
-    log_lines: bool,
-    close_on_shutdown: bool,
-}
-
-impl Observability {
-    /// Prometheus metrics, per-minute charts and recent history for triggers; no prediction
-    /// log and no per-prediction log lines until added.
-    pub fn new() -> Self {
-        Observability {
-            prometheus: Arc::new(PrometheusMetrics::new()),
-            charts: Arc::new(ChartMetrics::new()),
-            history: Arc::new(InMemoryMetrics::new()),
-            prediction_log: None,
-            log_lines: false,
-            close_on_shutdown: true,
-        }
-    }
-
-    /// Records every prediction in `log`, serves it through the logs APIs, and exports its
-    /// counters at `/metrics`. Configure before [`Observability::instrument`]: this starts a
-    /// fresh Prometheus exposition.
-    pub fn with_prediction_log(mut self, log: PredictionLog) -> Self {
-        self.prediction_log = Some(log);
-        self.rebuild_prometheus();
-        self
-    }
-
-    /// Keeps charts as `charts` is configured (retention, series limit). Configure before
-    /// [`Observability::instrument`].
-    pub fn with_charts(mut self, charts: ChartMetrics) -> Self {
-        self.charts = Arc::new(charts);
-        self.rebuild_prometheus();
-        self
-    }
-
-    /// Also writes one structured log line per prediction ([`TracingRecords`]).
-    pub fn with_log_lines(mut self, on: bool) -> Self {
-        self.log_lines = on;
-        self
-    }
-
-    /// Whether the web service closes the prediction log after its graceful shutdown (on by
-    /// default; turn it off when the log is shared with something that outlives the service).
-    pub fn with_close_on_shutdown(mut self, on: bool) -> Self {
-        self.close_on_shutdown = on;
-        self
-    }
-
-    /// The sink for endpoints: recent history first (so triggers read it), then charts, then
-    /// Prometheus.
-    pub fn metric_sink(&self) -> Arc<DynMetricSink> {
-        Arc::new(FanOut::new(vec![
-            Arc::clone(&self.history) as Arc<DynMetricSink>,
-            Arc::clone(&self.charts) as Arc<DynMetricSink>,
-            Arc::clone(&self.prometheus) as Arc<DynMetricSink>,
-        ]))
-    }
-
-    /// The record sink for endpoints, when there is a prediction log or log lines are on.
-    pub fn record_sink(&self) -> Option<Arc<DynRecordSink>> {
-        let mut sinks: Vec<Arc<DynRecordSink>> = Vec::new();
-        if self.log_lines {
-            sinks.push(Arc::new(TracingRecords));
-        }
-        if let Some(log) = &self.prediction_log {
-            sinks.push(Arc::new(log.clone()));
-        }
-        match sinks.len() {
-            0 => None,
-            1 => sinks.pop(),
-            _ => Some(Arc::new(RecordFanOut::new(sinks))),
-        }
-    }
-
-    /// Gives `builder` this observability's metric and record sinks.
-    pub fn instrument(&self, builder: ModelEndpointBuilder) -> ModelEndpointBuilder {
-        let builder = builder.metric_sink(self.metric_sink());
-        match self.record_sink() {
-            Some(records) => builder.record_sink(records),
-            None => builder,
-        }
-    }
-
-    /// The Prometheus exposition.
-    pub fn prometheus(&self) -> &Arc<PrometheusMetrics> {
-        &self.prometheus
-    }
-
-    /// The per-minute charts.
-    pub fn charts(&self) -> &Arc<ChartMetrics> {
-        &self.charts
-    }
-
-    /// The recent history of requests and custom metrics.
-    pub fn history(&self) -> &Arc<InMemoryMetrics> {
-        &self.history
-    }
-
-    /// The prediction log, if any.
-    pub fn prediction_log(&self) -> Option<&PredictionLog> {
-        self.prediction_log.as_ref()
-    }
-
-    /// Closes the prediction log if configured to; called by the web service after its
-    /// graceful shutdown.
-    pub(crate) async fn shutdown(&self) {
-        let Some(log) = self
-            .prediction_log
-            .as_ref()
-            .filter(|_| self.close_on_shutdown)
-        else {
-            return;
-        };
-        match log.close().await {
-            Ok(()) => tracing::info!(stats = ?log.stats(), "prediction log closed"),
-            Err(error) => tracing::error!(%error, "prediction log closed with losses"),
-        }
-    }
-
-    /// Re-registers the collectors; metrics are only counted once endpoints are instrumented,
-    /// so a fresh exposition loses nothing.
-    fn rebuild_prometheus(&mut self) {
-        let mut prometheus = PrometheusMetrics::new().with_chart_metrics(Arc::clone(&self.charts));
-        if let Some(log) = &self.prediction_log {
-            prometheus = prometheus.with_prediction_log(log.clone());
-        }
-        self.prometheus = Arc::new(prometheus);
-    }
-}
-
-impl Default for Observability {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 impl WebService {
     /// The observability it serves, if any.
@@ -282,7 +112,7 @@ fn authorize<'a>(
 }
 
 async fn metrics(State(state): State<Arc<ServiceState>>) -> Result<Response, ApiError> {
-    let text = observability(&state)?.prometheus.render();
+    let text = observability(&state)?.prometheus().render();
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
 }
 
@@ -304,7 +134,7 @@ async fn charts(
         })?,
     };
     let since = SystemTime::now() - Duration::from_secs(60 * (minutes - 1));
-    Ok(axum::Json(observability.charts.charts(&name, since)))
+    Ok(axum::Json(observability.charts().charts(&name, since)))
 }
 
 const LOG_PARAMS: [&str; 9] = [
@@ -414,15 +244,12 @@ async fn logs_csv(
 }
 
 fn prediction_log(state: &ServiceState) -> Result<&PredictionLog, ApiError> {
-    observability(state)?
-        .prediction_log
-        .as_ref()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "this service keeps no prediction log",
-            )
-        })
+    observability(state)?.prediction_log().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this service keeps no prediction log",
+        )
+    })
 }
 
 /// The query's parameters; an unknown one is an error that lists the valid ones.

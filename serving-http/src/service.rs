@@ -15,8 +15,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use serving_core::{
-    Arrival, DynEndpoint, Endpoint, Error, FileInput, PredictRequest, Refused, Result,
-    new_request_id,
+    Arrival, Drain, DynEndpoint, Endpoint, Error, PredictRequest, Refused, Result, new_request_id,
 };
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -24,7 +23,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::auth::Token;
 use crate::config::WebServiceConfig;
 use crate::error::ApiError;
-use crate::files;
 
 /// The header carrying a request's id, accepted from the caller or generated.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -180,40 +178,17 @@ impl WebService {
         let state = Arc::clone(&self.state);
         let router = self.router();
         tracing::info!(addr = %listener.local_addr()?, "web service listening");
-        let draining = Arc::clone(&state);
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                draining.draining.store(true, Ordering::Release);
-                tracing::info!("shutting down: finishing requests in flight");
-            })
-            .await;
-        if let Some(observability) = &state.observability {
-            observability.shutdown().await;
-        }
-        served
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM: the usual `shutdown` for [`WebService::serve`].
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        // The core's drain sequence: axum stops accepting and finishes the requests in flight
+        // once it begins, then the sinks close.
+        let drain = Drain::new();
+        let (stopping, draining) = (drain.clone(), Arc::clone(&state));
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+            stopping.stopping().await;
+            draining.draining.store(true, Ordering::Release);
+        });
+        drain
+            .run(shutdown, served.into_future(), state.observability.as_ref())
+            .await
     }
 }
 
@@ -435,16 +410,10 @@ async fn admit(
     let limit = spec.server.workers.max_body_bytes;
     let body = read_body(body, limit, state.body_timeout, arrival).await?;
     let input = parse_input(&body)?;
-    let decoded = match spec.files {
-        FileInput::Off => files::DecodedInput {
-            input: input.into(),
-            files: Vec::new(),
-        },
-        mode => files::decode(input, mode)?,
-    };
-    let mut request = routed_request(decoded.input, headers, arrival).with_request_id(request_id);
-    if !decoded.files.is_empty() {
-        request = request.with_resource(decoded.files);
+    let (input, files) = serving_core::wire::decode_files(input, spec.files)?.into_parts();
+    let mut request = routed_request(input, headers, arrival).with_request_id(request_id);
+    if !files.is_empty() {
+        request = request.with_resource(files);
     }
     Ok(request)
 }
@@ -522,17 +491,10 @@ pub(crate) async fn read_body(
     }
 }
 
-/// The body's input: `input_params` when the body is wrapped in it, else the body itself (the
-/// original product's clients send both shapes).
+/// The body's input: `input_params` when the body is wrapped in it, else the body itself
+/// ([`serving_core::wire::parse_body`], shared by every transport).
 pub(crate) fn parse_input(body: &[u8]) -> Result<Value, Error> {
-    if body.is_empty() {
-        return Err(Error::invalid_request(
-            "the request body is empty; send {\"input_params\": ...}",
-        ));
-    }
-    serde_json::from_slice::<crate::body::Unwrapped>(body)
-        .map(|unwrapped| unwrapped.0)
-        .map_err(|e| Error::invalid_request(format!("the request body is not valid JSON: {e}")))
+    serving_core::wire::parse_body(body)
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -586,35 +548,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_wire_shapes() {
-        assert_eq!(
-            parse_input(br#"{"input_params": [1, 2]}"#).unwrap(),
-            json!([1, 2])
-        );
-        assert_eq!(parse_input(br#"[1, 2]"#).unwrap(), json!([1, 2]));
-        assert_eq!(
-            parse_input(br#"{"text": "hi"}"#).unwrap(),
-            json!({"text": "hi"})
-        );
-        assert!(parse_input(b"{").is_err());
-        assert!(parse_input(b"").is_err());
-    }
-
-    #[test]
     fn parsed_header_names_are_the_documented_ones() {
         assert_eq!(TOKEN, HeaderName::try_from(crate::TOKEN_HEADER).unwrap());
         assert_eq!(REQUEST_ID.as_str(), REQUEST_ID_HEADER);
-    }
-
-    #[test]
-    fn floats_reach_the_model_exactly_as_sent() {
-        // Found by fuzzing: without serde_json's `float_roundtrip`, this parses one unit off.
-        let sent = b"33333333333333333333333533133366686633533133366686666";
-        let value = parse_input(sent).unwrap();
-        assert_eq!(value, json!(3.333333333333333e52));
-        assert_eq!(
-            value.to_string().parse::<f64>().unwrap(),
-            3.333333333333333e52
-        );
     }
 }

@@ -1,7 +1,11 @@
-//! [`PrometheusMetrics`]: a [`MetricSink`] exposed as Prometheus text at `GET /metrics`.
+//! [`PrometheusMetrics`]: a [`MetricSink`] rendered as Prometheus text (what `GET /metrics`
+//! serves).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::charts::ChartMetrics;
+use crate::metrics::{MetricSample, MetricSink, RequestEvent};
+use crate::prediction_log::PredictionLog;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -9,8 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serving_core::prediction_log::PredictionLog;
-use serving_core::{ChartMetrics, MetricSample, MetricSink, RequestEvent};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -24,7 +26,7 @@ pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_t
 /// | Metric | Type | Labels |
 /// |---|---|---|
 /// | `serving_requests_total` | counter | `endpoint`, `model_version`, `status` |
-/// | `serving_request_errors_total` | counter | `endpoint`, `model_version`, `class` (`client`: [`Outcome::is_client_fault`](serving_core::Outcome::is_client_fault), 4xx; `server`: [`Outcome::counts_as_failure`](serving_core::Outcome::counts_as_failure), 5xx) |
+/// | `serving_request_errors_total` | counter | `endpoint`, `model_version`, `class` (`client`: [`Outcome::is_client_fault`](crate::Outcome::is_client_fault), 4xx; `server`: [`Outcome::counts_as_failure`](crate::Outcome::counts_as_failure), 5xx) |
 /// | `serving_request_duration_seconds` | histogram (1 ms to ~65 s) | `endpoint`, `model_version` |
 /// | `serving_requests_in_flight` | gauge | `endpoint` |
 /// | `serving_custom_metric` | gauge: last value logged | `endpoint`, `model_version`, `key` |
@@ -347,7 +349,7 @@ impl Collector for ChartCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serving_core::Outcome;
+    use crate::Outcome;
     use std::time::Duration;
 
     #[test]
@@ -402,6 +404,6 @@ mod tests {
 
     #[test]
     fn conforms() {
-        serving_core::conformance::metric_sink(&PrometheusMetrics::new());
+        crate::conformance::metric_sink(&PrometheusMetrics::new());
     }
 }
