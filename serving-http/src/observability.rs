@@ -3,7 +3,7 @@
 //!
 //! | Route | Auth | What |
 //! |---|---|---|
-//! | `GET /metrics` | none (meant for a Prometheus scraper inside the cluster) | Prometheus text; see [`PrometheusMetrics`] |
+//! | `GET /metrics` | none (meant for a Prometheus scraper inside the cluster) | Prometheus text; see [`PrometheusMetrics`](crate::PrometheusMetrics) |
 //! | `GET /dashboard` | none: the page holds no data, it asks for the endpoint and its token | the dashboard (charts, logs, CSV export) |
 //! | `GET /api/v1/endpoints/{name}/charts` | the endpoint's token in `Cnvrg-Api-Key` | per-minute charts as JSON ([`Charts`]) |
 //! | `GET /api/v1/endpoints/{name}/logs` | the endpoint's token | recorded predictions as JSON |
