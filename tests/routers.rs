@@ -117,3 +117,20 @@ async fn the_prediction_router_alone_predicts_and_has_no_ops_or_admin() {
     }
     server.abort();
 }
+
+#[test]
+fn the_moved_items_keep_their_old_paths() {
+    // Moved to the core; the web service's paths name the same items.
+    let observability: serving::observe::Observability = serving::http::Observability::new();
+    let _: &Arc<serving::observe::PrometheusMetrics> = observability.prometheus();
+    let _: serving::http::PrometheusMetrics = serving::PrometheusMetrics::new();
+    assert_eq!(
+        serving::http::METRICS_CONTENT_TYPE,
+        serving::observe::METRICS_CONTENT_TYPE
+    );
+    let _signal = serving::http::shutdown_signal();
+    assert_eq!(
+        serving::http::status_of(&serving::Error::Unauthorized),
+        axum::http::StatusCode::UNAUTHORIZED
+    );
+}

@@ -17,7 +17,16 @@
 //!
 //! With an [`Observability`] ([`WebServiceBuilder::observability`]) the service also serves
 //! `GET /metrics` (Prometheus), `GET /dashboard`, and the charts and logs APIs under
-//! `/api/v1/endpoints/{name}/`; see [`observability`].
+//! `/api/v1/endpoints/{name}/`; see [`observability`]. The sinks themselves, Prometheus, the
+//! drain sequence and [`shutdown_signal`] are the core's (`serving_core::observe`), shared with
+//! the other transports and re-exported here.
+//!
+//! [`WebService::router`] merges three routers that can be mounted alone:
+//! [`WebService::predict_router`] (prediction and Open Inference Protocol),
+//! [`WebService::ops_router`] (health, readiness, metrics, dashboard and its APIs) and
+//! [`WebService::admin_router`]; a stream or batch process serves ops and admin without
+//! prediction routes. Statuses are mapped from the core's [`Outcome`](serving_core::Outcome)
+//! here, at the HTTP edge ([`status_of`]).
 //!
 //! ```no_run
 //! use serving_core::{predictor_fn, ModelEndpoint, Result};
