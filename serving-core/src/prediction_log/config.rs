@@ -163,7 +163,10 @@ mod tests {
         assert!(config.set("prefix", "a/../b").is_err());
         assert_eq!(config.retention(), None, "keeps everything by default");
         config
-            .apply([("retention_max_age_secs", "3600"), ("max_concurrent_queries", "1")])
+            .apply([
+                ("retention_max_age_secs", "3600"),
+                ("max_concurrent_queries", "1"),
+            ])
             .unwrap();
         assert_eq!(config.max_concurrent_queries, 1);
         let retention = config.retention().unwrap();

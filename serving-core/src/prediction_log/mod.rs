@@ -209,6 +209,41 @@ impl PredictionLog {
         Ok(total)
     }
 
+    /// The query's page as CSV, in [`write_csv`]'s format, streamed in chunks of about
+    /// 64 KiB as the query reads them: an export of a million rows is never held whole.
+    ///
+    /// # Errors
+    /// An error before the first chunk (the store cannot be listed) is returned; a later one
+    /// ends the stream with it. The stream stops the query when it is dropped.
+    pub async fn query_csv(
+        &self,
+        query: &PredictionQuery,
+    ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes>>> {
+        use futures::StreamExt as _;
+        let (chunks, mut received) = tokio::sync::mpsc::channel(2);
+        let (log, query) = (self.clone(), query.clone());
+        tokio::spawn(async move {
+            let sink = csv::CsvChunks::new(chunks.clone());
+            match log.scan(&query, sink, csv::CsvChunks::push).await {
+                Ok((sink, _)) => sink.finish().await,
+                Err(error) => {
+                    let _ = chunks.send(Err(error)).await;
+                }
+            }
+        });
+        let first = received.recv().await.unwrap_or_else(|| {
+            Err(Error::invalid_request(
+                "the CSV export stopped before its header",
+            ))
+        })?;
+        let rest = futures::stream::unfold(received, |mut received| async move {
+            received.recv().await.map(|chunk| (chunk, received))
+        });
+        Ok(futures::stream::once(async { Ok(first) })
+            .chain(rest)
+            .boxed())
+    }
+
     /// Runs a query on the blocking pool once one of the query permits is free.
     async fn scan<S: Send + 'static>(
         &self,
@@ -229,9 +264,14 @@ impl PredictionLog {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             runtime.block_on(async {
-                let total =
-                    query::scan(writer.store.as_ref(), &writer.prefix, &query, &mut sink, emit)
-                        .await?;
+                let total = query::scan(
+                    writer.store.as_ref(),
+                    &writer.prefix,
+                    &query,
+                    &mut sink,
+                    emit,
+                )
+                .await?;
                 Ok((sink, total))
             })
         })

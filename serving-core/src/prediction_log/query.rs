@@ -225,7 +225,8 @@ impl PredictionQuery {
 
     /// Whether every start time in `[first, last]` µs lies inside the time range.
     fn contains(&self, name: SegmentName) -> bool {
-        let from_micros = |us: i64| SystemTime::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
+        let from_micros =
+            |us: i64| SystemTime::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64);
         self.start_time
             .is_none_or(|start| from_micros(name.first) >= start)
             // A record of the last µs starts before the next µs.
@@ -303,7 +304,11 @@ pub(super) async fn scan<S>(
                     segment.name.last < f.first
                 }
             });
-            if let Some(records) = segment.name.records.filter(|n| apart && placed + n <= query.offset) {
+            if let Some(records) = segment
+                .name
+                .records
+                .filter(|n| apart && placed + n <= query.offset)
+            {
                 placed += records;
                 continue;
             }
@@ -330,7 +335,11 @@ pub(super) async fn scan<S>(
         })
         .await?;
         let bound = segments.get(next).map(|s| {
-            if newest_first { s.name.last } else { s.name.first }
+            if newest_first {
+                s.name.last
+            } else {
+                s.name.first
+            }
         });
         loop {
             let entry = if newest_first {

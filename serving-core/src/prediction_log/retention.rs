@@ -60,9 +60,9 @@ pub(super) async fn apply(
         .await
         .map_err(storage(prefix))?;
     segments.sort();
-    let oldest_kept = retention
-        .max_age
-        .map_or(i64::MIN, |age| micros(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)));
+    let oldest_kept = retention.max_age.map_or(i64::MIN, |age| {
+        micros(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH))
+    });
     let mut bytes: u64 = segments.iter().map(|(_, _, size)| size).sum();
     let mut pass = RetentionPass::default();
     for (last, location, size) in &segments {

@@ -187,12 +187,21 @@ pub fn format_time(time: SystemTime) -> String {
 
 /// Parses a time given as RFC 3339 (`2026-05-01T12:00:00Z`) or as seconds since the Unix
 /// epoch (`1777636800`, `1777636800.5`), as the original SDK's `start_time`/`end_time`.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] for other text, and for times outside the years 1970 to 9999
+/// (which no prediction has, and which some clocks and calendars cannot represent).
 pub fn parse_time(text: &str) -> Result<SystemTime> {
+    /// 9999-12-31T23:59:59Z, the latest time RFC 3339 can write.
+    const LATEST: f64 = 253_402_300_799.0;
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
+        if seconds.is_finite() && (0.0..=LATEST).contains(&seconds) {
             return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds));
         }
+        return Err(Error::invalid_request(format!(
+            "`{text}` is out of range: times are between 1970 and 9999"
+        )));
     }
     DateTime::parse_from_rfc3339(text)
         .map(SystemTime::from)
@@ -260,6 +269,10 @@ mod tests {
         assert_eq!(parse_time("2026-05-01T12:00:00Z").unwrap(), at);
         assert_eq!(parse_time("2026-05-01T14:00:00+02:00").unwrap(), at);
         assert!(parse_time("yesterday").is_err());
+        for out_of_range in ["1e300", "-1", "inf", "NaN", "253402300800"] {
+            let error = parse_time(out_of_range).unwrap_err().to_string();
+            assert!(error.contains("out of range"), "{out_of_range}: {error}");
+        }
         assert_eq!(micros(at), 1_777_636_800_000_000);
     }
 

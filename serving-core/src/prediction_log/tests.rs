@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use object_store::memory::InMemory;
-use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use futures::TryStreamExt as _;
 use object_store::ObjectStoreExt as _;
+use object_store::memory::InMemory;
+use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use serde_json::json;
 
 use super::*;
@@ -321,7 +321,10 @@ impl ObjectStore for CountingStore {
 
     fn delete_stream(
         &self,
-        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
     ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
         self.inner.delete_stream(locations)
     }
@@ -352,7 +355,11 @@ impl ObjectStore for CountingStore {
 
 /// A log on `store` with `segments` segments of ten records each, one second apart; every
 /// third record failed.
-async fn log_of_segments(store: &Arc<CountingStore>, segments: usize, settings: &[(&str, &str)]) -> PredictionLog {
+async fn log_of_segments(
+    store: &Arc<CountingStore>,
+    segments: usize,
+    settings: &[(&str, &str)],
+) -> PredictionLog {
     let mut builder = PredictionLog::builder()
         .with_store(Arc::clone(store) as Arc<dyn ObjectStore>)
         .with_setting("segment_records", "10")
@@ -378,25 +385,41 @@ async fn a_query_reads_only_the_segments_its_page_needs() {
     let store = CountingStore::new(Duration::ZERO);
     let log = log_of_segments(&store, 20, &[]).await;
 
-    let newest = PredictionQuery::new("iris").page(0, 1).order(Order::NewestFirst);
+    let newest = PredictionQuery::new("iris")
+        .page(0, 1)
+        .order(Order::NewestFirst);
     let page = log.query(&newest).await.unwrap();
     assert_eq!(ids(&page), ["r199"]);
-    assert_eq!((page.total, page.total_exact), (200, true), "counted from the names");
+    assert_eq!(
+        (page.total, page.total_exact),
+        (200, true),
+        "counted from the names"
+    );
     assert_eq!(store.take_reads(), 1, "one segment of twenty read");
 
-    let oldest = log.query(&PredictionQuery::new("iris").page(0, 1)).await.unwrap();
+    let oldest = log
+        .query(&PredictionQuery::new("iris").page(0, 1))
+        .await
+        .unwrap();
     assert_eq!((ids(&oldest), oldest.total), (vec!["r000"], 200));
     assert_eq!(store.take_reads(), 1);
 
     // Offset 55 falls in the sixth segment: the first five are counted by name, unread.
-    let deep = log.query(&PredictionQuery::new("iris").page(55, 10)).await.unwrap();
+    let deep = log
+        .query(&PredictionQuery::new("iris").page(55, 10))
+        .await
+        .unwrap();
     let expected: Vec<String> = (55..65).map(|id| format!("r{id:03}")).collect();
     assert_eq!(ids(&deep), expected);
     assert_eq!(store.take_reads(), 2);
 
     // Filtered: read until the page and one more match, the total a lower bound.
     let failures = log
-        .query(&PredictionQuery::new("iris").status(StatusFilter::Error).page(0, 5))
+        .query(
+            &PredictionQuery::new("iris")
+                .status(StatusFilter::Error)
+                .page(0, 5),
+        )
         .await
         .unwrap();
     assert_eq!(ids(&failures), ["r000", "r003", "r006", "r009", "r012"]);
@@ -404,8 +427,14 @@ async fn a_query_reads_only_the_segments_its_page_needs() {
     assert_eq!(store.take_reads(), 2);
 
     // A page past the end reads nothing and counts exactly.
-    let past = log.query(&PredictionQuery::new("iris").page(500, 10)).await.unwrap();
-    assert_eq!((past.records.len(), past.total, past.total_exact), (0, 200, true));
+    let past = log
+        .query(&PredictionQuery::new("iris").page(500, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (past.records.len(), past.total, past.total_exact),
+        (0, 200, true)
+    );
     assert_eq!(store.take_reads(), 0);
     log.close().await.unwrap();
 }
@@ -415,7 +444,9 @@ async fn a_time_range_opens_only_the_segments_it_overlaps() {
     let store = CountingStore::new(Duration::ZERO);
     let log = log_of_segments(&store, 20, &[]).await;
     // Records 95..125: segments 9 to 12.
-    let range = PredictionQuery::new("iris").between(at(95), at(125)).page(0, 1000);
+    let range = PredictionQuery::new("iris")
+        .between(at(95), at(125))
+        .page(0, 1000);
     let page = log.query(&range).await.unwrap();
     let expected: Vec<String> = (95..125).map(|id| format!("r{id:03}")).collect();
     assert_eq!(ids(&page), expected);
@@ -428,8 +459,15 @@ async fn a_time_range_opens_only_the_segments_it_overlaps() {
         .query(&range.clone().page(0, 1).order(Order::NewestFirst))
         .await
         .unwrap();
-    assert_eq!((ids(&one), one.total, one.total_exact), (vec!["r124"], 30, true));
-    assert_eq!(store.take_reads(), 2, "the page's segment and the one across the start");
+    assert_eq!(
+        (ids(&one), one.total, one.total_exact),
+        (vec!["r124"], 30, true)
+    );
+    assert_eq!(
+        store.take_reads(),
+        2,
+        "the page's segment and the one across the start"
+    );
 
     let before = log
         .query(&PredictionQuery::new("iris").between(at(1_000), at(2_000)))
@@ -454,7 +492,12 @@ async fn pages_of_overlapping_segments_are_those_of_the_whole_sorted_log() {
     for n in 0..60u64 {
         // Each second twice.
         let seconds = (n * 37) % 30;
-        let record = record((n % 50) as usize, at(seconds), "1", if n % 4 == 0 { 500 } else { 200 });
+        let record = record(
+            (n % 50) as usize,
+            at(seconds),
+            "1",
+            if n % 4 == 0 { 500 } else { 200 },
+        );
         log.record(record.clone());
         all.push(record);
     }
@@ -473,8 +516,17 @@ async fn pages_of_overlapping_segments_are_those_of_the_whole_sorted_log() {
                 let mut query = PredictionQuery::new("iris").page(offset, size).order(order);
                 query.status = status;
                 let page = log.query(&query).await.unwrap();
-                let want: Vec<_> = expected.iter().skip(offset).take(size).map(|r| (r.start_time, &r.request_id)).collect();
-                let got: Vec<_> = page.records.iter().map(|r| (r.start_time, &r.request_id)).collect();
+                let want: Vec<_> = expected
+                    .iter()
+                    .skip(offset)
+                    .take(size)
+                    .map(|r| (r.start_time, &r.request_id))
+                    .collect();
+                let got: Vec<_> = page
+                    .records
+                    .iter()
+                    .map(|r| (r.start_time, &r.request_id))
+                    .collect();
                 assert_eq!(got, want, "{order:?} {status:?} {offset}+{size}");
                 if page.total_exact {
                     assert_eq!(page.total, expected.len());
@@ -493,9 +545,16 @@ async fn segments_named_before_counts_were_in_names_stay_readable() {
     for (seq, ids) in [(1, 0..3), (2, 3..5)] {
         let lines: String = ids
             .clone()
-            .map(|id| serde_json::to_string(&PredictionRow::from(&record(id, at(id as u64), "1", 200))).unwrap() + "\n")
+            .map(|id| {
+                serde_json::to_string(&PredictionRow::from(&record(id, at(id as u64), "1", 200)))
+                    .unwrap()
+                    + "\n"
+            })
             .collect();
-        let (first, last) = (super::row::micros(at(ids.start as u64)), super::row::micros(at(ids.end as u64 - 1)));
+        let (first, last) = (
+            super::row::micros(at(ids.start as u64)),
+            super::row::micros(at(ids.end as u64 - 1)),
+        );
         let old = object_store::path::Path::from(format!(
             "predictions/iris/date=2026-05-01/{first}-{last}-0123456789ab-{seq:08}.jsonl"
         ));
@@ -507,9 +566,15 @@ async fn segments_named_before_counts_were_in_names_stay_readable() {
         (ids(&page), page.total, page.total_exact),
         (vec!["r000", "r001", "r002", "r003", "r004"], 5, true)
     );
-    let one = log.query(&PredictionQuery::new("iris").page(0, 1)).await.unwrap();
+    let one = log
+        .query(&PredictionQuery::new("iris").page(0, 1))
+        .await
+        .unwrap();
     assert_eq!(ids(&one), ["r000"]);
-    assert!(!one.total_exact, "an old segment's count is not in its name");
+    assert!(
+        !one.total_exact,
+        "an old segment's count is not in its name"
+    );
     assert_eq!(one.total, 3, "the segment read");
     log.close().await.unwrap();
 }
@@ -521,14 +586,19 @@ async fn at_most_max_concurrent_queries_run_at_once() {
     let queries: Vec<_> = (0..8)
         .map(|_| {
             let log = log.clone();
-            tokio::spawn(async move { log.query(&PredictionQuery::new("iris").page(0, 1000)).await })
+            tokio::spawn(
+                async move { log.query(&PredictionQuery::new("iris").page(0, 1000)).await },
+            )
         })
         .collect();
     for query in queries {
         assert_eq!(query.await.unwrap().unwrap().total, 40);
     }
     assert_eq!(store.take_reads(), 8 * 4);
-    assert_eq!(store.most_at_once.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        store.most_at_once.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
     log.close().await.unwrap();
 }
 
@@ -542,7 +612,12 @@ async fn retention_deletes_the_oldest_segments_by_age_and_by_size() {
         .build()
         .unwrap();
     for (id, age_h) in [(1, 168), (2, 24), (3, 1)] {
-        writer.record(record(id, now - Duration::from_secs(age_h * 3600), "1", 200));
+        writer.record(record(
+            id,
+            now - Duration::from_secs(age_h * 3600),
+            "1",
+            200,
+        ));
         writer.flush().await.unwrap();
     }
     writer.close().await.unwrap();
@@ -550,11 +625,15 @@ async fn retention_deletes_the_oldest_segments_by_age_and_by_size() {
         let log = log.clone();
         async move {
             let page = log.query(&PredictionQuery::new("iris")).await.unwrap();
-            page.records.into_iter().map(|r| r.request_id).collect::<Vec<_>>()
+            page.records
+                .into_iter()
+                .map(|r| r.request_id)
+                .collect::<Vec<_>>()
         }
     };
     let open = |settings: &[(&str, &str)]| {
-        let mut builder = PredictionLog::builder().with_store(Arc::clone(&store) as Arc<dyn ObjectStore>);
+        let mut builder =
+            PredictionLog::builder().with_store(Arc::clone(&store) as Arc<dyn ObjectStore>);
         for (key, value) in settings {
             builder = builder.with_setting(key, value).unwrap();
         }
@@ -562,7 +641,10 @@ async fn retention_deletes_the_oldest_segments_by_age_and_by_size() {
     };
 
     let unlimited = open(&[]);
-    assert_eq!(unlimited.apply_retention().await.unwrap(), RetentionPass::default());
+    assert_eq!(
+        unlimited.apply_retention().await.unwrap(),
+        RetentionPass::default()
+    );
     assert_eq!(remaining(&unlimited).await, ["r001", "r002", "r003"]);
 
     // Two days: the week-old segment goes, and the log does it by itself when it starts.

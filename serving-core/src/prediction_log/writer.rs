@@ -322,7 +322,10 @@ mod tests {
         assert_eq!(name, "10-30-w1-00000007-3.jsonl");
         assert!(path.as_ref().starts_with("predictions/iris/date="));
         let parsed = SegmentName::parse(name).unwrap();
-        assert_eq!((parsed.first, parsed.last, parsed.records), (10, 30, Some(3)));
+        assert_eq!(
+            (parsed.first, parsed.last, parsed.records),
+            (10, 30, Some(3))
+        );
         // Segments named before the count was added stay readable.
         let old = SegmentName::parse("10-30-w1-00000007.jsonl").unwrap();
         assert_eq!((old.first, old.last, old.records), (10, 30, None));
