@@ -128,12 +128,13 @@ impl TryFrom<PredictionRow> for PredictionRecord {
                 ))
             })
         };
-        let input = row.input.as_deref().map(|t| json("input", t)).transpose()?;
-        let output = row
-            .output
-            .as_deref()
-            .map(|t| json("output", t))
-            .transpose()?;
+        // Values nested deeper than serde_json reads (128) were recorded, as any value, by
+        // their JSON text: they are shown as that text rather than hidden.
+        let value = |text: &str| {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+        };
+        let input = row.input.as_deref().map(value);
+        let output = row.output.as_deref().map(value);
         let metrics: BTreeMap<String, f64> = serde_json::from_value(json("metrics", &row.metrics)?)
             .map_err(|e| Error::invalid_request(format!("column `metrics`: {e}")))?;
         let params: BTreeMap<String, Value> = serde_json::from_value(json("params", &row.params)?)
@@ -260,6 +261,22 @@ mod tests {
         assert_eq!(row.start_time, "2026-05-01T12:00:00.123456Z");
         assert_eq!(row.input.as_deref(), Some(r#"[1.5,"a,\"b\"\n"]"#));
         assert_eq!(PredictionRecord::try_from(row).unwrap(), original);
+    }
+
+    #[test]
+    fn values_too_deep_to_read_back_are_shown_as_their_text() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_777_636_800_123_456);
+        let mut deep = record("r1", at);
+        let mut value = json!(1);
+        for _ in 0..200 {
+            value = json!([value]);
+        }
+        deep.input = Some(value);
+        let text = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let line = serde_json::to_string(&RowRef::from(&deep)).unwrap();
+        let row: PredictionRow = serde_json::from_str(&line).unwrap();
+        let back = PredictionRecord::try_from(row).unwrap();
+        assert_eq!(back.input, Some(Value::String(text)));
     }
 
     #[test]
