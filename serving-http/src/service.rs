@@ -26,7 +26,9 @@ use crate::config::WebServiceConfig;
 use crate::error::ApiError;
 use crate::files;
 
-/// The header carrying a request's id, accepted from the caller or generated.
+/// The header carrying a request's id, accepted from the caller or generated. A caller's id
+/// of more than 128 bytes is replaced by a generated one; one holding a control character is
+/// a 400 naming the header.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The header naming the model version that answered; on a request, it asks for that version
 /// and bypasses the canary split.
