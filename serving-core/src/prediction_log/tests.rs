@@ -677,3 +677,45 @@ async fn retention_deletes_the_oldest_segments_by_age_and_by_size() {
         log.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_csv_export_streams_in_chunks_exactly_what_write_csv_writes() {
+    let store = CountingStore::new(Duration::ZERO);
+    // 2,000 rows of about 100 bytes: several chunks of 64 KiB.
+    let log = log_of_segments(&store, 200, &[]).await;
+    let query = PredictionQuery::new("iris")
+        .page(5, 1_990)
+        .order(Order::NewestFirst);
+    let mut chunks = log.query_csv(&query).await.unwrap();
+    let mut streamed = Vec::new();
+    let mut count = 0;
+    while let Some(chunk) = chunks.try_next().await.unwrap() {
+        streamed.extend_from_slice(&chunk);
+        count += 1;
+    }
+    assert!(count > 2, "{count} chunks");
+    let page = log.query(&query).await.unwrap();
+    let mut whole = Vec::new();
+    write_csv(&page.records, &mut whole).unwrap();
+    assert_eq!(
+        String::from_utf8(streamed).unwrap(),
+        String::from_utf8(whole).unwrap()
+    );
+    // Exports dropped after their first chunk stop, and give their query permit back.
+    for _ in 0..3 {
+        let mut dropped = log.query_csv(&query).await.unwrap();
+        assert!(dropped.try_next().await.unwrap().is_some());
+    }
+    let one = query.page(0, 1);
+    let after = tokio::time::timeout(Duration::from_secs(30), log.query(&one));
+    assert_eq!(
+        after
+            .await
+            .expect("permits are returned")
+            .unwrap()
+            .records
+            .len(),
+        1
+    );
+    log.close().await.unwrap();
+}
