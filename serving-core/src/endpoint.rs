@@ -24,7 +24,7 @@ use crate::outcome::Outcome;
 use crate::pool::BlockingPool;
 use crate::predictor::{DynPredictor, Predictor, PredictorExt};
 use crate::preprocess::Preprocessed;
-use crate::record::{DynRecordSink, PredictionRecord, crop};
+use crate::record::{DynRecordSink, PredictionRecord, crop, crop_error};
 use crate::signature::ModelSignature;
 use crate::spec::{EndpointSpec, FileInput, ModelRef};
 
@@ -437,6 +437,7 @@ impl ModelEndpoint {
             let (outcome, logged) = endpoint
                 .run(&shadow, input, resources, &primary.request_id, started)
                 .await;
+            let outcome = outcome.map_err(|e| crop_error(e, endpoint.spec.logging.max_value_chars));
             if matches!(outcome, Err(Error::Overloaded { .. })) {
                 // Mirrors never take capacity from real traffic.
                 endpoint.lifecycle.mirror_skipped(&shadow.id);
@@ -542,6 +543,7 @@ impl Endpoint for ModelEndpoint {
             ),
             Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
         };
+        let outcome = outcome.map_err(|e| crop_error(e, self.spec.logging.max_value_chars));
         let elapsed = started.elapsed();
         self.finish(&Completed {
             request_id: &request_id,
@@ -577,14 +579,16 @@ impl Endpoint for ModelEndpoint {
     }
 
     fn refused(&self, refused: Refused) {
+        let kind = refused.error.outcome();
+        let error = crop_error(refused.error, self.spec.logging.max_value_chars);
         self.finish(&Completed {
             request_id: &refused.request_id,
             version: &Arc::from(""),
             model: None,
             mirror_of: None,
             input: None,
-            kind: refused.error.outcome(),
-            outcome: &Err(refused.error),
+            kind,
+            outcome: &Err(error),
             logged: &Logged::default(),
             at: refused.at,
             elapsed: refused.elapsed,

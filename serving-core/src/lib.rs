@@ -112,7 +112,7 @@ pub use outcome::Outcome;
 pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
-pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop};
+pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop, crop_error, crop_text};
 pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use signature::{ModelSignature, TensorSpec};
 pub use spec::{

@@ -13,7 +13,9 @@
 //! `{"error": "..."}`: 400 malformed input, 401 missing or wrong token, 404 unknown endpoint,
 //! 408 body too slow, 413 body over the endpoint's limit, 415 not JSON, 422 input the predictor
 //! rejected, 500 predictor failure or panic, 503 not ready or overloaded (with `Retry-After`),
-//! 504 predictor timeout. `GET /healthz` and `GET /readyz` report liveness and readiness.
+//! 504 predictor timeout. Error texts are cropped to the endpoint's
+//! [`max_value_chars`](serving_core::LoggingSpec::max_value_chars), as logged values are.
+//! `GET /healthz` and `GET /readyz` report liveness and readiness.
 //!
 //! With an [`Observability`] ([`WebServiceBuilder::observability`]) the service also serves
 //! `GET /metrics` (Prometheus), `GET /dashboard`, and the charts and logs APIs under
@@ -71,7 +73,10 @@
 //! Changes answer `{"version": <the version concerned>, "status": <status>}`. Rolling out new
 //! predictor code is Rust-only ([`serving_core::Lifecycle::update_model`]); over REST, `update`
 //! and `shadow` deploy versions registered in the endpoint's
-//! [`ModelRegistry`](serving_core::ModelRegistry).
+//! [`ModelRegistry`](serving_core::ModelRegistry). Every change that succeeds writes one
+//! `admin change` event (target `serving::admin`) with the fields `who` (`admin`), `endpoint`,
+//! `action`, and `before` and `after`: the stable version, candidate, shadow, canary policy and
+//! autoscale bounds as JSON.
 //!
 //! ## Open Inference Protocol
 //!

@@ -18,10 +18,17 @@
 //! valid ones.
 //!
 //! `logs` answers
-//! `{"endpoint", "total", "offset", "size", "predictions": [{request_id, endpoint, model,
+//! `{"endpoint", "total", "total_exact", "offset", "size", "predictions": [{request_id, endpoint, model,
 //! model_version, status, start_time, event_time, elapsed_ms, input, output, error, metrics,
 //! params}]}` where `start_time` is RFC 3339, `event_time` seconds since the epoch (the
-//! original product's name), and `input`/`output` the JSON values as logged.
+//! original product's name), and `input`/`output` the JSON values as logged. A query reads
+//! only what its page needs, so `total` is exact (`total_exact: true`) when the rest of the
+//! log can be counted from its segments' names (the query filters by time alone), and
+//! otherwise a lower bound that says more follow. At most
+//! [`max_concurrent_queries`](serving_core::prediction_log::PredictionLogConfig::max_concurrent_queries)
+//! queries read the log at once; the others wait. `logs.csv` is streamed as it is read, and
+//! every cell that a spreadsheet would take for a formula starts with `'`.
+//! A time or `minutes` out of range (before 1970, after 9999) is a 400 naming the parameter.
 //!
 //! Recorded predictions become visible once the prediction log has written them: within its
 //! flush interval (one second by default).
@@ -42,7 +49,7 @@ use serving_core::observe::METRICS_CONTENT_TYPE;
 /// they were.
 pub use serving_core::observe::Observability;
 use serving_core::prediction_log::{
-    Order, PredictionLog, PredictionPage, PredictionQuery, format_time, parse_time, write_csv,
+    Order, PredictionLog, PredictionPage, PredictionQuery, format_time, parse_time,
 };
 use serving_core::{Charts, Error, PredictionRecord};
 
@@ -125,15 +132,20 @@ async fn charts(
     let observability = observability(&state)?;
     authorize(&state, &name, &headers)?;
     let params = params(&uri, &["minutes"])?;
-    let minutes = match params.get("minutes") {
-        None => 60,
-        Some(text) => text.parse::<u64>().ok().filter(|m| *m > 0).ok_or_else(|| {
-            Error::invalid_request(format!(
-                "minutes `{text}` must be a whole number above zero"
-            ))
-        })?,
+    let since = match params.get("minutes") {
+        None => minutes_ago(59).unwrap_or(SystemTime::UNIX_EPOCH),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|m| *m > 0)
+            .and_then(|m| minutes_ago(m - 1))
+            .ok_or_else(|| {
+                Error::invalid_request(format!(
+                    "minutes `{text}` must be a whole number above zero that reaches back no \
+                     further than 1970"
+                ))
+            })?,
     };
-    let since = SystemTime::now() - Duration::from_secs(60 * (minutes - 1));
     Ok(axum::Json(observability.charts().charts(&name, since)))
 }
 
@@ -216,6 +228,7 @@ async fn logs(
     let body = serde_json::json!({
         "endpoint": name,
         "total": page.total,
+        "total_exact": page.total_exact,
         "offset": query.offset,
         "size": query.size,
         "predictions": page.records.into_iter().map(LogEntry::from).collect::<Vec<_>>(),
@@ -229,9 +242,11 @@ async fn logs_csv(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (_, page) = query_log(&state, &name, &headers, &uri, 1_000_000).await?;
-    let mut csv = Vec::with_capacity(128 + page.records.len() * 256);
-    write_csv(&page.records, &mut csv).map_err(internal)?;
+    let log = prediction_log(&state)?;
+    authorize(&state, &name, &headers)?;
+    let query = log_query(&name, &uri, 1_000_000)?;
+    // Streamed as the log is read: a million rows are never held at once.
+    let csv = axum::body::Body::from_stream(log.query_csv(&query).await.map_err(internal)?);
     let disposition = format!("attachment; filename=\"{name}-predictions.csv\"");
     Ok((
         [
@@ -283,18 +298,25 @@ fn log_query(endpoint: &str, uri: &Uri, max_size: usize) -> Result<PredictionQue
             })
         })
     };
+    // The parameter's name leads the reason, so the caller knows which one to fix.
+    let time = |key: &str| -> Result<Option<SystemTime>, ApiError> {
+        params.get(key).map_or(Ok(None), |text| {
+            parse_time(text).map(Some).map_err(|error| {
+                Error::invalid_request(format!("{key}: {}", reason(&error))).into()
+            })
+        })
+    };
     let mut query = PredictionQuery::new(endpoint);
-    query.start_time = params
-        .get("start_time")
-        .map(|t| parse_time(t))
-        .transpose()?;
+    query.start_time = time("start_time")?;
     if let Some(minutes) = params.get("minutes") {
-        let minutes: u64 = minutes.parse().map_err(|_| {
-            Error::invalid_request(format!("minutes `{minutes}` must be a whole number"))
+        let start = minutes.parse().ok().and_then(minutes_ago).ok_or_else(|| {
+            Error::invalid_request(format!(
+                "minutes `{minutes}` must be a whole number that reaches back no further than 1970"
+            ))
         })?;
-        query.start_time = Some(SystemTime::now() - Duration::from_secs(60 * minutes));
+        query.start_time = Some(start);
     }
-    query.end_time = params.get("end_time").map(|t| parse_time(t)).transpose()?;
+    query.end_time = time("end_time")?;
     query.model = params.get("model").cloned();
     query.model_version = params.get("model_version").cloned();
     query.status = params.get("status").map(|s| s.parse()).transpose()?;
@@ -309,6 +331,23 @@ fn log_query(endpoint: &str, uri: &Uri, max_size: usize) -> Result<PredictionQue
         return Err(Error::invalid_request(format!("size must be at most {max_size}")).into());
     }
     Ok(query)
+}
+
+/// The time `minutes` minutes ago, if it is after 1970 (earlier times are out of range of
+/// some clocks and calendars: computing them panicked).
+fn minutes_ago(minutes: u64) -> Option<SystemTime> {
+    let seconds = minutes.checked_mul(60)?;
+    SystemTime::now()
+        .checked_sub(Duration::from_secs(seconds))
+        .filter(|start| *start >= SystemTime::UNIX_EPOCH)
+}
+
+/// A core error's reason, without its kind's prefix.
+fn reason(error: &Error) -> String {
+    match error {
+        Error::InvalidRequest { reason } => reason.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn internal(error: Error) -> ApiError {

@@ -24,7 +24,9 @@ use crate::auth::Token;
 use crate::config::WebServiceConfig;
 use crate::error::ApiError;
 
-/// The header carrying a request's id, accepted from the caller or generated.
+/// The header carrying a request's id, accepted from the caller or generated. A caller's id
+/// of more than 128 bytes is replaced by a generated one; one holding a control character is
+/// a 400 naming the header.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The header naming the model version that answered; on a request, it asks for that version
 /// and bypasses the canary split.
@@ -286,7 +288,10 @@ impl WebServiceBuilder {
 /// `POST /api/v1/endpoints/{name}` for a name no endpoint has: each endpoint has a literal
 /// route of its own, which the router prefers to this one.
 async fn predict_unknown(Path(name): Path<String>, headers: HeaderMap) -> Response {
-    let request_id = caller_request_id(&headers).unwrap_or_else(new_request_id);
+    let request_id = caller_request_id(&headers)
+        .ok()
+        .flatten()
+        .unwrap_or_else(new_request_id);
     let error = Error::EndpointNotFound { endpoint: name };
     with_request_id(
         ApiError::from_core(&error, &request_id).into_response(),
@@ -303,7 +308,14 @@ async fn predict_on(
     let arrival = Arrival::now();
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let request_id = caller_request_id(headers).unwrap_or_else(new_request_id);
+    let request_id = match caller_request_id(headers) {
+        Ok(id) => id.unwrap_or_else(new_request_id),
+        Err(error) => {
+            let request_id = new_request_id();
+            let response = refuse(route, error, &request_id, arrival);
+            return with_request_id(response.into_response(), &request_id);
+        }
+    };
     match serve_prediction(state, route, headers, body, &request_id, arrival).await {
         Ok(response) => response,
         Err(error) => with_request_id(error.into_response(), &request_id),
@@ -322,13 +334,40 @@ pub(crate) fn usable_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128
 }
 
-/// The request id the caller sent in `x-request-id`, when it is usable.
-pub(crate) fn caller_request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| usable_request_id(id))
-        .map(str::to_owned)
+/// The answer to a request refused before the model, recorded on its endpoint: its text
+/// cropped to the endpoint's `max_value_chars` as the endpoint crops every error, so that
+/// no answer or record echoes a huge input whole.
+pub(crate) fn refuse(route: &Route, error: Error, request_id: &str, arrival: Arrival) -> ApiError {
+    let max_chars = route.endpoint.spec().logging.max_value_chars;
+    let error = serving_core::crop_error(error, max_chars);
+    let response = ApiError::from_core(&error, request_id);
+    route
+        .endpoint
+        .refused(Refused::new(request_id, error, arrival));
+    response
+}
+
+/// Refuses a caller-chosen request id that holds a control character (ESC, CR, LF, tab, …):
+/// ids end up in log lines, CSV exports and the dashboard, where such characters forge lines
+/// or drive terminals. `source` names where the id came from (`x-request-id`, `id`). Every
+/// transport that takes ids from callers checks them here.
+pub(crate) fn check_request_id(id: &str, source: &str) -> Result<(), Error> {
+    if id.chars().any(char::is_control) {
+        return Err(Error::invalid_request(format!(
+            "`{source}` must not hold control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The request id the caller sent in `x-request-id`, when it is usable; an error when it
+/// holds control characters.
+pub(crate) fn caller_request_id(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let Some(id) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    check_request_id(id, REQUEST_ID_HEADER)?;
+    Ok(usable_request_id(id).then(|| id.to_owned()))
 }
 
 async fn serve_prediction(
@@ -341,13 +380,7 @@ async fn serve_prediction(
 ) -> Result<Response, ApiError> {
     let request = match admit(state, route, headers, body, request_id, arrival).await {
         Ok(request) => request,
-        Err(error) => {
-            let response = ApiError::from_core(&error, request_id);
-            route
-                .endpoint
-                .refused(Refused::new(request_id, error, arrival));
-            return Err(response);
-        }
+        Err(error) => return Err(refuse(route, error, request_id, arrival)),
     };
     match route.endpoint.predict(request).await {
         Ok(prediction) => {
