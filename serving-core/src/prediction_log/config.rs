@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::setting::{Setting, Settings, name_array};
+use crate::setting::{Setting, SettingKey, Settings, name_array};
 use crate::setting_keys;
 
 setting_keys! {
@@ -22,6 +22,12 @@ setting_keys! {
         SegmentRecords = "segment_records",
         /// [`PredictionLogConfig::flush_interval_ms`].
         FlushIntervalMs = "flush_interval_ms",
+        /// [`PredictionLogConfig::max_concurrent_queries`].
+        MaxConcurrentQueries = "max_concurrent_queries",
+        /// [`PredictionLogConfig::retention_max_age_secs`].
+        RetentionMaxAgeSecs = "retention_max_age_secs",
+        /// [`PredictionLogConfig::retention_max_bytes`].
+        RetentionMaxBytes = "retention_max_bytes",
     }
 }
 
@@ -45,6 +51,16 @@ pub struct PredictionLogConfig {
     /// Milliseconds between writes of a partly filled buffer (`flush_interval_ms`): how long a
     /// record may wait before it becomes visible to queries.
     pub flush_interval_ms: u64,
+    /// Queries that may run at once (`max_concurrent_queries`), 2 by default; further queries
+    /// wait for one to finish. Each holds one segment chunk and its page in memory and one
+    /// thread of the blocking pool.
+    pub max_concurrent_queries: usize,
+    /// Segments whose newest record started more than this many seconds ago are deleted
+    /// (`retention_max_age_secs`); 0, the default, keeps them forever.
+    pub retention_max_age_secs: u64,
+    /// Once the log's segments (all endpoints) hold more bytes than this, the oldest are
+    /// deleted until they fit (`retention_max_bytes`); 0, the default, sets no limit.
+    pub retention_max_bytes: u64,
 }
 
 impl Default for PredictionLogConfig {
@@ -55,16 +71,21 @@ impl Default for PredictionLogConfig {
             queue_capacity: 10_000,
             segment_records: 5_000,
             flush_interval_ms: 1_000,
+            max_concurrent_queries: 2,
+            retention_max_age_secs: 0,
+            retention_max_bytes: 0,
         }
     }
 }
 
 impl PredictionLogConfig {
     /// Every key [`PredictionLogConfig::set`] accepts ([`PredictionLogKey`]'s names).
-    pub const KEYS: [&'static str; 5] = name_array(<PredictionLogKey as crate::SettingKey>::NAMES);
+    pub const KEYS: [&'static str; 8] = name_array(PredictionLogKey::NAMES);
 
     /// The defaults, overridden by `SERVING_PREDICTION_LOG_DIR`, `…_PREFIX`,
-    /// `…_QUEUE_CAPACITY`, `…_SEGMENT_RECORDS` and `…_FLUSH_INTERVAL_MS` when set.
+    /// `…_QUEUE_CAPACITY`, `…_SEGMENT_RECORDS`, `…_FLUSH_INTERVAL_MS`,
+    /// `…_MAX_CONCURRENT_QUERIES`, `…_RETENTION_MAX_AGE_SECS` and `…_RETENTION_MAX_BYTES`
+    /// when set.
     pub fn from_env() -> Result<Self> {
         <Self as Settings>::from_env()
     }
@@ -82,6 +103,16 @@ impl PredictionLogConfig {
     /// The flush interval.
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// The age and size limits, if any is set.
+    pub(super) fn retention(&self) -> Option<super::retention::Retention> {
+        let retention = super::retention::Retention {
+            max_age: (self.retention_max_age_secs > 0)
+                .then(|| Duration::from_secs(self.retention_max_age_secs)),
+            max_bytes: (self.retention_max_bytes > 0).then_some(self.retention_max_bytes),
+        };
+        (retention.max_age.is_some() || retention.max_bytes.is_some()).then_some(retention)
     }
 }
 
@@ -108,6 +139,15 @@ impl Settings for PredictionLogConfig {
             PredictionLogKey::QueueCapacity => self.queue_capacity = value.positive()? as usize,
             PredictionLogKey::SegmentRecords => self.segment_records = value.positive()? as usize,
             PredictionLogKey::FlushIntervalMs => self.flush_interval_ms = value.positive()?,
+            PredictionLogKey::MaxConcurrentQueries => {
+                self.max_concurrent_queries = value.positive()? as usize;
+            }
+            PredictionLogKey::RetentionMaxAgeSecs => {
+                self.retention_max_age_secs = value.whole("0 keeps segments forever")?;
+            }
+            PredictionLogKey::RetentionMaxBytes => {
+                self.retention_max_bytes = value.whole("0 sets no limit")?;
+            }
         }
         Ok(())
     }
@@ -132,11 +172,23 @@ mod tests {
         assert_eq!(config.prefix, "logs/p");
         let unknown = config.set("capacity", "1").unwrap_err().to_string();
         assert!(
-            unknown.contains("dir, prefix, queue_capacity, segment_records, flush_interval_ms"),
+            unknown.contains("dir, prefix, queue_capacity, segment_records, flush_interval_ms, max_concurrent_queries, retention_max_age_secs, retention_max_bytes"),
             "{unknown}"
         );
         assert!(config.set("queue_capacity", "0").is_err());
         assert!(config.set("prefix", "a/../b").is_err());
+        assert_eq!(config.retention(), None, "keeps everything by default");
+        config
+            .apply([
+                ("retention_max_age_secs", "3600"),
+                ("max_concurrent_queries", "1"),
+            ])
+            .unwrap();
+        assert_eq!(config.max_concurrent_queries, 1);
+        let retention = config.retention().unwrap();
+        assert_eq!(retention.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(retention.max_bytes, None);
+        assert!(config.set("max_concurrent_queries", "0").is_err());
     }
 
     #[test]
@@ -145,11 +197,14 @@ mod tests {
             .with_config(PredictionLogKey::SegmentRecords, "10")
             .unwrap();
         assert_eq!(config.segment_records, 10);
-        let config = PredictionLogConfig::from_lookup(|var| {
-            (var == "SERVING_PREDICTION_LOG_FLUSH_INTERVAL_MS").then(|| "250".to_owned())
+        let config = PredictionLogConfig::from_lookup(|var| match var {
+            "SERVING_PREDICTION_LOG_FLUSH_INTERVAL_MS" => Some("250".to_owned()),
+            "SERVING_PREDICTION_LOG_RETENTION_MAX_BYTES" => Some("4096".to_owned()),
+            _ => None,
         })
         .unwrap();
         assert_eq!(config.flush_interval(), Duration::from_millis(250));
+        assert_eq!(config.retention_max_bytes, 4096);
         let error = PredictionLogConfig::default()
             .set("queue_capacity", "lots")
             .unwrap_err()
