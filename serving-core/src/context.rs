@@ -33,7 +33,7 @@ pub struct Context {
 
 struct Inner {
     request_id: String,
-    _resources: Resources,
+    resources: Resources,
     endpoint: Arc<str>,
     model_version: Arc<str>,
     settings: Arc<BTreeMap<String, String>>,
@@ -50,6 +50,11 @@ impl Resources {
     /// Adds one.
     pub fn push(&mut self, resource: impl std::any::Any + Send + Sync) {
         self.0.push(Arc::new(resource));
+    }
+
+    /// The first one of type `T`.
+    pub fn get<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.iter().find_map(|r| r.downcast_ref::<T>())
     }
 }
 
@@ -112,7 +117,7 @@ impl Context {
         Context {
             inner: Arc::new(Inner {
                 request_id,
-                _resources: resources,
+                resources,
                 endpoint,
                 model_version,
                 settings,
@@ -138,6 +143,12 @@ impl Context {
     /// The request's id.
     pub fn request_id(&self) -> &str {
         &self.inner.request_id
+    }
+
+    /// The request's resource of type `T`, if its transport gave one (a Kafka stream gives
+    /// each message's key, headers and position this way).
+    pub fn resource<T: std::any::Any>(&self) -> Option<&T> {
+        self.inner.resources.get::<T>()
     }
 
     /// The endpoint's name.

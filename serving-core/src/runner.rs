@@ -75,6 +75,7 @@ use futures::{FutureExt as _, Stream, StreamExt as _};
 use crate::endpoint::{
     Arrival, DynEndpoint, Endpoint, PredictRequest, Prediction, Refused, new_request_id,
 };
+use crate::context::Resources;
 use crate::error::{Error, Result};
 use crate::input::Input;
 
@@ -99,6 +100,9 @@ pub struct Item<M = ()> {
     pub arrival: Option<Arrival>,
     /// The transport's metadata.
     pub meta: M,
+    /// Values the predictor can read through [`Context::resource`](crate::Context::resource)
+    /// (a Kafka message's key, headers and position).
+    pub resources: Resources,
 }
 
 impl Item {
@@ -110,6 +114,7 @@ impl Item {
             routing_key: None,
             arrival: None,
             meta: (),
+            resources: Resources::default(),
         }
     }
 
@@ -122,6 +127,7 @@ impl Item {
             routing_key: None,
             arrival: None,
             meta: (),
+            resources: Resources::default(),
         }
     }
 }
@@ -135,7 +141,14 @@ impl<M> Item<M> {
             routing_key: self.routing_key,
             arrival: self.arrival,
             meta,
+            resources: self.resources,
         }
+    }
+
+    /// Adds a value the predictor can read with [`Context::resource`](crate::Context::resource).
+    pub fn with_resource(mut self, resource: impl std::any::Any + Send + Sync) -> Self {
+        self.resources.push(resource);
+        self
     }
 
     /// Sets the request id.
@@ -501,6 +514,7 @@ impl<M: Send + 'static> Run<M> {
             routing_key,
             arrival,
             meta,
+            resources,
         } = item;
         let arrival = arrival.unwrap_or_else(Arrival::now);
         let request_id = request_id.unwrap_or_else(new_request_id);
@@ -529,6 +543,7 @@ impl<M: Send + 'static> Run<M> {
                     .with_request_id(id)
                     .with_arrival(arrival);
                 request.routing_key = key;
+                request.resources = resources;
                 let endpoint = Arc::clone(&self.endpoint);
                 let task = tokio::spawn(async move { endpoint.predict(request).await });
                 self.running.push(

@@ -16,8 +16,69 @@ setting_keys! {
         OutputTopic = "output_topic",
         /// [`KafkaStreamConfig::group_id`].
         GroupId = "group_id" | "group.id",
+        /// [`KafkaStreamConfig::delivery`]: `exactly_once` or `at_least_once`.
+        Delivery = "delivery",
+        /// [`KafkaStreamConfig::transaction_messages`].
+        TransactionMessages = "transaction_messages",
+        /// [`KafkaStreamConfig::transaction_ms`].
+        TransactionMs = "transaction_ms",
+        /// [`KafkaStreamConfig::dead_letter_topic`].
+        DeadLetterTopic = "dead_letter_topic",
+        /// [`KafkaStreamConfig::instance_id`].
+        InstanceId = "instance_id",
     }
 }
+
+/// How a stream commits what it consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeliveryMode {
+    /// Outputs and input offsets are committed in one Kafka transaction: every input yields
+    /// exactly one committed output, whatever crashes.
+    #[default]
+    ExactlyOnce,
+    /// Input offsets are committed once the outputs are acknowledged (for brokers without
+    /// transactions): nothing is lost, a crash may duplicate outputs.
+    AtLeastOnce,
+}
+
+impl DeliveryMode {
+    /// `exactly_once` or `at_least_once`, as in settings, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::ExactlyOnce => "exactly_once",
+            DeliveryMode::AtLeastOnce => "at_least_once",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeliveryMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "exactly_once" => Ok(DeliveryMode::ExactlyOnce),
+            "at_least_once" => Ok(DeliveryMode::AtLeastOnce),
+            _ => Err("expected exactly_once or at_least_once".into()),
+        }
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// Messages per transaction (or per offset commit) by default.
+pub const DEFAULT_TRANSACTION_MESSAGES: usize = 1000;
+/// Milliseconds a transaction stays open at most by default.
+pub const DEFAULT_TRANSACTION_MS: u64 = 100;
 
 /// The `kafka_stream` section of an endpoint's spec, settable as KEY-VALUE pairs
 /// ([`Settings`], keys [`KafkaStreamKey`]) or from `SERVING_KAFKA_<KEY>` environment variables
@@ -39,6 +100,31 @@ pub struct KafkaStreamConfig {
     /// a new model rolled onto the same endpoint resumes at the group's committed offsets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// [`DeliveryMode`] (`delivery`), exactly once by default.
+    #[serde(skip_serializing_if = "is_default")]
+    pub delivery: DeliveryMode,
+    /// Messages per transaction at most (`transaction_messages`); `0` means
+    /// [`DEFAULT_TRANSACTION_MESSAGES`].
+    #[serde(skip_serializing_if = "is_default")]
+    pub transaction_messages: usize,
+    /// Milliseconds a transaction stays open at most (`transaction_ms`); `0` means
+    /// [`DEFAULT_TRANSACTION_MS`].
+    #[serde(skip_serializing_if = "is_default")]
+    pub transaction_ms: u64,
+    /// Where messages the model could not predict go (`dead_letter_topic`);
+    /// `<output_topic>.dlq` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Names this process among the group's (`instance_id`), for its stable
+    /// `transactional.id` (`<group>-<instance>`): a restarted instance fences its dead
+    /// predecessor's open transaction. `0` when unset; give each concurrent process its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// librdkafka properties passed through to the consumer and producer (security protocol,
+    /// SASL, TLS, client id): any KEY-VALUE pair whose key holds a dot and is not one of
+    /// [`KafkaStreamKey`]'s.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 impl KafkaStreamConfig {
@@ -55,7 +141,7 @@ impl KafkaStreamConfig {
             brokers: brokers.into_iter().map(Into::into).collect(),
             input_topics: input_topics.into_iter().map(Into::into).collect(),
             output_topic: output_topic.into(),
-            group_id: None,
+            ..Self::default()
         }
     }
 
@@ -145,6 +231,38 @@ impl KafkaStreamConfig {
             .clone()
             .unwrap_or_else(|| format!("serving-{endpoint}"))
     }
+
+    /// The dead-letter topic: [`KafkaStreamConfig::dead_letter_topic`] or `<output>.dlq`.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.output_topic))
+    }
+
+    /// Messages per transaction, the default when unset.
+    pub fn transaction_messages(&self) -> usize {
+        match self.transaction_messages {
+            0 => DEFAULT_TRANSACTION_MESSAGES,
+            n => n,
+        }
+    }
+
+    /// How long a transaction stays open at most, the default when unset.
+    pub fn transaction_time(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(match self.transaction_ms {
+            0 => DEFAULT_TRANSACTION_MS,
+            n => n,
+        })
+    }
+
+    /// The producer's `transactional.id`: `<group>-<instance>`.
+    pub fn transactional_id(&self, endpoint: &str) -> String {
+        format!(
+            "{}-{}",
+            self.group_id(endpoint),
+            self.instance_id.as_deref().unwrap_or("0")
+        )
+    }
 }
 
 impl From<KafkaStreamConfig> for EndpointKind {
@@ -157,6 +275,19 @@ impl Settings for KafkaStreamConfig {
     type Key = KafkaStreamKey;
     const ENV_PREFIX: &'static str = "SERVING_KAFKA_";
 
+    /// A key of [`KafkaStreamKey`], or a librdkafka property (a key with a dot) passed
+    /// through; any other key is refused, named, with the valid ones.
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key.parse::<KafkaStreamKey>() {
+            Ok(typed) => self.set_key(typed, &Setting::new(key, value)),
+            Err(_) if key.contains('.') && !key.starts_with("serving.") => {
+                self.properties.insert(key.to_owned(), value.to_owned());
+                Ok(())
+            }
+            Err(unknown) => Err(unknown),
+        }
+    }
+
     fn set_key(&mut self, key: KafkaStreamKey, value: &Setting<'_>) -> Result<()> {
         match key {
             KafkaStreamKey::Brokers => self.brokers = value.list()?,
@@ -166,6 +297,18 @@ impl Settings for KafkaStreamConfig {
             }
             KafkaStreamKey::GroupId => {
                 self.group_id = Some(value.non_empty("expected a group name")?.to_owned());
+            }
+            KafkaStreamKey::Delivery => self.delivery = value.parse()?,
+            KafkaStreamKey::TransactionMessages => {
+                self.transaction_messages = usize::try_from(value.positive()?)
+                    .map_err(|_| value.invalid("too large"))?;
+            }
+            KafkaStreamKey::TransactionMs => self.transaction_ms = value.positive()?,
+            KafkaStreamKey::DeadLetterTopic => {
+                self.dead_letter_topic = Some(value.non_empty("expected a topic")?.to_owned());
+            }
+            KafkaStreamKey::InstanceId => {
+                self.instance_id = Some(value.non_empty("expected an instance name")?.to_owned());
             }
         }
         Ok(())
@@ -217,7 +360,7 @@ mod tests {
         let error = KafkaStreamConfig::from_spec(&spec).unwrap_err().to_string();
         assert!(error.contains("unknown field `output_topics`"), "{error}");
         assert!(
-            error.contains("`brokers`, `input_topics`, `output_topic`, `group_id`"),
+            error.contains("`brokers`, `input_topics`, `output_topic`, `group_id`, `delivery`"),
             "{error}"
         );
         let section = BackendSection::from_config(&json!({"brokers": "a:1"})).unwrap();
@@ -259,7 +402,7 @@ mod tests {
         let unknown = config.set("topic", "x").unwrap_err().to_string();
         assert!(
             unknown.contains(
-                "`topic`; valid settings are: brokers, bootstrap.servers, input_topics, output_topic, group_id, group.id"
+                "`topic`; valid settings are: brokers, bootstrap.servers, input_topics, output_topic, group_id, group.id, delivery"
             ),
             "{unknown}"
         );
@@ -277,5 +420,42 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config, KafkaStreamConfig::new(["k:9092"], ["a", "b"], "c"));
+    }
+
+    #[test]
+    fn delivery_transactions_dead_letters_and_passthrough_properties() {
+        let mut config = KafkaStreamConfig::new(["b:1"], ["in"], "out");
+        assert_eq!(config.delivery, DeliveryMode::ExactlyOnce);
+        assert_eq!(config.dead_letter_topic(), "out.dlq");
+        assert_eq!(config.transaction_messages(), DEFAULT_TRANSACTION_MESSAGES);
+        assert_eq!(config.transactional_id("scorer"), "serving-scorer-0");
+        config
+            .apply([
+                ("delivery", "at_least_once"),
+                ("transaction_messages", "50"),
+                ("transaction_ms", "20"),
+                ("security.protocol", "PLAINTEXT"),
+                ("client.id", "me"),
+                ("instance_id", "b"),
+            ])
+            .unwrap();
+        assert_eq!(config.delivery, DeliveryMode::AtLeastOnce);
+        assert_eq!(config.transaction_messages(), 50);
+        assert_eq!(config.transaction_time().as_millis(), 20);
+        assert_eq!(config.properties["security.protocol"], "PLAINTEXT");
+        assert_eq!(config.transactional_id("scorer"), "serving-scorer-b");
+        let error = config.set("delivery", "twice").unwrap_err().to_string();
+        assert!(error.contains("exactly_once or at_least_once"), "{error}");
+        // A serving key with a typo is named, not passed to librdkafka.
+        let error = config.set("transaction_size", "5").unwrap_err().to_string();
+        assert!(error.contains("`transaction_size`"), "{error}");
+        let spec = EndpointSpec::from_yaml(&SAVED.replace(
+            "output_topic: scores\n",
+            "output_topic: scores\n  delivery: at_least_once\n  properties: {client.id: x}\n",
+        ))
+        .unwrap();
+        let read = KafkaStreamConfig::from_spec(&spec).unwrap();
+        assert_eq!(read.delivery, DeliveryMode::AtLeastOnce);
+        assert_eq!(read.properties["client.id"], "x");
     }
 }

@@ -1,7 +1,7 @@
-//! The Kafka-stream endpoint of `serving` (planned: only its configuration exists yet).
+//! The Kafka-stream endpoint of `serving`: [`KafkaStream`].
 //!
-//! It will consume the input topics, predict each message (raw bytes in) with a
-//! [`serving_core::ModelEndpoint`], and produce to the output topic. A new endpoint starts at
+//! It consumes the input topics, predicts each message (raw bytes in) with a
+//! [`serving_core::ModelEndpoint`], and produces to the output topic, exactly once by default. A new endpoint starts at
 //! the latest offset; rolling a new model onto a running stream resumes exactly where the old
 //! one stopped; replicas are bounded by the input partitions.
 //!
@@ -24,5 +24,15 @@
 //! ```
 
 mod config;
+mod stream;
 
-pub use config::{KafkaStreamConfig, KafkaStreamKey};
+pub use config::{
+    DEFAULT_TRANSACTION_MESSAGES, DEFAULT_TRANSACTION_MS, DeliveryMode, KafkaStreamConfig,
+    KafkaStreamKey,
+};
+/// The Kafka client this crate is built on, for callers that create topics or read outputs.
+pub use rdkafka;
+pub use stream::{
+    ERROR_HEADER, KafkaMessage, KafkaStream, LATENCY_HEADER, MODEL_VERSION_HEADER,
+    REQUEST_ID_HEADER, SOURCE_HEADER, STATUS_HEADER, StreamSummary,
+};

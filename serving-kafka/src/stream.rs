@@ -1,0 +1,624 @@
+//! [`KafkaStream`]: consumer → [`Runner`] → producer, committed exactly once (or at least once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serving_core::runner::{Item, OutputOrder, Processed, Runner};
+use serving_core::{Endpoint, Error, Input, Result};
+use tokio::sync::watch;
+
+use crate::config::{DeliveryMode, KafkaStreamConfig};
+
+/// Header of an output naming the model version that answered.
+pub const MODEL_VERSION_HEADER: &str = "serving-model-version";
+/// Header of an output (or dead letter) carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "serving-request-id";
+/// Header of an output (or dead letter) naming its input: `topic/partition/offset`.
+pub const SOURCE_HEADER: &str = "serving-source";
+/// Header of an output: milliseconds from receipt to prediction.
+pub const LATENCY_HEADER: &str = "serving-latency-ms";
+/// Header of a dead letter: the error's text.
+pub const ERROR_HEADER: &str = "serving-error";
+/// Header of a dead letter: the error's outcome (`rejected_input`, `model_failure`, …).
+pub const STATUS_HEADER: &str = "serving-status";
+
+/// Timeout of the blocking transactional calls; a broker outage longer than this aborts the
+/// transaction and the stream rewinds to its last commit.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One consumed message, as the predictor reads it with
+/// [`Context::resource`](serving_core::Context::resource).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KafkaMessage {
+    /// Its topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp, milliseconds since the epoch, when it has one.
+    pub timestamp: Option<i64>,
+    /// Its key.
+    pub key: Option<Bytes>,
+    /// Its headers, in order.
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+impl KafkaMessage {
+    /// `topic/partition/offset`.
+    pub fn source(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+
+    fn of(message: &impl rdkafka::Message) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(Bytes::copy_from_slice)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        KafkaMessage {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            key: message.key().map(Bytes::copy_from_slice),
+            headers,
+        }
+    }
+}
+
+/// What [`KafkaStream::run`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSummary {
+    /// Messages whose output (prediction or dead letter) was committed.
+    pub committed: u64,
+    /// Of which dead-lettered.
+    pub dead_lettered: u64,
+    /// Transactions (or offset commits) that succeeded.
+    pub commits: u64,
+    /// Transactions aborted, each followed by a rewind to the last commit.
+    pub aborts: u64,
+}
+
+/// A Kafka-stream endpoint: consumes the input topics, predicts each message's value (as
+/// [`Input::Bytes`]) with an endpoint, produces the predictions to the output topic and the
+/// failures to the dead-letter topic, and commits the input offsets with them.
+///
+/// - **Exactly once** (the default): outputs and input offsets go in one transaction of at most
+///   `transaction_messages` messages or `transaction_ms` milliseconds; anything we read is
+///   `read_committed`. An abortable error aborts the transaction and rewinds to the committed
+///   offsets.
+/// - **At least once**: the offsets are committed once the outputs are acknowledged.
+/// - **Start at latest**: before joining, the partitions that have no committed offset in the
+///   group get their current end committed, so a restart before the first message skips
+///   nothing that arrived after deployment.
+/// - **Order**: outputs come out in input order (so each partition's in order) while up to the
+///   runner's concurrency of messages are predicted at once.
+/// - **Shutdown**: when `stop` completes, the messages in flight finish, the last transaction
+///   commits, and the consumer leaves the group.
+#[derive(Debug)]
+pub struct KafkaStream {
+    runner: Runner,
+    config: KafkaStreamConfig,
+    name: String,
+    ready: watch::Sender<bool>,
+}
+
+impl KafkaStream {
+    /// A stream over `endpoint` with `config` (validated).
+    ///
+    /// # Errors
+    /// What [`KafkaStreamConfig::validate`] refuses.
+    pub fn new(endpoint: impl Endpoint, config: KafkaStreamConfig) -> Result<Self> {
+        config.validate()?;
+        let name = endpoint.name().to_owned();
+        Ok(KafkaStream {
+            runner: Runner::new(endpoint).with_order(OutputOrder::Input),
+            config,
+            name,
+            ready: watch::channel(false).0,
+        })
+    }
+
+    /// At most `concurrency` messages predicted at once (see [`Runner::with_concurrency`]).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.runner = self.runner.with_concurrency(concurrency);
+        self
+    }
+
+    /// The stream's settings.
+    pub fn config(&self) -> &KafkaStreamConfig {
+        &self.config
+    }
+
+    /// Turns true once the stream holds its starting offsets and has subscribed: messages
+    /// produced from then on are predicted.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", self.config.brokers.join(","));
+        for (key, value) in &self.config.properties {
+            client.set(key, value);
+        }
+        client
+    }
+
+    fn consumer_config(&self) -> ClientConfig {
+        let mut client = self.client_config();
+        client
+            .set("group.id", self.config.group_id(&self.name))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "latest")
+            .set("isolation.level", "read_committed");
+        client
+    }
+
+    fn producer_config(&self) -> ClientConfig {
+        let mut client = self.client_config();
+        // Without it librdkafka waits 100 ms after the CONCURRENT_TRANSACTIONS that follows a
+        // commit.
+        client
+            .set("retry.backoff.ms", "5")
+            .set("linger.ms", "1")
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+        if self.config.delivery == DeliveryMode::ExactlyOnce {
+            client
+                .set(
+                    "transactional.id",
+                    self.config.transactional_id(&self.name),
+                )
+                .set("transaction.timeout.ms", "60000");
+        }
+        client
+    }
+
+    /// Commits the end of every input partition that has no committed offset in the group.
+    fn commit_starting_offsets(&self) -> Result<usize> {
+        let consumer: BaseConsumer = self.consumer_config().create().map_err(storage)?;
+        let mut all = TopicPartitionList::new();
+        for topic in &self.config.input_topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
+                .map_err(storage)?;
+            for t in metadata.topics() {
+                if let Some(error) = t.error() {
+                    return Err(failure(topic, format!("input topic: {error:?}")));
+                }
+                for p in t.partitions() {
+                    all.add_partition(topic, p.id());
+                }
+            }
+        }
+        let committed = consumer
+            .committed_offsets(all, TRANSACTION_TIMEOUT)
+            .map_err(storage)?;
+        let mut start = TopicPartitionList::new();
+        for element in committed.elements() {
+            if !matches!(element.offset(), Offset::Offset(_)) {
+                let (_, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), TRANSACTION_TIMEOUT)
+                    .map_err(storage)?;
+                start
+                    .add_partition_offset(element.topic(), element.partition(), Offset::Offset(high))
+                    .map_err(storage)?;
+            }
+        }
+        if start.count() > 0 {
+            consumer.commit(&start, CommitMode::Sync).map_err(storage)?;
+        }
+        Ok(start.count())
+    }
+
+    /// Runs until `stop` completes (then drains, commits and leaves the group) or a fatal
+    /// Kafka error.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the brokers cannot be reached at start, an input topic does not
+    /// exist, or the producer is fenced or fails fatally.
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<StreamSummary> {
+        let this = Arc::new(self);
+        let mode = this.config.delivery;
+        let started = {
+            let this = Arc::clone(&this);
+            tokio::task::spawn_blocking(move || this.commit_starting_offsets())
+                .await
+                .map_err(|e| failure("kafka", e.to_string()))??
+        };
+        let consumer: Arc<StreamConsumer> =
+            Arc::new(this.consumer_config().create().map_err(storage)?);
+        let topics: Vec<&str> = this.config.input_topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(storage)?;
+        let producer: FutureProducer = this.producer_config().create().map_err(storage)?;
+        if mode == DeliveryMode::ExactlyOnce {
+            let p = producer.clone();
+            blocking(move || p.init_transactions(TRANSACTION_TIMEOUT)).await?;
+        }
+        tracing::info!(
+            endpoint = %this.name,
+            delivery = mode.as_str(),
+            group = %this.config.group_id(&this.name),
+            inputs = ?this.config.input_topics,
+            output = %this.config.output_topic,
+            started_partitions = started,
+            "kafka stream started"
+        );
+        this.ready.send_replace(true);
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            stop.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut state = Transaction::new(Arc::clone(&this), Arc::clone(&consumer), producer);
+        let result = loop {
+            match state.session(stop_rx.clone()).await {
+                Ok(Session::Stopped) => break Ok(()),
+                Ok(Session::Rewind) => {
+                    state.rewind().await?;
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        consumer.unsubscribe();
+        this.ready.send_replace(false);
+        tracing::info!(
+            endpoint = %this.name,
+            delivery = mode.as_str(),
+            committed = state.summary.committed,
+            dead_lettered = state.summary.dead_lettered,
+            commits = state.summary.commits,
+            aborts = state.summary.aborts,
+            "kafka stream stopped"
+        );
+        result.map(|()| state.summary)
+    }
+}
+
+enum Session {
+    Stopped,
+    Rewind,
+}
+
+/// The open transaction (or, at least once, the batch not yet committed).
+struct Transaction {
+    stream: Arc<KafkaStream>,
+    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
+    open: bool,
+    opened: Instant,
+    messages: usize,
+    dead_letters: u64,
+    deliveries: Vec<DeliveryFuture>,
+    offsets: HashMap<(String, i32), i64>,
+    summary: StreamSummary,
+}
+
+impl Transaction {
+    fn new(stream: Arc<KafkaStream>, consumer: Arc<StreamConsumer>, producer: FutureProducer) -> Self {
+        Transaction {
+            stream,
+            consumer,
+            producer,
+            open: false,
+            opened: Instant::now(),
+            messages: 0,
+            dead_letters: 0,
+            deliveries: Vec::new(),
+            offsets: HashMap::new(),
+            summary: StreamSummary::default(),
+        }
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.stream.config.delivery == DeliveryMode::ExactlyOnce
+    }
+
+    /// Consumes, predicts and produces until stopped (after a final commit) or until a
+    /// transaction must be aborted.
+    async fn session(&mut self, mut stop: watch::Receiver<bool>) -> Result<Session> {
+        let consumer = Arc::clone(&self.consumer);
+        let source = futures::stream::unfold(consumer, |consumer| async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(message) => {
+                        let item = item_of(&message);
+                        return Some((item, consumer));
+                    }
+                    // A broker outage: the consumer reconnects by itself.
+                    Err(error) => {
+                        tracing::warn!(%error, "kafka consume failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        let (halt_tx, halt_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut halt_tx = Some(halt_tx);
+        let mut run = self.stream.runner.run_until(source, async move {
+            let _ = halt_rx.await;
+        });
+        let period = self.stream.config.transaction_time();
+        let mut tick = tokio::time::interval(period.min(Duration::from_millis(50)));
+        let mut rewinding = false;
+        loop {
+            tokio::select! {
+                processed = run.next() => {
+                    let Some(processed) = processed else { break };
+                    if rewinding {
+                        continue; // in flight when the transaction aborted: consumed again
+                    }
+                    if let Err(error) = self.produce(processed).await {
+                        tracing::warn!(%error, "kafka produce failed; rewinding");
+                        rewinding = true;
+                        halt_tx.take().map(|h| h.send(()));
+                    } else if self.messages >= self.stream.config.transaction_messages()
+                        && !self.commit().await? {
+                        rewinding = true;
+                        halt_tx.take().map(|h| h.send(()));
+                    }
+                }
+                _ = tick.tick(), if !rewinding => {
+                    if self.messages > 0 && self.opened.elapsed() >= period && !self.commit().await? {
+                        rewinding = true;
+                        halt_tx.take().map(|h| h.send(()));
+                    }
+                }
+                _ = stop.changed(), if halt_tx.is_some() => {
+                    halt_tx.take().map(|h| h.send(()));
+                }
+            }
+        }
+        if rewinding {
+            return Ok(Session::Rewind);
+        }
+        if self.commit().await? {
+            Ok(Session::Stopped)
+        } else {
+            Ok(Session::Rewind)
+        }
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        if self.open {
+            return Ok(());
+        }
+        if self.exactly_once() {
+            let p = self.producer.clone();
+            blocking(move || p.begin_transaction()).await?;
+        }
+        self.open = true;
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    /// Produces one message's prediction (or dead letter) into the open transaction.
+    async fn produce(&mut self, processed: Processed<Arc<Consumed>>) -> Result<()> {
+        self.begin().await?;
+        let message = &processed.meta.message;
+        let source = message.source();
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &message.headers {
+            headers = headers.insert(Header {
+                key,
+                value: value.as_deref(),
+            });
+        }
+        let header = |headers: OwnedHeaders, key: &str, value: &str| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        };
+        headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
+        headers = header(headers, SOURCE_HEADER, &source);
+        let (topic, payload) = match &processed.result {
+            Ok(prediction) => {
+                headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
+                let latency = prediction.elapsed.as_secs_f64() * 1000.0;
+                headers = header(headers, LATENCY_HEADER, &format!("{latency:.3}"));
+                let value = serde_json::to_vec(&prediction.output)
+                    .map_err(|e| failure("kafka", e.to_string()))?;
+                (self.stream.config.output_topic.clone(), value)
+            }
+            Err(error) => {
+                let version = self.stream.runner.endpoint().spec().model.version.clone();
+                headers = header(headers, MODEL_VERSION_HEADER, &version);
+                headers = header(headers, ERROR_HEADER, &error.to_string());
+                headers = header(headers, STATUS_HEADER, error.outcome().as_str());
+                self.dead_letters += 1;
+                (self.stream.config.dead_letter_topic(), processed.meta.value.to_vec())
+            }
+        };
+        let mut record = FutureRecord::to(&topic).payload(&payload).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_ref());
+        }
+        let delivery = loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((error, _)) => return Err(storage(error)),
+            }
+        };
+        self.deliveries.push(delivery);
+        self.offsets
+            .insert((message.topic.clone(), message.partition), message.offset + 1);
+        self.messages += 1;
+        Ok(())
+    }
+
+    /// Commits the open transaction (or, at least once, the acknowledged batch's offsets).
+    /// `Ok(false)`: it was aborted and the stream must rewind.
+    async fn commit(&mut self) -> Result<bool> {
+        if !self.open {
+            return Ok(true);
+        }
+        // Every output acknowledged first: rdkafka's commit would otherwise flush, which
+        // waits 100 ms whenever a message is still in flight.
+        let mut delivered = true;
+        for delivery in self.deliveries.drain(..) {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => {
+                    tracing::warn!(%error, "kafka output not delivered");
+                    delivered = false;
+                }
+                Err(_) => delivered = false,
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.offsets {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(storage)?;
+        }
+        let committed = if !delivered {
+            Err(KafkaError::Canceled)
+        } else if self.exactly_once() {
+            let metadata = self.consumer.group_metadata().ok_or_else(|| failure("kafka", "the consumer has no group metadata"))?;
+            let p = self.producer.clone();
+            blocking_kafka(move || {
+                p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_TIMEOUT)?;
+                p.commit_transaction(TRANSACTION_TIMEOUT)
+            })
+            .await
+        } else if offsets.count() == 0 {
+            Ok(())
+        } else {
+            let c = Arc::clone(&self.consumer);
+            blocking_kafka(move || c.commit(&offsets, CommitMode::Sync)).await
+        };
+        let messages = self.messages as u64;
+        let dead = self.dead_letters;
+        self.open = false;
+        self.messages = 0;
+        self.dead_letters = 0;
+        self.offsets.clear();
+        match committed {
+            Ok(()) => {
+                self.summary.committed += messages;
+                self.summary.dead_lettered += dead;
+                self.summary.commits += 1;
+                Ok(true)
+            }
+            Err(error) => {
+                tracing::warn!(%error, messages, "kafka commit failed; aborting and rewinding");
+                self.summary.aborts += 1;
+                if self.exactly_once() {
+                    let p = self.producer.clone();
+                    if let Err(abort) = blocking_kafka(move || p.abort_transaction(TRANSACTION_TIMEOUT)).await {
+                        if is_fatal(&abort) || is_fatal(&error) {
+                            return Err(storage(abort));
+                        }
+                        tracing::warn!(error = %abort, "kafka abort failed");
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Moves every assigned partition back to its committed offset.
+    async fn rewind(&mut self) -> Result<()> {
+        loop {
+            let c = Arc::clone(&self.consumer);
+            let rewound = blocking_kafka(move || {
+                let committed = c.committed(TRANSACTION_TIMEOUT)?;
+                let mut back = TopicPartitionList::new();
+                for element in committed.elements() {
+                    if let Offset::Offset(offset) = element.offset() {
+                        back.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))?;
+                    }
+                }
+                if back.count() > 0 {
+                    c.seek_partitions(back, TRANSACTION_TIMEOUT)?;
+                }
+                Ok(())
+            })
+            .await;
+            match rewound {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(%error, "kafka rewind failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// What travels with a message through the runner: its position and metadata, and its value
+/// for a dead letter.
+#[derive(Debug)]
+struct Consumed {
+    message: KafkaMessage,
+    value: Bytes,
+}
+
+fn item_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Item<Arc<Consumed>> {
+    let arrival = serving_core::Arrival::now();
+    let info = KafkaMessage::of(message);
+    let value = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+    let mut item = Item::new(Input::Bytes(value.clone())).with_arrival(arrival);
+    if let Some(key) = &info.key {
+        item = item.with_routing_key(String::from_utf8_lossy(key).into_owned());
+    }
+    item.with_resource(info.clone()).with_meta(Arc::new(Consumed {
+        message: info,
+        value,
+    }))
+}
+
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.is_fatal())
+}
+
+fn storage(error: KafkaError) -> Error {
+    failure("kafka", error.to_string())
+}
+
+fn failure(location: &str, reason: impl Into<String>) -> Error {
+    Error::Storage {
+        location: location.to_owned(),
+        source: reason.into().into(),
+    }
+}
+
+async fn blocking_kafka<T: Send + 'static>(
+    call: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+) -> std::result::Result<T, KafkaError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+) -> Result<T> {
+    blocking_kafka(call).await.map_err(storage)
+}
