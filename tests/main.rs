@@ -2,6 +2,8 @@
 //! ephemeral loopback ports.
 
 mod hostile;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod lifecycle;
 mod observability;
 mod oip;

@@ -72,10 +72,10 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 
+use crate::context::Resources;
 use crate::endpoint::{
     Arrival, DynEndpoint, Endpoint, PredictRequest, Prediction, Refused, new_request_id,
 };
-use crate::context::Resources;
 use crate::error::{Error, Result};
 use crate::input::Input;
 

@@ -300,8 +300,8 @@ impl Settings for KafkaStreamConfig {
             }
             KafkaStreamKey::Delivery => self.delivery = value.parse()?,
             KafkaStreamKey::TransactionMessages => {
-                self.transaction_messages = usize::try_from(value.positive()?)
-                    .map_err(|_| value.invalid("too large"))?;
+                self.transaction_messages =
+                    usize::try_from(value.positive()?).map_err(|_| value.invalid("too large"))?;
             }
             KafkaStreamKey::TransactionMs => self.transaction_ms = value.positive()?,
             KafkaStreamKey::DeadLetterTopic => {

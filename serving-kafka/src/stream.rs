@@ -182,10 +182,7 @@ impl KafkaStream {
             .set("acks", "all");
         if self.config.delivery == DeliveryMode::ExactlyOnce {
             client
-                .set(
-                    "transactional.id",
-                    self.config.transactional_id(&self.name),
-                )
+                .set("transactional.id", self.config.transactional_id(&self.name))
                 .set("transaction.timeout.ms", "60000");
         }
         client
@@ -218,7 +215,11 @@ impl KafkaStream {
                     .fetch_watermarks(element.topic(), element.partition(), TRANSACTION_TIMEOUT)
                     .map_err(storage)?;
                 start
-                    .add_partition_offset(element.topic(), element.partition(), Offset::Offset(high))
+                    .add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Offset(high),
+                    )
                     .map_err(storage)?;
             }
         }
@@ -232,23 +233,37 @@ impl KafkaStream {
     /// Kafka error.
     ///
     /// # Errors
-    /// [`Error::Storage`] when the brokers cannot be reached at start, an input topic does not
-    /// exist, or the producer is fenced or fails fatally.
+    /// [`Error::Storage`] when the producer is fenced (another process took its
+    /// `transactional.id`) or fails fatally. Brokers that cannot be reached at start, or an
+    /// input topic that does not exist yet, are waited for (logged as warnings).
     pub async fn run(
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<StreamSummary> {
         let this = Arc::new(self);
         let mode = this.config.delivery;
-        let started = {
-            let this = Arc::clone(&this);
-            tokio::task::spawn_blocking(move || this.commit_starting_offsets())
+        // A broker that is down at start is waited for, not an error.
+        let started = loop {
+            let attempt = Arc::clone(&this);
+            let started = tokio::task::spawn_blocking(move || attempt.commit_starting_offsets())
                 .await
-                .map_err(|e| failure("kafka", e.to_string()))??
+                .map_err(|e| failure("kafka", e.to_string()))?;
+            match started {
+                Ok(started) => break started,
+                Err(error) => {
+                    tracing::warn!(endpoint = %this.name, %error, "kafka stream cannot start yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         };
         let consumer: Arc<StreamConsumer> =
             Arc::new(this.consumer_config().create().map_err(storage)?);
-        let topics: Vec<&str> = this.config.input_topics.iter().map(String::as_str).collect();
+        let topics: Vec<&str> = this
+            .config
+            .input_topics
+            .iter()
+            .map(String::as_str)
+            .collect();
         consumer.subscribe(&topics).map_err(storage)?;
         let producer: FutureProducer = this.producer_config().create().map_err(storage)?;
         if mode == DeliveryMode::ExactlyOnce {
@@ -316,7 +331,11 @@ struct Transaction {
 }
 
 impl Transaction {
-    fn new(stream: Arc<KafkaStream>, consumer: Arc<StreamConsumer>, producer: FutureProducer) -> Self {
+    fn new(
+        stream: Arc<KafkaStream>,
+        consumer: Arc<StreamConsumer>,
+        producer: FutureProducer,
+    ) -> Self {
         Transaction {
             stream,
             consumer,
@@ -448,7 +467,10 @@ impl Transaction {
                 headers = header(headers, ERROR_HEADER, &error.to_string());
                 headers = header(headers, STATUS_HEADER, error.outcome().as_str());
                 self.dead_letters += 1;
-                (self.stream.config.dead_letter_topic(), processed.meta.value.to_vec())
+                (
+                    self.stream.config.dead_letter_topic(),
+                    processed.meta.value.to_vec(),
+                )
             }
         };
         let mut record = FutureRecord::to(&topic).payload(&payload).headers(headers);
@@ -458,7 +480,10 @@ impl Transaction {
         let delivery = loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -466,8 +491,10 @@ impl Transaction {
             }
         };
         self.deliveries.push(delivery);
-        self.offsets
-            .insert((message.topic.clone(), message.partition), message.offset + 1);
+        self.offsets.insert(
+            (message.topic.clone(), message.partition),
+            message.offset + 1,
+        );
         self.messages += 1;
         Ok(())
     }
@@ -500,7 +527,10 @@ impl Transaction {
         let committed = if !delivered {
             Err(KafkaError::Canceled)
         } else if self.exactly_once() {
-            let metadata = self.consumer.group_metadata().ok_or_else(|| failure("kafka", "the consumer has no group metadata"))?;
+            let metadata = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| failure("kafka", "the consumer has no group metadata"))?;
             let p = self.producer.clone();
             blocking_kafka(move || {
                 p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_TIMEOUT)?;
@@ -531,7 +561,9 @@ impl Transaction {
                 self.summary.aborts += 1;
                 if self.exactly_once() {
                     let p = self.producer.clone();
-                    if let Err(abort) = blocking_kafka(move || p.abort_transaction(TRANSACTION_TIMEOUT)).await {
+                    if let Err(abort) =
+                        blocking_kafka(move || p.abort_transaction(TRANSACTION_TIMEOUT)).await
+                    {
                         if is_fatal(&abort) || is_fatal(&error) {
                             return Err(storage(abort));
                         }
@@ -552,7 +584,11 @@ impl Transaction {
                 let mut back = TopicPartitionList::new();
                 for element in committed.elements() {
                     if let Offset::Offset(offset) = element.offset() {
-                        back.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))?;
+                        back.add_partition_offset(
+                            element.topic(),
+                            element.partition(),
+                            Offset::Offset(offset),
+                        )?;
                     }
                 }
                 if back.count() > 0 {
@@ -588,10 +624,11 @@ fn item_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Item<Arc<Consumed
     if let Some(key) = &info.key {
         item = item.with_routing_key(String::from_utf8_lossy(key).into_owned());
     }
-    item.with_resource(info.clone()).with_meta(Arc::new(Consumed {
-        message: info,
-        value,
-    }))
+    item.with_resource(info.clone())
+        .with_meta(Arc::new(Consumed {
+            message: info,
+            value,
+        }))
 }
 
 fn is_fatal(error: &KafkaError) -> bool {
