@@ -52,6 +52,20 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
 /// A type-erased record sink.
 pub type DynRecordSink = dyn RecordSink;
 
+#[deny(clippy::missing_trait_methods)]
+impl<S: RecordSink + ?Sized> RecordSink for std::sync::Arc<S> {
+    fn record(&self, record: PredictionRecord) {
+        (**self).record(record)
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
+    fn record(&self, record: PredictionRecord) {
+        (**self).record(record)
+    }
+}
+
 /// `value` as JSON, with strings (or, for other values, their JSON text) longer than
 /// `max_chars` cropped to `max_chars` characters, as the original product crops log values.
 pub fn crop(value: &Value, max_chars: usize) -> Value {

@@ -41,8 +41,8 @@ use serving_core::prediction_log::{
     Order, PredictionLog, PredictionPage, PredictionQuery, format_time, parse_time, write_csv,
 };
 use serving_core::{
-    ChartMetrics, Charts, DynMetricSink, DynRecordSink, Error, FanOut, InMemoryMetrics,
-    ModelEndpointBuilder, PredictionRecord, RecordFanOut, TracingRecords,
+    ChartMetrics, Charts, DynMetricHistory, DynMetricSink, DynRecordSink, Error, FanOut,
+    InMemoryMetrics, ModelEndpointBuilder, PredictionRecord, RecordFanOut, TracingRecords,
 };
 
 use crate::auth::TOKEN_HEADER;
@@ -133,8 +133,10 @@ impl Observability {
         self
     }
 
-    /// The sink for endpoints: recent history first (so triggers read it), then charts, then
-    /// Prometheus.
+    /// The sink for endpoints: recent history, charts and Prometheus. Canary rules and
+    /// triggers read the history itself ([`Observability::history`]), which
+    /// [`Observability::instrument`] gives endpoints as their
+    /// [`metric_history`](ModelEndpointBuilder::metric_history).
     pub fn metric_sink(&self) -> Arc<DynMetricSink> {
         Arc::new(FanOut::new(vec![
             Arc::clone(&self.history) as Arc<DynMetricSink>,
@@ -159,9 +161,12 @@ impl Observability {
         }
     }
 
-    /// Gives `builder` this observability's metric and record sinks.
+    /// Gives `builder` this observability's metric and record sinks, and its history as the
+    /// endpoint's metric history.
     pub fn instrument(&self, builder: ModelEndpointBuilder) -> ModelEndpointBuilder {
-        let builder = builder.metric_sink(self.metric_sink());
+        let builder = builder
+            .metric_sink(self.metric_sink())
+            .metric_history(Arc::clone(&self.history) as Arc<DynMetricHistory>);
         match self.record_sink() {
             Some(records) => builder.record_sink(records),
             None => builder,
