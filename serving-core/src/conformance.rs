@@ -410,11 +410,17 @@ mod tests {
     #[test]
     fn in_memory_metrics_conform() {
         metric_sink(&InMemoryMetrics::new());
+        let boxed: Box<DynMetricSink> = Box::new(InMemoryMetrics::with_capacity(100));
+        metric_sink(&boxed);
     }
 
     #[tokio::test]
     async fn in_memory_autoscaler_conforms() {
         autoscaler(&InMemoryAutoscaler::new(), "e").await;
+        let boxed: Box<crate::DynAutoscaler> = Box::new(InMemoryAutoscaler::new());
+        autoscaler(&boxed, "e").await;
+        let shared: Arc<crate::DynAutoscaler> = Arc::new(InMemoryAutoscaler::new());
+        autoscaler(&shared, "e").await;
     }
 
     #[tokio::test]
@@ -428,9 +434,14 @@ mod tests {
             every_secs: 60,
             min_events: 3,
         };
-        let callback = CallbackTrigger::new(rule, |_| Ok(()));
-        trigger(&callback).await;
+        let callback = Arc::new(CallbackTrigger::new(rule, |_| Ok(())));
+        trigger(&*callback).await;
         assert_eq!(callback.fired().len(), 1);
+        let shared: Arc<crate::DynTrigger> = Arc::clone(&callback) as _;
+        trigger(&shared).await;
+        let boxed: Box<crate::DynTrigger> = Box::new(shared);
+        trigger(&boxed).await;
+        assert_eq!(callback.fired().len(), 3, "each through its pointer");
     }
 
     #[tokio::test]
@@ -438,5 +449,9 @@ mod tests {
         let sink = InMemoryFeedback::new();
         feedback_sink(&sink).await;
         assert_eq!(sink.exports().len(), 2);
+        let boxed: Box<crate::DynFeedbackSink> = Box::new(InMemoryFeedback::new());
+        feedback_sink(&boxed).await;
+        let shared: Arc<crate::DynFeedbackSink> = Arc::new(InMemoryFeedback::new());
+        feedback_sink(&shared).await;
     }
 }
