@@ -6,4 +6,5 @@ mod lifecycle;
 mod observability;
 mod shedding;
 mod support;
+mod transport;
 mod web_service;
