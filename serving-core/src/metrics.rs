@@ -276,8 +276,8 @@ impl MetricHistory for InMemoryMetrics {
 
 /// Sends every event to each of several sinks, in order.
 ///
-/// It reads no history itself (its deprecated `recent_metric` answers from the first sink that
-/// keeps any): give endpoints a [`MetricHistory`] beside it.
+/// It reads no history itself (its deprecated `recent_metric` answers from the first sink with
+/// samples): give endpoints a [`MetricHistory`] beside it.
 #[derive(Debug, Clone, Default)]
 pub struct FanOut {
     sinks: Vec<Arc<DynMetricSink>>,
@@ -323,9 +323,17 @@ impl MetricSink for FanOut {
         key: &str,
         since: SystemTime,
     ) -> Option<Vec<MetricSample>> {
-        self.sinks
-            .iter()
-            .find_map(|sink| sink.recent_metric(endpoint, key, since))
+        // A sink that keeps no history may still answer "nothing": it must not hide what a
+        // later one kept.
+        let mut nothing = None;
+        for sink in &self.sinks {
+            match sink.recent_metric(endpoint, key, since) {
+                Some(samples) if !samples.is_empty() => return Some(samples),
+                Some(empty) => nothing = nothing.or(Some(empty)),
+                None => {}
+            }
+        }
+        nothing
     }
 }
 

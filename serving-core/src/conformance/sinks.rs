@@ -386,12 +386,13 @@ mod tests {
             Arc::clone(&history) as Arc<DynMetricSink>,
         ]);
         metric_history(&fan_out, &*history);
+        // Read the deprecated way, the first sink's "nothing" hides no samples either.
         #[allow(deprecated)]
         let asked_in_turn = fan_out.recent_metric("history-a", "accuracy", SystemTime::UNIX_EPOCH);
         assert_eq!(
-            asked_in_turn,
-            Some(Vec::new()),
-            "asking the sinks in turn sees none of the three samples"
+            asked_in_turn.map(|samples| samples.len()),
+            Some(3),
+            "the samples a later sink kept"
         );
     }
 
