@@ -377,6 +377,11 @@ mod tests {
             ],
         )
         .await;
+        let cases = [(Input::Json(json!(4)), json!(16.0))];
+        let shared: Arc<crate::DynPredictor> = Arc::new(square.clone());
+        predictor(&shared, &cases).await;
+        let boxed: Box<crate::DynPredictor> = Box::new(square.clone());
+        predictor(&boxed, &cases).await;
         let with_pre = crate::PredictorExt::with_preprocess(
             square,
             predictor_fn(|a: f64, b: f64| -> crate::Result<f64> { Ok(a + b) }),
