@@ -4,6 +4,7 @@
 mod hostile;
 mod lifecycle;
 mod observability;
+mod routers;
 mod shedding;
 mod support;
 mod transport;

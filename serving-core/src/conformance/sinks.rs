@@ -210,6 +210,7 @@ pub fn metric_history(sink: &dyn MetricSink, history: &dyn MetricHistory) {
         endpoint: "history-a".into(),
         model_version: "1".into(),
         status: 200,
+        outcome: crate::Outcome::Ok,
         latency: Duration::from_millis(3),
         at: start,
     });
