@@ -310,6 +310,10 @@ mod tests {
     async fn tracing_records_conform() {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let dispatch = tracing::Dispatch::new(Lines(Arc::clone(&lines)));
+        // With one registered dispatcher, `tracing` caches a callsite's interest from the default
+        // of whichever thread reaches it first (another test's, with no subscriber); with two,
+        // it asks every registered dispatcher.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
         let _scope = tracing::dispatcher::set_default(&dispatch);
         record_sink(&TracingRecords, || async {
             lines.lock().unwrap().drain(..).collect()
