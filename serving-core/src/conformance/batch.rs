@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::test_context;
+use crate::sync::Locked;
 use crate::{
     BATCH_SIZE_METRIC, BatchConfig, Capabilities, Context, DynMetricSink, DynPredictor, Endpoint,
     InMemoryMetrics, Input, MetricHistory, ModelEndpoint, PredictRequest, Predictor, Result,
@@ -25,10 +26,7 @@ pub struct BatchProbe {
 impl BatchProbe {
     /// The size of each `predict_batch` call so far, in call order.
     pub fn batches(&self) -> Vec<usize> {
-        self.batches
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.batches.locked().clone()
     }
 
     /// How many times `predict` was called.
@@ -49,10 +47,7 @@ impl Predictor for BatchProbe {
     }
 
     async fn predict_batch(&self, inputs: Vec<Input>, _: &Context) -> Vec<Result<Value>> {
-        self.batches
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(inputs.len());
+        self.batches.locked().push(inputs.len());
         // Let other requests arrive while this batch runs.
         tokio::task::yield_now().await;
         inputs.iter().map(|input| Ok(input.to_json())).collect()

@@ -259,7 +259,7 @@ mod tests {
     use tracing::{Event, Metadata, Subscriber};
 
     use super::*;
-    use crate::prediction_log::{PredictionLog, PredictionQuery};
+    use crate::observe::prediction_log::{PredictionLog, PredictionQuery};
     use crate::{
         ChartMetrics, DynMetricHistory, DynMetricSink, DynRecordSink, FanOut, InMemoryMetrics,
         InMemoryRecords, PREDICTION_TARGET, RecordFanOut, TracingRecords,

@@ -20,7 +20,7 @@
 //! from the output topic, declare the order the stream keeps, and for the drain stop the
 //! stream with its shutdown signal once `busy` completes.
 //!
-//! [`Runner`]: crate::runner::Runner
+//! [`Runner`]: crate::endpoint::runner::Runner
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::runner::{Item, OutputOrder, Runner};
+use crate::endpoint::runner::{Item, OutputOrder, Runner};
 use crate::{
     Arrival, Context, Error, InMemoryRecords, Input, ModelEndpoint, PredictionRecord, Predictor,
     Result,
@@ -463,7 +463,7 @@ impl RunnerHarness {
     }
 }
 
-fn delivered(processed: crate::runner::Processed) -> Delivered {
+fn delivered(processed: crate::endpoint::runner::Processed) -> Delivered {
     Delivered {
         request_id: Some(processed.request_id),
         output: processed.result.ok().map(|prediction| prediction.output),

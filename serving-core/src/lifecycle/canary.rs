@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::trigger::Comparison;
 use crate::error::{Error, Result};
-use crate::trigger::Comparison;
 
 /// When to promote or roll back a candidate without anyone watching.
 ///

@@ -27,11 +27,12 @@ pub(crate) use stats::Mirrored;
 pub use stats::{RequestStats, ShadowComparison, outputs_agree};
 pub use versions::{ModelUpdate, ModelVersion, VersionState};
 
-use crate::autoscale::{AutoscaleBounds, DynAutoscaler};
+use crate::config::spec::{EndpointSpec, ModelRef};
+use crate::control::autoscale::{AutoscaleBounds, DynAutoscaler};
 use crate::error::{Error, Result};
-use crate::metrics::{DynMetricHistory, DynMetricSink};
-use crate::predictor::DynPredictor;
-use crate::spec::{EndpointSpec, ModelRef};
+use crate::model::predictor::DynPredictor;
+use crate::observe::metrics::{DynMetricHistory, DynMetricSink};
+use crate::sync::Locked;
 use routing::{RoutingTable, Share};
 use stats::{ShadowTracker, VersionStats};
 
@@ -380,12 +381,12 @@ impl Lifecycle {
 
     /// The candidate's id and share, while a rollout is in progress.
     pub fn candidate(&self) -> Option<(String, u8)> {
-        self.lock().candidate.clone()
+        self.inner.state.locked().candidate.clone()
     }
 
     /// The shadow's id and share, while one mirrors traffic.
     pub fn shadow(&self) -> Option<(String, u8)> {
-        self.lock().shadow.clone()
+        self.inner.state.locked().shadow.clone()
     }
 
     /// The versions a request can address now (stable, candidate, shadow).
@@ -400,7 +401,9 @@ impl Lifecycle {
 
     /// Every version ever deployed, oldest first.
     pub fn versions(&self) -> Vec<ModelVersion> {
-        self.lock()
+        self.inner
+            .state
+            .locked()
             .versions
             .iter()
             .map(|entry| ModelVersion {
@@ -417,7 +420,7 @@ impl Lifecycle {
 
     /// Every lifecycle event kept (the last 1,000), oldest first.
     pub fn events(&self) -> Vec<LifecycleEvent> {
-        self.lock().events.iter().cloned().collect()
+        self.inner.state.locked().events.iter().cloned().collect()
     }
 
     /// The recent requests of `version`.
@@ -437,12 +440,12 @@ impl Lifecycle {
 
     /// The automated canary's rules, when set.
     pub fn canary_policy(&self) -> Option<CanaryPolicy> {
-        self.lock().policy.clone()
+        self.inner.state.locked().policy.clone()
     }
 
     /// The replica bounds.
     pub fn autoscale(&self) -> AutoscaleBounds {
-        self.lock().autoscale
+        self.inner.state.locked().autoscale
     }
 
     /// The replicas the autoscaler applied.
@@ -453,7 +456,7 @@ impl Lifecycle {
     /// Everything about the endpoint's versions now.
     pub async fn status(&self) -> LifecycleStatus {
         let replicas = self.replicas().await.unwrap_or(0);
-        let state = self.lock();
+        let state = self.inner.state.locked();
         let traffic = |version: &str, percent: u8| {
             let (requests_total, errors_total) = self.inner.stats.totals(version);
             VersionTraffic {
@@ -500,7 +503,7 @@ impl Lifecycle {
     /// The spec to deploy this endpoint again: the stable version's spec with the current
     /// replica bounds and canary policy. A candidate or shadow in progress is not part of it.
     pub fn export_spec(&self) -> EndpointSpec {
-        let state = self.lock();
+        let state = self.inner.state.locked();
         let mut spec = state
             .entry(state.stable())
             .expect("the stable version is in the history")
@@ -721,7 +724,7 @@ impl Lifecycle {
                 current.max(bounds.min_replicas),
             )
             .await?;
-        let mut state = self.lock();
+        let mut state = self.inner.state.locked();
         state.autoscale = bounds;
         let stable = state.stable().to_owned();
         state.event(
@@ -745,13 +748,6 @@ impl Lifecycle {
 
     // --- internals ----------------------------------------------------------------------------
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn check_percent(&self, percent: u8) -> Result<u8> {
         if percent > 100 {
             return Err(Error::InvalidSetting {
@@ -766,7 +762,7 @@ impl Lifecycle {
     /// Applies `change` under the state lock, then publishes the new routing table and starts
     /// the automated canary if the change asked for it. A failed change changes nothing.
     fn change<R>(&self, change: impl FnOnce(&mut State, &Deployment) -> Result<R>) -> Result<R> {
-        let mut state = self.lock();
+        let mut state = self.inner.state.locked();
         let outcome = change(&mut state, &self.inner)?;
         self.inner.prune(&mut state);
         self.inner.routing.store(Arc::new(self.inner.table(&state)));
@@ -785,7 +781,7 @@ impl Lifecycle {
     /// One evaluation; `generation` ties it to the watch that scheduled it.
     fn evaluate(&self, generation: Option<u64>) -> Option<CanaryEvaluation> {
         let (candidate, policy, since, since_at) = {
-            let state = self.lock();
+            let state = self.inner.state.locked();
             let watch = state.watch.as_ref()?;
             if generation.is_some_and(|g| g != watch.generation) {
                 return None;
@@ -826,7 +822,7 @@ impl Lifecycle {
             })
             .collect();
 
-        let mut state = self.lock();
+        let mut state = self.inner.state.locked();
         let watch = state.watch.as_mut()?;
         if watch.candidate != candidate || generation.is_some_and(|g| g != watch.generation) {
             return None;
@@ -891,7 +887,9 @@ impl Lifecycle {
     }
 
     fn watching(&self, generation: u64) -> bool {
-        self.lock()
+        self.inner
+            .state
+            .locked()
             .watch
             .as_ref()
             .is_some_and(|w| w.generation == generation)
@@ -937,7 +935,7 @@ impl Deployment {
         spec.autoscale = state.autoscale;
         spec.canary = state.policy.clone();
         let model = Arc::from(spec.model.name.as_str());
-        let predictor = crate::batching::from_spec(update.predictor, &spec, &self.metrics)?;
+        let predictor = crate::model::batching::from_spec(update.predictor, &spec, &self.metrics)?;
         state.versions.push(Entry {
             record: ModelVersion {
                 id: id.clone(),
@@ -1014,7 +1012,7 @@ impl Deployment {
         };
         let spec = &entry.record.spec;
         let predictor = registry.predictor(&spec.model, spec.preprocess.as_deref())?;
-        let predictor = crate::batching::from_spec(predictor, spec, &self.metrics)?;
+        let predictor = crate::model::batching::from_spec(predictor, spec, &self.metrics)?;
         entry.served = Some(Arc::new(Served {
             id: Arc::from(version),
             model: Arc::from(spec.model.name.as_str()),

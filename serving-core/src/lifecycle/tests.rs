@@ -4,9 +4,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::metrics::{InMemoryMetrics, MetricSink};
-use crate::record::PredictionRecord;
-use crate::trigger::Comparison;
+use crate::control::trigger::Comparison;
+use crate::observe::metrics::{InMemoryMetrics, MetricSink};
+use crate::observe::record::PredictionRecord;
 use crate::{Endpoint, ModelEndpoint, PredictRequest, predictor_fn};
 
 /// A predictor answering `x * factor`.

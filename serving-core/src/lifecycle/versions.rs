@@ -6,10 +6,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::predictor::{DynPredictor, Predictor, PredictorExt};
-use crate::preprocess::Preprocessed;
-use crate::signature::ModelSignature;
-use crate::spec::EndpointSpec;
+use crate::config::spec::EndpointSpec;
+use crate::model::predictor::{DynPredictor, Predictor, PredictorExt};
+use crate::model::preprocess::Preprocessed;
+use crate::model::signature::ModelSignature;
 
 /// One version in an endpoint's history.
 #[derive(Debug, Clone, PartialEq, Serialize)]

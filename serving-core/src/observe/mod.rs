@@ -9,9 +9,14 @@
 //! `serving-http`. Prometheus is behind the `prometheus` feature because it is the core's only
 //! dependency that a program embedding an endpoint may not want; `serving-http` enables it.
 
+pub(crate) mod charts;
 mod drain;
+pub(crate) mod metrics;
+pub mod prediction_log;
 #[cfg(feature = "prometheus")]
 mod prometheus;
+pub(crate) mod record;
+pub(crate) mod record_sinks;
 mod signal;
 
 pub use drain::{Drain, Tracked};
@@ -21,12 +26,12 @@ pub use signal::shutdown_signal;
 
 use std::sync::Arc;
 
-use crate::charts::ChartMetrics;
 use crate::endpoint::ModelEndpointBuilder;
-use crate::metrics::{DynMetricHistory, DynMetricSink, FanOut, InMemoryMetrics};
-use crate::prediction_log::PredictionLog;
-use crate::record::DynRecordSink;
-use crate::record_sinks::{RecordFanOut, TracingRecords};
+use crate::observe::charts::ChartMetrics;
+use crate::observe::metrics::{DynMetricHistory, DynMetricSink, FanOut, InMemoryMetrics};
+use crate::observe::prediction_log::PredictionLog;
+use crate::observe::record::DynRecordSink;
+use crate::observe::record_sinks::{RecordFanOut, TracingRecords};
 
 /// The sinks that record, measure and chart endpoints, shared by every endpoint of a process.
 ///

@@ -76,7 +76,7 @@ use crate::endpoint::{
     Arrival, DynEndpoint, Endpoint, PredictRequest, Prediction, Refused, new_request_id,
 };
 use crate::error::{Error, Result};
-use crate::input::Input;
+use crate::model::input::Input;
 
 /// One item for a [`Runner`]: what a transport received, before the model.
 ///

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::sync::Locked;
 
 /// The lower and upper bound of an endpoint's replicas ("Number of Pods"). A minimum of zero
 /// lets a batch endpoint sleep between batches.
@@ -125,20 +126,11 @@ impl Autoscaler for InMemoryAutoscaler {
     async fn scale(&self, endpoint: &str, bounds: AutoscaleBounds, desired: u32) -> Result<u32> {
         bounds.validate()?;
         let applied = bounds.clamp(desired);
-        self.replicas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(endpoint.to_owned(), applied);
+        self.replicas.locked().insert(endpoint.to_owned(), applied);
         Ok(applied)
     }
 
     async fn replicas(&self, endpoint: &str) -> Result<u32> {
-        Ok(self
-            .replicas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(endpoint)
-            .copied()
-            .unwrap_or(0))
+        Ok(self.replicas.locked().get(endpoint).copied().unwrap_or(0))
     }
 }

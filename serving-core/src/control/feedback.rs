@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::record::PredictionRecord;
+use crate::observe::record::PredictionRecord;
+use crate::sync::Locked;
 
 /// One export of endpoint data into a dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,10 +80,7 @@ impl InMemoryFeedback {
 
     /// Every export stored, oldest first.
     pub fn exports(&self) -> Vec<FeedbackExport> {
-        self.exports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.exports.locked().clone()
     }
 }
 
@@ -98,7 +96,7 @@ impl FeedbackSink for InMemoryFeedback {
                 source: "no records to export".into(),
             });
         }
-        let mut exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut exports = self.exports.locked();
         let receipt = ExportReceipt {
             location: format!("memory://{}/{}", export.dataset, exports.len()),
             records: export.records.len(),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::row::{PredictionRow, micros, parse_time};
 use super::writer::SegmentName;
 use crate::error::{Error, Result};
-use crate::record::PredictionRecord;
+use crate::observe::record::PredictionRecord;
 
 /// Which predictions to read, like the original SDK's
 /// `get_predictions(start_time, end_time, offset, size, model)`.

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::autoscale::AutoscaleBounds;
+use crate::config::setting::{Setting, SettingKey, Settings, name_array};
+use crate::control::autoscale::AutoscaleBounds;
 use crate::error::{Error, Result};
 use crate::lifecycle::CanaryPolicy;
-use crate::setting::{Setting, SettingKey, Settings, name_array};
+use crate::model::signature::ModelSignature;
 use crate::setting_keys;
-use crate::signature::ModelSignature;
 
 /// Everything that defines an endpoint except the model's code, which is referenced by name
 /// and version.

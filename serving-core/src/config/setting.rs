@@ -6,7 +6,7 @@
 //! Everything else is shared: [`Settings::set`] from strings, [`Settings::with_config`] from a
 //! typed key, [`Settings::apply`] for several pairs, [`Settings::from_env`] from
 //! `PREFIX_KEY` environment variables. The core's [`WorkerSettings`](crate::WorkerSettings) and
-//! [`PredictionLogConfig`](crate::prediction_log::PredictionLogConfig), and every backend's
+//! [`PredictionLogConfig`](crate::observe::prediction_log::PredictionLogConfig), and every backend's
 //! config, are built this way.
 //!
 //! ```

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{MetricSample, MetricSink, RequestEvent};
+use crate::observe::metrics::{MetricSample, MetricSink, RequestEvent};
+use crate::sync::Locked;
 
 /// Keeps, per endpoint and model version, one aggregate per minute: request and error counts,
 /// latency quantiles, and each custom metric's count, mean, min, max and last value.
@@ -64,14 +65,14 @@ impl ChartMetrics {
 
     /// Samples dropped because they would have started a series beyond the limit.
     pub fn dropped_series(&self) -> u64 {
-        self.lock().dropped_series
+        self.state.locked().dropped_series
     }
 
     /// The charts of `endpoint` for the minutes starting at or after `since`, series sorted by
     /// model version and key, points oldest first. Minutes without requests are absent.
     pub fn charts(&self, endpoint: &str, since: SystemTime) -> Charts {
         let since = minute_of(since);
-        let state = self.lock();
+        let state = self.state.locked();
         let mut versions: Vec<VersionChart> = state
             .requests
             .iter()
@@ -123,10 +124,6 @@ impl ChartMetrics {
             metrics,
         }
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 impl Default for ChartMetrics {
@@ -137,7 +134,7 @@ impl Default for ChartMetrics {
 
 impl MetricSink for ChartMetrics {
     fn record_request(&self, event: &RequestEvent) {
-        let mut state = self.lock();
+        let mut state = self.state.locked();
         let series_count = state.requests.len() + state.metrics.len();
         let key = (
             Arc::clone(&event.endpoint),
@@ -157,7 +154,7 @@ impl MetricSink for ChartMetrics {
     }
 
     fn record_metric(&self, sample: &MetricSample) {
-        let mut state = self.lock();
+        let mut state = self.state.locked();
         let series_count = state.requests.len() + state.metrics.len();
         let key = (
             sample.endpoint.clone(),

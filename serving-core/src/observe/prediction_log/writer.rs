@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use super::Counters;
 use super::row::{RowRef, micros};
 use crate::error::{Error, Result};
-use crate::record::PredictionRecord;
+use crate::observe::record::PredictionRecord;
+use crate::sync::Locked;
 
 /// Attempts per segment before its records are counted as failed.
 const WRITE_ATTEMPTS: u32 = 4;
@@ -82,7 +83,7 @@ impl Pending {
             serde_json::to_writer(&mut *line, &RowRef::from(record))
                 .expect("a row always serializes");
             line.push(b'\n');
-            let mut pending = self.lock();
+            let mut pending = self.batches.locked();
             if pending.closed {
                 return Err(Refusal::Closed);
             }
@@ -107,7 +108,7 @@ impl Pending {
 
     /// The batches to write: the full ones, and with `all` the ones filling too.
     pub(super) fn take(&self, all: bool) -> Vec<(String, Batch)> {
-        let mut pending = self.lock();
+        let mut pending = self.batches.locked();
         let mut batches = std::mem::take(&mut pending.full);
         if all {
             batches.extend(pending.filling.drain().filter(|(_, b)| b.records > 0));
@@ -118,16 +119,12 @@ impl Pending {
 
     /// Refuses every record from now on; what is pending is still taken and written.
     pub(super) fn close(&self) {
-        self.lock().closed = true;
+        self.batches.locked().closed = true;
     }
 
     /// Records waiting.
     pub(super) fn len(&self) -> usize {
-        self.lock().records
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Batches> {
-        self.batches.lock().unwrap_or_else(|p| p.into_inner())
+        self.batches.locked().records
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::Outcome;
+use crate::sync::Locked;
 
 /// One served request, as measured by its endpoint.
 ///
@@ -219,7 +220,8 @@ impl InMemoryMetrics {
 
     /// The recorded requests still held, oldest first.
     pub fn requests(&self) -> Vec<RequestEvent> {
-        lock(&self.requests)
+        self.requests
+            .locked()
             .iter()
             .map(|stored| RequestEvent {
                 endpoint: Arc::clone(&stored.endpoint),
@@ -241,7 +243,7 @@ impl Default for InMemoryMetrics {
 
 impl MetricSink for InMemoryMetrics {
     fn record_request(&self, event: &RequestEvent) {
-        let mut requests = lock(&self.requests);
+        let mut requests = self.requests.locked();
         let stored = StoredRequest {
             endpoint: Arc::clone(&event.endpoint),
             model_version: Arc::clone(&event.model_version),
@@ -257,7 +259,7 @@ impl MetricSink for InMemoryMetrics {
     }
 
     fn record_metric(&self, sample: &MetricSample) {
-        let mut series = lock(&self.series);
+        let mut series = self.series.locked();
         let entries = series
             .entry((sample.endpoint.clone(), sample.key.clone()))
             .or_default();
@@ -276,7 +278,7 @@ impl MetricSink for InMemoryMetrics {
 
 impl MetricHistory for InMemoryMetrics {
     fn samples(&self, endpoint: &str, key: &str, since: SystemTime) -> Vec<MetricSample> {
-        let series = lock(&self.series);
+        let series = self.series.locked();
         series
             .get(&(endpoint.to_owned(), key.to_owned()))
             .map(|entries| entries.iter().filter(|s| s.at >= since).cloned().collect())
@@ -372,10 +374,4 @@ fn push_bounded<T>(entries: &mut VecDeque<T>, item: T, capacity: usize) {
         entries.pop_front();
     }
     entries.push_back(item);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

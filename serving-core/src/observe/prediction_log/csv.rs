@@ -10,7 +10,7 @@ use std::io;
 
 use super::row::PredictionRow;
 use crate::error::{Error, Result};
-use crate::record::PredictionRecord;
+use crate::observe::record::PredictionRecord;
 
 /// The CSV columns, in order.
 pub const CSV_COLUMNS: [&str; 12] = [

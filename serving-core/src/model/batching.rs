@@ -13,12 +13,13 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::context::{Context, panic_message};
+use crate::config::spec::EndpointSpec;
 use crate::error::{Error, Result};
-use crate::input::Input;
-use crate::metrics::{DynMetricSink, MetricSample};
-use crate::predictor::{Capabilities, DynPredictor, Predictor};
-use crate::spec::EndpointSpec;
+use crate::model::context::{Context, panic_message};
+use crate::model::input::Input;
+use crate::model::predictor::{Capabilities, DynPredictor, Predictor};
+use crate::observe::metrics::{DynMetricSink, MetricSample};
+use crate::sync::Locked;
 
 /// The metric key under which each batch's size is recorded.
 pub const BATCH_SIZE_METRIC: &str = "batch_size";
@@ -117,7 +118,7 @@ impl<P: Predictor> Batched<P> {
     /// The queue to the batching task, started on first use (and again if the runtime it ran
     /// on has gone).
     fn queue(&self) -> mpsc::Sender<Job> {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = self.queue.locked();
         match &*queue {
             Some(sender) if !sender.is_closed() => sender.clone(),
             _ => {
@@ -297,8 +298,8 @@ pub(crate) fn from_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{InMemoryMetrics, MetricHistory as _};
-    use crate::{ContextParts, pool::BlockingPool};
+    use crate::observe::metrics::{InMemoryMetrics, MetricHistory as _};
+    use crate::{BlockingPool, ContextParts};
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,5 +1,8 @@
 //! The [`Endpoint`] trait and [`ModelEndpoint`], the in-process endpoint every backend serves.
 
+pub(crate) mod admission;
+pub mod runner;
+
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -13,20 +16,22 @@ use async_trait::async_trait;
 use futures::FutureExt as _;
 use serde_json::Value;
 
-use crate::admission::Admission;
-use crate::autoscale::{DynAutoscaler, InMemoryAutoscaler};
-use crate::context::{Context, ContextParts, Logged, Resources, panic_message};
+use crate::config::spec::{EndpointSpec, FileInput, ModelRef};
+use crate::control::autoscale::{DynAutoscaler, InMemoryAutoscaler};
+use crate::endpoint::admission::Admission;
 use crate::error::{Error, Result};
-use crate::input::Input;
 use crate::lifecycle::{CanaryPolicy, Lifecycle, LifecycleParts, Mirrored, ModelRegistry, Served};
-use crate::metrics::{DynMetricHistory, DynMetricSink, InMemoryMetrics, RequestEvent, SinkHistory};
+use crate::model::context::{Context, ContextParts, Logged, Resources, panic_message};
+use crate::model::input::Input;
+use crate::model::pool::BlockingPool;
+use crate::model::predictor::{DynPredictor, Predictor, PredictorExt};
+use crate::model::preprocess::Preprocessed;
+use crate::model::signature::ModelSignature;
+use crate::observe::metrics::{
+    DynMetricHistory, DynMetricSink, InMemoryMetrics, RequestEvent, SinkHistory,
+};
+use crate::observe::record::{DynRecordSink, PredictionRecord, crop, crop_error};
 use crate::outcome::Outcome;
-use crate::pool::BlockingPool;
-use crate::predictor::{DynPredictor, Predictor, PredictorExt};
-use crate::preprocess::Preprocessed;
-use crate::record::{DynRecordSink, PredictionRecord, crop, crop_error};
-use crate::signature::ModelSignature;
-use crate::spec::{EndpointSpec, FileInput, ModelRef};
 
 /// One prediction request, whatever transport it came from.
 #[derive(Debug, Clone)]
@@ -527,7 +532,8 @@ impl Endpoint for ModelEndpoint {
     }
 
     async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
-        let _in_flight = crate::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
+        let _in_flight =
+            crate::observe::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
         let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
         let request_id = request.request_id.unwrap_or_else(new_request_id);
         let routed = self
@@ -783,7 +789,7 @@ impl ModelEndpointBuilder {
             };
         let lifecycle = Lifecycle::new(LifecycleParts {
             spec: self.spec.clone(),
-            predictor: crate::batching::from_spec(self.predictor, &self.spec, &metrics)?,
+            predictor: crate::model::batching::from_spec(self.predictor, &self.spec, &metrics)?,
             description: self.description,
             metrics: Arc::clone(&metrics),
             history,
@@ -810,8 +816,8 @@ impl ModelEndpointBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::record::RecordSink;
     use crate::predictor_fn;
-    use crate::record::RecordSink;
     use serde_json::json;
 
     mockall::mock! {

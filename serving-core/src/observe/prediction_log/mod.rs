@@ -102,7 +102,8 @@ pub use object_store;
 
 use self::writer::{Pending, Refusal, Writer};
 use crate::error::{Error, Result};
-use crate::record::{PredictionRecord, RecordSink};
+use crate::observe::record::{PredictionRecord, RecordSink};
+use crate::sync::Locked;
 
 /// A handle on the prediction log; cheap to clone, every clone feeds the same writer.
 ///
@@ -295,12 +296,7 @@ impl PredictionLog {
             retention.abort();
         }
         let outcome = self.flush().await;
-        let task = self
-            .shared
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let task = self.shared.task.locked().take();
         if let Some(task) = task {
             self.shared.stop.notify_one();
             let _ = task.await;

@@ -9,8 +9,8 @@
 //! [`ServerSettings::export_env`], called at start-up while the process has a single thread,
 //! and it checks that it does.
 
+use crate::config::spec::ServerSettings;
 use crate::error::{Error, Result};
-use crate::spec::ServerSettings;
 
 impl ServerSettings {
     /// Exports every `env` pair to this process's environment.

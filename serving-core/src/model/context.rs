@@ -9,8 +9,9 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::metrics::{DynMetricSink, MetricSample};
-use crate::pool::BlockingPool;
+use crate::model::pool::BlockingPool;
+use crate::observe::metrics::{DynMetricSink, MetricSample};
+use crate::sync::Locked;
 
 tokio::task_local! {
     static TASK_CONTEXT: Context;
@@ -232,10 +233,7 @@ impl Context {
     }
 
     fn logged(&self) -> std::sync::MutexGuard<'_, Logged> {
-        self.inner
-            .logged
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.logged.locked()
     }
 }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::context::Context;
 use crate::error::Result;
-use crate::input::Input;
-use crate::preprocess::Preprocessed;
+use crate::model::context::Context;
+use crate::model::input::Input;
+use crate::model::preprocess::Preprocessed;
 
 /// A model's predict function.
 ///

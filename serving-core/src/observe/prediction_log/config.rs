@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::setting::{Setting, SettingKey, Settings, name_array};
 use crate::error::Result;
-use crate::setting::{Setting, SettingKey, Settings, name_array};
 use crate::setting_keys;
 
 setting_keys! {

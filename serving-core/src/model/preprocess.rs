@@ -3,10 +3,10 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::input::Input;
-use crate::predictor::{Capabilities, Predictor};
+use crate::model::context::Context;
+use crate::model::input::Input;
+use crate::model::predictor::{Capabilities, Predictor};
 
 /// `predict(preprocess(input))`: the preprocess output becomes the predictor's input, with the
 /// same positional-argument rule (a JSON array is spread over the arguments).

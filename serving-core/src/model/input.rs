@@ -9,6 +9,7 @@ use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::sync::Locked;
 
 /// The input of one prediction.
 ///
@@ -173,10 +174,7 @@ fn short_type_name<T>() -> &'static str {
     static NAMES: std::sync::OnceLock<
         std::sync::Mutex<std::collections::HashMap<&'static str, &'static str>>,
     > = std::sync::OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut names = NAMES.get_or_init(Default::default).locked();
     names.entry(full).or_insert_with(|| {
         let mut short = String::with_capacity(full.len());
         let mut segment = String::new();

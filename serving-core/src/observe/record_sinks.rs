@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::record::{DynRecordSink, PredictionRecord, RecordSink};
+use crate::observe::record::{DynRecordSink, PredictionRecord, RecordSink};
+use crate::sync::Locked;
 
 /// Keeps the most recent prediction records in memory, to read back: in tests, and in an
 /// embedding that shows recent predictions without a prediction log.
@@ -66,12 +67,12 @@ impl InMemoryRecords {
 
     /// The records held, oldest first.
     pub fn records(&self) -> Vec<PredictionRecord> {
-        self.lock().0.iter().cloned().collect()
+        self.inner.records.locked().0.iter().cloned().collect()
     }
 
     /// How many records are held.
     pub fn len(&self) -> usize {
-        self.lock().0.len()
+        self.inner.records.locked().0.len()
     }
 
     /// Whether no record is held.
@@ -81,12 +82,12 @@ impl InMemoryRecords {
 
     /// How many records were dropped because the capacity was reached.
     pub fn dropped(&self) -> u64 {
-        self.lock().1
+        self.inner.records.locked().1
     }
 
     /// Forgets every record held (the dropped count stays).
     pub fn clear(&self) {
-        self.lock().0.clear();
+        self.inner.records.locked().0.clear();
         self.inner.len.send_replace(0);
     }
 
@@ -104,13 +105,6 @@ impl InMemoryRecords {
             Err(_) => Err(self.records()),
         }
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<PredictionRecord>, u64)> {
-        self.inner
-            .records
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 impl Default for InMemoryRecords {
@@ -122,7 +116,7 @@ impl Default for InMemoryRecords {
 impl RecordSink for InMemoryRecords {
     fn record(&self, record: PredictionRecord) {
         let len = {
-            let mut held = self.lock();
+            let mut held = self.inner.records.locked();
             if held.0.len() == self.inner.capacity {
                 held.0.pop_front();
                 held.1 += 1;

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::metrics::MetricSample;
+use crate::observe::metrics::MetricSample;
+use crate::sync::Locked;
 
 /// When a trigger fires: a metric compared with a value, polled every `every`, after at least
 /// `min_events` samples met the condition (the original product's "Continual Learning" alert).
@@ -182,7 +183,7 @@ impl CallbackTrigger {
 
     /// Every alert fired so far, oldest first.
     pub fn fired(&self) -> Vec<Alert> {
-        self.fired.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.fired.locked().clone()
     }
 }
 
@@ -201,10 +202,7 @@ impl Trigger for CallbackTrigger {
     }
 
     async fn fire(&self, alert: &Alert) -> Result<()> {
-        self.fired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(alert.clone());
+        self.fired.locked().push(alert.clone());
         (self.action)(alert)
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::record::PredictionRecord;
+use crate::observe::record::PredictionRecord;
 
 /// One prediction as stored: every column a scalar, so that segments scan as a table (for
 /// example with `polars.scan_ndjson`) and rows export as CSV unchanged.

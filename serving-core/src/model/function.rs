@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::context::Context;
 use crate::error::{BoxError, Error, Result};
-use crate::input::Input;
-use crate::predictor::Predictor;
+use crate::model::context::Context;
+use crate::model::input::Input;
+use crate::model::predictor::Predictor;
 
 /// Turns a function with typed arguments into a [`Predictor`].
 ///
