@@ -1,6 +1,20 @@
 //! Open Inference Protocol (KServe v2) REST routes, beside the original wire format. The
 //! routes and the tensor mapping are documented in the crate docs ("Open Inference
 //! Protocol").
+//!
+//! Limits checked before any work on a tensor: a `shape` has at most [`MAX_RANK`] dimensions,
+//! and the product of its dimensions (checked multiplication) is at most the body's size in
+//! bytes, since every element of `data` takes at least one byte of JSON (the protocol lets a
+//! shape claim more elements than `data` holds, never more than the body could). Either is a
+//! 400 that names the limit.
+//!
+//! A batch (one input tensor of shape `[N, ...]`, see the crate docs) is N predictions, each
+//! recorded as its own request: with N = 1 under the request's id, with N > 1 under
+//! `<id>-<i>` for row `i` (from 0), so that the prediction log holds one record per row and
+//! the caller finds them all by the id it got back. Rows of one request are routed together
+//! (the request id is their routing key when the caller sent no `X-Routing-Key`), run at most
+//! as many at once as a [`Runner`](serving_core::runner::Runner) would, and the first failing
+//! row's error is the answer.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,8 +28,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use serving_core::{
-    Arrival, Error, Input, ModelSignature, PredictRequest, TensorSpec, new_request_id,
+    Arrival, DynEndpoint, Error, Input, ModelSignature, PredictRequest, Prediction, TensorSpec,
+    new_request_id,
 };
+use tokio::sync::Semaphore;
 
 use crate::auth::TOKEN_HEADER;
 use crate::error::ApiError;
@@ -256,7 +272,7 @@ async fn inference(
     let arrival = Arrival::now();
     let route = route(state, name)?;
     let signature = signature(route, version);
-    let (request, predict, request_id) = match admit(
+    let (request, predicts, request_id) = match admit(
         state,
         route,
         version,
@@ -270,28 +286,120 @@ async fn inference(
         Ok(admitted) => admitted,
         Err((error, request_id)) => return Err(refuse(route, error, &request_id, arrival)),
     };
-    let prediction = route
-        .endpoint
-        .predict(predict)
-        .await
-        .map_err(|error| ApiError::from_core(&error, &request_id))?;
+    let (output, model_version) = match predicts {
+        Predicts::One(predict) => {
+            let prediction = route
+                .endpoint
+                .predict(predict)
+                .await
+                .map_err(|error| ApiError::from_core(&error, &request_id))?;
+            (prediction.output, prediction.model_version)
+        }
+        Predicts::Rows(rows) => {
+            let mut outputs = Vec::with_capacity(rows.len());
+            let mut model_version = None;
+            for result in predict_rows(&route.endpoint, rows).await {
+                let prediction =
+                    result.map_err(|error| ApiError::from_core(&error, &request_id))?;
+                model_version.get_or_insert(prediction.model_version);
+                outputs.push(prediction.output);
+            }
+            (stack(outputs), model_version.unwrap_or_default())
+        }
+    };
     let requested: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
-    let outputs = to_outputs(prediction.output, &requested, signature.as_ref())?;
+    let outputs = to_outputs(output, &requested, signature.as_ref())?;
     let mut response = axum::Json(json!({
         "model_name": name,
-        "model_version": prediction.model_version,
-        "id": request.id.unwrap_or(request_id),
+        "model_version": model_version,
+        "id": request.id.unwrap_or_else(|| request_id.clone()),
         "outputs": outputs,
     }))
     .into_response();
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&prediction.request_id) {
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID_HEADER, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&prediction.model_version) {
+    if let Ok(value) = HeaderValue::from_str(&model_version) {
         headers.insert(MODEL_VERSION_HEADER, value);
     }
     Ok(response)
+}
+
+/// The predict calls an inference request makes.
+#[derive(Debug)]
+enum Predicts {
+    /// One prediction.
+    One(PredictRequest),
+    /// One prediction per row of a batch, in row order.
+    Rows(Vec<PredictRequest>),
+}
+
+/// Runs a batch's rows, at most as many at once as a core `Runner` would (the endpoint's
+/// `threads` or `max_batch_size`, at most its `concurrency`), so that a batching predictor
+/// gets them grouped into `predict_batch` calls. Each row runs in its own task: a caller that
+/// hangs up does not cancel rows already started, so each of them is recorded.
+async fn predict_rows(
+    endpoint: &Arc<DynEndpoint>,
+    rows: Vec<PredictRequest>,
+) -> Vec<Result<Prediction, Error>> {
+    let workers = &endpoint.spec().server.workers;
+    let at_once = workers
+        .threads
+        .max(workers.max_batch_size)
+        .min(workers.concurrency)
+        .max(1);
+    let slots = Arc::new(Semaphore::new(at_once));
+    let mut running = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let endpoint = Arc::clone(endpoint);
+        running.push(tokio::spawn(async move {
+            let _slot = slot;
+            endpoint.predict(row).await
+        }));
+    }
+    let mut results = Vec::with_capacity(running.len());
+    for task in running {
+        results.push(task.await.unwrap_or_else(|e| {
+            Err(Error::Panicked {
+                message: e.to_string(),
+            })
+        }));
+    }
+    results
+}
+
+/// Row answers as one answer of N rows: objects with the same keys become one object of
+/// N-element arrays (one output tensor per key), anything else an N-element array.
+fn stack(rows: Vec<Value>) -> Value {
+    let same_keys = match rows.first() {
+        Some(Value::Object(first)) => rows.iter().all(|row| {
+            matches!(row, Value::Object(o)
+                if o.len() == first.len() && first.keys().all(|k| o.contains_key(k)))
+        }),
+        _ => false,
+    };
+    if !same_keys {
+        return Value::Array(rows);
+    }
+    let mut columns = Map::new();
+    for row in rows {
+        let Value::Object(entries) = row else {
+            continue;
+        };
+        for (key, value) in entries {
+            if let Value::Array(column) = columns
+                .entry(key)
+                .or_insert_with(|| Value::Array(Vec::new()))
+            {
+                column.push(value);
+            }
+        }
+    }
+    Value::Object(columns)
 }
 
 /// Everything between an inference request's arrival and the model; a refusal carries the
@@ -304,7 +412,7 @@ async fn admit(
     body: Body,
     signature: Option<&ModelSignature>,
     arrival: Arrival,
-) -> Result<(InferenceRequest, PredictRequest, String), (Error, String)> {
+) -> Result<(InferenceRequest, Predicts, String), (Error, String)> {
     let header_id = caller_request_id(headers).map_err(|error| (error, new_request_id()))?;
     let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
     authorize_oip(route, headers).map_err(refused)?;
@@ -328,12 +436,154 @@ async fn admit(
         .filter(|id| usable_request_id(id))
         .or_else(|| header_id.clone())
         .unwrap_or_else(new_request_id);
-    let input = to_input(&request.inputs, signature).map_err(|e| (e, request_id.clone()))?;
-    let mut predict = routed_request(input, headers, arrival).with_request_id(&request_id);
-    if let Some(version) = version {
-        predict = predict.with_version(version);
+    let inputs =
+        to_inputs(&request.inputs, signature, bytes.len()).map_err(|e| (e, request_id.clone()))?;
+    let predict = |input: Input, id: &str| {
+        let predict = routed_request(input, headers, arrival).with_request_id(id);
+        match version {
+            Some(version) => predict.with_version(version),
+            None => predict,
+        }
+    };
+    let predicts = match inputs {
+        Inputs::One(input) => Predicts::One(predict(input, &request_id)),
+        Inputs::Rows(mut rows) if rows.len() == 1 => {
+            Predicts::Rows(vec![predict(rows.remove(0), &request_id)])
+        }
+        Inputs::Rows(rows) => {
+            let keyed = headers
+                .get(crate::service::ROUTING_KEY_HEADER)
+                .is_some_and(|v| !v.is_empty());
+            Predicts::Rows(
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let row = predict(row, &format!("{request_id}-{i}"));
+                        if keyed {
+                            row
+                        } else {
+                            row.with_routing_key(&request_id)
+                        }
+                    })
+                    .collect(),
+            )
+        }
+    };
+    Ok((request, predicts, request_id))
+}
+
+/// Decodes an infer body as the route does, without a signature: the input of each
+/// prediction it asks for, or the message the caller would get. For the fuzz target.
+pub(crate) fn decode_infer_body(body: &[u8]) -> Result<Vec<Value>, String> {
+    let request: InferenceRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let json = |input: Input| input.to_json();
+    match to_inputs(&request.inputs, None, body.len()).map_err(|e| e.to_string())? {
+        Inputs::One(input) => Ok(vec![json(input)]),
+        Inputs::Rows(rows) => Ok(rows.into_iter().map(json).collect()),
     }
-    Ok((request, predict, request_id))
+}
+
+/// Most dimensions an input tensor's `shape` may have (Triton, numpy and ONNX allow 8 to 64).
+pub(crate) const MAX_RANK: usize = 32;
+
+/// What a request's tensors ask of the predictor.
+#[derive(Debug, PartialEq)]
+enum Inputs {
+    /// One prediction of this input.
+    One(Input),
+    /// One prediction per row of the batch dimension.
+    Rows(Vec<Input>),
+}
+
+/// Refuses a shape of more than [`MAX_RANK`] dimensions or more elements than a body of
+/// `body_bytes` can hold, before anything is built from it.
+fn check_shape(tensor: &RequestInput, body_bytes: usize) -> Result<(), Error> {
+    if tensor.shape.len() > MAX_RANK {
+        return Err(Error::invalid_request(format!(
+            "input `{}` has {} dimensions; a shape has at most {MAX_RANK}",
+            tensor.name,
+            tensor.shape.len()
+        )));
+    }
+    let elements = tensor
+        .shape
+        .iter()
+        .try_fold(1u64, |product, &dim| product.checked_mul(dim));
+    let limit = body_bytes as u64;
+    match elements {
+        Some(elements) if elements <= limit => Ok(()),
+        _ => Err(Error::invalid_request(format!(
+            "input `{}` has a shape of more elements than its body could hold: at most {limit} \
+             (one per byte of the body)",
+            tensor.name
+        ))),
+    }
+}
+
+/// The predictor's input(s) from the request's tensors; see the crate docs. `body_bytes`
+/// bounds the element count of every shape.
+fn to_inputs(
+    inputs: &[RequestInput],
+    signature: Option<&ModelSignature>,
+    body_bytes: usize,
+) -> Result<Inputs, Error> {
+    for tensor in inputs {
+        check_shape(tensor, body_bytes)?;
+    }
+    if let [tensor] = inputs
+        && is_batch(tensor, signature)
+    {
+        return batch_rows(tensor, signature).map(Inputs::Rows);
+    }
+    to_input(inputs, signature).map(Inputs::One)
+}
+
+/// Whether a lone tensor is a batch: rank 2 or more, unless the signature declares that input
+/// with the same rank and a fixed first dimension (a model whose one input is a matrix).
+fn is_batch(tensor: &RequestInput, signature: Option<&ModelSignature>) -> bool {
+    if tensor.shape.len() < 2 {
+        return false;
+    }
+    let declared = signature.and_then(|s| s.inputs.iter().find(|d| d.name == tensor.name));
+    !declared.is_some_and(|d| d.shape.len() == tensor.shape.len() && d.shape[0] != -1)
+}
+
+/// A batch tensor's rows, each one prediction's input.
+fn batch_rows(
+    tensor: &RequestInput,
+    signature: Option<&ModelSignature>,
+) -> Result<Vec<Input>, Error> {
+    // Checked as a lone input would be (signature names included).
+    let Input::Json(value) = to_input(std::slice::from_ref(tensor), signature)? else {
+        unreachable!("to_input gives JSON");
+    };
+    let batch = tensor.shape[0];
+    if batch == 0 {
+        return Err(Error::invalid_request(format!(
+            "input `{}` is a batch of no rows (shape {:?})",
+            tensor.name, tensor.shape
+        )));
+    }
+    let elements: u64 = tensor.shape.iter().product();
+    let flat = tensor
+        .data
+        .as_array()
+        .is_some_and(|a| !a.iter().any(Value::is_array));
+    match value {
+        Value::Array(rows)
+            if rows.len() as u64 == batch
+                && (!flat || tensor.data.as_array().map(Vec::len) == Some(elements as usize)) =>
+        {
+            Ok(rows.into_iter().map(Input::Json).collect())
+        }
+        _ => Err(Error::invalid_request(format!(
+            "input `{}` of shape {:?} is a batch of {batch} rows, but its data does not hold \
+             {batch} rows of {} element(s)",
+            tensor.name,
+            tensor.shape,
+            tensor.shape[1..].iter().product::<u64>()
+        ))),
+    }
 }
 
 /// The predictor's input from the request's tensors; see the module docs.
@@ -453,27 +703,41 @@ fn element_check(datatype: &str) -> Option<fn(&Value) -> bool> {
     })
 }
 
+/// The scalars of nested arrays in row-major order; iterative, whatever the nesting.
 fn flatten<'a>(value: &'a Value, into: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|item| flatten(item, into)),
-        scalar => into.push(scalar),
+    let mut pending = vec![std::slice::from_ref(value).iter()];
+    while let Some(level) = pending.last_mut() {
+        match level.next() {
+            None => {
+                pending.pop();
+            }
+            Some(Value::Array(items)) => pending.push(items.iter()),
+            Some(scalar) => into.push(scalar),
+        }
     }
 }
 
-/// Flat row-major `items` as nested arrays of `shape`.
+/// Flat row-major `items` as nested arrays of `shape` (whose product is `items.len()`), built
+/// from the innermost dimension out: no recursion, whatever the rank.
 fn reshape(items: &[Value], shape: &[u64]) -> Value {
-    match shape {
-        [] | [_] => Value::Array(items.to_vec()),
-        [_, inner @ ..] => {
-            let stride = inner.iter().product::<u64>().max(1) as usize;
-            Value::Array(
-                items
-                    .chunks(stride)
-                    .map(|chunk| reshape(chunk, inner))
-                    .collect(),
-            )
-        }
+    if items.is_empty() {
+        return Value::Array(Vec::new());
     }
+    let mut level = items.to_vec();
+    for &dim in shape.iter().skip(1).rev() {
+        let dim = usize::try_from(dim).unwrap_or(usize::MAX).max(1);
+        let mut grouped = Vec::with_capacity(level.len() / dim);
+        let mut rest = level.into_iter();
+        loop {
+            let chunk: Vec<Value> = rest.by_ref().take(dim).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            grouped.push(Value::Array(chunk));
+        }
+        level = grouped;
+    }
+    Value::Array(level)
 }
 
 /// The answer as `$response_output`s; see the module docs.
@@ -627,6 +891,209 @@ mod tests {
         );
         let unknown = [input("c", vec![1], "BOOL", json!([true]))];
         assert!(to_input(&unknown, Some(&signature)).is_err());
+    }
+
+    fn rows(inputs: Inputs) -> Vec<Value> {
+        match inputs {
+            Inputs::Rows(rows) => rows.into_iter().map(|r| r.to_json()).collect(),
+            Inputs::One(one) => panic!("not a batch: {one:?}"),
+        }
+    }
+
+    #[test]
+    fn a_leading_dimension_is_a_batch_of_rows() {
+        let iris = [5.1, 3.5, 1.4, 0.2];
+        let one = [input("x", vec![1, 4], "FP32", json!(iris))];
+        assert_eq!(rows(to_inputs(&one, None, 100).unwrap()), vec![json!(iris)]);
+        let three = [input(
+            "x",
+            vec![3, 4],
+            "FP32",
+            json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+        )];
+        assert_eq!(
+            rows(to_inputs(&three, None, 100).unwrap()),
+            vec![
+                json!([1, 2, 3, 4]),
+                json!([5, 6, 7, 8]),
+                json!([9, 10, 11, 12])
+            ]
+        );
+        // Nested data, as some clients send it, gives the same rows.
+        let nested = [input("x", vec![2, 2], "INT64", json!([[1, 2], [3, 4]]))];
+        assert_eq!(
+            rows(to_inputs(&nested, None, 100).unwrap()),
+            vec![json!([1, 2]), json!([3, 4])]
+        );
+        let cube = [input("x", vec![2, 1, 2], "INT64", json!([1, 2, 3, 4]))];
+        assert_eq!(
+            rows(to_inputs(&cube, None, 100).unwrap()),
+            vec![json!([[1, 2]]), json!([[3, 4]])]
+        );
+        // Rank 1 is still one prediction of positional arguments.
+        let flat = [input("x", vec![4], "FP32", json!(iris))];
+        assert_eq!(
+            to_inputs(&flat, None, 100).unwrap(),
+            Inputs::One(Input::Json(json!(iris)))
+        );
+        // A signature that fixes the first dimension makes the tensor one input (a matrix).
+        let matrix = ModelSignature {
+            inputs: vec![TensorSpec::new("x", "INT64", vec![2, 2])],
+            ..ModelSignature::default()
+        };
+        assert_eq!(
+            to_inputs(&nested, Some(&matrix), 100).unwrap(),
+            Inputs::One(Input::Json(json!([[1, 2], [3, 4]])))
+        );
+        let batched = ModelSignature {
+            inputs: vec![TensorSpec::new("x", "INT64", vec![-1, 2])],
+            ..ModelSignature::default()
+        };
+        assert_eq!(
+            rows(to_inputs(&nested, Some(&batched), 100).unwrap()).len(),
+            2
+        );
+        for (shape, data) in [(vec![3, 4], json!([1, 2, 3])), (vec![0, 4], json!([]))] {
+            let error = to_inputs(&[input("x", shape, "INT64", data)], None, 100).unwrap_err();
+            assert_eq!(error.status(), 400, "{error}");
+            assert!(error.to_string().contains("batch"), "{error}");
+        }
+    }
+
+    #[test]
+    fn rows_answers_stack_into_n_row_outputs() {
+        let labels = stack(vec![json!("setosa"), json!("virginica")]);
+        assert_eq!(
+            to_outputs(labels, &[], None).unwrap(),
+            vec![
+                json!({"name": "output0", "shape": [2], "datatype": "BYTES", "data": ["setosa", "virginica"]})
+            ]
+        );
+        let vectors = stack(vec![json!([1, 2]), json!([3, 4]), json!([5, 6])]);
+        assert_eq!(
+            to_outputs(vectors, &[], None).unwrap()[0]["shape"],
+            json!([3, 2])
+        );
+        let named = stack(vec![
+            json!({"label": "a", "score": 0.5}),
+            json!({"label": "b", "score": 0.25}),
+        ]);
+        assert_eq!(named, json!({"label": ["a", "b"], "score": [0.5, 0.25]}));
+        let mixed = stack(vec![json!({"a": 1}), json!({"b": 1})]);
+        assert_eq!(mixed, json!([{"a": 1}, {"b": 1}]));
+    }
+
+    #[test]
+    fn shapes_are_bounded_before_any_work() {
+        let deep = input("x", vec![1; 7_000], "FP32", json!([5.1]));
+        let error = to_inputs(&[deep], None, 21_000).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert!(error.to_string().contains("at most 32"), "{error}");
+        let widest = input("x", vec![1; MAX_RANK], "FP32", json!([5.1]));
+        assert!(to_inputs(&[widest], None, 100).is_ok());
+        for shape in [vec![u64::MAX, 2], vec![1 << 32, 1 << 32], vec![101]] {
+            let error = to_inputs(&[input("x", shape, "FP32", json!([1]))], None, 100).unwrap_err();
+            assert!(error.to_string().contains("at most 100"), "{error}");
+        }
+        // The protocol's own example: a shape may claim more elements than `data` holds.
+        assert!(to_inputs(&[input("x", vec![3], "BOOL", json!([true]))], None, 100).is_ok());
+    }
+
+    #[test]
+    fn the_7000_dimension_body_is_refused_without_overflowing_the_stack() {
+        let ones = vec!["1"; 7_000].join(",");
+        let body = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[{ones}],"datatype":"FP32","data":[5.1]}}]}}"#
+        );
+        let error = decode_infer_body(body.as_bytes()).unwrap_err();
+        assert!(error.contains("at most 32"), "{error}");
+    }
+
+    #[test]
+    fn reshape_and_flatten_are_inverse_at_every_rank() {
+        let items: Vec<Value> = (0..24).map(|i| json!(i)).collect();
+        for shape in [vec![24], vec![2, 12], vec![2, 3, 4], vec![1, 2, 1, 3, 4, 1]] {
+            let nested = reshape(&items, &shape);
+            let mut flat = Vec::new();
+            flatten(&nested, &mut flat);
+            assert_eq!(
+                flat.into_iter().cloned().collect::<Vec<_>>(),
+                items,
+                "{shape:?}"
+            );
+            assert_eq!(
+                rectangular_shape(&nested).unwrap(),
+                shape.iter().map(|&d| d as usize).collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(reshape(&[], &[2, 0]), json!([]));
+        // Deep nesting flattens without recursion.
+        let mut deep = json!(1);
+        for _ in 0..10_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        let mut flat = Vec::new();
+        flatten(&deep, &mut flat);
+        assert_eq!(flat, [&json!(1)]);
+        // Dropping a 10,000-deep value recurses in serde_json; unwrap it level by level.
+        while let Value::Array(mut items) = deep {
+            deep = items.pop().unwrap_or(Value::Null);
+        }
+    }
+
+    /// Random shapes and data through the parser: it never panics, and what it accepts obeys
+    /// the limits and the batch rule. A cheap stand-in for the fuzz target on stable.
+    #[test]
+    fn random_shapes_obey_the_limits_and_the_batch_rule() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for _ in 0..5_000 {
+            let rank = next(40) as usize;
+            let shape: Vec<u64> = (0..rank)
+                .map(|_| match next(20) {
+                    0 => u64::MAX - next(3),
+                    1 => 0,
+                    _ => 1 + next(4),
+                })
+                .collect();
+            let data: Vec<Value> = (0..next(30)).map(|i| json!(i)).collect();
+            let body = json!({"inputs": [{"name": "x", "shape": shape, "datatype": "INT64", "data": data}]});
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let elements = shape.iter().try_fold(1u64, |p, &d| p.checked_mul(d));
+            match decode_infer_body(&bytes) {
+                Ok(predictions) => {
+                    assert!(rank <= MAX_RANK, "{shape:?}");
+                    assert!(
+                        elements.is_some_and(|e| e <= bytes.len() as u64),
+                        "{shape:?}"
+                    );
+                    if rank >= 2 {
+                        assert_eq!(predictions.len() as u64, shape[0], "{shape:?}");
+                        let row: u64 = shape[1..].iter().product();
+                        for prediction in &predictions {
+                            let mut flat = Vec::new();
+                            flatten(prediction, &mut flat);
+                            assert_eq!(flat.len() as u64, row, "{shape:?}");
+                        }
+                    } else {
+                        assert_eq!(predictions.len(), 1);
+                    }
+                }
+                Err(error) => assert!(
+                    rank > MAX_RANK
+                        || elements.is_none_or(|e| e > bytes.len() as u64)
+                        || (rank >= 2
+                            && (elements == Some(0) || elements != Some(data.len() as u64))),
+                    "{shape:?} with {} elements: {error}",
+                    data.len()
+                ),
+            }
+        }
     }
 
     #[test]
