@@ -18,3 +18,10 @@ pub fn decode_files(input: Value, files: FileInput) -> Result<Input, String> {
         .map(|decoded| decoded.input)
         .map_err(|e| e.to_string())
 }
+
+/// Decodes an Open Inference Protocol infer body as `POST /v2/models/{name}/infer` does (for
+/// a model without a signature): the input of each prediction it asks for (one, or one per
+/// row of a batch), or the message the caller would see.
+pub fn decode_infer_body(body: &[u8]) -> Result<Vec<Value>, String> {
+    crate::oip::decode_infer_body(body)
+}

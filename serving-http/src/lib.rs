@@ -101,8 +101,23 @@
 //!   a JSON array of their values, one positional argument per tensor, in the order of the
 //!   spec's [`ModelSignature`](serving_core::ModelSignature) inputs (matched by name) when it
 //!   declares them, else in request order.
+//! - **A batch.** One input tensor of rank 2 or more is a batch along its first dimension, as
+//!   Triton's and KServe's clients send it: `[N, k]` is N predictions, each row reaching a
+//!   k-argument predictor as k positional arguments (`[1, 4]` is one prediction of four), and
+//!   each output tensor has N rows (`[N, ...]`; an object answer's entries are stacked per
+//!   name). The rows go to the endpoint as concurrent predictions, so a predictor that
+//!   declares [`Capabilities::batch`](serving_core::Capabilities) behind `max_batch_size` gets
+//!   them in `predict_batch` calls. Each row is recorded as its own request: under the
+//!   request's id for N = 1, as `<id>-<i>` (row `i` from 0) for N > 1; the first failing
+//!   row's error is the answer. A model whose one input is a matrix declares it in its
+//!   signature with the tensor's rank and a fixed first dimension (not `-1`): then the tensor
+//!   is one input.
 //! - Elements are checked against `datatype`: `BOOL` booleans, `UINT*`/`INT*` integers in
 //!   range, `FP*` numbers, `BYTES` strings; anything else is a 400.
+//! - A `shape` has at most 32 dimensions, and at most as many elements (the product of its
+//!   dimensions) as the body has bytes; either limit is a 400 before any work. Tensors travel
+//!   as JSON `data`: the binary tensor data extension (`Inference-Header-Content-Length`) is
+//!   refused with a 400 (Triton's clients: `binary_data=False`).
 //!
 //! ### How the answer maps to output tensors
 //! - A JSON object answer gives one tensor per entry, named by its key; any other answer one
@@ -126,7 +141,7 @@ mod service;
 
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::fuzz::{decode_body, decode_files};
+    pub use crate::fuzz::{decode_body, decode_files, decode_infer_body};
 }
 mod fuzz;
 

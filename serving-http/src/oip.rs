@@ -42,6 +42,9 @@ use crate::service::{
 
 type Shared = State<Arc<ServiceState>>;
 
+/// The header of the binary tensor data extension, which is not supported.
+const BINARY_HEADER: &str = "inference-header-content-length";
+
 /// The OIP routes, merged into the service's router.
 pub(crate) fn routes() -> Router<Arc<ServiceState>> {
     Router::new()
@@ -422,6 +425,12 @@ async fn admit(
     let bytes = read_body(body, limit, state.body_timeout, arrival)
         .await
         .map_err(refused)?;
+    if headers.contains_key(BINARY_HEADER) {
+        return Err(refused(Error::invalid_request(format!(
+            "the binary tensor data extension (`{BINARY_HEADER}`) is not supported: send \
+             tensors as JSON `data` (Triton's clients: binary_data=False)"
+        ))));
+    }
     let request: InferenceRequest = serde_json::from_slice(&bytes).map_err(|e| {
         refused(Error::invalid_request(format!(
             "not an OIP inference request: {e}"
