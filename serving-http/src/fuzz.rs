@@ -19,9 +19,11 @@ pub fn decode_files(input: Value, files: FileInput) -> Result<Input, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Decodes an Open Inference Protocol infer body as `POST /v2/models/{name}/infer` does (for
-/// a model without a signature): the input of each prediction it asks for (one, or one per
-/// row of a batch), or the message the caller would see.
-pub fn decode_infer_body(body: &[u8]) -> Result<Vec<Value>, String> {
-    crate::oip::decode_infer_body(body)
+/// Decodes an Open Inference Protocol infer body as `POST /v2/models/{name}/infer` does, up to
+/// the model: the request, its tensors' shapes bounded, then one input or one per batch row.
+/// `answer` is then mapped to output tensors as a predictor's answer would be.
+pub fn decode_oip(body: &[u8], answer: Value) -> Result<Vec<Input>, String> {
+    let inputs = crate::oip::decode_for_fuzz(body).map_err(|e| e.to_string())?;
+    crate::oip::outputs_for_fuzz(answer);
+    Ok(inputs)
 }

@@ -101,23 +101,20 @@
 //!   a JSON array of their values, one positional argument per tensor, in the order of the
 //!   spec's [`ModelSignature`](serving_core::ModelSignature) inputs (matched by name) when it
 //!   declares them, else in request order.
-//! - **A batch.** One input tensor of rank 2 or more is a batch along its first dimension, as
-//!   Triton's and KServe's clients send it: `[N, k]` is N predictions, each row reaching a
-//!   k-argument predictor as k positional arguments (`[1, 4]` is one prediction of four), and
-//!   each output tensor has N rows (`[N, ...]`; an object answer's entries are stacked per
-//!   name). The rows go to the endpoint as concurrent predictions, so a predictor that
-//!   declares [`Capabilities::batch`](serving_core::Capabilities) behind `max_batch_size` gets
-//!   them in `predict_batch` calls. Each row is recorded as its own request: under the
-//!   request's id for N = 1, as `<id>-<i>` (row `i` from 0) for N > 1; the first failing
-//!   row's error is the answer. A model whose one input is a matrix declares it in its
-//!   signature with the tensor's rank and a fixed first dimension (not `-1`): then the tensor
-//!   is one input.
+//! - **A leading batch dimension** makes one prediction per row: when every input tensor has
+//!   one more dimension than the signature declares for it (or, without a declared shape, two
+//!   or more dimensions) and they agree on the first, a `[N, k]` tensor is N predictions of a
+//!   k-argument predictor. So `[1, 4]`, what Triton's and KServe's clients send for one row, is
+//!   one prediction. Rows run at once (at most the endpoint's `concurrency`), so a batching
+//!   predictor (`max_batch_size`) gets them in one `predict_batch`; each row is one record,
+//!   with the request id suffixed `-{row}` when there are several, and takes the request's side of a canary split.
+//!   The answers stack into output tensors with N rows; a failing row fails the request,
+//!   naming the row. A predictor that takes a matrix whole declares its rank in the signature
+//!   (`[-1, 2]`).
+//! - Shapes are bounded before any work: at most 32 dimensions and 2^32 elements (more than the
+//!   largest body holds); beyond either the request is a 400.
 //! - Elements are checked against `datatype`: `BOOL` booleans, `UINT*`/`INT*` integers in
 //!   range, `FP*` numbers, `BYTES` strings; anything else is a 400.
-//! - A `shape` has at most 32 dimensions, and at most as many elements (the product of its
-//!   dimensions) as the body has bytes; either limit is a 400 before any work. Tensors travel
-//!   as JSON `data`: the binary tensor data extension (`Inference-Header-Content-Length`) is
-//!   refused with a 400 (Triton's clients: `binary_data=False`).
 //!
 //! ### How the answer maps to output tensors
 //! - A JSON object answer gives one tensor per entry, named by its key; any other answer one
@@ -141,12 +138,12 @@ mod service;
 
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::fuzz::{decode_body, decode_files, decode_infer_body};
+    pub use crate::fuzz::{decode_body, decode_files, decode_oip};
 }
 mod fuzz;
 
 pub use auth::{TOKEN_HEADER, Token};
-pub use config::WebServiceConfig;
+pub use config::{WebServiceConfig, WebServiceKey};
 pub use error::{outcome_status, status_of};
 pub use observability::Observability;
 pub use service::{

@@ -1,20 +1,6 @@
 //! Open Inference Protocol (KServe v2) REST routes, beside the original wire format. The
 //! routes and the tensor mapping are documented in the crate docs ("Open Inference
 //! Protocol").
-//!
-//! Limits checked before any work on a tensor: a `shape` has at most [`MAX_RANK`] dimensions,
-//! and the product of its dimensions (checked multiplication) is at most the body's size in
-//! bytes, since every element of `data` takes at least one byte of JSON (the protocol lets a
-//! shape claim more elements than `data` holds, never more than the body could). Either is a
-//! 400 that names the limit.
-//!
-//! A batch (one input tensor of shape `[N, ...]`, see the crate docs) is N predictions, each
-//! recorded as its own request: with N = 1 under the request's id, with N > 1 under
-//! `<id>-<i>` for row `i` (from 0), so that the prediction log holds one record per row and
-//! the caller finds them all by the id it got back. Rows of one request are routed together
-//! (the request id is their routing key when the caller sent no `X-Routing-Key`), run at most
-//! as many at once as a [`Runner`](serving_core::runner::Runner) would, and the first failing
-//! row's error is the answer.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,13 +11,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use serving_core::{
-    Arrival, DynEndpoint, Error, Input, ModelSignature, PredictRequest, Prediction, TensorSpec,
-    new_request_id,
+    Arrival, Error, Input, ModelSignature, PredictRequest, Prediction, TensorSpec, new_request_id,
 };
-use tokio::sync::Semaphore;
 
 use crate::auth::TOKEN_HEADER;
 use crate::error::ApiError;
@@ -41,9 +26,6 @@ use crate::service::{
 };
 
 type Shared = State<Arc<ServiceState>>;
-
-/// The header of the binary tensor data extension, which is not supported.
-const BINARY_HEADER: &str = "inference-header-content-length";
 
 /// The OIP routes, merged into the service's router.
 pub(crate) fn routes() -> Router<Arc<ServiceState>> {
@@ -275,7 +257,7 @@ async fn inference(
     let arrival = Arrival::now();
     let route = route(state, name)?;
     let signature = signature(route, version);
-    let (request, predicts, request_id) = match admit(
+    let (request, predict, request_id) = match admit(
         state,
         route,
         version,
@@ -289,125 +271,24 @@ async fn inference(
         Ok(admitted) => admitted,
         Err((error, request_id)) => return Err(refuse(route, error, &request_id, arrival)),
     };
-    let (output, model_version) = match predicts {
-        Predicts::One(predict) => {
-            let prediction = route
-                .endpoint
-                .predict(predict)
-                .await
-                .map_err(|error| ApiError::from_core(&error, &request_id))?;
-            (prediction.output, prediction.model_version)
-        }
-        Predicts::Rows(rows) => {
-            let mut outputs = Vec::with_capacity(rows.len());
-            let mut model_version = None;
-            for result in predict_rows(&route.endpoint, rows).await {
-                let prediction =
-                    result.map_err(|error| ApiError::from_core(&error, &request_id))?;
-                model_version.get_or_insert(prediction.model_version);
-                outputs.push(prediction.output);
-            }
-            (stack(outputs), model_version.unwrap_or_default())
-        }
-    };
+    let prediction = predict_rows(route, predict, &request_id).await?;
     let requested: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
-    let outputs = to_outputs(output, &requested, signature.as_ref())?;
+    let outputs = to_outputs(prediction.output, &requested, signature.as_ref())?;
     let mut response = axum::Json(json!({
         "model_name": name,
-        "model_version": model_version,
-        "id": request.id.unwrap_or_else(|| request_id.clone()),
+        "model_version": prediction.model_version,
+        "id": request.id.unwrap_or(request_id),
         "outputs": outputs,
     }))
     .into_response();
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(&prediction.request_id) {
         headers.insert(REQUEST_ID_HEADER, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&model_version) {
+    if let Ok(value) = HeaderValue::from_str(&prediction.model_version) {
         headers.insert(MODEL_VERSION_HEADER, value);
     }
     Ok(response)
-}
-
-/// The predict calls an inference request makes.
-#[derive(Debug)]
-enum Predicts {
-    /// One prediction.
-    One(PredictRequest),
-    /// One prediction per row of a batch, in row order.
-    Rows(Vec<PredictRequest>),
-}
-
-/// Runs a batch's rows, at most as many at once as a core `Runner` would (the endpoint's
-/// `threads` or `max_batch_size`, at most its `concurrency`), so that a batching predictor
-/// gets them grouped into `predict_batch` calls. Each row runs in its own task: a caller that
-/// hangs up does not cancel rows already started, so each of them is recorded.
-async fn predict_rows(
-    endpoint: &Arc<DynEndpoint>,
-    rows: Vec<PredictRequest>,
-) -> Vec<Result<Prediction, Error>> {
-    if rows.len() == 1 {
-        // A batch of one, the clients' default: no task to spawn.
-        let row = rows.into_iter().next().expect("one row");
-        return vec![endpoint.predict(row).await];
-    }
-    let workers = &endpoint.spec().server.workers;
-    let at_once = workers
-        .threads
-        .max(workers.max_batch_size)
-        .min(workers.concurrency)
-        .max(1);
-    let slots = Arc::new(Semaphore::new(at_once));
-    let mut running = Vec::with_capacity(rows.len());
-    for row in rows {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            break;
-        };
-        let endpoint = Arc::clone(endpoint);
-        running.push(tokio::spawn(async move {
-            let _slot = slot;
-            endpoint.predict(row).await
-        }));
-    }
-    let mut results = Vec::with_capacity(running.len());
-    for task in running {
-        results.push(task.await.unwrap_or_else(|e| {
-            Err(Error::Panicked {
-                message: e.to_string(),
-            })
-        }));
-    }
-    results
-}
-
-/// Row answers as one answer of N rows: objects with the same keys become one object of
-/// N-element arrays (one output tensor per key), anything else an N-element array.
-fn stack(rows: Vec<Value>) -> Value {
-    let same_keys = match rows.first() {
-        Some(Value::Object(first)) => rows.iter().all(|row| {
-            matches!(row, Value::Object(o)
-                if o.len() == first.len() && first.keys().all(|k| o.contains_key(k)))
-        }),
-        _ => false,
-    };
-    if !same_keys {
-        return Value::Array(rows);
-    }
-    let mut columns = Map::new();
-    for row in rows {
-        let Value::Object(entries) = row else {
-            continue;
-        };
-        for (key, value) in entries {
-            if let Value::Array(column) = columns
-                .entry(key)
-                .or_insert_with(|| Value::Array(Vec::new()))
-            {
-                column.push(value);
-            }
-        }
-    }
-    Value::Object(columns)
 }
 
 /// Everything between an inference request's arrival and the model; a refusal carries the
@@ -420,7 +301,7 @@ async fn admit(
     body: Body,
     signature: Option<&ModelSignature>,
     arrival: Arrival,
-) -> Result<(InferenceRequest, Predicts, String), (Error, String)> {
+) -> Result<(InferenceRequest, Requests, String), (Error, String)> {
     let header_id = caller_request_id(headers).map_err(|error| (error, new_request_id()))?;
     let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
     authorize_oip(route, headers).map_err(refused)?;
@@ -430,12 +311,6 @@ async fn admit(
     let bytes = read_body(body, limit, state.body_timeout, arrival)
         .await
         .map_err(refused)?;
-    if headers.contains_key(BINARY_HEADER) {
-        return Err(refused(Error::invalid_request(format!(
-            "the binary tensor data extension (`{BINARY_HEADER}`) is not supported: send \
-             tensors as JSON `data` (Triton's clients: binary_data=False)"
-        ))));
-    }
     let request: InferenceRequest = serde_json::from_slice(&bytes).map_err(|e| {
         refused(Error::invalid_request(format!(
             "not an OIP inference request: {e}"
@@ -450,162 +325,168 @@ async fn admit(
         .filter(|id| usable_request_id(id))
         .or_else(|| header_id.clone())
         .unwrap_or_else(new_request_id);
-    let inputs =
-        to_inputs(&request.inputs, signature, bytes.len()).map_err(|e| (e, request_id.clone()))?;
-    let predict = |input: Input, id: &str| {
-        let predict = routed_request(input, headers, arrival).with_request_id(id);
-        match version {
-            Some(version) => predict.with_version(version),
-            None => predict,
+    let rows = to_rows(&request.inputs, signature).map_err(|e| (e, request_id.clone()))?;
+    let request_for = |input: Input, row_id: &str| {
+        let mut predict = routed_request(input, headers, arrival).with_request_id(row_id);
+        if let Some(version) = version {
+            predict = predict.with_version(version);
         }
+        predict
     };
-    let predicts = match inputs {
-        Inputs::One(input) => Predicts::One(predict(input, &request_id)),
-        Inputs::Rows(mut rows) if rows.len() == 1 => {
-            Predicts::Rows(vec![predict(rows.remove(0), &request_id)])
-        }
-        Inputs::Rows(rows) => {
-            let keyed = headers
-                .get(crate::service::ROUTING_KEY_HEADER)
-                .is_some_and(|v| !v.is_empty());
-            Predicts::Rows(
-                rows.into_iter()
+    let predict = match rows {
+        Rows::One(input) => Requests::One(request_for(input, &request_id)),
+        Rows::Batch(inputs) => {
+            let single = inputs.len() == 1;
+            Requests::Batch(
+                inputs
+                    .into_iter()
                     .enumerate()
-                    .map(|(i, row)| {
-                        let row = predict(row, &format!("{request_id}-{i}"));
-                        if keyed {
-                            row
+                    .map(|(row, input)| {
+                        // A batch of one row (the clients' default) is logged as the request.
+                        let row_id = if single {
+                            request_id.clone()
                         } else {
-                            row.with_routing_key(&request_id)
+                            format!("{request_id}-{row}")
+                        };
+                        let predict = request_for(input, &row_id);
+                        // One request is one caller: its rows take the same side of a canary split.
+                        if predict.routing_key.is_none() {
+                            predict.with_routing_key(&request_id)
+                        } else {
+                            predict
                         }
                     })
                     .collect(),
             )
         }
     };
-    Ok((request, predicts, request_id))
+    Ok((request, predict, request_id))
 }
 
-/// Decodes an infer body as the route does, without a signature: the input of each
-/// prediction it asks for, or the message the caller would get. For the fuzz target.
-pub(crate) fn decode_infer_body(body: &[u8]) -> Result<Vec<Value>, String> {
-    let request: InferenceRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let json = |input: Input| input.to_json();
-    match to_inputs(&request.inputs, None, body.len()).map_err(|e| e.to_string())? {
-        Inputs::One(input) => Ok(vec![json(input)]),
-        Inputs::Rows(rows) => Ok(rows.into_iter().map(json).collect()),
+/// The inputs an infer body gives the model (see `crate::fuzz`).
+pub(crate) fn decode_for_fuzz(body: &[u8]) -> Result<Vec<Input>, Error> {
+    let request: InferenceRequest = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid_request(format!("not an OIP inference request: {e}")))?;
+    Ok(match to_rows(&request.inputs, None)? {
+        Rows::One(input) => vec![input],
+        Rows::Batch(rows) => rows,
+    })
+}
+
+/// Maps an answer to output tensors and a stack of it to a batch's (see `crate::fuzz`).
+pub(crate) fn outputs_for_fuzz(answer: Value) {
+    let _ = to_outputs(answer.clone(), &[], None);
+    let _ = to_outputs(stack_rows(vec![answer.clone(), answer]), &[], None);
+}
+
+/// What one inference request asks the endpoint for.
+enum Requests {
+    /// One prediction: the tensors are the input.
+    One(PredictRequest),
+    /// One prediction per row of the tensors' leading batch dimension.
+    Batch(Vec<PredictRequest>),
+}
+
+/// The request's predictions; rows of a batch run at once, at most the endpoint's
+/// `concurrency` of them, so a batching predictor gets them together in `predict_batch`.
+async fn predict_rows(
+    route: &Route,
+    requests: Requests,
+    request_id: &str,
+) -> Result<Prediction, ApiError> {
+    let endpoint = &route.endpoint;
+    let rows = match requests {
+        Requests::One(request) => {
+            return endpoint
+                .predict(request)
+                .await
+                .map_err(|error| ApiError::from_core(&error, request_id));
+        }
+        Requests::Batch(rows) => rows,
+    };
+    let concurrency = endpoint.spec().server.workers.concurrency.max(1);
+    let predictions: Vec<Prediction> = futures::stream::iter(rows)
+        .map(|row| endpoint.predict(row))
+        .buffered(concurrency)
+        .enumerate()
+        .map(|(row, outcome)| {
+            outcome.map_err(|error| {
+                ApiError::from_core(&error, request_id).within(&format!("row {row}"))
+            })
+        })
+        .try_collect()
+        .await?;
+    let model_version = predictions
+        .first()
+        .map(|p| p.model_version.clone())
+        .unwrap_or_default();
+    let elapsed = predictions
+        .iter()
+        .map(|p| p.elapsed)
+        .max()
+        .unwrap_or_default();
+    Ok(Prediction {
+        output: stack_rows(predictions.into_iter().map(|p| p.output).collect()),
+        request_id: request_id.to_owned(),
+        model_version,
+        elapsed,
+    })
+}
+
+/// Row outputs as one answer: objects with the same keys become one object of stacked
+/// entries (one output tensor per key), anything else one stacked array.
+fn stack_rows(rows: Vec<Value>) -> Value {
+    let keys: Option<Vec<String>> = match rows.first() {
+        Some(Value::Object(first)) => Some(first.keys().cloned().collect()),
+        _ => None,
+    };
+    let same_keys = |keys: &[String]| {
+        rows.iter().all(|row| {
+            row.as_object()
+                .is_some_and(|o| o.len() == keys.len() && keys.iter().all(|k| o.contains_key(k)))
+        })
+    };
+    match keys {
+        Some(keys) if same_keys(&keys) => {
+            let mut stacked: Map<String, Value> = keys
+                .iter()
+                .map(|k| (k.clone(), Value::Array(Vec::new())))
+                .collect();
+            for row in rows {
+                let Value::Object(entries) = row else {
+                    unreachable!("checked above")
+                };
+                for (key, value) in entries {
+                    if let Some(Value::Array(column)) = stacked.get_mut(&key) {
+                        column.push(value);
+                    }
+                }
+            }
+            Value::Object(stacked)
+        }
+        _ => Value::Array(rows),
     }
 }
 
-/// Most dimensions an input tensor's `shape` may have (Triton, numpy and ONNX allow 8 to 64).
+/// The predictor's input from the request's tensors: one input, or one per row when every
+/// tensor carries a leading batch dimension; see the crate docs ("Open Inference Protocol").
+enum Rows {
+    One(Input),
+    Batch(Vec<Input>),
+}
+
+/// Most dimensions a tensor may have: beyond any model's, and it bounds the work a shape can
+/// ask for before its elements are counted.
 pub(crate) const MAX_RANK: usize = 32;
 
-/// What a request's tensors ask of the predictor.
-#[derive(Debug, PartialEq)]
-enum Inputs {
-    /// One prediction of this input.
-    One(Input),
-    /// One prediction per row of the batch dimension.
-    Rows(Vec<Input>),
-}
-
-/// Refuses a shape of more than [`MAX_RANK`] dimensions or more elements than a body of
-/// `body_bytes` can hold, before anything is built from it.
-fn check_shape(tensor: &RequestInput, body_bytes: usize) -> Result<(), Error> {
-    if tensor.shape.len() > MAX_RANK {
-        return Err(Error::invalid_request(format!(
-            "input `{}` has {} dimensions; a shape has at most {MAX_RANK}",
-            tensor.name,
-            tensor.shape.len()
-        )));
-    }
-    let elements = tensor
-        .shape
-        .iter()
-        .try_fold(1u64, |product, &dim| product.checked_mul(dim));
-    let limit = body_bytes as u64;
-    match elements {
-        Some(elements) if elements <= limit => Ok(()),
-        _ => Err(Error::invalid_request(format!(
-            "input `{}` has a shape of more elements than its body could hold: at most {limit} \
-             (one per byte of the body)",
-            tensor.name
-        ))),
-    }
-}
-
-/// The predictor's input(s) from the request's tensors; see the crate docs. `body_bytes`
-/// bounds the element count of every shape.
-fn to_inputs(
-    inputs: &[RequestInput],
-    signature: Option<&ModelSignature>,
-    body_bytes: usize,
-) -> Result<Inputs, Error> {
-    for tensor in inputs {
-        check_shape(tensor, body_bytes)?;
-    }
-    if let [tensor] = inputs
-        && is_batch(tensor, signature)
-    {
-        return batch_rows(tensor, signature).map(Inputs::Rows);
-    }
-    to_input(inputs, signature).map(Inputs::One)
-}
-
-/// Whether a lone tensor is a batch: rank 2 or more, unless the signature declares that input
-/// with the same rank and a fixed first dimension (a model whose one input is a matrix).
-fn is_batch(tensor: &RequestInput, signature: Option<&ModelSignature>) -> bool {
-    if tensor.shape.len() < 2 {
-        return false;
-    }
-    let declared = signature.and_then(|s| s.inputs.iter().find(|d| d.name == tensor.name));
-    !declared.is_some_and(|d| d.shape.len() == tensor.shape.len() && d.shape[0] != -1)
-}
-
-/// A batch tensor's rows, each one prediction's input.
-fn batch_rows(
-    tensor: &RequestInput,
-    signature: Option<&ModelSignature>,
-) -> Result<Vec<Input>, Error> {
-    // Checked as a lone input would be (signature names included).
-    let Input::Json(value) = to_input(std::slice::from_ref(tensor), signature)? else {
-        unreachable!("to_input gives JSON");
-    };
-    let batch = tensor.shape[0];
-    if batch == 0 {
-        return Err(Error::invalid_request(format!(
-            "input `{}` is a batch of no rows (shape {:?})",
-            tensor.name, tensor.shape
-        )));
-    }
-    let elements: u64 = tensor.shape.iter().product();
-    let flat = tensor
-        .data
-        .as_array()
-        .is_some_and(|a| !a.iter().any(Value::is_array));
-    match value {
-        Value::Array(rows)
-            if rows.len() as u64 == batch
-                && (!flat || tensor.data.as_array().map(Vec::len) == Some(elements as usize)) =>
-        {
-            Ok(rows.into_iter().map(Input::Json).collect())
-        }
-        _ => Err(Error::invalid_request(format!(
-            "input `{}` of shape {:?} is a batch of {batch} rows, but its data does not hold \
-             {batch} rows of {} element(s)",
-            tensor.name,
-            tensor.shape,
-            tensor.shape[1..].iter().product::<u64>()
-        ))),
-    }
-}
-
-/// The predictor's input from the request's tensors; see the module docs.
-fn to_input(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Result<Input, Error> {
+fn to_rows(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Result<Rows, Error> {
     if inputs.is_empty() {
         return Err(Error::invalid_request(
             "an inference request needs at least one input",
         ));
+    }
+    for tensor in inputs {
+        check_shape(tensor)?;
     }
     let ordered: Vec<&RequestInput> = match signature.filter(|s| !s.inputs.is_empty()) {
         None => inputs.iter().collect(),
@@ -634,16 +515,87 @@ fn to_input(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Resu
                 .collect::<Result<_, _>>()?
         }
     };
+    let declared_rank = |tensor: &RequestInput| {
+        signature
+            .and_then(|s| s.inputs.iter().find(|d| d.name == tensor.name))
+            .map(|d| d.shape.len())
+            .filter(|rank| *rank > 0)
+    };
+    let batched = |tensor: &RequestInput| match declared_rank(tensor) {
+        Some(rank) => tensor.shape.len() == rank + 1,
+        None => tensor.shape.len() >= 2,
+    };
     let mut values = ordered
-        .into_iter()
-        .map(tensor_value)
+        .iter()
+        .map(|tensor| tensor_value(tensor))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Input::Json(if values.len() == 1 {
-        values.remove(0)
-    } else {
-        Value::Array(values)
-    }))
+    let one = |mut values: Vec<Value>| {
+        if values.len() == 1 {
+            values.remove(0)
+        } else {
+            Value::Array(values)
+        }
+    };
+    if !ordered.iter().all(|tensor| batched(tensor)) {
+        return Ok(Rows::One(Input::Json(one(values))));
+    }
+    let batch = ordered[0].shape[0];
+    if let Some(other) = ordered.iter().find(|t| t.shape[0] != batch) {
+        return Err(Error::invalid_request(format!(
+            "input `{}` has a batch of {} rows but `{}` has {batch}: every input's leading \
+             dimension is the batch and must agree",
+            other.name, other.shape[0], ordered[0].name
+        )));
+    }
+    let mut columns = Vec::with_capacity(values.len());
+    for (tensor, value) in ordered.iter().zip(values.drain(..)) {
+        match value {
+            Value::Array(rows) if rows.len() as u64 == batch => columns.push(rows.into_iter()),
+            _ => {
+                return Err(Error::invalid_request(format!(
+                    "input `{}` has shape {:?} but its data is not {batch} rows",
+                    tensor.name, tensor.shape
+                )));
+            }
+        }
+    }
+    Ok(Rows::Batch(
+        (0..batch)
+            .map(|_| {
+                let row: Vec<Value> = columns.iter_mut().filter_map(Iterator::next).collect();
+                Input::Json(one(row))
+            })
+            .collect(),
+    ))
 }
+
+/// Refuses a shape before any work: too many dimensions, or more elements than a body the
+/// size of the endpoint's limit could carry (checked, so no product overflows).
+fn check_shape(tensor: &RequestInput) -> Result<(), Error> {
+    if tensor.shape.len() > MAX_RANK {
+        return Err(Error::invalid_request(format!(
+            "input `{}` has {} dimensions; at most {MAX_RANK} are accepted",
+            tensor.name,
+            tensor.shape.len()
+        )));
+    }
+    let elements = tensor
+        .shape
+        .iter()
+        .try_fold(1u64, |product, dim| product.checked_mul(*dim))
+        .filter(|elements| *elements <= MAX_ELEMENTS);
+    if elements.is_none() {
+        return Err(Error::invalid_request(format!(
+            "input `{}` has shape {:?}, more than {MAX_ELEMENTS} elements",
+            tensor.name, tensor.shape
+        )));
+    }
+    Ok(())
+}
+
+/// Most elements a tensor's shape may count: each element takes at least two bytes of JSON
+/// (`1,`), so no body within the largest accepted size holds more.
+pub(crate) const MAX_ELEMENTS: u64 = 1 << 32;
 
 fn names(tensors: &[TensorSpec]) -> String {
     tensors
@@ -717,33 +669,23 @@ fn element_check(datatype: &str) -> Option<fn(&Value) -> bool> {
     })
 }
 
-/// The scalars of nested arrays in row-major order; iterative, whatever the nesting.
 fn flatten<'a>(value: &'a Value, into: &mut Vec<&'a Value>) {
-    let mut pending = vec![std::slice::from_ref(value).iter()];
-    while let Some(level) = pending.last_mut() {
-        match level.next() {
-            None => {
-                pending.pop();
-            }
-            Some(Value::Array(items)) => pending.push(items.iter()),
-            Some(scalar) => into.push(scalar),
-        }
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| flatten(item, into)),
+        scalar => into.push(scalar),
     }
 }
 
-/// Flat row-major `items` as nested arrays of `shape` (whose product is `items.len()`), built
-/// from the innermost dimension out: no recursion, whatever the rank.
+/// Flat row-major `items` as nested arrays of `shape`, built from the innermost dimension
+/// out (a loop, not recursion: a shape is attacker-chosen).
 fn reshape(items: &[Value], shape: &[u64]) -> Value {
-    if items.is_empty() {
-        return Value::Array(Vec::new());
-    }
-    let mut level = items.to_vec();
-    for &dim in shape.iter().skip(1).rev() {
-        let dim = usize::try_from(dim).unwrap_or(usize::MAX).max(1);
-        let mut grouped = Vec::with_capacity(level.len() / dim);
+    let mut level: Vec<Value> = items.to_vec();
+    for dim in shape.iter().skip(1).rev() {
+        let width = usize::try_from(*dim).unwrap_or(usize::MAX).max(1);
         let mut rest = level.into_iter();
+        let mut grouped = Vec::new();
         loop {
-            let chunk: Vec<Value> = rest.by_ref().take(dim).collect();
+            let chunk: Vec<Value> = rest.by_ref().take(width).collect();
             if chunk.is_empty() {
                 break;
             }
@@ -868,6 +810,16 @@ fn infer_datatype(flat: &[&Value]) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    fn to_input(
+        inputs: &[RequestInput],
+        signature: Option<&ModelSignature>,
+    ) -> Result<Input, Error> {
+        match to_rows(inputs, signature)? {
+            Rows::One(input) => Ok(input),
+            Rows::Batch(rows) => panic!("expected one input, got a batch of {}", rows.len()),
+        }
+    }
+
     fn input(name: &str, shape: Vec<u64>, datatype: &str, data: Value) -> RequestInput {
         RequestInput {
             name: name.into(),
@@ -907,207 +859,99 @@ mod tests {
         assert!(to_input(&unknown, Some(&signature)).is_err());
     }
 
-    fn rows(inputs: Inputs) -> Vec<Value> {
-        match inputs {
-            Inputs::Rows(rows) => rows.into_iter().map(|r| r.to_json()).collect(),
-            Inputs::One(one) => panic!("not a batch: {one:?}"),
-        }
-    }
-
     #[test]
-    fn a_leading_dimension_is_a_batch_of_rows() {
-        let iris = [5.1, 3.5, 1.4, 0.2];
-        let one = [input("x", vec![1, 4], "FP32", json!(iris))];
-        assert_eq!(rows(to_inputs(&one, None, 100).unwrap()), vec![json!(iris)]);
-        let three = [input(
+    fn a_leading_batch_dimension_is_one_input_per_row() {
+        let batch = |inputs: &[RequestInput], signature| match to_rows(inputs, signature).unwrap() {
+            Rows::Batch(rows) => rows,
+            Rows::One(input) => panic!("expected a batch, got one input {input:?}"),
+        };
+        // What Triton's and KServe's clients send for one row of a four-argument model.
+        let one_row = [input("x", vec![1, 4], "FP32", json!([5.1, 3.5, 1.4, 0.2]))];
+        assert_eq!(
+            batch(&one_row, None),
+            [Input::Json(json!([5.1, 3.5, 1.4, 0.2]))]
+        );
+        let nested = [input(
             "x",
-            vec![3, 4],
+            vec![2, 2],
             "FP32",
-            json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+            json!([[1.0, 2.0], [3.0, 4.0]]),
         )];
         assert_eq!(
-            rows(to_inputs(&three, None, 100).unwrap()),
-            vec![
-                json!([1, 2, 3, 4]),
-                json!([5, 6, 7, 8]),
-                json!([9, 10, 11, 12])
+            batch(&nested, None),
+            [
+                Input::Json(json!([1.0, 2.0])),
+                Input::Json(json!([3.0, 4.0]))
             ]
         );
-        // Nested data, as some clients send it, gives the same rows.
-        let nested = [input("x", vec![2, 2], "INT64", json!([[1, 2], [3, 4]]))];
+        let two = [
+            input("a", vec![2, 1], "INT64", json!([1, 2])),
+            input("b", vec![2, 1], "BYTES", json!(["x", "y"])),
+        ];
         assert_eq!(
-            rows(to_inputs(&nested, None, 100).unwrap()),
-            vec![json!([1, 2]), json!([3, 4])]
+            batch(&two, None),
+            [
+                Input::Json(json!([[1], ["x"]])),
+                Input::Json(json!([[2], ["y"]]))
+            ]
         );
-        let cube = [input("x", vec![2, 1, 2], "INT64", json!([1, 2, 3, 4]))];
-        assert_eq!(
-            rows(to_inputs(&cube, None, 100).unwrap()),
-            vec![json!([[1, 2]]), json!([[3, 4]])]
-        );
-        // Rank 1 is still one prediction of positional arguments.
-        let flat = [input("x", vec![4], "FP32", json!(iris))];
-        assert_eq!(
-            to_inputs(&flat, None, 100).unwrap(),
-            Inputs::One(Input::Json(json!(iris)))
-        );
-        // A signature that fixes the first dimension makes the tensor one input (a matrix).
+        // A signature that declares the rank sent takes the tensor whole.
         let matrix = ModelSignature {
-            inputs: vec![TensorSpec::new("x", "INT64", vec![2, 2])],
+            inputs: vec![TensorSpec::new("x", "FP32", vec![-1, 2])],
             ..ModelSignature::default()
         };
-        assert_eq!(
-            to_inputs(&nested, Some(&matrix), 100).unwrap(),
-            Inputs::One(Input::Json(json!([[1, 2], [3, 4]])))
-        );
-        let batched = ModelSignature {
-            inputs: vec![TensorSpec::new("x", "INT64", vec![-1, 2])],
+        assert!(matches!(
+            to_rows(&nested, Some(&matrix)).unwrap(),
+            Rows::One(_)
+        ));
+        let per_row = ModelSignature {
+            inputs: vec![TensorSpec::new("x", "FP32", vec![4])],
             ..ModelSignature::default()
         };
-        assert_eq!(
-            rows(to_inputs(&nested, Some(&batched), 100).unwrap()).len(),
-            2
-        );
-        for (shape, data) in [(vec![3, 4], json!([1, 2, 3])), (vec![0, 4], json!([]))] {
-            let error = to_inputs(&[input("x", shape, "INT64", data)], None, 100).unwrap_err();
-            assert_eq!(error.status(), 400, "{error}");
-            assert!(error.to_string().contains("batch"), "{error}");
-        }
-    }
-
-    #[test]
-    fn rows_answers_stack_into_n_row_outputs() {
-        let labels = stack(vec![json!("setosa"), json!("virginica")]);
-        assert_eq!(
-            to_outputs(labels, &[], None).unwrap(),
-            vec![
-                json!({"name": "output0", "shape": [2], "datatype": "BYTES", "data": ["setosa", "virginica"]})
-            ]
-        );
-        let vectors = stack(vec![json!([1, 2]), json!([3, 4]), json!([5, 6])]);
-        assert_eq!(
-            to_outputs(vectors, &[], None).unwrap()[0]["shape"],
-            json!([3, 2])
-        );
-        let named = stack(vec![
-            json!({"label": "a", "score": 0.5}),
-            json!({"label": "b", "score": 0.25}),
-        ]);
-        assert_eq!(named, json!({"label": ["a", "b"], "score": [0.5, 0.25]}));
-        let mixed = stack(vec![json!({"a": 1}), json!({"b": 1})]);
-        assert_eq!(mixed, json!([{"a": 1}, {"b": 1}]));
+        assert_eq!(batch(&one_row, Some(&per_row)).len(), 1);
+        let disagree = [
+            input("a", vec![2, 1], "INT64", json!([1, 2])),
+            input("b", vec![3, 1], "INT64", json!([1, 2, 3])),
+        ];
+        let error = to_rows(&disagree, None).err().unwrap().to_string();
+        assert!(error.contains("leading dimension"), "{error}");
+        let short = [input("x", vec![3, 2], "INT64", json!([[1, 2]]))];
+        let error = to_rows(&short, None).err().unwrap().to_string();
+        assert!(error.contains("not 3 rows"), "{error}");
     }
 
     #[test]
     fn shapes_are_bounded_before_any_work() {
-        let deep = input("x", vec![1; 7_000], "FP32", json!([5.1]));
-        let error = to_inputs(&[deep], None, 21_000).unwrap_err();
-        assert_eq!(error.status(), 400);
-        assert!(error.to_string().contains("at most 32"), "{error}");
-        let widest = input("x", vec![1; MAX_RANK], "FP32", json!([5.1]));
-        assert!(to_inputs(&[widest], None, 100).is_ok());
-        for shape in [vec![u64::MAX, 2], vec![1 << 32, 1 << 32], vec![101]] {
-            let error = to_inputs(&[input("x", shape, "FP32", json!([1]))], None, 100).unwrap_err();
-            assert!(error.to_string().contains("at most 100"), "{error}");
-        }
-        // The protocol's own example: a shape may claim more elements than `data` holds.
-        assert!(to_inputs(&[input("x", vec![3], "BOOL", json!([true]))], None, 100).is_ok());
-    }
-
-    #[test]
-    fn the_7000_dimension_body_is_refused_without_overflowing_the_stack() {
-        let ones = vec!["1"; 7_000].join(",");
-        let body = format!(
-            r#"{{"inputs":[{{"name":"x","shape":[{ones}],"datatype":"FP32","data":[5.1]}}]}}"#
-        );
-        let error = decode_infer_body(body.as_bytes()).unwrap_err();
+        let deep = [input("x", vec![1; 7_000], "FP32", json!([5.1]))];
+        let error = to_rows(&deep, None).err().unwrap().to_string();
         assert!(error.contains("at most 32"), "{error}");
+        let huge = [input("x", vec![u64::MAX, 2], "FP32", json!([5.1]))];
+        let error = to_rows(&huge, None).err().unwrap().to_string();
+        assert!(error.contains("elements"), "{error}");
+        let at_limit = [input("x", vec![1; MAX_RANK], "FP32", json!([5.1]))];
+        assert!(to_rows(&at_limit, None).is_ok());
     }
 
     #[test]
-    fn reshape_and_flatten_are_inverse_at_every_rank() {
-        let items: Vec<Value> = (0..24).map(|i| json!(i)).collect();
-        for shape in [vec![24], vec![2, 12], vec![2, 3, 4], vec![1, 2, 1, 3, 4, 1]] {
-            let nested = reshape(&items, &shape);
-            let mut flat = Vec::new();
-            flatten(&nested, &mut flat);
-            assert_eq!(
-                flat.into_iter().cloned().collect::<Vec<_>>(),
-                items,
-                "{shape:?}"
-            );
-            assert_eq!(
-                rectangular_shape(&nested).unwrap(),
-                shape.iter().map(|&d| d as usize).collect::<Vec<_>>()
-            );
-        }
-        assert_eq!(reshape(&[], &[2, 0]), json!([]));
-        // Deep nesting flattens without recursion.
-        let mut deep = json!(1);
-        for _ in 0..10_000 {
-            deep = Value::Array(vec![deep]);
-        }
-        let mut flat = Vec::new();
-        flatten(&deep, &mut flat);
-        assert_eq!(flat, [&json!(1)]);
-        // Dropping a 10,000-deep value recurses in serde_json; unwrap it level by level.
-        while let Value::Array(mut items) = deep {
-            deep = items.pop().unwrap_or(Value::Null);
-        }
+    fn reshape_nests_row_major_without_recursion() {
+        let items: Vec<Value> = (0..6).map(|n| json!(n)).collect();
+        assert_eq!(reshape(&items, &[2, 3]), json!([[0, 1, 2], [3, 4, 5]]));
+        assert_eq!(reshape(&items, &[3, 2]), json!([[0, 1], [2, 3], [4, 5]]));
+        assert_eq!(reshape(&items, &[1, 2, 3]), json!([[[0, 1, 2], [3, 4, 5]]]));
+        assert_eq!(reshape(&items, &[6]), json!([0, 1, 2, 3, 4, 5]));
     }
 
-    /// Random shapes and data through the parser: it never panics, and what it accepts obeys
-    /// the limits and the batch rule. A cheap stand-in for the fuzz target on stable.
     #[test]
-    fn random_shapes_obey_the_limits_and_the_batch_rule() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
-        for _ in 0..5_000 {
-            let rank = next(40) as usize;
-            let shape: Vec<u64> = (0..rank)
-                .map(|_| match next(20) {
-                    0 => u64::MAX - next(3),
-                    1 => 0,
-                    _ => 1 + next(4),
-                })
-                .collect();
-            let data: Vec<Value> = (0..next(30)).map(|i| json!(i)).collect();
-            let body = json!({"inputs": [{"name": "x", "shape": shape, "datatype": "INT64", "data": data}]});
-            let bytes = serde_json::to_vec(&body).unwrap();
-            let elements = shape.iter().try_fold(1u64, |p, &d| p.checked_mul(d));
-            match decode_infer_body(&bytes) {
-                Ok(predictions) => {
-                    assert!(rank <= MAX_RANK, "{shape:?}");
-                    assert!(
-                        elements.is_some_and(|e| e <= bytes.len() as u64),
-                        "{shape:?}"
-                    );
-                    if rank >= 2 {
-                        assert_eq!(predictions.len() as u64, shape[0], "{shape:?}");
-                        let row: u64 = shape[1..].iter().product();
-                        for prediction in &predictions {
-                            let mut flat = Vec::new();
-                            flatten(prediction, &mut flat);
-                            assert_eq!(flat.len() as u64, row, "{shape:?}");
-                        }
-                    } else {
-                        assert_eq!(predictions.len(), 1);
-                    }
-                }
-                Err(error) => assert!(
-                    rank > MAX_RANK
-                        || elements.is_none_or(|e| e > bytes.len() as u64)
-                        || (rank >= 2
-                            && (elements == Some(0) || elements != Some(data.len() as u64))),
-                    "{shape:?} with {} elements: {error}",
-                    data.len()
-                ),
-            }
-        }
+    fn rows_stack_into_one_answer() {
+        assert_eq!(stack_rows(vec![json!(1), json!(2)]), json!([1, 2]));
+        assert_eq!(
+            stack_rows(vec![json!({"p": 1, "q": "a"}), json!({"p": 2, "q": "b"})]),
+            json!({"p": [1, 2], "q": ["a", "b"]})
+        );
+        assert_eq!(
+            stack_rows(vec![json!({"p": 1}), json!({"q": 2})]),
+            json!([{"p": 1}, {"q": 2}])
+        );
     }
 
     #[test]
