@@ -322,11 +322,7 @@ async fn admit(
     let bytes = read_body(body, limit, state.body_timeout, arrival)
         .await
         .map_err(refused)?;
-    let request: InferenceRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        refused(Error::invalid_request(format!(
-            "not an OIP inference request: {e}"
-        )))
-    })?;
+    let request = parse_request(&bytes).map_err(refused)?;
     if let Some(id) = &request.id {
         check_request_id(id, "id").map_err(refused)?;
     }
@@ -374,10 +370,20 @@ async fn admit(
     Ok((request, predict, request_id))
 }
 
+/// The body as an `$inference_request`. It must be UTF-8 throughout, as JSON is: serde_json
+/// reading bytes skips fields it ignores (a misspelled `outputs`) without checking them, so
+/// a body that no JSON reader accepts would be answered (found by the `oip_body` fuzz target).
+fn parse_request(body: &[u8]) -> Result<InferenceRequest, Error> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::invalid_request(format!("not an OIP inference request: {e}"))
+    };
+    let text = std::str::from_utf8(body).map_err(|e| invalid(&e))?;
+    serde_json::from_str(text).map_err(|e| invalid(&e))
+}
+
 /// The inputs an infer body gives the model (see `crate::fuzz`).
 pub(crate) fn decode_for_fuzz(body: &[u8]) -> Result<Vec<Input>, Error> {
-    let request: InferenceRequest = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid_request(format!("not an OIP inference request: {e}")))?;
+    let request = parse_request(body)?;
     Ok(match to_rows(&request.inputs, None)? {
         Rows::One(input) => vec![input],
         Rows::Batch(rows) => rows,
@@ -994,6 +1000,17 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn a_body_must_be_utf8_even_in_fields_it_ignores() {
+        let mut body =
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"ouptuts":"s?"}"#
+                .to_vec();
+        let at = body.iter().position(|b| *b == b'?').unwrap();
+        body[at] = 0x86;
+        let error = decode_for_fuzz(&body).err().unwrap().to_string();
+        assert!(error.contains("not an OIP inference request"), "{error}");
     }
 
     #[test]
