@@ -113,6 +113,9 @@
 //!   (`[-1, 2]`).
 //! - Shapes are bounded before any work: at most 32 dimensions and 2^32 elements (more than the
 //!   largest body holds); beyond either the request is a 400.
+//! - Tensors travel as JSON `data`: the binary tensor data extension
+//!   (`Inference-Header-Content-Length`) is refused with a 400 that says so (Triton's clients:
+//!   `binary_data=False`).
 //! - Elements are checked against `datatype`: `BOOL` booleans, `UINT*`/`INT*` integers in
 //!   range, `FP*` numbers, `BYTES` strings; anything else is a 400.
 //!
