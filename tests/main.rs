@@ -4,6 +4,7 @@
 mod hostile;
 mod lifecycle;
 mod observability;
+mod openapi;
 mod shedding;
 mod support;
 mod web_service;

@@ -145,6 +145,7 @@ pub enum EndpointKind {
 }
 
 /// The model an endpoint serves.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {

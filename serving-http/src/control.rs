@@ -197,9 +197,9 @@ async fn spec(
 }
 
 /// A registered version to deploy.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Registered {
+pub(crate) struct Registered {
     version: String,
     #[serde(default)]
     model: Option<String>,
@@ -207,6 +207,7 @@ struct Registered {
     description: Option<String>,
     /// The preprocess to run before it: the stable version's when absent, none when `null`.
     #[serde(default, with = "serde_with_null")]
+    #[schema(value_type = Option<String>)]
     preprocess: Option<Option<String>>,
     #[serde(default)]
     canary_percent: Option<u8>,
@@ -269,9 +270,9 @@ async fn update(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Percent {
+pub(crate) struct Percent {
     percent: u8,
 }
 
@@ -326,9 +327,9 @@ async fn promote(
     Ok(changed(lifecycle, version).await)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RollbackTo {
+pub(crate) struct RollbackTo {
     #[serde(default)]
     version: Option<String>,
 }

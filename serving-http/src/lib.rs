@@ -110,6 +110,7 @@ mod error;
 mod files;
 pub mod observability;
 mod oip;
+mod openapi;
 mod prometheus;
 mod service;
 

@@ -222,8 +222,8 @@ async fn version_infer(
 }
 
 /// `$inference_request`.
-#[derive(Debug, Deserialize)]
-struct InferenceRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct InferenceRequest {
     #[serde(default)]
     id: Option<String>,
     inputs: Vec<RequestInput>,
@@ -232,8 +232,8 @@ struct InferenceRequest {
 }
 
 /// `$request_input`.
-#[derive(Debug, Deserialize)]
-struct RequestInput {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct RequestInput {
     name: String,
     shape: Vec<u64>,
     datatype: String,
@@ -241,8 +241,8 @@ struct RequestInput {
 }
 
 /// `$request_output`.
-#[derive(Debug, Deserialize)]
-struct RequestOutput {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct RequestOutput {
     name: String,
 }
 

@@ -112,6 +112,7 @@ impl WebService {
             .merge(crate::control::routes())
             .merge(crate::oip::routes())
             .merge(crate::observability::routes())
+            .merge(crate::openapi::routes(self))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(CatchPanicLayer::custom(panic_response))

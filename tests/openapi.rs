@@ -1,0 +1,147 @@
+//! The OpenAPI document at `/openapi.json`, checked against the running server by a
+//! property-based API fuzzer (schemathesis, from `scripts/requirements-test.txt`): every
+//! response it draws out must match the document.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use serving::http::{Observability, Token, WebService};
+use serving::prediction_log::PredictionLog;
+use serving::{Context, Input, ModelEndpoint, Predictor, Result};
+
+use crate::support::{TestServer, client, python};
+
+const TOKEN: &str = "openapi-prediction-token-0123456789";
+const ADMIN_TOKEN: &str = "openapi-admin-token-9876543210";
+
+/// Answers any JSON input with itself, so that every well-formed body is a prediction.
+#[derive(Debug)]
+struct Echo;
+
+#[async_trait]
+impl Predictor for Echo {
+    async fn predict(&self, input: Input, _: &Context) -> Result<Value> {
+        Ok(match input {
+            Input::Json(value) => value,
+            other => Value::String(format!("{other:?}")),
+        })
+    }
+}
+
+fn service(dir: &std::path::Path) -> WebService {
+    let log = PredictionLog::builder()
+        .with_dir(dir)
+        .with_setting("flush_interval_ms", "50")
+        .unwrap()
+        .build()
+        .unwrap();
+    let observability = Observability::new().with_prediction_log(log);
+    let echo = observability
+        .instrument(ModelEndpoint::builder("echo", Echo).model("echo", "1"))
+        .build()
+        .unwrap();
+    WebService::builder()
+        .endpoint_with_token(Arc::new(echo), Token::new(TOKEN))
+        .admin_token(Token::new(ADMIN_TOKEN))
+        .observability(observability)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_is_served_without_a_token_and_names_the_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(service(dir.path())).await;
+    let response = client()
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let document: Value = response.json().await.unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    let name = &document["paths"]["/api/v1/endpoints/{name}"]["post"]["parameters"][0];
+    assert_eq!(name["name"], "name");
+    assert_eq!(name["schema"]["enum"], serde_json::json!(["echo"]));
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["predictionToken"]["name"], "Cnvrg-Api-Key");
+    assert_eq!(schemes["adminToken"]["scheme"], "bearer");
+    server.stop().await;
+}
+
+/// schemathesis's settings: each security scheme's credentials, and which answers count as
+/// accepting valid data where the model, not the schema, decides.
+fn fuzzer_config() -> String {
+    format!(
+        r#"
+[auth.openapi.predictionToken]
+api_key = "{TOKEN}"
+
+[auth.openapi.predictionBearer]
+bearer = "{TOKEN}"
+
+[auth.openapi.adminToken]
+bearer = "{ADMIN_TOKEN}"
+
+# Whether a well-formed inference request suits the model (names an output it produces, holds
+# elements of its datatype) is the model's call: a 400 or 422 there is an answer, not a bug.
+[[operations]]
+include-path-regex = "/infer$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "422"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_the_fuzzer_draws_out_matches_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(service(dir.path())).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("schemathesis.toml");
+    std::fs::write(&config, fuzzer_config()).unwrap();
+    let schemathesis = python().with_file_name("schemathesis");
+    let url = server.url("/openapi.json");
+    let started = Instant::now();
+    let run = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(schemathesis)
+            .current_dir(work.path())
+            .arg("--config-file")
+            .arg(&config)
+            .args(["run", &url])
+            .args(["--checks", "all"])
+            .args(["--max-examples", "25"])
+            .args(["--seed", "18"])
+            .args(["--workers", "2"])
+            .args(["--request-timeout", "10"])
+            .args(["--generation-database", "none"])
+            .arg("--no-color")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("schemathesis starts");
+        // Bounded: a hung run is killed and fails the test.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "schemathesis found answers that do not match the document ({:?}):\n{stdout}\n{stderr}",
+        run.status
+    );
+    eprintln!("schemathesis passed in {:?}", started.elapsed());
+    server.stop().await;
+}
