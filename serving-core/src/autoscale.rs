@@ -18,6 +18,7 @@ pub struct AutoscaleBounds {
     /// Fewest replicas.
     pub min_replicas: u32,
     /// Most replicas.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_replicas: u32,
 }
 

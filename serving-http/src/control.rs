@@ -118,8 +118,32 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     } else {
         bytes
     };
-    serde_json::from_slice(text)
-        .map_err(|e| Error::invalid_request(format!("invalid JSON body: {e}")).into())
+    parse(text).map_err(|e| Error::invalid_request(format!("invalid JSON body: {e}")).into())
+}
+
+/// `text` as a `T`, a whole number written as a float (`50.0`, as Python's `json` writes
+/// floats) taken as that integer: JSON Schema counts it as one, and so does the API's
+/// OpenAPI document.
+fn parse<T: DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
+    fn whole(value: &mut Value) {
+        match value {
+            Value::Number(number) => {
+                if let Some(float) = number.as_f64().filter(|_| number.is_f64()) {
+                    // Within ±2^53 every whole float is exactly its integer.
+                    if float.fract() == 0.0 && float.abs() <= 9_007_199_254_740_992.0 {
+                        let integer = float as i64;
+                        *number = integer.into();
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(whole),
+            Value::Object(entries) => entries.values_mut().for_each(whole),
+            _ => {}
+        }
+    }
+    let mut value: Value = serde_json::from_slice(text)?;
+    whole(&mut value);
+    serde_json::from_value(value)
 }
 
 async fn changed(lifecycle: &Lifecycle, version: String) -> Response {
@@ -210,8 +234,10 @@ pub(crate) struct Registered {
     #[schema(value_type = Option<String>)]
     preprocess: Option<Option<String>>,
     #[serde(default)]
+    #[schema(maximum = 100)]
     canary_percent: Option<u8>,
     #[serde(default)]
+    #[schema(maximum = 100)]
     percent: Option<u8>,
 }
 
@@ -273,6 +299,7 @@ async fn update(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Percent {
+    #[schema(maximum = 100)]
     percent: u8,
 }
 
@@ -296,7 +323,7 @@ async fn policy(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
-    let policy: Option<CanaryPolicy> = serde_json::from_slice(&bytes)
+    let policy: Option<CanaryPolicy> = parse(&bytes)
         .map_err(|e| Error::invalid_request(format!("invalid canary policy: {e}")))?;
     lifecycle.set_canary_policy(policy)?;
     Ok(changed(lifecycle, lifecycle.stable_version()).await)

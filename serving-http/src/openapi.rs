@@ -20,8 +20,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use serving_core::{AutoscaleBounds, CanaryPolicy, ModelRef, TensorSpec};
-use utoipa::openapi::path::{Operation, ParameterIn};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr, Schema};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
@@ -39,7 +38,10 @@ impl WebService {
     /// The OpenAPI 3.1 document of this service's HTTP API, as served at `GET /openapi.json`:
     /// every route, its parameters, bodies, status codes, headers and security. The `name`
     /// path parameter lists the endpoints this service serves.
-    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+    ///
+    /// It is JSON rather than `utoipa`'s types so that this crate's API does not depend on
+    /// `utoipa`'s version; merge it into your own document as JSON.
+    pub fn openapi(&self) -> Value {
         let mut names: Vec<&str> = self.state.endpoints.keys().map(String::as_str).collect();
         names.sort_unstable();
         let open = self
@@ -47,28 +49,52 @@ impl WebService {
             .endpoints
             .values()
             .any(|route| route.token.is_none());
-        let mut document = ApiDoc::openapi();
-        for item in document.paths.paths.values_mut() {
-            for operation in operations(item) {
-                if !names.is_empty() {
-                    name_endpoints(operation, &names);
+        let mut document =
+            serde_json::to_value(ApiDoc::openapi()).expect("an OpenAPI document serializes");
+        bound_integers(&mut document);
+        for item in document["paths"].as_object_mut().into_iter().flat_map(|p| p.values_mut()) {
+            for operation in item.as_object_mut().into_iter().flat_map(|i| i.values_mut()) {
+                let parameters = operation.get_mut("parameters").and_then(Value::as_array_mut);
+                for parameter in parameters.into_iter().flatten() {
+                    if parameter["in"] == "path" && parameter["name"] == "name" && !names.is_empty() {
+                        parameter["schema"] = serde_json::json!({"type": "string", "enum": names});
+                    }
                 }
-                if open {
-                    let uses_prediction_token = operation.security.iter().flatten().any(|s| {
-                        serde_json::to_value(s)
-                            .is_ok_and(|v| v.get(PREDICTION_TOKEN).is_some())
-                    });
-                    if uses_prediction_token {
+                let security = operation.get_mut("security").and_then(Value::as_array_mut);
+                if let Some(security) = security.filter(|_| open) {
+                    if security.iter().any(|s| s.get(PREDICTION_TOKEN).is_some()) {
                         // Some endpoint takes calls without a token.
-                        operation
-                            .security
-                            .get_or_insert_with(Vec::new)
-                            .push(Default::default());
+                        security.push(serde_json::json!({}));
                     }
                 }
             }
         }
         document
+    }
+}
+
+/// Gives every unsigned (`uint8` ... `uint64`) and small signed integer the range of its Rust
+/// type, which `format` alone does not state: a value out of it is refused by the server.
+fn bound_integers(value: &mut Value) {
+    match value {
+        Value::Object(schema) => {
+            let range: Option<(i64, u64)> = match schema.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((0, u8::MAX.into())),
+                Some("uint16") => Some((0, u16::MAX.into())),
+                Some("uint32") => Some((0, u32::MAX.into())),
+                Some("uint64") => Some((0, u64::MAX)),
+                Some("int8") => Some((i8::MIN.into(), i8::MAX as u64)),
+                Some("int16") => Some((i16::MIN.into(), i16::MAX as u64)),
+                _ => None,
+            };
+            if let Some((minimum, maximum)) = range {
+                schema.entry("minimum").or_insert(minimum.into());
+                schema.entry("maximum").or_insert(maximum.into());
+            }
+            schema.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
     }
 }
 
@@ -90,30 +116,6 @@ pub(crate) fn routes(service: &WebService) -> Router<Arc<ServiceState>> {
                 .into_response()
         }),
     )
-}
-
-fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
-    [
-        item.get.as_mut(),
-        item.put.as_mut(),
-        item.post.as_mut(),
-        item.delete.as_mut(),
-    ]
-    .into_iter()
-    .flatten()
-}
-
-/// The `name` path parameter as one of the served endpoints.
-fn name_endpoints(operation: &mut Operation, names: &[&str]) {
-    for parameter in operation.parameters.iter_mut().flatten() {
-        if parameter.name == "name" && parameter.parameter_in == ParameterIn::Path {
-            let schema = ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(names.iter().copied()))
-                .build();
-            parameter.schema = Some(RefOr::T(Schema::Object(schema)));
-        }
-    }
 }
 
 #[derive(OpenApi)]
@@ -169,7 +171,7 @@ fn name_endpoints(operation: &mut Operation, names: &[&str]) {
         paths::admin_autoscale,
         paths::admin_set_autoscale,
     ),
-    components(schemas(ErrorBody, PredictionBody, PredictionResponse)),
+    components(schemas(ErrorBody, PredictionBody, PredictionResponse, Timestamp)),
     modifiers(&Security),
     tags(
         (name = "predict", description = "Predictions in the original product's wire format."),
@@ -214,6 +216,7 @@ impl Modify for Security {
 
 /// Every error answer: `{"error": "..."}`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ErrorBody {
     /// What went wrong; for a 500, the request id under which the cause is logged.
     error: String,
@@ -226,10 +229,11 @@ pub(crate) struct PredictionBody;
 impl PartialSchema for PredictionBody {
     fn schema() -> RefOr<Schema> {
         let wrapped = ObjectBuilder::new()
+            .schema_type(Type::Object)
             .title(Some("wrapped"))
             .property(
                 "input_params",
-                ObjectBuilder::new().description(Some(
+                ObjectBuilder::new().schema_type(SchemaType::AnyValue).description(Some(
                     "The input: for a predictor of k arguments, an array of k values (or one \
                      value when k is 1); Base64 text (or an array of it) when the endpoint takes \
                      files.",
@@ -238,6 +242,7 @@ impl PartialSchema for PredictionBody {
             .required("input_params")
             .build();
         let bare = ObjectBuilder::new()
+            .schema_type(SchemaType::AnyValue)
             .title(Some("bare"))
             .description(Some("Any other JSON value: the input itself."))
             .build();
@@ -254,8 +259,59 @@ impl PartialSchema for PredictionBody {
 
 impl ToSchema for PredictionBody {}
 
+/// A time in a query: seconds since the epoch, or RFC 3339; empty is absent.
+pub(crate) struct Timestamp;
+
+impl PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(0))
+                    // 9999-12-31T23:59:59Z.
+                    .maximum(Some(253_402_300_799_u64 as usize)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::DateTime,
+                    ))),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+            .description(Some(
+                "Seconds since the epoch or RFC 3339, from 1970 to 9999; empty is absent.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Timestamp {}
+
+/// The body of `POST .../shadow`: a registered version and the share of traffic to mirror.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShadowBody {
+    /// The registered version.
+    version: String,
+    /// Its model; the stable version's when absent.
+    model: Option<String>,
+    /// What changed.
+    description: Option<String>,
+    /// The preprocess to run before it: the stable version's when absent, none when `null`.
+    preprocess: Option<String>,
+    /// Ignored here.
+    #[schema(maximum = 100)]
+    canary_percent: Option<u8>,
+    /// The share of traffic to mirror, in percent.
+    #[schema(maximum = 100)]
+    percent: u8,
+}
+
 /// A prediction: `{"prediction": ...}`, whatever JSON the model returned.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct PredictionResponse {
     /// The model's answer.
     prediction: Value,
@@ -263,6 +319,7 @@ pub(crate) struct PredictionResponse {
 
 /// `{"status": "ok"}` or `{"status": "ready"}`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct StatusBody {
     /// `ok` (liveness) or `ready` (readiness).
     #[schema(pattern = "^(ok|ready)$")]
@@ -271,6 +328,7 @@ pub(crate) struct StatusBody {
 
 /// One page of the prediction log.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct LogsPage {
     /// The endpoint.
     endpoint: String,
@@ -286,6 +344,7 @@ pub(crate) struct LogsPage {
 
 /// `$metadata_server_response`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ServerMetadata {
     /// `serving`.
     name: String,
@@ -297,6 +356,7 @@ pub(crate) struct ServerMetadata {
 
 /// `{"live": true}`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Live {
     /// Always true while the process answers.
     live: bool,
@@ -304,6 +364,7 @@ pub(crate) struct Live {
 
 /// `{"ready": bool}`: every endpoint ready and the server not shutting down.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Ready {
     /// Whether the server takes inference requests.
     ready: bool,
@@ -311,6 +372,7 @@ pub(crate) struct Ready {
 
 /// `$ready_model_response`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ModelReady {
     /// The model (endpoint) name.
     name: String,
@@ -320,6 +382,7 @@ pub(crate) struct ModelReady {
 
 /// `$metadata_model_response`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ModelMetadata {
     /// The model (endpoint) name.
     name: String,
@@ -335,6 +398,7 @@ pub(crate) struct ModelMetadata {
 
 /// `$inference_response`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct InferenceResponse {
     /// The model (endpoint) name.
     model_name: String,
@@ -348,6 +412,7 @@ pub(crate) struct InferenceResponse {
 
 /// `$response_output`: a tensor, its elements flattened in row-major order.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ResponseOutput {
     /// The output's name.
     name: String,
@@ -362,6 +427,7 @@ pub(crate) struct ResponseOutput {
 
 /// An endpoint in the admin list.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct EndpointSummary {
     /// Its name.
     name: String,
@@ -375,6 +441,7 @@ pub(crate) struct EndpointSummary {
 
 /// A candidate version and its share of traffic.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CandidateShare {
     /// The version.
     version: String,
@@ -384,6 +451,7 @@ pub(crate) struct CandidateShare {
 
 /// `{"endpoints": [...]}`, by name.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct EndpointList {
     /// The served endpoints.
     endpoints: Vec<EndpointSummary>,
@@ -391,6 +459,7 @@ pub(crate) struct EndpointList {
 
 /// Everything about an endpoint's versions at one moment (`serving_core::LifecycleStatus`).
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct LifecycleStatus {
     /// The endpoint.
     endpoint: String,
@@ -420,6 +489,7 @@ pub(crate) struct Object {}
 
 /// What a change answers: the version concerned and the status after it.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Changed {
     /// The version the change concerns.
     version: String,
@@ -429,6 +499,7 @@ pub(crate) struct Changed {
 
 /// `{"versions": [...]}`: the version history (`serving_core::ModelVersion`).
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Versions {
     /// Oldest first.
     versions: Vec<Object>,
@@ -436,6 +507,7 @@ pub(crate) struct Versions {
 
 /// `{"events": [...]}`: lifecycle events (`serving_core::LifecycleEvent`).
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Events {
     /// Oldest first.
     events: Vec<Object>,
@@ -443,6 +515,7 @@ pub(crate) struct Events {
 
 /// Replica bounds and the replicas applied.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Autoscale {
     /// The bounds.
     bounds: AutoscaleBounds,
@@ -458,7 +531,7 @@ mod paths {
     use super::{
         Autoscale, Changed, EndpointList, ErrorBody, Events, InferenceResponse, Live,
         LifecycleStatus, LogsPage, ModelMetadata, ModelReady, PredictionBody,
-        PredictionResponse, Ready, ServerMetadata, StatusBody, Versions,
+        PredictionResponse, Ready, ServerMetadata, ShadowBody, StatusBody, Timestamp, Versions,
     };
     use crate::control::{Percent, Registered, RollbackTo};
     use crate::oip::InferenceRequest;
@@ -548,14 +621,14 @@ mod paths {
         operation_id = "logs",
         params(
             ("name" = String, Path, description = "The endpoint."),
-            ("start_time" = Option<String>, Query, description = "From (inclusive): RFC 3339 or seconds since the epoch."),
-            ("end_time" = Option<String>, Query, description = "Until (exclusive): RFC 3339 or seconds since the epoch."),
+            ("start_time" = Option<Timestamp>, Query, description = "From (inclusive): RFC 3339 or seconds since the epoch."),
+            ("end_time" = Option<Timestamp>, Query, description = "Until (exclusive): RFC 3339 or seconds since the epoch."),
             ("model" = Option<String>, Query, description = "Only this model."),
             ("model_version" = Option<String>, Query, description = "Only this model version."),
-            ("status" = Option<String>, Query, description = "`ok`, `error`, or an HTTP status code.", pattern = "^(ok|error|[1-5][0-9][0-9])$"),
+            ("status" = Option<String>, Query, description = "`ok`, `error`, or an HTTP status code.", pattern = "^(|ok|error|[1-5][0-9][0-9])$"),
             ("offset" = Option<u64>, Query, description = "Predictions to skip (0 by default)."),
             ("size" = Option<u64>, Query, description = "The page's size (100 by default).", maximum = 1000),
-            ("order" = Option<String>, Query, description = "`asc` (oldest first, the default) or `desc`.", pattern = "^(asc|desc|oldest_first|newest_first)$"),
+            ("order" = Option<String>, Query, description = "`asc` (oldest first, the default) or `desc`.", pattern = "^(|asc|desc|oldest_first|newest_first)$"),
             ("minutes" = Option<u64>, Query, description = "Shorthand for a `start_time` that many minutes ago."),
         ),
         responses(
@@ -573,14 +646,14 @@ mod paths {
         operation_id = "logs_csv",
         params(
             ("name" = String, Path, description = "The endpoint."),
-            ("start_time" = Option<String>, Query, description = "From (inclusive): RFC 3339 or seconds since the epoch."),
-            ("end_time" = Option<String>, Query, description = "Until (exclusive): RFC 3339 or seconds since the epoch."),
+            ("start_time" = Option<Timestamp>, Query, description = "From (inclusive): RFC 3339 or seconds since the epoch."),
+            ("end_time" = Option<Timestamp>, Query, description = "Until (exclusive): RFC 3339 or seconds since the epoch."),
             ("model" = Option<String>, Query, description = "Only this model."),
             ("model_version" = Option<String>, Query, description = "Only this model version."),
-            ("status" = Option<String>, Query, description = "`ok`, `error`, or an HTTP status code.", pattern = "^(ok|error|[1-5][0-9][0-9])$"),
+            ("status" = Option<String>, Query, description = "`ok`, `error`, or an HTTP status code.", pattern = "^(|ok|error|[1-5][0-9][0-9])$"),
             ("offset" = Option<u64>, Query, description = "Predictions to skip (0 by default)."),
             ("size" = Option<u64>, Query, description = "The page's size (100 by default).", maximum = 1000000),
-            ("order" = Option<String>, Query, description = "`asc` (oldest first, the default) or `desc`.", pattern = "^(asc|desc|oldest_first|newest_first)$"),
+            ("order" = Option<String>, Query, description = "`asc` (oldest first, the default) or `desc`.", pattern = "^(|asc|desc|oldest_first|newest_first)$"),
             ("minutes" = Option<u64>, Query, description = "Shorthand for a `start_time` that many minutes ago."),
         ),
         responses(
@@ -964,7 +1037,7 @@ mod paths {
     #[utoipa::path(post, path = "/api/v1/admin/endpoints/{name}/shadow", tag = "admin",
         operation_id = "admin_shadow",
         params(("name" = String, Path, description = "The endpoint.")),
-        request_body(content = Registered, content_type = "application/json"),
+        request_body(content = ShadowBody, content_type = "application/json"),
         responses(
             (status = 201, description = "Mirroring.", body = Changed),
             (status = 400, description = "An invalid body, or no `percent`.", body = ErrorBody),
