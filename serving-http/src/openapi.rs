@@ -1122,3 +1122,194 @@ mod paths {
         security(("adminToken" = [])))]
     fn admin_set_autoscale() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use serving_core::{ModelEndpoint, Result, predictor_fn};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn service() -> WebService {
+        let model = predictor_fn(|x: f64| -> Result<f64> { Ok(x) });
+        let endpoint = ModelEndpoint::builder("echo", model).build().unwrap();
+        WebService::builder().endpoint(endpoint).build().unwrap()
+    }
+
+    /// Every `(METHOD, path)` the document lists.
+    fn documented(document: &Value) -> BTreeSet<(String, String)> {
+        let mut routes = BTreeSet::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                routes.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        routes
+    }
+
+    /// The text of the call that opens just before `from`, up to its closing parenthesis.
+    fn call_arguments(source: &str, from: usize) -> &str {
+        let mut depth = 1;
+        for (at, c) in source[from..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return &source[from..from + at];
+                    }
+                }
+                _ => {}
+            }
+        }
+        panic!("unbalanced `.route(` call");
+    }
+
+    /// The first string literal in `text`.
+    fn literal(text: &str) -> Option<&str> {
+        let start = text.find('"')? + 1;
+        let end = start + text[start..].find('"')?;
+        Some(&text[start..end])
+    }
+
+    /// Every `(METHOD, path)` that a `.route(path, method(..)...)` call in this crate's
+    /// sources declares, read from the source so that a new route cannot be left out.
+    fn declared_in(dir: &Path, routes: &mut BTreeSet<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                declared_in(&path, routes);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("openapi.rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            let base = source
+                .find("let base = ")
+                .and_then(|at| literal(&source[at..]));
+            let mut rest = 0;
+            while let Some(at) = source[rest..].find(".route(") {
+                let open = rest + at + ".route(".len();
+                let arguments = call_arguments(&source, open);
+                rest = open;
+                let (target, handlers) = arguments
+                    .split_once(',')
+                    .unwrap_or_else(|| panic!("a route without handlers in {path:?}"));
+                let target = target.trim();
+                let route = if target == "base" {
+                    base.expect("`base` is declared").to_owned()
+                } else {
+                    let text = literal(target)
+                        .unwrap_or_else(|| panic!("unreadable route `{target}` in {path:?}"));
+                    let text = text.replace("{base}", base.unwrap_or("{base}"));
+                    if target.starts_with("&format!") {
+                        text.replace("{{", "{").replace("}}", "}")
+                    } else {
+                        text
+                    }
+                };
+                for method in ["get", "post", "put", "delete", "patch"] {
+                    let called = handlers.match_indices(&format!("{method}(")).any(|(at, _)| {
+                        !handlers[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                    });
+                    if called {
+                        routes.insert((method.to_ascii_uppercase(), route.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_route_the_router_declares_is_documented_and_no_other() {
+        let mut declared = BTreeSet::new();
+        declared_in(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut declared,
+        );
+        declared.insert(("GET".into(), "/openapi.json".into()));
+        let documented = documented(&service().openapi());
+        assert!(declared.len() > 30, "found too few routes: {declared:?}");
+        let missing: Vec<_> = declared.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&declared).collect();
+        assert!(missing.is_empty(), "routes missing from the document: {missing:?}");
+        assert!(stale.is_empty(), "documented routes the router lacks: {stale:?}");
+    }
+
+    #[tokio::test]
+    async fn every_documented_operation_reaches_a_handler() {
+        let service = service();
+        let router = service.router();
+        for (method, path) in documented(&service.openapi()) {
+            let uri = path.replace("{name}", "echo").replace("{version}", "1");
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+            assert!(
+                !(status == StatusCode::NOT_FOUND && body.as_ref() == br#"{"error":"no such route"}"#),
+                "{method} {uri} reached the fallback"
+            );
+        }
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_its_security_and_error_shape() {
+        let document = service().openapi();
+        assert_eq!(document["openapi"], "3.1.0");
+        let schemes = &document["components"]["securitySchemes"];
+        assert_eq!(schemes[PREDICTION_TOKEN]["in"], "header");
+        assert_eq!(schemes[PREDICTION_TOKEN]["name"], crate::TOKEN_HEADER);
+        assert_eq!(schemes[ADMIN_TOKEN]["scheme"], "bearer");
+        assert_eq!(schemes[PREDICTION_BEARER]["scheme"], "bearer");
+        let error = &document["components"]["schemas"]["ErrorBody"];
+        assert_eq!(error["required"], serde_json::json!(["error"]));
+        let predict = &document["paths"]["/api/v1/endpoints/{name}"]["post"];
+        let statuses: Vec<&str> = predict["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for status in ["200", "400", "401", "404", "408", "413", "415", "422", "500", "503"] {
+            assert!(statuses.contains(&status), "predict lacks {status}");
+        }
+        assert_eq!(predict["security"], serde_json::json!([{ PREDICTION_TOKEN: [] }]));
+        // A u8 percent is bounded by its type and by the API (0 to 100).
+        let percent = &document["components"]["schemas"]["Percent"]["properties"]["percent"];
+        assert_eq!(percent["minimum"], 0);
+        assert_eq!(percent["maximum"], 100);
+    }
+
+    #[test]
+    fn an_endpoint_without_a_token_makes_the_token_optional() {
+        let model = predictor_fn(|x: f64| -> Result<f64> { Ok(x) });
+        let mut spec = serving_core::EndpointSpec::new("open", ModelRef::new("open", "1"));
+        spec.auth.required = false;
+        let endpoint = ModelEndpoint::builder("open", model)
+            .spec(spec)
+            .build()
+            .unwrap();
+        let service = WebService::builder().endpoint(endpoint).build().unwrap();
+        let document = service.openapi();
+        let predict = &document["paths"]["/api/v1/endpoints/{name}"]["post"];
+        assert_eq!(
+            predict["security"],
+            serde_json::json!([{ PREDICTION_TOKEN: [] }, {}])
+        );
+        let admin = &document["paths"]["/api/v1/admin/endpoints"]["get"];
+        assert_eq!(admin["security"], serde_json::json!([{ ADMIN_TOKEN: [] }]));
+    }
+}
