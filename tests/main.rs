@@ -7,4 +7,5 @@ mod observability;
 mod openapi;
 mod shedding;
 mod support;
+mod transport;
 mod web_service;

@@ -3,6 +3,10 @@
 //! Each function exercises one trait's `# Contract` and panics with a message on the first
 //! violation. They run here against the in-memory implementations and again from each backend
 //! crate against its own (`serving-core = { features = ["conformance"] }` in dev-dependencies).
+//!
+//! [`transport`] holds the suite that every transport (HTTP, Kafka, batch, the runner) passes.
+
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -17,6 +17,10 @@
 //! local filesystem by default) and reads them back by time range, model, version and status,
 //! or as CSV.
 //!
+//! The [`runner`] module is the one path from a stream or a batch to `predict` (bounded,
+//! back-pressured, ordered, drained on shutdown) and writes down what every transport owes
+//! the endpoint, in [`runner::Runner`]'s `# Contract`.
+//!
 //! Backend crates (`serving-http`, `serving-kafka`, `serving-batch`, `serving-k8s`) implement
 //! these traits for one technology each; the `serving` crate re-exports them behind features.
 //!
@@ -56,6 +60,7 @@ mod predictor;
 mod preprocess;
 mod record;
 mod record_sinks;
+pub mod runner;
 mod setting;
 mod signature;
 mod spec;
