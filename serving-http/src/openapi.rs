@@ -37,7 +37,8 @@ const ADMIN_TOKEN: &str = "adminToken";
 impl WebService {
     /// The OpenAPI 3.1 document of this service's HTTP API, as served at `GET /openapi.json`:
     /// every route, its parameters, bodies, status codes, headers and security. The `name`
-    /// path parameter lists the endpoints this service serves.
+    /// path parameter lists the endpoints this service serves, and `version` gives the
+    /// versions they serve now as examples.
     ///
     /// It is JSON rather than `utoipa`'s types so that this crate's API does not depend on
     /// `utoipa`'s version; merge it into your own document as JSON.
@@ -49,6 +50,17 @@ impl WebService {
             .endpoints
             .values()
             .any(|route| route.token.is_none());
+        let mut versions: Vec<String> = self
+            .state
+            .endpoints
+            .values()
+            .flat_map(|route| match route.endpoint.lifecycle() {
+                Some(lifecycle) => lifecycle.routable_versions(),
+                None => vec![route.endpoint.spec().model.version.clone()],
+            })
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
         let mut document =
             serde_json::to_value(ApiDoc::openapi()).expect("an OpenAPI document serializes");
         bound_integers(&mut document);
@@ -58,6 +70,11 @@ impl WebService {
                 for parameter in parameters.into_iter().flatten() {
                     if parameter["in"] == "path" && parameter["name"] == "name" && !names.is_empty() {
                         parameter["schema"] = serde_json::json!({"type": "string", "enum": names});
+                    }
+                    if parameter["in"] == "path" && parameter["name"] == "version" {
+                        // Examples, not an enum: versions come and go while the service runs.
+                        parameter["schema"] =
+                            serde_json::json!({"type": "string", "examples": versions});
                     }
                 }
                 let security = operation.get_mut("security").and_then(Value::as_array_mut);
