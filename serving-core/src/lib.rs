@@ -40,6 +40,7 @@
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
+//! | `openapi` | derives `utoipa::ToSchema` on the types the web service's API carries (for its OpenAPI document) | no |
 
 mod admission;
 mod autoscale;

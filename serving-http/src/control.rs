@@ -323,8 +323,8 @@ async fn policy(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
-    let policy: Option<CanaryPolicy> = parse(&bytes)
-        .map_err(|e| Error::invalid_request(format!("invalid canary policy: {e}")))?;
+    let policy: Option<CanaryPolicy> =
+        parse(&bytes).map_err(|e| Error::invalid_request(format!("invalid canary policy: {e}")))?;
     lifecycle.set_canary_policy(policy)?;
     Ok(changed(lifecycle, lifecycle.stable_version()).await)
 }

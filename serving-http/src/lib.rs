@@ -15,6 +15,9 @@
 //! rejected, 500 predictor failure or panic, 503 not ready or overloaded (with `Retry-After`),
 //! 504 predictor timeout. `GET /healthz` and `GET /readyz` report liveness and readiness.
 //!
+//! `GET /openapi.json` serves an OpenAPI 3.1 document of every route below, generated from
+//! the Rust types ([`WebService::openapi`]); it needs no token (it holds no secret).
+//!
 //! With an [`Observability`] ([`WebServiceBuilder::observability`]) the service also serves
 //! `GET /metrics` (Prometheus), `GET /dashboard`, and the charts and logs APIs under
 //! `/api/v1/endpoints/{name}/`; see [`observability`].

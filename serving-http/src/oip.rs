@@ -236,7 +236,9 @@ pub(crate) struct InferenceRequest {
 pub(crate) struct RequestInput {
     name: String,
     shape: Vec<u64>,
-    #[schema(pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$")]
+    #[schema(
+        pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$"
+    )]
     datatype: String,
     data: Value,
 }

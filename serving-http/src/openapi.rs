@@ -64,11 +64,22 @@ impl WebService {
         let mut document =
             serde_json::to_value(ApiDoc::openapi()).expect("an OpenAPI document serializes");
         bound_integers(&mut document);
-        for item in document["paths"].as_object_mut().into_iter().flat_map(|p| p.values_mut()) {
-            for operation in item.as_object_mut().into_iter().flat_map(|i| i.values_mut()) {
-                let parameters = operation.get_mut("parameters").and_then(Value::as_array_mut);
+        for item in document["paths"]
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|p| p.values_mut())
+        {
+            for operation in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|i| i.values_mut())
+            {
+                let parameters = operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut);
                 for parameter in parameters.into_iter().flatten() {
-                    if parameter["in"] == "path" && parameter["name"] == "name" && !names.is_empty() {
+                    if parameter["in"] == "path" && parameter["name"] == "name" && !names.is_empty()
+                    {
                         parameter["schema"] = serde_json::json!({"type": "string", "enum": names});
                     }
                     if parameter["in"] == "path" && parameter["name"] == "version" {
@@ -250,11 +261,13 @@ impl PartialSchema for PredictionBody {
             .title(Some("wrapped"))
             .property(
                 "input_params",
-                ObjectBuilder::new().schema_type(SchemaType::AnyValue).description(Some(
-                    "The input: for a predictor of k arguments, an array of k values (or one \
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::AnyValue)
+                    .description(Some(
+                        "The input: for a predictor of k arguments, an array of k values (or one \
                      value when k is 1); Base64 text (or an array of it) when the endpoint takes \
                      files.",
-                )),
+                    )),
             )
             .required("input_params")
             .build();
@@ -289,14 +302,14 @@ impl PartialSchema for Timestamp {
                     // 9999-12-31T23:59:59Z.
                     .maximum(Some(253_402_300_799_u64 as usize)),
             )
+            .item(ObjectBuilder::new().schema_type(Type::String).format(Some(
+                utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime),
+            )))
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
-                        utoipa::openapi::KnownFormat::DateTime,
-                    ))),
+                    .max_length(Some(0)),
             )
-            .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
             .description(Some(
                 "Seconds since the epoch or RFC 3339, from 1970 to 9999; empty is absent.",
             ))
@@ -436,7 +449,9 @@ pub(crate) struct ResponseOutput {
     /// Its shape (a scalar is `[1]`).
     shape: Vec<u64>,
     /// Its element type.
-    #[schema(pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$")]
+    #[schema(
+        pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$"
+    )]
     datatype: String,
     /// Its elements.
     data: Vec<Value>,
@@ -546,9 +561,9 @@ mod paths {
     use serving_core::{AutoscaleBounds, CanaryPolicy, Charts};
 
     use super::{
-        Autoscale, Changed, EndpointList, ErrorBody, Events, InferenceResponse, Live,
-        LifecycleStatus, LogsPage, ModelMetadata, ModelReady, PredictionBody,
-        PredictionResponse, Ready, ServerMetadata, ShadowBody, StatusBody, Timestamp, Versions,
+        Autoscale, Changed, EndpointList, ErrorBody, Events, InferenceResponse, LifecycleStatus,
+        Live, LogsPage, ModelMetadata, ModelReady, PredictionBody, PredictionResponse, Ready,
+        ServerMetadata, ShadowBody, StatusBody, Timestamp, Versions,
     };
     use crate::control::{Percent, Registered, RollbackTo};
     use crate::oip::InferenceRequest;
@@ -1233,9 +1248,11 @@ mod tests {
                     }
                 };
                 for method in ["get", "post", "put", "delete", "patch"] {
-                    let called = handlers.match_indices(&format!("{method}(")).any(|(at, _)| {
-                        !handlers[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
-                    });
+                    let called = handlers
+                        .match_indices(&format!("{method}("))
+                        .any(|(at, _)| {
+                            !handlers[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                        });
                     if called {
                         routes.insert((method.to_ascii_uppercase(), route.clone()));
                     }
@@ -1256,8 +1273,14 @@ mod tests {
         assert!(declared.len() > 30, "found too few routes: {declared:?}");
         let missing: Vec<_> = declared.difference(&documented).collect();
         let stale: Vec<_> = documented.difference(&declared).collect();
-        assert!(missing.is_empty(), "routes missing from the document: {missing:?}");
-        assert!(stale.is_empty(), "documented routes the router lacks: {stale:?}");
+        assert!(
+            missing.is_empty(),
+            "routes missing from the document: {missing:?}"
+        );
+        assert!(
+            stale.is_empty(),
+            "documented routes the router lacks: {stale:?}"
+        );
     }
 
     #[tokio::test]
@@ -1276,7 +1299,8 @@ mod tests {
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
             assert!(
-                !(status == StatusCode::NOT_FOUND && body.as_ref() == br#"{"error":"no such route"}"#),
+                !(status == StatusCode::NOT_FOUND
+                    && body.as_ref() == br#"{"error":"no such route"}"#),
                 "{method} {uri} reached the fallback"
             );
         }
@@ -1300,10 +1324,15 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        for status in ["200", "400", "401", "404", "408", "413", "415", "422", "500", "503"] {
+        for status in [
+            "200", "400", "401", "404", "408", "413", "415", "422", "500", "503",
+        ] {
             assert!(statuses.contains(&status), "predict lacks {status}");
         }
-        assert_eq!(predict["security"], serde_json::json!([{ PREDICTION_TOKEN: [] }]));
+        assert_eq!(
+            predict["security"],
+            serde_json::json!([{ PREDICTION_TOKEN: [] }])
+        );
         // A u8 percent is bounded by its type and by the API (0 to 100).
         let percent = &document["components"]["schemas"]["Percent"]["properties"]["percent"];
         assert_eq!(percent["minimum"], 0);
