@@ -226,6 +226,7 @@ async fn version_infer(
 pub(crate) struct InferenceRequest {
     #[serde(default)]
     id: Option<String>,
+    #[schema(min_items = 1)]
     inputs: Vec<RequestInput>,
     #[serde(default)]
     outputs: Vec<RequestOutput>,
@@ -240,6 +241,7 @@ pub(crate) struct RequestInput {
         pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$"
     )]
     datatype: String,
+    #[schema(value_type = crate::openapi::TensorData)]
     data: Value,
 }
 

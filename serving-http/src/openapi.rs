@@ -199,7 +199,7 @@ pub(crate) fn routes(service: &WebService) -> Router<Arc<ServiceState>> {
         paths::admin_autoscale,
         paths::admin_set_autoscale,
     ),
-    components(schemas(ErrorBody, PredictionBody, PredictionResponse, Timestamp)),
+    components(schemas(ErrorBody, PredictionBody, PredictionResponse, TensorData, Timestamp)),
     modifiers(&Security),
     tags(
         (name = "predict", description = "Predictions in the original product's wire format."),
@@ -288,6 +288,32 @@ impl PartialSchema for PredictionBody {
 }
 
 impl ToSchema for PredictionBody {}
+
+/// A tensor's elements: a scalar, or arrays of them nested to any depth (flat in row-major
+/// order, or nested as the shape).
+pub(crate) struct TensorData;
+
+impl PartialSchema for TensorData {
+    fn schema() -> RefOr<Schema> {
+        let scalar = ObjectBuilder::new().schema_type(SchemaType::from_iter([
+            Type::Boolean,
+            Type::Number,
+            Type::String,
+        ]));
+        let nested = utoipa::openapi::schema::ArrayBuilder::new()
+            .items(utoipa::openapi::Ref::from_schema_name("TensorData"));
+        utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(scalar)
+            .item(nested)
+            .description(Some(
+                "Elements of the tensor's datatype: booleans for BOOL, integers in range for \
+                 (U)INT*, numbers for FP*, strings for BYTES.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for TensorData {}
 
 /// A time in a query: seconds since the epoch, or RFC 3339; empty is absent.
 pub(crate) struct Timestamp;
