@@ -101,21 +101,24 @@ impl WebService {
     }
 }
 
-/// Gives every unsigned (`uint8` ... `uint64`) and small signed integer the range of its Rust
-/// type, which `format` alone does not state: a value out of it is refused by the server.
+/// Gives every unsigned and small signed integer the range of its Rust type, which `format`
+/// alone does not state (a value out of it is refused by the server), and spells its format
+/// as the OpenAPI format registry does (`uint32`; utoipa writes `u-int32`).
 fn bound_integers(value: &mut Value) {
     match value {
         Value::Object(schema) => {
-            let range: Option<(i64, u64)> = match schema.get("format").and_then(Value::as_str) {
-                Some("uint8") => Some((0, u8::MAX.into())),
-                Some("uint16") => Some((0, u16::MAX.into())),
-                Some("uint32") => Some((0, u32::MAX.into())),
-                Some("uint64") => Some((0, u64::MAX)),
-                Some("int8") => Some((i8::MIN.into(), i8::MAX as u64)),
-                Some("int16") => Some((i16::MIN.into(), i16::MAX as u64)),
+            let format = schema.get("format").and_then(Value::as_str);
+            let range: Option<(&str, i64, u64)> = match format {
+                Some("u-int8" | "uint8") => Some(("uint8", 0, u8::MAX.into())),
+                Some("u-int16" | "uint16") => Some(("uint16", 0, u16::MAX.into())),
+                Some("u-int32" | "uint32") => Some(("uint32", 0, u32::MAX.into())),
+                Some("u-int64" | "uint64") => Some(("uint64", 0, u64::MAX)),
+                Some("int8") => Some(("int8", i8::MIN.into(), i8::MAX.unsigned_abs().into())),
+                Some("int16") => Some(("int16", i16::MIN.into(), i16::MAX.unsigned_abs().into())),
                 _ => None,
             };
-            if let Some((minimum, maximum)) = range {
+            if let Some((format, minimum, maximum)) = range {
+                schema.insert("format".into(), format.into());
                 schema.entry("minimum").or_insert(minimum.into());
                 schema.entry("maximum").or_insert(maximum.into());
             }
@@ -1359,7 +1362,11 @@ mod tests {
             predict["security"],
             serde_json::json!([{ PREDICTION_TOKEN: [] }])
         );
-        // A u8 percent is bounded by its type and by the API (0 to 100).
+        // Integers carry their Rust type's range, and the API's where it is narrower.
+        let bounds = &document["components"]["schemas"]["AutoscaleBounds"]["properties"];
+        assert_eq!(bounds["max_replicas"]["format"], "uint32");
+        assert_eq!(bounds["max_replicas"]["minimum"], 1);
+        assert_eq!(bounds["max_replicas"]["maximum"], u32::MAX);
         let percent = &document["components"]["schemas"]["Percent"]["properties"]["percent"];
         assert_eq!(percent["minimum"], 0);
         assert_eq!(percent["maximum"], 100);
