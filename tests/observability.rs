@@ -633,7 +633,13 @@ async fn json_logs_child() {
         .instrument(ModelEndpoint::builder("chatty", chatty))
         .build()
         .unwrap();
-    let running = Running::start(service(&observability, vec![endpoint])).await;
+    let service = WebService::builder()
+        .observability(observability.clone())
+        .endpoint_with_token(endpoint, Token::new(TOKEN))
+        .admin_token(Token::new(ADMIN_TOKEN))
+        .build()
+        .unwrap();
+    let running = Running::start(service).await;
     assert_eq!(
         running.predict("chatty", json!([41])).await.0,
         StatusCode::OK
@@ -642,8 +648,29 @@ async fn json_logs_child() {
         running.predict("chatty", json!([-1])).await.0,
         StatusCode::INTERNAL_SERVER_ERROR
     );
+    // An error that quotes a 300 KB input: cropped in the answer and in the log lines.
+    let (status, _, body) = running.predict("chatty", json!("x".repeat(300_000))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body.to_string().len() < 1_200,
+        "{} bytes",
+        body.to_string().len()
+    );
+    let changed = reqwest::Client::new()
+        .put(format!(
+            "{}/api/v1/admin/endpoints/chatty/autoscale",
+            running.base
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"min_replicas": 1, "max_replicas": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
     running.stop().await;
 }
+
+const ADMIN_TOKEN: &str = "obs-admin-token-9876543210";
 
 #[test]
 fn json_logs_use_the_original_field_names_and_never_show_tokens() {
@@ -712,6 +739,34 @@ fn json_logs_use_the_original_field_names_and_never_show_tokens() {
         l.get("cnvrg_tag_name") == Some(&json!("threshold"))
     });
     assert_eq!(param["threshold"], 0.5);
+    assert!(!stdout.contains(ADMIN_TOKEN));
+    // The 300 KB input's error is cropped to `max_value_chars` (1000) in every line.
+    let longest = stdout.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 4_000, "a log line of {longest} bytes");
+    let refused = find("refused prediction", &|l| {
+        l.get("target") == Some(&json!("serving::prediction")) && l["status"] == 422
+    });
+    // The quoted input is cropped; the words around it remain.
+    let cropped = refused["error_message"].as_str().unwrap();
+    assert!(
+        cropped.contains(&"x".repeat(900)) && cropped.chars().count() < 1_100,
+        "{cropped}"
+    );
+    let admin = find("admin change", &|l| {
+        l.get("message") == Some(&json!("admin change"))
+    });
+    assert_eq!(
+        (&admin["who"], &admin["endpoint"], &admin["action"]),
+        (&json!("admin"), &json!("chatty"), &json!("autoscale"))
+    );
+    let before: Value = serde_json::from_str(admin["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(admin["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        after["autoscale"],
+        json!({"min_replicas": 1, "max_replicas": 3})
+    );
+    assert_ne!(before["autoscale"], after["autoscale"]);
+    assert_eq!(after["stable"], before["stable"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -818,5 +873,237 @@ async fn requests_refused_before_the_model_are_counted_and_logged() {
             .iter()
             .all(|r| r.status == 200 || r.error.is_some())
     );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_times_are_a_400_naming_the_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(dir.path(), &[]);
+    let observability = Observability::new().with_prediction_log(log.clone());
+    let running = Running::start(service(
+        &observability,
+        vec![doubler_endpoint(&observability)],
+    ))
+    .await;
+    let cases = [
+        ("logs?minutes=18446744073709551615", "minutes"),
+        ("logs?minutes=99999999999", "minutes"),
+        ("logs.csv?minutes=307445734561825860", "minutes"),
+        ("logs?start_time=1e300", "start_time"),
+        ("logs?start_time=-5", "start_time"),
+        ("logs?end_time=99999999999999", "end_time"),
+        ("logs.csv?start_time=inf", "start_time"),
+        ("charts?minutes=18446744073709551615", "minutes"),
+        ("charts?minutes=307445734561825861", "minutes"),
+    ];
+    for (query, parameter) in cases {
+        let response = running
+            .get(&format!("/api/v1/endpoints/doubler/{query}"))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(parameter), "{query}: {error}");
+    }
+    // In range still answers.
+    for query in ["logs?minutes=1", "logs?start_time=0", "charts?minutes=1440"] {
+        let response = running
+            .get(&format!("/api/v1/endpoints/doubler/{query}"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{query}");
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formula_ids_are_neutralised_in_csv_and_control_characters_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(dir.path(), &[("flush_interval_ms", "50")]);
+    let observability = Observability::new().with_prediction_log(log.clone());
+    let running = Running::start(service(
+        &observability,
+        vec![doubler_endpoint(&observability)],
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let predict = |id: &str| {
+        client
+            .post(format!("{}/api/v1/endpoints/doubler", running.base))
+            .header("Cnvrg-Api-Key", TOKEN)
+            .header("x-request-id", id)
+            .json(&json!({"input_params": [2]}))
+            .send()
+    };
+    let formulas = [
+        "=HYPERLINK(\"http://evil.example\",\"x\")",
+        "+1+1",
+        "-2+3",
+        "@SUM(A1:A2)",
+    ];
+    for id in formulas {
+        let response = predict(id).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{id}");
+        assert_eq!(response.headers()["x-request-id"], id);
+    }
+    // A tab is the one control character a header may carry; it is refused and named.
+    let response = predict("a\tb").await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("x-request-id"),
+        "{body}"
+    );
+    // OIP ids may hold anything JSON can: ESC, CR, LF.
+    for id in ["\u{1b}[31mred", "forged\r\nline", "bell\u{7}"] {
+        let response = client
+            .post(format!("{}/v2/models/doubler/infer", running.base))
+            .header("Cnvrg-Api-Key", TOKEN)
+            .json(&json!({"id": id, "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{id:?}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("`id`") && !error.contains(id), "{error}");
+    }
+    log.flush().await.unwrap();
+
+    let csv = running
+        .get("/api/v1/endpoints/doubler/logs.csv?size=100")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(
+        rows.len(),
+        4 + 1 + 3,
+        "every request is logged, refusals included"
+    );
+    for row in &rows {
+        for cell in row {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{cell:?}"
+            );
+            assert!(!cell.contains('\u{1b}'), "{cell:?}");
+        }
+    }
+    let ids: Vec<&str> = rows.iter().map(|row| &row[0]).collect();
+    for id in formulas {
+        assert!(ids.contains(&format!("'{id}").as_str()), "{id} in {ids:?}");
+    }
+    // Read back by our reader, and by the JSON API, the ids are exactly as sent.
+    let back: Vec<String> = read_csv(csv.as_bytes())
+        .unwrap()
+        .into_iter()
+        .map(|row| row.request_id)
+        .collect();
+    let logs: Value = running
+        .get("/api/v1/endpoints/doubler/logs")
+        .await
+        .json()
+        .await
+        .unwrap();
+    for id in formulas {
+        assert!(back.contains(&id.to_owned()), "{id}");
+        assert!(
+            logs["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["request_id"] == id),
+            "{id}"
+        );
+    }
+    assert_eq!(logs["total_exact"], true);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_quoting_huge_inputs_are_cropped_in_answers_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(dir.path(), &[("flush_interval_ms", "50")]);
+    let observability = Observability::new().with_prediction_log(log.clone());
+    let running = Running::start(service(
+        &observability,
+        vec![doubler_endpoint(&observability)],
+    ))
+    .await;
+    let huge = "9".repeat(100_000) + "x";
+    let (status, _, body) = running.predict("doubler", json!(huge)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.len() < 1_100, "a {} byte answer", error.len());
+    assert!(
+        error.contains(&"9".repeat(900)),
+        "the start is kept: {error}"
+    );
+    log.flush().await.unwrap();
+    let page = log.query(&PredictionQuery::new("doubler")).await.unwrap();
+    let recorded = page.records[0].error.as_deref().unwrap();
+    assert_eq!(recorded, error, "the log keeps what the caller was told");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_nested_too_deep_to_read_back_are_shown_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(dir.path(), &[("flush_interval_ms", "50")]);
+    let observability = Observability::new().with_prediction_log(log.clone());
+    let deep = predictor_fn(|depth: u64| -> Result<Value> {
+        let mut value = json!(depth);
+        for _ in 0..depth {
+            value = json!([value]);
+        }
+        Ok(value)
+    });
+    let endpoint = observability
+        .instrument(ModelEndpoint::builder("deep", deep))
+        .build()
+        .unwrap();
+    let running = Running::start(service(&observability, vec![endpoint])).await;
+    for depth in [200, 2] {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/endpoints/deep", running.base))
+            .header("Cnvrg-Api-Key", TOKEN)
+            .json(&json!([depth]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    log.flush().await.unwrap();
+    let logs: Value = running
+        .get("/api/v1/endpoints/deep/logs")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let outputs: Vec<&Value> = logs["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["output"])
+        .collect();
+    let text = format!("{}200{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(
+        outputs,
+        [&json!(text), &json!([[2]])],
+        "both shown, the deep one as text"
+    );
+    let csv = running
+        .get("/api/v1/endpoints/deep/logs.csv")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let rows = read_csv(csv.as_bytes()).unwrap();
+    assert_eq!(rows.len(), 2);
+    // The CSV holds each output's JSON text: here, that of the text.
+    assert_eq!(rows[0].output, Some(json!(text).to_string()));
     running.stop().await;
 }

@@ -149,7 +149,7 @@ impl MetricSink for ChartMetrics {
         };
         if let Some(minute) = minutes.at(minute_of(event.at), self.retention) {
             minute.requests += 1;
-            if !(200..300).contains(&event.status) {
+            if event.outcome.is_error() {
                 minute.errors += 1;
             }
             minute.latency.add(event.latency.as_secs_f64() * 1e6);
@@ -233,7 +233,7 @@ pub struct RequestPoint {
     pub minute: i64,
     /// Requests that arrived in it.
     pub requests: u64,
-    /// Of which failed (status outside 2xx).
+    /// Of which failed ([`Outcome::is_error`](crate::Outcome::is_error)).
     pub errors: u64,
     /// Median latency in milliseconds.
     pub p50_ms: f64,
@@ -388,10 +388,16 @@ mod tests {
     use std::time::Duration;
 
     fn request(version: &str, status: u16, ms: u64, at: SystemTime) -> RequestEvent {
+        let outcome = if status == 200 {
+            crate::Outcome::Ok
+        } else {
+            crate::Outcome::ModelFailure
+        };
         RequestEvent {
             endpoint: "iris".into(),
             model_version: version.into(),
             status,
+            outcome,
             latency: Duration::from_millis(ms),
             at,
         }

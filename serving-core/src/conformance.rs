@@ -189,6 +189,7 @@ pub fn metric_sink(sink: &dyn MetricSink) {
         endpoint: "a".into(),
         model_version: "1".into(),
         status: 200,
+        outcome: crate::Outcome::Ok,
         latency: Duration::from_millis(3),
         at: start,
     });

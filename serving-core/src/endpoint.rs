@@ -20,10 +20,11 @@ use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::lifecycle::{CanaryPolicy, Lifecycle, LifecycleParts, Mirrored, ModelRegistry, Served};
 use crate::metrics::{DynMetricSink, InMemoryMetrics, RequestEvent};
+use crate::outcome::Outcome;
 use crate::pool::BlockingPool;
 use crate::predictor::{DynPredictor, Predictor, PredictorExt};
 use crate::preprocess::Preprocessed;
-use crate::record::{DynRecordSink, PredictionRecord, crop};
+use crate::record::{DynRecordSink, PredictionRecord, crop, crop_error};
 use crate::signature::ModelSignature;
 use crate::spec::{EndpointSpec, FileInput, ModelRef};
 
@@ -133,7 +134,7 @@ pub struct Prediction {
 ///
 /// # Contract
 /// - `predict` records exactly one [`RequestEvent`] in the endpoint's metric sink per call,
-///   failures included, with the status the error maps to.
+///   failures included, with the error's [`Outcome`] (and its code as `status`).
 /// - A panic in the predictor fails that request with [`Error::Panicked`]; the endpoint keeps
 ///   serving.
 /// - A prediction that outlives the configured timeout fails with [`Error::Timeout`].
@@ -359,13 +360,14 @@ impl ModelEndpoint {
         self.metrics.record_request(&RequestEvent {
             endpoint: Arc::clone(&self.name),
             model_version: Arc::clone(request.version),
-            status: request.status,
+            status: request.kind.code(),
+            outcome: request.kind,
             latency: request.elapsed,
             at: request.at,
         });
         if !request.version.is_empty() {
             self.lifecycle
-                .record(request.version, request.status, request.elapsed);
+                .record(request.version, request.kind, request.elapsed);
         }
         self.record(request);
     }
@@ -376,7 +378,7 @@ impl ModelEndpoint {
         };
         // Unauthenticated callers are counted in metrics but must not be able to fill the
         // prediction log.
-        if request.status == 401 {
+        if !request.kind.is_recorded() {
             return;
         }
         let logging = &self.spec.logging;
@@ -399,7 +401,7 @@ impl ModelEndpoint {
             input: request.input.cloned(),
             output,
             error,
-            status: request.status,
+            status: request.kind.code(),
             start_time: request.at,
             elapsed_ms: request.elapsed.as_secs_f64() * 1000.0,
             metrics: request.logged.metrics.iter().cloned().collect(),
@@ -435,22 +437,22 @@ impl ModelEndpoint {
             let (outcome, logged) = endpoint
                 .run(&shadow, input, resources, &primary.request_id, started)
                 .await;
+            let outcome = outcome.map_err(|e| crop_error(e, endpoint.spec.logging.max_value_chars));
             if matches!(outcome, Err(Error::Overloaded { .. })) {
                 // Mirrors never take capacity from real traffic.
                 endpoint.lifecycle.mirror_skipped(&shadow.id);
                 return;
             }
             let elapsed = started.elapsed();
-            let status = outcome.as_ref().map_or_else(Error::status, |_| 200);
             endpoint.finish(&Completed {
                 request_id: &primary.request_id,
                 version: &shadow.id,
                 model: Some(&shadow.model),
                 mirror_of: Some(&primary.version),
                 input: kept_input.as_ref(),
+                kind: Outcome::from(&outcome),
                 outcome: &outcome,
                 logged: &logged,
-                status,
                 at,
                 elapsed,
             });
@@ -487,8 +489,9 @@ struct Completed<'a> {
     /// The input as recorded (cropped), when inputs are recorded.
     input: Option<&'a Value>,
     outcome: &'a Result<Value>,
+    /// How it ended, as every sink classifies it.
+    kind: Outcome,
     logged: &'a Logged,
-    status: u16,
     at: SystemTime,
     elapsed: Duration,
 }
@@ -540,20 +543,17 @@ impl Endpoint for ModelEndpoint {
             ),
             Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
         };
+        let outcome = outcome.map_err(|e| crop_error(e, self.spec.logging.max_value_chars));
         let elapsed = started.elapsed();
-        let status = match &outcome {
-            Ok(_) => 200,
-            Err(error) => error.status(),
-        };
         self.finish(&Completed {
             request_id: &request_id,
             version: &version,
             model: model.as_deref(),
             mirror_of: None,
             input: kept_input.as_ref(),
+            kind: Outcome::from(&outcome),
             outcome: &outcome,
             logged: &logged,
-            status,
             at,
             elapsed,
         });
@@ -579,16 +579,17 @@ impl Endpoint for ModelEndpoint {
     }
 
     fn refused(&self, refused: Refused) {
-        let status = refused.error.status();
+        let kind = refused.error.outcome();
+        let error = crop_error(refused.error, self.spec.logging.max_value_chars);
         self.finish(&Completed {
             request_id: &refused.request_id,
             version: &Arc::from(""),
             model: None,
             mirror_of: None,
             input: None,
-            outcome: &Err(refused.error),
+            kind,
+            outcome: &Err(error),
             logged: &Logged::default(),
-            status,
             at: refused.at,
             elapsed: refused.elapsed,
         });
@@ -820,5 +821,36 @@ mod tests {
             .predict(PredictRequest::new(json!("x")))
             .await
             .unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn refusals_are_measured_by_outcome_and_only_authenticated_ones_recorded() {
+        let mut records = MockRecords::new();
+        records
+            .expect_record()
+            .withf(|r| r.status == 413 && r.request_id == "big")
+            .times(1)
+            .return_const(());
+        let metrics = Arc::new(InMemoryMetrics::new());
+        let endpoint = ModelEndpoint::builder("e", predictor_fn(|x: f64| -> Result<f64> { Ok(x) }))
+            .metric_sink(Arc::clone(&metrics) as Arc<DynMetricSink>)
+            .record_sink(Arc::new(records))
+            .build()
+            .unwrap();
+        endpoint.refused(Refused::new("anon", Error::Unauthorized, Arrival::now()));
+        endpoint.refused(Refused::new(
+            "big",
+            Error::PayloadTooLarge { limit: 1 },
+            Arrival::now(),
+        ));
+        let seen: Vec<(Outcome, u16)> = metrics
+            .requests()
+            .iter()
+            .map(|e| (e.outcome, e.status))
+            .collect();
+        assert_eq!(
+            seen,
+            [(Outcome::Unauthenticated, 401), (Outcome::TooLarge, 413)]
+        );
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::outcome::Outcome;
+
 /// A boxed error from user code or a backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -11,7 +13,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong while serving a prediction or managing an endpoint.
 ///
 /// Variants are semantic: each says whose fault it is (the caller's input, the model, the
-/// server) so that every backend maps it to the same outcome, for example an HTTP status.
+/// server), classified once by [`Error::outcome`]; every transport maps the outcome at its
+/// edge (for example to an HTTP status, in `serving-http`). The variants that name payload
+/// conditions (credentials, size, format, arrival time) are produced by transports before the
+/// model sees a request.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -102,13 +107,13 @@ pub enum Error {
     /// A missing or wrong credential.
     #[error("missing or invalid credentials")]
     Unauthorized,
-    /// The request body is not JSON (HTTP 415).
+    /// The request body is not in a format the endpoint reads (JSON).
     #[error("content type must be application/json, got `{content_type}`")]
     UnsupportedMediaType {
         /// The content type as sent.
         content_type: String,
     },
-    /// The client did not send its whole request body in time (HTTP 408).
+    /// The client did not send its whole request body in time.
     #[error("request body not received within {}s", after.as_secs())]
     BodyTimeout {
         /// How long the server waited.
@@ -165,14 +170,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// A predictor's refusal of its input; served as "input rejected" (HTTP 422).
+    /// A predictor's refusal of its input ([`Outcome::RejectedInput`]).
     pub fn rejected(reason: impl Into<String>) -> Self {
         Error::Rejected {
             reason: reason.into(),
         }
     }
 
-    /// A malformed request (HTTP 400).
+    /// A malformed request ([`Outcome::ClientError`]).
     pub fn invalid_request(reason: impl Into<String>) -> Self {
         Error::InvalidRequest {
             reason: reason.into(),
@@ -187,45 +192,41 @@ impl Error {
         }
     }
 
-    /// Whether the caller is at fault (bad input, auth, size) rather than the model or server.
-    pub fn is_client_error(&self) -> bool {
-        matches!(
-            self,
-            Error::InvalidRequest { .. }
-                | Error::InvalidArgument { .. }
-                | Error::ArgumentCount { .. }
-                | Error::Rejected { .. }
-                | Error::EndpointNotFound { .. }
-                | Error::VersionNotFound { .. }
-                | Error::Conflict { .. }
-                | Error::Unauthorized
-                | Error::PayloadTooLarge { .. }
-                | Error::UnsupportedMediaType { .. }
-                | Error::BodyTimeout { .. }
-        )
-    }
-
-    /// The HTTP status that this error is served with, also recorded in prediction logs of
-    /// endpoint kinds that have no HTTP (Kafka, batch) so that all kinds are comparable.
-    pub fn status(&self) -> u16 {
+    /// How a request that failed with this error ended: the one classification that sinks,
+    /// charts, canary rules and every transport's edge read.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Error::InvalidRequest { .. } | Error::InvalidSpec { .. } => 400,
-            Error::Unauthorized => 401,
-            Error::EndpointNotFound { .. } | Error::VersionNotFound { .. } => 404,
-            Error::Conflict { .. } => 409,
-            Error::PayloadTooLarge { .. } => 413,
-            Error::UnsupportedMediaType { .. } => 415,
-            Error::BodyTimeout { .. } => 408,
+            Error::InvalidRequest { .. }
+            | Error::InvalidSpec { .. }
+            | Error::UnknownSetting { .. }
+            | Error::InvalidSetting { .. } => Outcome::ClientError,
             Error::InvalidArgument { .. }
             | Error::ArgumentCount { .. }
-            | Error::Rejected { .. } => 422,
-            Error::NotReady { .. } | Error::Overloaded { .. } => 503,
-            Error::Timeout { .. } => 504,
-            Error::UnknownSetting { .. } | Error::InvalidSetting { .. } => 400,
-            Error::Predictor { .. }
-            | Error::Panicked { .. }
-            | Error::Storage { .. }
-            | Error::Action { .. } => 500,
+            | Error::Rejected { .. } => Outcome::RejectedInput,
+            Error::EndpointNotFound { .. } | Error::VersionNotFound { .. } => Outcome::NotFound,
+            Error::Conflict { .. } => Outcome::Conflict,
+            Error::Unauthorized => Outcome::Unauthenticated,
+            Error::PayloadTooLarge { .. } => Outcome::TooLarge,
+            Error::UnsupportedMediaType { .. } => Outcome::UnsupportedFormat,
+            Error::BodyTimeout { .. } => Outcome::InputTimeout,
+            Error::Predictor { .. } | Error::Panicked { .. } => Outcome::ModelFailure,
+            Error::Timeout { .. } => Outcome::Timeout,
+            Error::Overloaded { .. } => Outcome::Overloaded,
+            Error::NotReady { .. } => Outcome::NotReady,
+            Error::Storage { .. } | Error::Action { .. } => Outcome::ServerFailure,
         }
+    }
+
+    /// Whether the caller is at fault (bad input, auth, size) rather than the model or server:
+    /// [`Outcome::is_client_fault`] of its outcome.
+    pub fn is_client_error(&self) -> bool {
+        self.outcome().is_client_fault()
+    }
+
+    /// The code of its outcome ([`Outcome::code`]) that records and metrics carry as
+    /// `status`. What a transport answers is decided at its edge (`serving-http` maps errors
+    /// to HTTP statuses itself).
+    pub fn status(&self) -> u16 {
+        self.outcome().code()
     }
 }

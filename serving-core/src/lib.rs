@@ -41,6 +41,15 @@
 //! |---|---|---|
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
 //! | `openapi` | derives `utoipa::ToSchema` on the types the web service's API carries (for its OpenAPI document) | no |
+//! | `prometheus` | [`observe::PrometheusMetrics`], the Prometheus exposition (`prometheus-client`) | no (`serving-http` turns it on) |
+//!
+//! # Shared by every transport
+//! What a web service, a Kafka worker and a batch runner do alike lives here, not in a
+//! transport crate, so that none needs another's dependencies (axum): [`Outcome`], how a
+//! request ended, that every sink reads and each transport maps at its edge (an HTTP status in
+//! `serving-http`); [`observe`], the sinks' wiring ([`Observability`]), Prometheus, the drain
+//! sequence ([`Drain`]) and [`shutdown_signal`]; and [`wire`], the original product's request
+//! format (`{"input_params": ...}`, Base64 files).
 
 mod admission;
 mod autoscale;
@@ -55,6 +64,8 @@ mod function;
 mod input;
 mod lifecycle;
 mod metrics;
+pub mod observe;
+mod outcome;
 mod pool;
 pub mod prediction_log;
 mod predictor;
@@ -66,6 +77,7 @@ mod setting;
 mod signature;
 mod spec;
 mod trigger;
+pub mod wire;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -94,10 +106,14 @@ pub use lifecycle::{
     VersionTraffic, outputs_agree,
 };
 pub use metrics::{DynMetricSink, FanOut, InMemoryMetrics, MetricSample, MetricSink, RequestEvent};
+pub use observe::{Drain, Observability, shutdown_signal};
+#[cfg(feature = "prometheus")]
+pub use observe::{METRICS_CONTENT_TYPE, PrometheusMetrics};
+pub use outcome::Outcome;
 pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
-pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop};
+pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop, crop_error, crop_text};
 pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use signature::{ModelSignature, TensorSpec};
 pub use spec::{

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::outcome::Outcome;
+
 /// One served request, as measured by its endpoint.
 ///
 /// Names are shared (`Arc<str>`): an event is made for every request, and cloning a name into a
@@ -17,8 +19,12 @@ pub struct RequestEvent {
     pub endpoint: Arc<str>,
     /// The model version that answered (empty when none did, for example unauthorized).
     pub model_version: Arc<str>,
-    /// The outcome as an HTTP status, for every endpoint kind.
+    /// The outcome's code ([`Outcome::code`]), numbered as HTTP numbers it for every
+    /// endpoint kind.
     pub status: u16,
+    /// How the request ended: what sinks classify it by.
+    #[serde(default)]
+    pub outcome: Outcome,
     /// Time from receipt to answer.
     pub latency: Duration,
     /// When the request arrived.
@@ -98,6 +104,7 @@ struct StoredRequest {
     endpoint: Arc<str>,
     model_version: Arc<str>,
     status: u16,
+    outcome: Outcome,
     latency: Duration,
     at: SystemTime,
 }
@@ -125,6 +132,7 @@ impl InMemoryMetrics {
                 endpoint: Arc::clone(&stored.endpoint),
                 model_version: Arc::clone(&stored.model_version),
                 status: stored.status,
+                outcome: stored.outcome,
                 latency: stored.latency,
                 at: stored.at,
             })
@@ -145,6 +153,7 @@ impl MetricSink for InMemoryMetrics {
             endpoint: Arc::clone(&event.endpoint),
             model_version: Arc::clone(&event.model_version),
             status: event.status,
+            outcome: event.outcome,
             latency: event.latency,
             at: event.at,
         };

@@ -7,6 +7,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::error::{BoxError, Error};
+
 /// One prediction, as recorded in the prediction log and exported by feedback loops.
 ///
 /// Failed predictions are recorded too: `output` is then `None` and `error` says why.
@@ -63,6 +65,94 @@ pub fn crop(value: &Value, max_chars: usize) -> Value {
         Value::String(_) | Value::Null | Value::Bool(_) | Value::Number(_) => value.clone(),
         composite if json_chars_at_most(composite, max_chars) => composite.clone(),
         composite => Value::String(composite.to_string().chars().take(max_chars).collect()),
+    }
+}
+
+/// `text` cropped to `max_chars` characters, as [`crop`] crops a string.
+pub fn crop_text(text: &str, max_chars: usize) -> &str {
+    // A text of at most `max_chars` bytes has at most that many characters.
+    if text.len() <= max_chars {
+        return text;
+    }
+    text.char_indices()
+        .nth(max_chars)
+        .map_or(text, |(end, _)| &text[..end])
+}
+
+/// `error` with its texts cropped to `max_chars` characters each, as [`crop`] crops logged
+/// values: an error that quotes its input (a 15 MB string that is not a number) must not
+/// carry it whole into answers, log lines and the prediction log. Endpoints crop every error
+/// with their [`LoggingSpec::max_value_chars`](crate::LoggingSpec::max_value_chars) before
+/// anyone sees it.
+pub fn crop_error(error: Error, max_chars: usize) -> Error {
+    let text = |text: String| {
+        let kept = crop_text(&text, max_chars).len();
+        if kept == text.len() {
+            text
+        } else {
+            text[..kept].to_owned()
+        }
+    };
+    let source = |source: BoxError| -> BoxError {
+        let shown = source.to_string();
+        let kept = crop_text(&shown, max_chars).len();
+        if kept == shown.len() {
+            source
+        } else {
+            shown[..kept].to_owned().into()
+        }
+    };
+    match error {
+        Error::InvalidRequest { reason } => Error::InvalidRequest {
+            reason: text(reason),
+        },
+        Error::InvalidArgument {
+            position,
+            expected,
+            reason,
+        } => Error::InvalidArgument {
+            position,
+            expected,
+            reason: text(reason),
+        },
+        Error::Rejected { reason } => Error::Rejected {
+            reason: text(reason),
+        },
+        Error::Predictor { source: inner } => Error::Predictor {
+            source: source(inner),
+        },
+        Error::Panicked { message } => Error::Panicked {
+            message: text(message),
+        },
+        Error::Conflict { endpoint, reason } => Error::Conflict {
+            endpoint,
+            reason: text(reason),
+        },
+        Error::EndpointNotFound { endpoint } => Error::EndpointNotFound {
+            endpoint: text(endpoint),
+        },
+        Error::VersionNotFound { endpoint, version } => Error::VersionNotFound {
+            endpoint,
+            version: text(version),
+        },
+        Error::UnsupportedMediaType { content_type } => Error::UnsupportedMediaType {
+            content_type: text(content_type),
+        },
+        Error::Action {
+            action,
+            source: inner,
+        } => Error::Action {
+            action,
+            source: source(inner),
+        },
+        Error::Storage {
+            location,
+            source: inner,
+        } => Error::Storage {
+            location,
+            source: source(inner),
+        },
+        other => other,
     }
 }
 
@@ -124,6 +214,34 @@ fn json_chars_counted(value: &Value, limit: usize) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn crops_error_texts_like_values() {
+        assert_eq!(crop_text("abcdef", 3), "abc");
+        assert_eq!(crop_text("éééé", 3), "ééé");
+        assert_eq!(crop_text("abc", 3), "abc");
+        let huge = "x".repeat(100_000);
+        let rejected = crop_error(Error::rejected(huge.clone()), 10);
+        assert_eq!(rejected.to_string(), "input rejected: xxxxxxxxxx");
+        let argument = crop_error(
+            Error::InvalidArgument {
+                position: 1,
+                expected: "a number",
+                reason: format!("invalid type: string \"{huge}\""),
+            },
+            20,
+        );
+        assert_eq!(argument.status(), 422);
+        assert!(argument.to_string().len() < 60, "{argument}");
+        let predictor = crop_error(Error::from_predictor(huge.clone()), 5);
+        assert_eq!(predictor.to_string(), "predictor failed: xxxxx");
+        let short = crop_error(Error::rejected("no"), 10);
+        assert_eq!(short.to_string(), "input rejected: no");
+        assert!(matches!(
+            crop_error(Error::Unauthorized, 1),
+            Error::Unauthorized
+        ));
+    }
 
     #[test]
     fn crops_long_values_only() {

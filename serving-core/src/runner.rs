@@ -51,7 +51,7 @@
 //!     }
 //! });
 //! let mut lines = Lines::default();
-//! let shutdown = std::future::pending(); // for example `serving_http::shutdown_signal()`
+//! let shutdown = std::future::pending(); // for example `serving_core::shutdown_signal()`
 //! let summary = Runner::new(endpoint)
 //!     .run_into(futures::stream::iter(rows), &mut lines, shutdown)
 //!     .await?;

@@ -1,5 +1,8 @@
 //! The admin REST API: each endpoint's model lifecycle, behind the admin token. The routes are
-//! documented in the crate docs ("Admin API").
+//! documented in the crate docs ("Admin API"). Every change that succeeds writes one
+//! `admin change` event on the `serving::admin` target with the fields `who` (`admin`),
+//! `endpoint`, `action`, and `before` and `after` (stable version, candidate, shadow, canary
+//! policy and autoscale bounds as JSON).
 
 use std::sync::Arc;
 
@@ -146,6 +149,34 @@ fn parse<T: DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
     serde_json::from_value(value)
 }
 
+/// What an admin change can alter, as one JSON value for the audit line.
+fn snapshot(lifecycle: &Lifecycle) -> Value {
+    let share = |(version, percent): (String, u8)| json!({"version": version, "percent": percent});
+    json!({
+        "stable": lifecycle.stable_version(),
+        "candidate": lifecycle.candidate().map(share),
+        "shadow": lifecycle.shadow().map(share),
+        "canary_policy": lifecycle.canary_policy(),
+        "autoscale": lifecycle.autoscale(),
+    })
+}
+
+/// Writes the audit line of an admin change that succeeded: who (the admin token's holder),
+/// which endpoint, what, and the state before and after, as structured fields on the
+/// `serving::admin` target.
+fn audit(lifecycle: &Lifecycle, action: &str, before: &Value) {
+    let after = snapshot(lifecycle);
+    tracing::info!(
+        target: "serving::admin",
+        who = "admin",
+        endpoint = lifecycle.endpoint(),
+        action,
+        before = %before,
+        after = %after,
+        "admin change"
+    );
+}
+
 async fn changed(lifecycle: &Lifecycle, version: String) -> Response {
     let status = lifecycle.status().await;
     axum::Json(json!({ "version": version, "status": status })).into_response()
@@ -288,9 +319,11 @@ async fn update(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let wanted: Registered = body(&bytes)?;
     let update = registered_update(lifecycle, &wanted)?;
     let version = lifecycle.update_model(update, wanted.canary_percent)?;
+    audit(lifecycle, "update", &before);
     let mut response = changed(lifecycle, version).await;
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
@@ -310,8 +343,10 @@ async fn canary(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let Percent { percent } = body(&bytes)?;
     lifecycle.set_canary(percent)?;
+    audit(lifecycle, "canary", &before);
     let candidate = lifecycle.candidate().map(|c| c.0).unwrap_or_default();
     Ok(changed(lifecycle, candidate).await)
 }
@@ -323,9 +358,11 @@ async fn policy(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let policy: Option<CanaryPolicy> =
         parse(&bytes).map_err(|e| Error::invalid_request(format!("invalid canary policy: {e}")))?;
     lifecycle.set_canary_policy(policy)?;
+    audit(lifecycle, "canary_policy", &before);
     Ok(changed(lifecycle, lifecycle.stable_version()).await)
 }
 
@@ -335,12 +372,15 @@ async fn evaluate(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let evaluation = lifecycle.evaluate_canary().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "no candidate under an automated canary policy to evaluate",
         )
     })?;
+    // The evaluation acts on its result (promote or roll back) like the periodic one.
+    audit(lifecycle, "canary_evaluate", &before);
     Ok(axum::Json(evaluation).into_response())
 }
 
@@ -350,7 +390,9 @@ async fn promote(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let version = lifecycle.promote()?;
+    audit(lifecycle, "promote", &before);
     Ok(changed(lifecycle, version).await)
 }
 
@@ -368,6 +410,7 @@ async fn rollback(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let RollbackTo { version } = body(&bytes)?;
     let stable = match version {
         Some(version) => {
@@ -376,6 +419,7 @@ async fn rollback(
         }
         None => lifecycle.rollback()?,
     };
+    audit(lifecycle, "rollback", &before);
     Ok(changed(lifecycle, stable).await)
 }
 
@@ -386,12 +430,14 @@ async fn shadow(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let wanted: Registered = body(&bytes)?;
     let percent = wanted
         .percent
         .ok_or_else(|| Error::invalid_request("`percent` is required"))?;
     let update = registered_update(lifecycle, &wanted)?;
     let version = lifecycle.shadow_model(update, percent)?;
+    audit(lifecycle, "shadow", &before);
     let mut response = changed(lifecycle, version).await;
     *response.status_mut() = StatusCode::CREATED;
     Ok(response)
@@ -404,8 +450,10 @@ async fn shadow_share(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let Percent { percent } = body(&bytes)?;
     lifecycle.set_shadow(percent)?;
+    audit(lifecycle, "shadow_share", &before);
     let shadow = lifecycle.shadow().map(|s| s.0).unwrap_or_default();
     Ok(changed(lifecycle, shadow).await)
 }
@@ -416,8 +464,10 @@ async fn stop_shadow(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let shadow = lifecycle.shadow().map(|s| s.0).unwrap_or_default();
     lifecycle.stop_shadow()?;
+    audit(lifecycle, "stop_shadow", &before);
     Ok(changed(lifecycle, shadow).await)
 }
 
@@ -441,8 +491,10 @@ async fn set_autoscale(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
+    let before = snapshot(lifecycle);
     let bounds: AutoscaleBounds = body(&bytes)?;
     let replicas = lifecycle.set_autoscale(bounds).await?;
+    audit(lifecycle, "autoscale", &before);
     Ok(
         axum::Json(json!({ "bounds": lifecycle.autoscale(), "replicas": replicas }))
             .into_response(),

@@ -14,10 +14,7 @@ pub fn decode_body(body: &[u8], files: FileInput) -> Result<Input, String> {
 
 /// Decodes Base64 file input (a string or a list of strings) as the predict route does.
 pub fn decode_files(input: Value, files: FileInput) -> Result<Input, String> {
-    match files {
-        FileInput::Off => Ok(Input::Json(input)),
-        mode => crate::files::decode(input, mode)
-            .map(|decoded| decoded.input)
-            .map_err(|e| e.to_string()),
-    }
+    serving_core::wire::decode_files(input, files)
+        .map(|decoded| decoded.input)
+        .map_err(|e| e.to_string())
 }

@@ -13,14 +13,25 @@
 //! `{"error": "..."}`: 400 malformed input, 401 missing or wrong token, 404 unknown endpoint,
 //! 408 body too slow, 413 body over the endpoint's limit, 415 not JSON, 422 input the predictor
 //! rejected, 500 predictor failure or panic, 503 not ready or overloaded (with `Retry-After`),
-//! 504 predictor timeout. `GET /healthz` and `GET /readyz` report liveness and readiness.
+//! 504 predictor timeout. Error texts are cropped to the endpoint's
+//! [`max_value_chars`](serving_core::LoggingSpec::max_value_chars), as logged values are.
+//! `GET /healthz` and `GET /readyz` report liveness and readiness.
 //!
 //! `GET /openapi.json` serves an OpenAPI 3.1 document of every route below, generated from
 //! the Rust types ([`WebService::openapi`]); it needs no token (it holds no secret).
 //!
 //! With an [`Observability`] ([`WebServiceBuilder::observability`]) the service also serves
 //! `GET /metrics` (Prometheus), `GET /dashboard`, and the charts and logs APIs under
-//! `/api/v1/endpoints/{name}/`; see [`observability`].
+//! `/api/v1/endpoints/{name}/`; see [`observability`]. The sinks themselves, Prometheus, the
+//! drain sequence and [`shutdown_signal`] are the core's (`serving_core::observe`), shared with
+//! the other transports and re-exported here.
+//!
+//! [`WebService::router`] merges three routers that can be mounted alone:
+//! [`WebService::predict_router`] (prediction and Open Inference Protocol),
+//! [`WebService::ops_router`] (health, readiness, metrics, dashboard and its APIs) and
+//! [`WebService::admin_router`]; a stream or batch process serves ops and admin without
+//! prediction routes. Statuses are mapped from the core's [`Outcome`](serving_core::Outcome)
+//! here, at the HTTP edge ([`status_of`]).
 //!
 //! ```no_run
 //! use serving_core::{predictor_fn, ModelEndpoint, Result};
@@ -65,7 +76,10 @@
 //! Changes answer `{"version": <the version concerned>, "status": <status>}`. Rolling out new
 //! predictor code is Rust-only ([`serving_core::Lifecycle::update_model`]); over REST, `update`
 //! and `shadow` deploy versions registered in the endpoint's
-//! [`ModelRegistry`](serving_core::ModelRegistry).
+//! [`ModelRegistry`](serving_core::ModelRegistry). Every change that succeeds writes one
+//! `admin change` event (target `serving::admin`) with the fields `who` (`admin`), `endpoint`,
+//! `action`, and `before` and `after`: the stable version, candidate, shadow, canary policy and
+//! autoscale bounds as JSON.
 //!
 //! ## Open Inference Protocol
 //!
@@ -105,16 +119,13 @@
 //!   holding its JSON text.
 
 mod auth;
-mod body;
 mod config;
 mod control;
 mod dashboard;
 mod error;
-mod files;
 pub mod observability;
 mod oip;
 mod openapi;
-mod prometheus;
 mod service;
 
 #[doc(hidden)]
@@ -125,9 +136,12 @@ mod fuzz;
 
 pub use auth::{TOKEN_HEADER, Token};
 pub use config::WebServiceConfig;
+pub use error::{outcome_status, status_of};
 pub use observability::Observability;
-pub use prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 pub use service::{
     ADMIN_TOKEN_ENV, MODEL_VERSION_HEADER, REQUEST_ID_HEADER, ROUTING_KEY_HEADER, WebService,
-    WebServiceBuilder, shutdown_signal,
+    WebServiceBuilder,
 };
+/// Moved to the core (`serving_core::observe`) so that every transport drains and exports
+/// alike; re-exported where they were.
+pub use serving_core::observe::{METRICS_CONTENT_TYPE, PrometheusMetrics, shutdown_signal};

@@ -3,7 +3,7 @@
 //!
 //! | Route | Auth | What |
 //! |---|---|---|
-//! | `GET /metrics` | none (meant for a Prometheus scraper inside the cluster) | Prometheus text; see [`PrometheusMetrics`] |
+//! | `GET /metrics` | none (meant for a Prometheus scraper inside the cluster) | Prometheus text; see [`PrometheusMetrics`](crate::PrometheusMetrics) |
 //! | `GET /dashboard` | none: the page holds no data, it asks for the endpoint and its token | the dashboard (charts, logs, CSV export) |
 //! | `GET /api/v1/endpoints/{name}/charts` | the endpoint's token in `Cnvrg-Api-Key` | per-minute charts as JSON ([`Charts`]) |
 //! | `GET /api/v1/endpoints/{name}/logs` | the endpoint's token | recorded predictions as JSON |
@@ -18,10 +18,17 @@
 //! valid ones.
 //!
 //! `logs` answers
-//! `{"endpoint", "total", "offset", "size", "predictions": [{request_id, endpoint, model,
+//! `{"endpoint", "total", "total_exact", "offset", "size", "predictions": [{request_id, endpoint, model,
 //! model_version, status, start_time, event_time, elapsed_ms, input, output, error, metrics,
 //! params}]}` where `start_time` is RFC 3339, `event_time` seconds since the epoch (the
-//! original product's name), and `input`/`output` the JSON values as logged.
+//! original product's name), and `input`/`output` the JSON values as logged. A query reads
+//! only what its page needs, so `total` is exact (`total_exact: true`) when the rest of the
+//! log can be counted from its segments' names (the query filters by time alone), and
+//! otherwise a lower bound that says more follow. At most
+//! [`max_concurrent_queries`](serving_core::prediction_log::PredictionLogConfig::max_concurrent_queries)
+//! queries read the log at once; the others wait. `logs.csv` is streamed as it is read, and
+//! every cell that a spreadsheet would take for a formula starts with `'`.
+//! A time or `minutes` out of range (before 1970, after 9999) is a 400 naming the parameter.
 //!
 //! Recorded predictions become visible once the prediction log has written them: within its
 //! flush interval (one second by default).
@@ -37,189 +44,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use serde_json::Value;
+use serving_core::observe::METRICS_CONTENT_TYPE;
+/// The sinks, moved to the core so that every transport wires them alike; re-exported where
+/// they were.
+pub use serving_core::observe::Observability;
 use serving_core::prediction_log::{
-    Order, PredictionLog, PredictionPage, PredictionQuery, format_time, parse_time, write_csv,
+    Order, PredictionLog, PredictionPage, PredictionQuery, format_time, parse_time,
 };
-use serving_core::{
-    ChartMetrics, Charts, DynMetricSink, DynRecordSink, Error, FanOut, InMemoryMetrics,
-    ModelEndpointBuilder, PredictionRecord, RecordFanOut, TracingRecords,
-};
+use serving_core::{Charts, Error, PredictionRecord};
 
 use crate::auth::TOKEN_HEADER;
 use crate::dashboard;
 use crate::error::ApiError;
-use crate::prometheus::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 use crate::service::{Route, ServiceState, WebService, WebServiceBuilder};
-
-/// The sinks that record, measure and chart endpoints, shared by every endpoint of a service.
-///
-/// Give each endpoint its sinks with [`Observability::instrument`] (or
-/// [`Observability::metric_sink`] and [`Observability::record_sink`]), and the service the
-/// whole with [`WebServiceBuilder::observability`]: the service then serves `/metrics`,
-/// `/dashboard` and the charts and logs APIs, and closes the prediction log after its graceful
-/// shutdown so that no recorded prediction is lost.
-///
-/// ```no_run
-/// use serving_core::prediction_log::PredictionLog;
-/// use serving_core::{predictor_fn, ModelEndpoint, Result};
-/// use serving_http::{shutdown_signal, Observability, WebService};
-///
-/// # #[tokio::main] async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-/// let observability = Observability::new()
-///     .with_prediction_log(PredictionLog::builder().build()?)
-///     .with_log_lines(true);
-/// let model = predictor_fn(|a: f64, b: f64| -> Result<f64> { Ok(a + b) });
-/// let endpoint = observability
-///     .instrument(ModelEndpoint::builder("adder", model))
-///     .build()?;
-/// let service = WebService::builder()
-///     .endpoint(endpoint)
-///     .observability(observability)
-///     .build()?;
-/// service.serve(shutdown_signal()).await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct Observability {
-    prometheus: Arc<PrometheusMetrics>,
-    charts: Arc<ChartMetrics>,
-    history: Arc<InMemoryMetrics>,
-    prediction_log: Option<PredictionLog>,
-    log_lines: bool,
-    close_on_shutdown: bool,
-}
-
-impl Observability {
-    /// Prometheus metrics, per-minute charts and recent history for triggers; no prediction
-    /// log and no per-prediction log lines until added.
-    pub fn new() -> Self {
-        Observability {
-            prometheus: Arc::new(PrometheusMetrics::new()),
-            charts: Arc::new(ChartMetrics::new()),
-            history: Arc::new(InMemoryMetrics::new()),
-            prediction_log: None,
-            log_lines: false,
-            close_on_shutdown: true,
-        }
-    }
-
-    /// Records every prediction in `log`, serves it through the logs APIs, and exports its
-    /// counters at `/metrics`. Configure before [`Observability::instrument`]: this starts a
-    /// fresh Prometheus exposition.
-    pub fn with_prediction_log(mut self, log: PredictionLog) -> Self {
-        self.prediction_log = Some(log);
-        self.rebuild_prometheus();
-        self
-    }
-
-    /// Keeps charts as `charts` is configured (retention, series limit). Configure before
-    /// [`Observability::instrument`].
-    pub fn with_charts(mut self, charts: ChartMetrics) -> Self {
-        self.charts = Arc::new(charts);
-        self.rebuild_prometheus();
-        self
-    }
-
-    /// Also writes one structured log line per prediction ([`TracingRecords`]).
-    pub fn with_log_lines(mut self, on: bool) -> Self {
-        self.log_lines = on;
-        self
-    }
-
-    /// Whether the web service closes the prediction log after its graceful shutdown (on by
-    /// default; turn it off when the log is shared with something that outlives the service).
-    pub fn with_close_on_shutdown(mut self, on: bool) -> Self {
-        self.close_on_shutdown = on;
-        self
-    }
-
-    /// The sink for endpoints: recent history first (so triggers read it), then charts, then
-    /// Prometheus.
-    pub fn metric_sink(&self) -> Arc<DynMetricSink> {
-        Arc::new(FanOut::new(vec![
-            Arc::clone(&self.history) as Arc<DynMetricSink>,
-            Arc::clone(&self.charts) as Arc<DynMetricSink>,
-            Arc::clone(&self.prometheus) as Arc<DynMetricSink>,
-        ]))
-    }
-
-    /// The record sink for endpoints, when there is a prediction log or log lines are on.
-    pub fn record_sink(&self) -> Option<Arc<DynRecordSink>> {
-        let mut sinks: Vec<Arc<DynRecordSink>> = Vec::new();
-        if self.log_lines {
-            sinks.push(Arc::new(TracingRecords));
-        }
-        if let Some(log) = &self.prediction_log {
-            sinks.push(Arc::new(log.clone()));
-        }
-        match sinks.len() {
-            0 => None,
-            1 => sinks.pop(),
-            _ => Some(Arc::new(RecordFanOut::new(sinks))),
-        }
-    }
-
-    /// Gives `builder` this observability's metric and record sinks.
-    pub fn instrument(&self, builder: ModelEndpointBuilder) -> ModelEndpointBuilder {
-        let builder = builder.metric_sink(self.metric_sink());
-        match self.record_sink() {
-            Some(records) => builder.record_sink(records),
-            None => builder,
-        }
-    }
-
-    /// The Prometheus exposition.
-    pub fn prometheus(&self) -> &Arc<PrometheusMetrics> {
-        &self.prometheus
-    }
-
-    /// The per-minute charts.
-    pub fn charts(&self) -> &Arc<ChartMetrics> {
-        &self.charts
-    }
-
-    /// The recent history of requests and custom metrics.
-    pub fn history(&self) -> &Arc<InMemoryMetrics> {
-        &self.history
-    }
-
-    /// The prediction log, if any.
-    pub fn prediction_log(&self) -> Option<&PredictionLog> {
-        self.prediction_log.as_ref()
-    }
-
-    /// Closes the prediction log if configured to; called by the web service after its
-    /// graceful shutdown.
-    pub(crate) async fn shutdown(&self) {
-        let Some(log) = self
-            .prediction_log
-            .as_ref()
-            .filter(|_| self.close_on_shutdown)
-        else {
-            return;
-        };
-        match log.close().await {
-            Ok(()) => tracing::info!(stats = ?log.stats(), "prediction log closed"),
-            Err(error) => tracing::error!(%error, "prediction log closed with losses"),
-        }
-    }
-
-    /// Re-registers the collectors; metrics are only counted once endpoints are instrumented,
-    /// so a fresh exposition loses nothing.
-    fn rebuild_prometheus(&mut self) {
-        let mut prometheus = PrometheusMetrics::new().with_chart_metrics(Arc::clone(&self.charts));
-        if let Some(log) = &self.prediction_log {
-            prometheus = prometheus.with_prediction_log(log.clone());
-        }
-        self.prometheus = Arc::new(prometheus);
-    }
-}
-
-impl Default for Observability {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 impl WebService {
     /// The observability it serves, if any.
@@ -282,7 +119,7 @@ fn authorize<'a>(
 }
 
 async fn metrics(State(state): State<Arc<ServiceState>>) -> Result<Response, ApiError> {
-    let text = observability(&state)?.prometheus.render();
+    let text = observability(&state)?.prometheus().render();
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
 }
 
@@ -295,16 +132,21 @@ async fn charts(
     let observability = observability(&state)?;
     authorize(&state, &name, &headers)?;
     let params = params(&uri, &["minutes"])?;
-    let minutes = match params.get("minutes") {
-        None => 60,
-        Some(text) => text.parse::<u64>().ok().filter(|m| *m > 0).ok_or_else(|| {
-            Error::invalid_request(format!(
-                "minutes `{text}` must be a whole number above zero"
-            ))
-        })?,
+    let since = match params.get("minutes") {
+        None => minutes_ago(59).unwrap_or(SystemTime::UNIX_EPOCH),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|m| *m > 0)
+            .and_then(|m| minutes_ago(m - 1))
+            .ok_or_else(|| {
+                Error::invalid_request(format!(
+                    "minutes `{text}` must be a whole number above zero that reaches back no \
+                     further than 1970"
+                ))
+            })?,
     };
-    let since = SystemTime::now() - Duration::from_secs(60 * (minutes - 1));
-    Ok(axum::Json(observability.charts.charts(&name, since)))
+    Ok(axum::Json(observability.charts().charts(&name, since)))
 }
 
 const LOG_PARAMS: [&str; 9] = [
@@ -386,6 +228,7 @@ async fn logs(
     let body = serde_json::json!({
         "endpoint": name,
         "total": page.total,
+        "total_exact": page.total_exact,
         "offset": query.offset,
         "size": query.size,
         "predictions": page.records.into_iter().map(LogEntry::from).collect::<Vec<_>>(),
@@ -399,9 +242,11 @@ async fn logs_csv(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (_, page) = query_log(&state, &name, &headers, &uri, 1_000_000).await?;
-    let mut csv = Vec::with_capacity(128 + page.records.len() * 256);
-    write_csv(&page.records, &mut csv).map_err(internal)?;
+    let log = prediction_log(&state)?;
+    authorize(&state, &name, &headers)?;
+    let query = log_query(&name, &uri, 1_000_000)?;
+    // Streamed as the log is read: a million rows are never held at once.
+    let csv = axum::body::Body::from_stream(log.query_csv(&query).await.map_err(internal)?);
     let disposition = format!("attachment; filename=\"{name}-predictions.csv\"");
     Ok((
         [
@@ -414,15 +259,12 @@ async fn logs_csv(
 }
 
 fn prediction_log(state: &ServiceState) -> Result<&PredictionLog, ApiError> {
-    observability(state)?
-        .prediction_log
-        .as_ref()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "this service keeps no prediction log",
-            )
-        })
+    observability(state)?.prediction_log().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this service keeps no prediction log",
+        )
+    })
 }
 
 /// The query's parameters; an unknown one is an error that lists the valid ones.
@@ -456,18 +298,25 @@ fn log_query(endpoint: &str, uri: &Uri, max_size: usize) -> Result<PredictionQue
             })
         })
     };
+    // The parameter's name leads the reason, so the caller knows which one to fix.
+    let time = |key: &str| -> Result<Option<SystemTime>, ApiError> {
+        params.get(key).map_or(Ok(None), |text| {
+            parse_time(text).map(Some).map_err(|error| {
+                Error::invalid_request(format!("{key}: {}", reason(&error))).into()
+            })
+        })
+    };
     let mut query = PredictionQuery::new(endpoint);
-    query.start_time = params
-        .get("start_time")
-        .map(|t| parse_time(t))
-        .transpose()?;
+    query.start_time = time("start_time")?;
     if let Some(minutes) = params.get("minutes") {
-        let minutes: u64 = minutes.parse().map_err(|_| {
-            Error::invalid_request(format!("minutes `{minutes}` must be a whole number"))
+        let start = minutes.parse().ok().and_then(minutes_ago).ok_or_else(|| {
+            Error::invalid_request(format!(
+                "minutes `{minutes}` must be a whole number that reaches back no further than 1970"
+            ))
         })?;
-        query.start_time = Some(SystemTime::now() - Duration::from_secs(60 * minutes));
+        query.start_time = Some(start);
     }
-    query.end_time = params.get("end_time").map(|t| parse_time(t)).transpose()?;
+    query.end_time = time("end_time")?;
     query.model = params.get("model").cloned();
     query.model_version = params.get("model_version").cloned();
     query.status = params.get("status").map(|s| s.parse()).transpose()?;
@@ -482,6 +331,23 @@ fn log_query(endpoint: &str, uri: &Uri, max_size: usize) -> Result<PredictionQue
         return Err(Error::invalid_request(format!("size must be at most {max_size}")).into());
     }
     Ok(query)
+}
+
+/// The time `minutes` minutes ago, if it is after 1970 (earlier times are out of range of
+/// some clocks and calendars: computing them panicked).
+fn minutes_ago(minutes: u64) -> Option<SystemTime> {
+    let seconds = minutes.checked_mul(60)?;
+    SystemTime::now()
+        .checked_sub(Duration::from_secs(seconds))
+        .filter(|start| *start >= SystemTime::UNIX_EPOCH)
+}
+
+/// A core error's reason, without its kind's prefix.
+fn reason(error: &Error) -> String {
+    match error {
+        Error::InvalidRequest { reason } => reason.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn internal(error: Error) -> ApiError {

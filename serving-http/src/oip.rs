@@ -14,14 +14,14 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use serving_core::{
-    Arrival, Error, Input, ModelSignature, PredictRequest, Refused, TensorSpec, new_request_id,
+    Arrival, Error, Input, ModelSignature, PredictRequest, TensorSpec, new_request_id,
 };
 
 use crate::auth::TOKEN_HEADER;
 use crate::error::ApiError;
 use crate::service::{
     MODEL_VERSION_HEADER, REQUEST_ID_HEADER, Route, ServiceState, authorize, caller_request_id,
-    check_content_type, read_body, routed_request, usable_request_id,
+    check_content_type, check_request_id, read_body, refuse, routed_request, usable_request_id,
 };
 
 type Shared = State<Arc<ServiceState>>;
@@ -273,13 +273,7 @@ async fn inference(
     .await
     {
         Ok(admitted) => admitted,
-        Err((error, request_id)) => {
-            let response = ApiError::from_core(&error, &request_id);
-            route
-                .endpoint
-                .refused(Refused::new(request_id, error, arrival));
-            return Err(response);
-        }
+        Err((error, request_id)) => return Err(refuse(route, error, &request_id, arrival)),
     };
     let prediction = route
         .endpoint
@@ -316,7 +310,7 @@ async fn admit(
     signature: Option<&ModelSignature>,
     arrival: Arrival,
 ) -> Result<(InferenceRequest, PredictRequest, String), (Error, String)> {
-    let header_id = caller_request_id(headers);
+    let header_id = caller_request_id(headers).map_err(|error| (error, new_request_id()))?;
     let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
     authorize_oip(route, headers).map_err(refused)?;
     check_content_type(headers).map_err(refused)?;
@@ -330,6 +324,9 @@ async fn admit(
             "not an OIP inference request: {e}"
         )))
     })?;
+    if let Some(id) = &request.id {
+        check_request_id(id, "id").map_err(refused)?;
+    }
     let request_id = request
         .id
         .clone()

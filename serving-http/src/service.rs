@@ -15,8 +15,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use serving_core::{
-    Arrival, DynEndpoint, Endpoint, Error, FileInput, PredictRequest, Refused, Result,
-    new_request_id,
+    Arrival, Drain, DynEndpoint, Endpoint, Error, PredictRequest, Refused, Result, new_request_id,
 };
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -24,9 +23,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::auth::Token;
 use crate::config::WebServiceConfig;
 use crate::error::ApiError;
-use crate::files;
 
-/// The header carrying a request's id, accepted from the caller or generated.
+/// The header carrying a request's id, accepted from the caller or generated. A caller's id
+/// of more than 128 bytes is replaced by a generated one; one holding a control character is
+/// a 400 naming the header.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The header naming the model version that answered; on a request, it asks for that version
 /// and bypasses the canary split.
@@ -93,8 +93,21 @@ impl WebService {
         &self.config
     }
 
-    /// The routes, to mount inside another axum app or serve as they are.
+    /// Every route, to mount inside another axum app or serve as they are: the
+    /// [prediction](WebService::predict_router), [operations](WebService::ops_router) and
+    /// [admin](WebService::admin_router) routers merged, with JSON answers for unknown routes
+    /// and methods ([`WebService::with_fallbacks`]).
     pub fn router(&self) -> Router {
+        Self::with_fallbacks(
+            self.predict_router()
+                .merge(self.ops_router())
+                .merge(self.admin_router()),
+        )
+    }
+
+    /// The prediction routes: `POST /api/v1/endpoints/{name}` and the Open Inference
+    /// Protocol's (`/v2/...`, its health and metadata routes included).
+    pub fn predict_router(&self) -> Router {
         // Each endpoint gets a literal route holding its `Route`, so that a prediction needs
         // no path parameter and no lookup; the parameter route answers unknown names.
         let mut router = Router::new();
@@ -105,16 +118,46 @@ impl WebService {
             };
             router = router.route(&format!("/api/v1/endpoints/{name}"), post(predict));
         }
+        self.part(
+            router
+                .route("/api/v1/endpoints/{name}", post(predict_unknown))
+                .merge(crate::oip::routes()),
+        )
+    }
+
+    /// The operations routes: `GET /healthz`, `GET /readyz`, and those of its
+    /// [`Observability`](crate::Observability): `/metrics`, `/dashboard`, the charts and logs
+    /// APIs. With [`WebService::admin_router`], what a stream or batch process serves over
+    /// HTTP beside its own transport.
+    pub fn ops_router(&self) -> Router {
+        self.part(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz))
+                .merge(crate::observability::routes())
+                .merge(crate::openapi::routes(self)),
+        )
+    }
+
+    /// The admin API under `/api/v1/admin/`: status, versions, rollouts, canary, shadow,
+    /// autoscale.
+    pub fn admin_router(&self) -> Router {
+        self.part(crate::control::routes())
+    }
+
+    /// `router` (parts of this service, merged, or an app's own) with the service's answers
+    /// for an unknown route (404) and a method a route does not take (405), both
+    /// `{"error": ...}`. Set them once, on the merged router: axum refuses to merge two
+    /// routers that both have a fallback.
+    pub fn with_fallbacks(router: Router) -> Router {
         router
-            .route("/api/v1/endpoints/{name}", post(predict_unknown))
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .merge(crate::control::routes())
-            .merge(crate::oip::routes())
-            .merge(crate::observability::routes())
-            .merge(crate::openapi::routes(self))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+    }
+
+    /// A part of the router, with the service's state and panic handling.
+    fn part(&self, routes: Router<Arc<ServiceState>>) -> Router {
+        routes
             .layer(CatchPanicLayer::custom(panic_response))
             .with_state(Arc::clone(&self.state))
     }
@@ -138,40 +181,17 @@ impl WebService {
         let state = Arc::clone(&self.state);
         let router = self.router();
         tracing::info!(addr = %listener.local_addr()?, "web service listening");
-        let draining = Arc::clone(&state);
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                draining.draining.store(true, Ordering::Release);
-                tracing::info!("shutting down: finishing requests in flight");
-            })
-            .await;
-        if let Some(observability) = &state.observability {
-            observability.shutdown().await;
-        }
-        served
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM: the usual `shutdown` for [`WebService::serve`].
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        // The core's drain sequence: axum stops accepting and finishes the requests in flight
+        // once it begins, then the sinks close.
+        let drain = Drain::new();
+        let (stopping, draining) = (drain.clone(), Arc::clone(&state));
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+            stopping.stopping().await;
+            draining.draining.store(true, Ordering::Release);
+        });
+        drain
+            .run(shutdown, served.into_future(), state.observability.as_ref())
+            .await
     }
 }
 
@@ -269,7 +289,10 @@ impl WebServiceBuilder {
 /// `POST /api/v1/endpoints/{name}` for a name no endpoint has: each endpoint has a literal
 /// route of its own, which the router prefers to this one.
 async fn predict_unknown(Path(name): Path<String>, headers: HeaderMap) -> Response {
-    let request_id = caller_request_id(&headers).unwrap_or_else(new_request_id);
+    let request_id = caller_request_id(&headers)
+        .ok()
+        .flatten()
+        .unwrap_or_else(new_request_id);
     let error = Error::EndpointNotFound { endpoint: name };
     with_request_id(
         ApiError::from_core(&error, &request_id).into_response(),
@@ -286,7 +309,14 @@ async fn predict_on(
     let arrival = Arrival::now();
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let request_id = caller_request_id(headers).unwrap_or_else(new_request_id);
+    let request_id = match caller_request_id(headers) {
+        Ok(id) => id.unwrap_or_else(new_request_id),
+        Err(error) => {
+            let request_id = new_request_id();
+            let response = refuse(route, error, &request_id, arrival);
+            return with_request_id(response.into_response(), &request_id);
+        }
+    };
     match serve_prediction(state, route, headers, body, &request_id, arrival).await {
         Ok(response) => response,
         Err(error) => with_request_id(error.into_response(), &request_id),
@@ -305,13 +335,40 @@ pub(crate) fn usable_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128
 }
 
-/// The request id the caller sent in `x-request-id`, when it is usable.
-pub(crate) fn caller_request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| usable_request_id(id))
-        .map(str::to_owned)
+/// The answer to a request refused before the model, recorded on its endpoint: its text
+/// cropped to the endpoint's `max_value_chars` as the endpoint crops every error, so that
+/// no answer or record echoes a huge input whole.
+pub(crate) fn refuse(route: &Route, error: Error, request_id: &str, arrival: Arrival) -> ApiError {
+    let max_chars = route.endpoint.spec().logging.max_value_chars;
+    let error = serving_core::crop_error(error, max_chars);
+    let response = ApiError::from_core(&error, request_id);
+    route
+        .endpoint
+        .refused(Refused::new(request_id, error, arrival));
+    response
+}
+
+/// Refuses a caller-chosen request id that holds a control character (ESC, CR, LF, tab, …):
+/// ids end up in log lines, CSV exports and the dashboard, where such characters forge lines
+/// or drive terminals. `source` names where the id came from (`x-request-id`, `id`). Every
+/// transport that takes ids from callers checks them here.
+pub(crate) fn check_request_id(id: &str, source: &str) -> Result<(), Error> {
+    if id.chars().any(char::is_control) {
+        return Err(Error::invalid_request(format!(
+            "`{source}` must not hold control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The request id the caller sent in `x-request-id`, when it is usable; an error when it
+/// holds control characters.
+pub(crate) fn caller_request_id(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let Some(id) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    check_request_id(id, REQUEST_ID_HEADER)?;
+    Ok(usable_request_id(id).then(|| id.to_owned()))
 }
 
 async fn serve_prediction(
@@ -324,13 +381,7 @@ async fn serve_prediction(
 ) -> Result<Response, ApiError> {
     let request = match admit(state, route, headers, body, request_id, arrival).await {
         Ok(request) => request,
-        Err(error) => {
-            let response = ApiError::from_core(&error, request_id);
-            route
-                .endpoint
-                .refused(Refused::new(request_id, error, arrival));
-            return Err(response);
-        }
+        Err(error) => return Err(refuse(route, error, request_id, arrival)),
     };
     match route.endpoint.predict(request).await {
         Ok(prediction) => {
@@ -393,16 +444,10 @@ async fn admit(
     let limit = spec.server.workers.max_body_bytes;
     let body = read_body(body, limit, state.body_timeout, arrival).await?;
     let input = parse_input(&body)?;
-    let decoded = match spec.files {
-        FileInput::Off => files::DecodedInput {
-            input: input.into(),
-            files: Vec::new(),
-        },
-        mode => files::decode(input, mode)?,
-    };
-    let mut request = routed_request(decoded.input, headers, arrival).with_request_id(request_id);
-    if !decoded.files.is_empty() {
-        request = request.with_resource(decoded.files);
+    let (input, files) = serving_core::wire::decode_files(input, spec.files)?.into_parts();
+    let mut request = routed_request(input, headers, arrival).with_request_id(request_id);
+    if !files.is_empty() {
+        request = request.with_resource(files);
     }
     Ok(request)
 }
@@ -480,17 +525,10 @@ pub(crate) async fn read_body(
     }
 }
 
-/// The body's input: `input_params` when the body is wrapped in it, else the body itself (the
-/// original product's clients send both shapes).
+/// The body's input: `input_params` when the body is wrapped in it, else the body itself
+/// ([`serving_core::wire::parse_body`], shared by every transport).
 pub(crate) fn parse_input(body: &[u8]) -> Result<Value, Error> {
-    if body.is_empty() {
-        return Err(Error::invalid_request(
-            "the request body is empty; send {\"input_params\": ...}",
-        ));
-    }
-    serde_json::from_slice::<crate::body::Unwrapped>(body)
-        .map(|unwrapped| unwrapped.0)
-        .map_err(|e| Error::invalid_request(format!("the request body is not valid JSON: {e}")))
+    serving_core::wire::parse_body(body)
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -544,35 +582,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_wire_shapes() {
-        assert_eq!(
-            parse_input(br#"{"input_params": [1, 2]}"#).unwrap(),
-            json!([1, 2])
-        );
-        assert_eq!(parse_input(br#"[1, 2]"#).unwrap(), json!([1, 2]));
-        assert_eq!(
-            parse_input(br#"{"text": "hi"}"#).unwrap(),
-            json!({"text": "hi"})
-        );
-        assert!(parse_input(b"{").is_err());
-        assert!(parse_input(b"").is_err());
-    }
-
-    #[test]
     fn parsed_header_names_are_the_documented_ones() {
         assert_eq!(TOKEN, HeaderName::try_from(crate::TOKEN_HEADER).unwrap());
         assert_eq!(REQUEST_ID.as_str(), REQUEST_ID_HEADER);
-    }
-
-    #[test]
-    fn floats_reach_the_model_exactly_as_sent() {
-        // Found by fuzzing: without serde_json's `float_roundtrip`, this parses one unit off.
-        let sent = b"33333333333333333333333533133366686633533133366686666";
-        let value = parse_input(sent).unwrap();
-        assert_eq!(value, json!(3.333333333333333e52));
-        assert_eq!(
-            value.to_string().parse::<f64>().unwrap(),
-            3.333333333333333e52
-        );
     }
 }

@@ -176,7 +176,8 @@ impl CanaryRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum CanaryMetric {
-    /// Share of requests that failed on the server side (status 500 and above), 0 to 1.
+    /// Share of requests that the model or server failed ([`crate::Outcome::counts_as_failure`]),
+    /// 0 to 1.
     ErrorRate,
     /// 95th-percentile latency in milliseconds.
     P95LatencyMs,

@@ -348,8 +348,8 @@ impl Lifecycle {
     }
 
     /// Counts one finished request of `version`.
-    pub(crate) fn record(&self, version: &str, status: u16, latency: Duration) {
-        self.inner.stats.record(version, status, latency);
+    pub(crate) fn record(&self, version: &str, outcome: crate::Outcome, latency: Duration) {
+        self.inner.stats.record(version, outcome, latency);
     }
 
     /// Compares one mirrored answer with the one returned.

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::outcome::Outcome;
+
 /// Requests of one version over a window: counts, error rate and latency percentiles.
 ///
-/// An error is a server-side failure (status 500 and above); a request the caller got wrong
-/// (4xx) says nothing about the model's health.
+/// An error is a request the model or server failed ([`Outcome::counts_as_failure`]); a
+/// request the caller got wrong says nothing about the model's health.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RequestStats {
     /// Requests in the window.
@@ -57,7 +59,7 @@ impl VersionStats {
         }
     }
 
-    pub(crate) fn record(&self, version: &str, status: u16, latency: Duration) {
+    pub(crate) fn record(&self, version: &str, outcome: Outcome, latency: Duration) {
         let mut series = lock(&self.series);
         // Look up before inserting: no allocation on the request path once a version is known.
         if !series.contains_key(version) {
@@ -67,7 +69,7 @@ impl VersionStats {
         if entry.recent.len() == self.capacity {
             entry.recent.pop_front();
         }
-        let error = status >= 500;
+        let error = outcome.counts_as_failure();
         entry.recent.push_back(Sample {
             at: Instant::now(),
             latency,
@@ -289,10 +291,14 @@ mod tests {
     fn window_counts_errors_and_percentiles() {
         let stats = VersionStats::new(100);
         for ms in 1..=100u64 {
-            let status = if ms % 10 == 0 { 500 } else { 200 };
-            stats.record("2", status, Duration::from_millis(ms));
+            let outcome = if ms % 10 == 0 {
+                Outcome::ModelFailure
+            } else {
+                Outcome::Ok
+            };
+            stats.record("2", outcome, Duration::from_millis(ms));
         }
-        stats.record("2", 422, Duration::from_millis(1));
+        stats.record("2", Outcome::RejectedInput, Duration::from_millis(1));
         let window = stats.window("2", None);
         assert_eq!(window.requests, 100, "the ring keeps the last 100");
         assert_eq!(window.errors, 10);

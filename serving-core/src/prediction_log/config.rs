@@ -27,6 +27,16 @@ pub struct PredictionLogConfig {
     /// Milliseconds between writes of a partly filled buffer (`flush_interval_ms`): how long a
     /// record may wait before it becomes visible to queries.
     pub flush_interval_ms: u64,
+    /// Queries that may run at once (`max_concurrent_queries`), 2 by default; further queries
+    /// wait for one to finish. Each holds one segment chunk and its page in memory and one
+    /// thread of the blocking pool.
+    pub max_concurrent_queries: usize,
+    /// Segments whose newest record started more than this many seconds ago are deleted
+    /// (`retention_max_age_secs`); 0, the default, keeps them forever.
+    pub retention_max_age_secs: u64,
+    /// Once the log's segments (all endpoints) hold more bytes than this, the oldest are
+    /// deleted until they fit (`retention_max_bytes`); 0, the default, sets no limit.
+    pub retention_max_bytes: u64,
 }
 
 impl Default for PredictionLogConfig {
@@ -37,22 +47,30 @@ impl Default for PredictionLogConfig {
             queue_capacity: 10_000,
             segment_records: 5_000,
             flush_interval_ms: 1_000,
+            max_concurrent_queries: 2,
+            retention_max_age_secs: 0,
+            retention_max_bytes: 0,
         }
     }
 }
 
 impl PredictionLogConfig {
     /// Every key [`PredictionLogConfig::set`] accepts.
-    pub const KEYS: [&'static str; 5] = [
+    pub const KEYS: [&'static str; 8] = [
         "dir",
         "prefix",
         "queue_capacity",
         "segment_records",
         "flush_interval_ms",
+        "max_concurrent_queries",
+        "retention_max_age_secs",
+        "retention_max_bytes",
     ];
 
     /// The defaults, overridden by `SERVING_PREDICTION_LOG_DIR`, `…_PREFIX`,
-    /// `…_QUEUE_CAPACITY`, `…_SEGMENT_RECORDS` and `…_FLUSH_INTERVAL_MS` when set.
+    /// `…_QUEUE_CAPACITY`, `…_SEGMENT_RECORDS`, `…_FLUSH_INTERVAL_MS`,
+    /// `…_MAX_CONCURRENT_QUERIES`, `…_RETENTION_MAX_AGE_SECS` and `…_RETENTION_MAX_BYTES`
+    /// when set.
     pub fn from_env() -> Result<Self> {
         let mut config = Self::default();
         for key in Self::KEYS {
@@ -84,6 +102,13 @@ impl PredictionLogConfig {
             "queue_capacity" => self.queue_capacity = setting.positive()? as usize,
             "segment_records" => self.segment_records = setting.positive()? as usize,
             "flush_interval_ms" => self.flush_interval_ms = setting.positive()?,
+            "max_concurrent_queries" => self.max_concurrent_queries = setting.positive()? as usize,
+            "retention_max_age_secs" => {
+                self.retention_max_age_secs = setting.whole("0 keeps segments forever")?;
+            }
+            "retention_max_bytes" => {
+                self.retention_max_bytes = setting.whole("0 sets no limit")?;
+            }
             _ => return Err(setting.unknown(&Self::KEYS)),
         }
         Ok(())
@@ -99,6 +124,16 @@ impl PredictionLogConfig {
     /// The flush interval.
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// The age and size limits, if any is set.
+    pub(super) fn retention(&self) -> Option<super::retention::Retention> {
+        let retention = super::retention::Retention {
+            max_age: (self.retention_max_age_secs > 0)
+                .then(|| Duration::from_secs(self.retention_max_age_secs)),
+            max_bytes: (self.retention_max_bytes > 0).then_some(self.retention_max_bytes),
+        };
+        (retention.max_age.is_some() || retention.max_bytes.is_some()).then_some(retention)
     }
 }
 
@@ -121,11 +156,23 @@ mod tests {
         assert_eq!(config.prefix, "logs/p");
         let unknown = config.set("capacity", "1").unwrap_err().to_string();
         assert!(
-            unknown.contains("dir, prefix, queue_capacity, segment_records, flush_interval_ms"),
+            unknown.contains("dir, prefix, queue_capacity, segment_records, flush_interval_ms, max_concurrent_queries, retention_max_age_secs, retention_max_bytes"),
             "{unknown}"
         );
         assert!(config.set("queue_capacity", "0").is_err());
         assert!(config.set("prefix", "a/../b").is_err());
+        assert_eq!(config.retention(), None, "keeps everything by default");
+        config
+            .apply([
+                ("retention_max_age_secs", "3600"),
+                ("max_concurrent_queries", "1"),
+            ])
+            .unwrap();
+        assert_eq!(config.max_concurrent_queries, 1);
+        let retention = config.retention().unwrap();
+        assert_eq!(retention.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(retention.max_bytes, None);
+        assert!(config.set("max_concurrent_queries", "0").is_err());
     }
 
     #[test]

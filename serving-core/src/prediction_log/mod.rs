@@ -23,13 +23,34 @@
 //! acknowledged is lost.
 //!
 //! # Layout
-//! `{prefix}/{endpoint}/date={YYYY-MM-DD}/{first µs}-{last µs}-{writer}-{seq}.jsonl` under the
-//! store's root: the local filesystem under [`PredictionLogConfig::dir`] by default, or any
-//! [`ObjectStore`] (S3, GCS, Azure, memory) given to [`PredictionLogBuilder::with_store`]. The
-//! date is the day (UTC) the segment was written; the name's bounds are the start times of its
-//! first and last prediction in microseconds, so queries skip segments unread. Segments are
-//! JSON lines whose columns are all scalars, so `polars.scan_ndjson("serving-data/predictions/**/*.jsonl")`
-//! reads them as one table.
+//! `{prefix}/{endpoint}/date={YYYY-MM-DD}/{first µs}-{last µs}-{writer}-{seq}-{records}.jsonl`
+//! under the store's root: the local filesystem under [`PredictionLogConfig::dir`] by default,
+//! or any [`ObjectStore`] (S3, GCS, Azure, memory) given to [`PredictionLogBuilder::with_store`].
+//! The date is the day (UTC) the segment was written; the name's bounds are the start times of
+//! its first and last prediction in microseconds and `records` its number of predictions, so
+//! queries skip and count segments unread. Segments written before the count was part of the
+//! name (`…-{seq}.jsonl`) are read as before. Segments are JSON lines whose columns are all
+//! scalars, so `polars.scan_ndjson("serving-data/predictions/**/*.jsonl")` reads them as one
+//! table.
+//!
+//! # Queries
+//! [`PredictionLog::query`] reads segments one at a time in the order it answers (by the
+//! bounds in their names), streams each line by line, and stops once it has its page and
+//! knows whether more matches follow: `size=1` of a large log opens one segment. Segments
+//! outside the time range are never opened, nor those wholly inside `offset` when the query
+//! filters by time alone. Its memory is one chunk of a segment, one line and the matches that
+//! may still enter the page; its work runs on the blocking pool, at most
+//! [`PredictionLogConfig::max_concurrent_queries`] at once (the rest wait), so queries never
+//! take the threads that serve predictions. [`PredictionPage::total`] is exact when the
+//! segments left unread can be counted from their names, and a lower bound otherwise (see
+//! [`PredictionPage::total_exact`]).
+//!
+//! # Retention
+//! With [`PredictionLogConfig::retention_max_age_secs`] or
+//! [`PredictionLogConfig::retention_max_bytes`] set, the log deletes, when it starts and every
+//! minute after, the segments whose newest prediction is older than the age, then the oldest
+//! segments until the rest fit in the size ([`PredictionLog::apply_retention`] does it on
+//! demand). The limits apply to every endpoint's segments under the prefix together.
 //!
 //! ```
 //! use serving_core::prediction_log::{PredictionLog, PredictionQuery};
@@ -54,6 +75,7 @@
 mod config;
 mod csv;
 mod query;
+mod retention;
 mod row;
 mod writer;
 
@@ -66,11 +88,12 @@ use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 pub use self::config::PredictionLogConfig;
 pub use self::csv::{CSV_COLUMNS, read_csv, write_csv};
-pub use self::query::{Order, PredictionPage, PredictionQuery, StatusFilter};
+pub use self::query::{Order, PredictionPage, PredictionQuery, QueryTotal, StatusFilter};
+pub use self::retention::RetentionPass;
 pub use self::row::{PredictionRow, format_time, parse_time};
 
 /// The `object_store` crate the log is built on, to build an S3, GCS or Azure store with the
@@ -99,6 +122,10 @@ struct Shared {
     /// Stops the writer task.
     stop: Arc<Notify>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Applies the retention every minute, when one is set.
+    retention: Option<tokio::task::JoinHandle<()>>,
+    /// One permit per query that may run at once.
+    queries: Arc<Semaphore>,
     config: PredictionLogConfig,
     counters: Arc<Counters>,
     last_drop_warning: AtomicU64,
@@ -108,6 +135,9 @@ impl Drop for Shared {
     /// The last handle is gone: the writer writes what is left and stops.
     fn drop(&mut self) {
         self.stop.notify_one();
+        if let Some(retention) = &self.retention {
+            retention.abort();
+        }
     }
 }
 
@@ -148,10 +178,108 @@ impl PredictionLog {
     /// Reads predictions back; the original SDK's `get_predictions`. Records become visible
     /// once written: within [`PredictionLogConfig::flush_interval_ms`], or at once after
     /// [`PredictionLog::flush`].
+    ///
+    /// A query reads only what its page needs (see [the module docs](self#queries)), on the
+    /// blocking pool, never on the threads that serve predictions, and at most
+    /// [`PredictionLogConfig::max_concurrent_queries`] run at once: the others wait their turn.
     #[doc(alias = "get_predictions")]
     pub async fn query(&self, query: &PredictionQuery) -> Result<PredictionPage> {
-        let writer = &self.shared.writer;
-        query::run(writer.store.as_ref(), &writer.prefix, query).await
+        let (records, total) = self
+            .scan(query, Vec::new(), |records, record| {
+                records.push(record);
+                Ok(())
+            })
+            .await?;
+        Ok(PredictionPage {
+            total: total.total,
+            total_exact: total.exact,
+            records,
+        })
+    }
+
+    /// Like [`PredictionLog::query`], but hands each record of the page to `each` as it is
+    /// placed, in the query's order, instead of collecting the page: an export of a million
+    /// rows never holds them all. `each` runs on the blocking pool; an error from it stops
+    /// the query and is returned.
+    pub async fn query_each<F>(&self, query: &PredictionQuery, each: F) -> Result<QueryTotal>
+    where
+        F: FnMut(PredictionRecord) -> Result<()> + Send + 'static,
+    {
+        let (_, total) = self.scan(query, each, |each, record| each(record)).await?;
+        Ok(total)
+    }
+
+    /// The query's page as CSV, in [`write_csv`]'s format, streamed in chunks of about
+    /// 64 KiB as the query reads them: an export of a million rows is never held whole.
+    ///
+    /// # Errors
+    /// An error before the first chunk (the store cannot be listed) is returned; a later one
+    /// ends the stream with it. The stream stops the query when it is dropped.
+    pub async fn query_csv(
+        &self,
+        query: &PredictionQuery,
+    ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes>>> {
+        use futures::StreamExt as _;
+        let (chunks, mut received) = tokio::sync::mpsc::channel(2);
+        let (log, query) = (self.clone(), query.clone());
+        tokio::spawn(async move {
+            let sink = csv::CsvChunks::new(chunks.clone());
+            match log.scan(&query, sink, csv::CsvChunks::push).await {
+                Ok((sink, _)) => sink.finish().await,
+                Err(error) => {
+                    let _ = chunks.send(Err(error)).await;
+                }
+            }
+        });
+        let first = received.recv().await.unwrap_or_else(|| {
+            Err(Error::invalid_request(
+                "the CSV export stopped before its header",
+            ))
+        })?;
+        let rest = futures::stream::unfold(received, |mut received| async move {
+            received.recv().await.map(|chunk| (chunk, received))
+        });
+        Ok(futures::stream::once(async { Ok(first) })
+            .chain(rest)
+            .boxed())
+    }
+
+    /// Runs a query on the blocking pool once one of the query permits is free.
+    async fn scan<S: Send + 'static>(
+        &self,
+        query: &PredictionQuery,
+        mut sink: S,
+        emit: fn(&mut S, PredictionRecord) -> Result<()>,
+    ) -> Result<(S, QueryTotal)> {
+        let permit = Arc::clone(&self.shared.queries)
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Action {
+                action: "waiting for a prediction log query permit".to_owned(),
+                source: Box::new(e),
+            })?;
+        let (writer, query) = (Arc::clone(&self.shared.writer), query.clone());
+        let runtime = tokio::runtime::Handle::current();
+        // Decoding is CPU work: on a runtime thread it would delay the predictions sharing it.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            runtime.block_on(async {
+                let total = query::scan(
+                    writer.store.as_ref(),
+                    &writer.prefix,
+                    &query,
+                    &mut sink,
+                    emit,
+                )
+                .await?;
+                Ok((sink, total))
+            })
+        })
+        .await
+        .map_err(|e| Error::Action {
+            action: "querying the prediction log".to_owned(),
+            source: Box::new(e),
+        })?
     }
 
     /// Writes every record accepted before this call, and reports whether that worked.
@@ -163,6 +291,9 @@ impl PredictionLog {
     /// stops the writer. Call it on graceful shutdown; calling it again does nothing.
     pub async fn close(&self) -> Result<()> {
         self.shared.pending.close();
+        if let Some(retention) = &self.shared.retention {
+            retention.abort();
+        }
         let outcome = self.flush().await;
         let task = self
             .shared
@@ -175,6 +306,23 @@ impl PredictionLog {
             let _ = task.await;
         }
         outcome
+    }
+
+    /// Deletes the segments beyond [`PredictionLogConfig::retention_max_age_secs`] and
+    /// [`PredictionLogConfig::retention_max_bytes`] now, oldest first; with neither set, deletes
+    /// nothing. The log also does this by itself when it starts and every minute after.
+    pub async fn apply_retention(&self) -> Result<RetentionPass> {
+        let Some(retention) = self.shared.config.retention() else {
+            return Ok(RetentionPass::default());
+        };
+        let writer = &self.shared.writer;
+        retention::apply(
+            writer.store.as_ref(),
+            &writer.prefix,
+            retention,
+            SystemTime::now(),
+        )
+        .await
     }
 
     /// The counters.
@@ -324,13 +472,31 @@ impl PredictionLogBuilder {
             self.config.flush_interval().max(Duration::from_millis(1)),
             Arc::clone(&stop),
         ));
+        let retention = self.config.retention().map(|retention| {
+            let writer = Arc::clone(&writer);
+            runtime.spawn(async move {
+                let mut every = tokio::time::interval(retention::RETENTION_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let (store, prefix) = (writer.store.as_ref(), &writer.prefix);
+                    if let Err(error) =
+                        retention::apply(store, prefix, retention, SystemTime::now()).await
+                    {
+                        tracing::warn!(%error, "prediction log retention failed; retrying in a minute");
+                    }
+                }
+            })
+        });
         Ok(PredictionLog {
             shared: Arc::new(Shared {
+                retention,
                 pending,
                 writer,
                 wake,
                 stop,
                 task: Mutex::new(Some(task)),
+                queries: Arc::new(Semaphore::new(self.config.max_concurrent_queries)),
                 config: self.config,
                 counters,
                 last_drop_warning: AtomicU64::new(0),

@@ -128,12 +128,13 @@ impl TryFrom<PredictionRow> for PredictionRecord {
                 ))
             })
         };
-        let input = row.input.as_deref().map(|t| json("input", t)).transpose()?;
-        let output = row
-            .output
-            .as_deref()
-            .map(|t| json("output", t))
-            .transpose()?;
+        // Values nested deeper than serde_json reads (128) were recorded, as any value, by
+        // their JSON text: they are shown as that text rather than hidden.
+        let value = |text: &str| {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+        };
+        let input = row.input.as_deref().map(value);
+        let output = row.output.as_deref().map(value);
         let metrics: BTreeMap<String, f64> = serde_json::from_value(json("metrics", &row.metrics)?)
             .map_err(|e| Error::invalid_request(format!("column `metrics`: {e}")))?;
         let params: BTreeMap<String, Value> = serde_json::from_value(json("params", &row.params)?)
@@ -187,12 +188,21 @@ pub fn format_time(time: SystemTime) -> String {
 
 /// Parses a time given as RFC 3339 (`2026-05-01T12:00:00Z`) or as seconds since the Unix
 /// epoch (`1777636800`, `1777636800.5`), as the original SDK's `start_time`/`end_time`.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] for other text, and for times outside the years 1970 to 9999
+/// (which no prediction has, and which some clocks and calendars cannot represent).
 pub fn parse_time(text: &str) -> Result<SystemTime> {
+    /// 9999-12-31T23:59:59Z, the latest time RFC 3339 can write.
+    const LATEST: f64 = 253_402_300_799.0;
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
+        if seconds.is_finite() && (0.0..=LATEST).contains(&seconds) {
             return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds));
         }
+        return Err(Error::invalid_request(format!(
+            "`{text}` is out of range: times are between 1970 and 9999"
+        )));
     }
     DateTime::parse_from_rfc3339(text)
         .map(SystemTime::from)
@@ -254,12 +264,32 @@ mod tests {
     }
 
     #[test]
+    fn values_too_deep_to_read_back_are_shown_as_their_text() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_777_636_800_123_456);
+        let mut deep = record("r1", at);
+        let mut value = json!(1);
+        for _ in 0..200 {
+            value = json!([value]);
+        }
+        deep.input = Some(value);
+        let text = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let line = serde_json::to_string(&RowRef::from(&deep)).unwrap();
+        let row: PredictionRow = serde_json::from_str(&line).unwrap();
+        let back = PredictionRecord::try_from(row).unwrap();
+        assert_eq!(back.input, Some(Value::String(text)));
+    }
+
+    #[test]
     fn times_parse_as_rfc3339_or_epoch_seconds() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_777_636_800);
         assert_eq!(parse_time("1777636800").unwrap(), at);
         assert_eq!(parse_time("2026-05-01T12:00:00Z").unwrap(), at);
         assert_eq!(parse_time("2026-05-01T14:00:00+02:00").unwrap(), at);
         assert!(parse_time("yesterday").is_err());
+        for out_of_range in ["1e300", "-1", "inf", "NaN", "253402300800"] {
+            let error = parse_time(out_of_range).unwrap_err().to_string();
+            assert!(error.contains("out of range"), "{out_of_range}: {error}");
+        }
         assert_eq!(micros(at), 1_777_636_800_000_000);
     }
 

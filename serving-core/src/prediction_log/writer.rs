@@ -236,8 +236,9 @@ impl Writer {
     }
 }
 
-/// `{prefix}/{endpoint}/date={write date}/{first start µs}-{last start µs}-{writer}-{seq}.jsonl`:
-/// the date directory and the start-time bounds in the name let queries skip segments unread.
+/// `{prefix}/{endpoint}/date={write date}/{first start µs}-{last start µs}-{writer}-{seq}-{records}.jsonl`:
+/// the date directory and the start-time bounds in the name let queries skip segments unread,
+/// and the record count lets them count a segment without reading it.
 fn segment_path(
     prefix: &Path,
     endpoint: &str,
@@ -251,16 +252,38 @@ fn segment_path(
         .clone()
         .join(endpoint)
         .join(format!("date={date}"))
-        .join(format!("{first}-{last}-{writer_id}-{sequence:08}.jsonl"))
+        .join(format!(
+            "{first}-{last}-{writer_id}-{sequence:08}-{}.jsonl",
+            batch.records
+        ))
 }
 
-/// The segment name's start-time bounds in microseconds, if it is a segment.
-pub(super) fn segment_bounds(name: &str) -> Option<(i64, i64)> {
-    let stem = name.strip_suffix(".jsonl")?;
-    let mut parts = stem.splitn(3, '-');
-    let first = parts.next()?.parse().ok()?;
-    let last = parts.next()?.parse().ok()?;
-    Some((first, last))
+/// What a segment's name tells without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SegmentName {
+    /// The earliest start time of its records, in µs since the epoch.
+    pub(super) first: i64,
+    /// The latest start time of its records, in µs since the epoch.
+    pub(super) last: i64,
+    /// How many records it holds; segments written before the count was in the name have
+    /// none.
+    pub(super) records: Option<usize>,
+}
+
+impl SegmentName {
+    /// The name's bounds and count, if it is a segment's name (of either layout).
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        let stem = name.strip_suffix(".jsonl")?;
+        let mut parts = stem.split('-');
+        let first = parts.next()?.parse().ok()?;
+        let last = parts.next()?.parse().ok()?;
+        let records = parts.nth(2).and_then(|count| count.parse().ok());
+        Some(SegmentName {
+            first,
+            last,
+            records,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -296,10 +319,17 @@ mod tests {
         let (endpoint, batch) = &batches[0];
         let path = segment_path(&Path::from("predictions"), endpoint, batch, "w1", 7);
         let name = path.filename().unwrap();
-        assert_eq!(name, "10-30-w1-00000007.jsonl");
+        assert_eq!(name, "10-30-w1-00000007-3.jsonl");
         assert!(path.as_ref().starts_with("predictions/iris/date="));
-        assert_eq!(segment_bounds(name), Some((10, 30)));
-        assert_eq!(segment_bounds("notes.txt"), None);
+        let parsed = SegmentName::parse(name).unwrap();
+        assert_eq!(
+            (parsed.first, parsed.last, parsed.records),
+            (10, 30, Some(3))
+        );
+        // Segments named before the count was added stay readable.
+        let old = SegmentName::parse("10-30-w1-00000007.jsonl").unwrap();
+        assert_eq!((old.first, old.last, old.records), (10, 30, None));
+        assert_eq!(SegmentName::parse("notes.txt"), None);
     }
 
     #[test]

@@ -263,7 +263,9 @@ async function loadLogs() {
   }));
   const first = page.total === 0 ? 0 : state.offset + 1;
   const last = state.offset + page.predictions.length;
-  $('log-summary').textContent = `Showing ${first}–${last} of ${page.total} predictions, newest first.`;
+  // A query stops at its page: with filters the total can be a lower bound.
+  const total = page.total_exact === false ? `at least ${page.total}` : String(page.total);
+  $('log-summary').textContent = `Showing ${first}–${last} of ${total} predictions, newest first.`;
   $('newer').disabled = state.offset === 0;
   $('older').disabled = last >= page.total;
 }

@@ -4,19 +4,60 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use bytes::Bytes;
 use serde_json::Value;
-use serving_core::{Error, FileInput, Input, Result};
 use tempfile::TempPath;
 
+use crate::endpoint::PredictRequest;
+use crate::error::{Error, Result};
+use crate::input::Input;
+use crate::spec::FileInput;
+
 /// A decoded input and the temporary files that must live until the prediction ends.
-pub(crate) struct DecodedInput {
-    pub(crate) input: Input,
-    /// Removed from disk when dropped: handed to the request so that they outlive the
-    /// predictor, even past a timeout.
-    pub(crate) files: Vec<TempPath>,
+#[derive(Debug)]
+pub struct DecodedInput {
+    /// The input for the predictor: bytes, files, or the paths of temporary files.
+    pub input: Input,
+    files: InputFiles,
 }
 
-/// Decodes `value` (a Base64 string, or a list of them) as `mode` asks.
-pub(crate) fn decode(value: Value, mode: FileInput) -> Result<DecodedInput> {
+/// Temporary files holding decoded input, removed from disk when dropped: give them to the
+/// request ([`PredictRequest::with_resource`]) so that they outlive the predictor, even past a
+/// timeout.
+#[derive(Debug, Default)]
+pub struct InputFiles(Vec<TempPath>);
+
+impl InputFiles {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl DecodedInput {
+    /// The input and its temporary files.
+    pub fn into_parts(self) -> (Input, InputFiles) {
+        (self.input, self.files)
+    }
+
+    /// A request for the input that keeps its temporary files until the predictor is done.
+    pub fn into_request(self) -> PredictRequest {
+        let request = PredictRequest::new(self.input);
+        if self.files.is_empty() {
+            request
+        } else {
+            request.with_resource(self.files)
+        }
+    }
+}
+
+/// Decodes `value` (a Base64 string, or a list of them) as `mode` asks; with
+/// [`FileInput::Off`], `value` is the input as it is.
+pub fn decode_files(value: Value, mode: FileInput) -> Result<DecodedInput> {
+    if mode == FileInput::Off {
+        return Ok(DecodedInput {
+            input: Input::Json(value),
+            files: InputFiles::default(),
+        });
+    }
     let files = match value {
         Value::Array(items) => items
             .into_iter()
@@ -31,7 +72,7 @@ pub(crate) fn decode(value: Value, mode: FileInput) -> Result<DecodedInput> {
     match mode {
         FileInput::Off | FileInput::Bytes => Ok(DecodedInput {
             input: Input::Files(files),
-            files: Vec::new(),
+            files: InputFiles::default(),
         }),
         FileInput::TempFile => {
             let paths = files
@@ -40,7 +81,7 @@ pub(crate) fn decode(value: Value, mode: FileInput) -> Result<DecodedInput> {
                 .collect::<Result<Vec<_>>>()?;
             Ok(DecodedInput {
                 input: Input::Json(Value::Array(paths.iter().map(path_value).collect())),
-                files: paths,
+                files: InputFiles(paths),
             })
         }
     }
@@ -50,13 +91,13 @@ fn single_file(bytes: Bytes, mode: FileInput) -> Result<DecodedInput> {
     match mode {
         FileInput::Off | FileInput::Bytes => Ok(DecodedInput {
             input: Input::Bytes(bytes),
-            files: Vec::new(),
+            files: InputFiles::default(),
         }),
         FileInput::TempFile => {
             let path = write_temp(&bytes)?;
             Ok(DecodedInput {
                 input: Input::Json(path_value(&path)),
-                files: vec![path],
+                files: InputFiles(vec![path]),
             })
         }
     }
@@ -130,9 +171,9 @@ mod tests {
 
     #[test]
     fn decodes_one_or_many() {
-        let one = decode(json!("aGVsbG8="), FileInput::Bytes).unwrap();
+        let one = decode_files(json!("aGVsbG8="), FileInput::Bytes).unwrap();
         assert_eq!(one.input, Input::Bytes(Bytes::from_static(b"hello")));
-        let many = decode(
+        let many = decode_files(
             json!(["aGk", "data:text/plain;base64,eW8="]),
             FileInput::Bytes,
         )
@@ -145,7 +186,8 @@ mod tests {
 
     #[test]
     fn temp_files_hold_the_bytes_and_are_removed() {
-        let decoded = decode(json!("aGVsbG8="), FileInput::TempFile).unwrap();
+        let decoded = decode_files(json!("aGVsbG8="), FileInput::TempFile).unwrap();
+        assert!(!decoded.files.is_empty());
         let Input::Json(Value::String(path)) = &decoded.input else {
             panic!("{:?}", decoded.input)
         };
@@ -156,12 +198,19 @@ mod tests {
     }
 
     #[test]
+    fn off_keeps_the_value() {
+        let decoded = decode_files(json!("aGVsbG8="), FileInput::Off).unwrap();
+        assert_eq!(decoded.input, Input::Json(json!("aGVsbG8=")));
+        assert!(decoded.into_parts().1.is_empty());
+    }
+
+    #[test]
     fn bad_base64_says_why() {
-        let err = decode(json!("not base64!"), FileInput::Bytes)
+        let err = decode_files(json!("not base64!"), FileInput::Bytes)
             .err()
             .unwrap();
         assert!(err.to_string().contains("not valid Base64"), "{err}");
-        let err = decode(json!([1]), FileInput::Bytes).err().unwrap();
+        let err = decode_files(json!([1]), FileInput::Bytes).err().unwrap();
         assert!(
             err.to_string().contains("file 0 must be a Base64 string"),
             "{err}"

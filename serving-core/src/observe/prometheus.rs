@@ -1,7 +1,11 @@
-//! [`PrometheusMetrics`]: a [`MetricSink`] exposed as Prometheus text at `GET /metrics`.
+//! [`PrometheusMetrics`]: a [`MetricSink`] rendered as Prometheus text (what `GET /metrics`
+//! serves).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::charts::ChartMetrics;
+use crate::metrics::{MetricSample, MetricSink, RequestEvent};
+use crate::prediction_log::PredictionLog;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -9,8 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serving_core::prediction_log::PredictionLog;
-use serving_core::{ChartMetrics, MetricSample, MetricSink, RequestEvent};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -24,7 +26,7 @@ pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_t
 /// | Metric | Type | Labels |
 /// |---|---|---|
 /// | `serving_requests_total` | counter | `endpoint`, `model_version`, `status` |
-/// | `serving_request_errors_total` | counter | `endpoint`, `model_version`, `class` (`client` 4xx, `server` 5xx) |
+/// | `serving_request_errors_total` | counter | `endpoint`, `model_version`, `class` (`client`: [`Outcome::is_client_fault`](crate::Outcome::is_client_fault), 4xx; `server`: [`Outcome::counts_as_failure`](crate::Outcome::counts_as_failure), 5xx) |
 /// | `serving_request_duration_seconds` | histogram (1 ms to ~65 s) | `endpoint`, `model_version` |
 /// | `serving_requests_in_flight` | gauge | `endpoint` |
 /// | `serving_custom_metric` | gauge: last value logged | `endpoint`, `model_version`, `key` |
@@ -233,10 +235,12 @@ impl MetricSink for PrometheusMetrics {
                 model_version: event.model_version.clone(),
             })
             .observe(event.latency.as_secs_f64());
-        let class = match event.status {
-            400..=499 => "client",
-            500..=599 => "server",
-            _ => return,
+        let class = if event.outcome.is_client_fault() {
+            "client"
+        } else if event.outcome.counts_as_failure() {
+            "server"
+        } else {
+            return;
         };
         self.errors
             .get_or_create(&ErrorLabels {
@@ -345,21 +349,24 @@ impl Collector for ChartCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Outcome;
     use std::time::Duration;
 
     #[test]
     fn renders_requests_errors_latency_and_custom_metrics() {
         let metrics = PrometheusMetrics::new().with_max_custom_series(1);
-        let event = |status| RequestEvent {
+        let event = |outcome: Outcome| RequestEvent {
             endpoint: "iris".into(),
             model_version: "2".into(),
-            status,
+            status: outcome.code(),
+            outcome,
             latency: Duration::from_millis(3),
             at: SystemTime::now(),
         };
-        metrics.record_request(&event(200));
-        metrics.record_request(&event(200));
-        metrics.record_request(&event(422));
+        metrics.record_request(&event(Outcome::Ok));
+        metrics.record_request(&event(Outcome::Ok));
+        metrics.record_request(&event(Outcome::RejectedInput));
+        metrics.record_request(&event(Outcome::Timeout));
         metrics.request_started("iris");
         let sample = |key: &str| MetricSample {
             endpoint: "iris".into(),
@@ -374,8 +381,10 @@ mod tests {
         for line in [
             r#"serving_requests_total{endpoint="iris",model_version="2",status="200"} 2"#,
             r#"serving_requests_total{endpoint="iris",model_version="2",status="422"} 1"#,
+            r#"serving_requests_total{endpoint="iris",model_version="2",status="504"} 1"#,
             r#"serving_request_errors_total{endpoint="iris",model_version="2",class="client"} 1"#,
-            r#"serving_request_duration_seconds_count{endpoint="iris",model_version="2"} 3"#,
+            r#"serving_request_errors_total{endpoint="iris",model_version="2",class="server"} 1"#,
+            r#"serving_request_duration_seconds_count{endpoint="iris",model_version="2"} 4"#,
             r#"serving_requests_in_flight{endpoint="iris"} 1"#,
             r#"serving_custom_metric{endpoint="iris",model_version="2",key="confidence"} 0.25"#,
             "serving_custom_metric_series_dropped_total 1",
@@ -395,6 +404,6 @@ mod tests {
 
     #[test]
     fn conforms() {
-        serving_core::conformance::metric_sink(&PrometheusMetrics::new());
+        crate::conformance::metric_sink(&PrometheusMetrics::new());
     }
 }

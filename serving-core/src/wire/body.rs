@@ -7,8 +7,10 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 /// The input a body carries: `input_params` when the body is an object with that key (the
-/// last one, if repeated), else the whole body.
-pub(crate) struct Unwrapped(pub(crate) Value);
+/// last one, if repeated), else the whole body. Deserialize a body into it (or call
+/// [`parse_body`](super::parse_body)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unwrapped(pub Value);
 
 impl<'de> de::Deserialize<'de> for Unwrapped {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
