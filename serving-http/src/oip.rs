@@ -225,6 +225,7 @@ async fn version_infer(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct InferenceRequest {
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     id: Option<String>,
     #[schema(min_items = 1)]
     inputs: Vec<RequestInput>,

@@ -391,8 +391,12 @@ pub(crate) struct StatusBody {
 pub(crate) struct LogsPage {
     /// The endpoint.
     endpoint: String,
-    /// How many predictions match in all, before `offset` and `size`.
+    /// How many predictions match in all, before `offset` and `size`; a lower bound when
+    /// `total_exact` is false.
     total: u64,
+    /// Whether `total` is exact: the query filters by time alone, so the rest of the log is
+    /// counted from its segments' names without reading them.
+    total_exact: bool,
     /// The page's offset.
     offset: u64,
     /// The page's largest size.
@@ -607,7 +611,7 @@ mod paths {
         operation_id = "predict",
         params(
             ("name" = String, Path, description = "The endpoint."),
-            ("x-request-id" = Option<String>, Header, description = "The request's id (1 to 128 bytes); generated when absent."),
+            ("x-request-id" = Option<String>, Header, description = "The request's id: 1 to 128 bytes, else one is generated; a control character in it is a 400.", pattern = "^[^\\u0000-\\u001f\\u007f]*$"),
             ("x-routing-key" = Option<String>, Header, description = "Makes the canary split sticky: the same key reaches the same version."),
             ("x-model-version" = Option<String>, Header, description = "Asks for this version (stable, candidate or shadow), bypassing the split."),
         ),
@@ -822,7 +826,7 @@ mod paths {
     #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "oip", operation_id = "oip_infer",
         params(
             ("name" = String, Path, description = "The model (endpoint)."),
-            ("x-request-id" = Option<String>, Header, description = "The request's id when the body has no `id`."),
+            ("x-request-id" = Option<String>, Header, description = "The request's id when the body has no `id`; a control character in it is a 400.", pattern = "^[^\\u0000-\\u001f\\u007f]*$"),
             ("x-routing-key" = Option<String>, Header, description = "Makes the canary split sticky."),
         ),
         request_body(content = InferenceRequest, content_type = "application/json"),
@@ -853,7 +857,7 @@ mod paths {
         params(
             ("name" = String, Path, description = "The model (endpoint)."),
             ("version" = String, Path, description = "A version that can be addressed."),
-            ("x-request-id" = Option<String>, Header, description = "The request's id when the body has no `id`."),
+            ("x-request-id" = Option<String>, Header, description = "The request's id when the body has no `id`; a control character in it is a 400.", pattern = "^[^\\u0000-\\u001f\\u007f]*$"),
         ),
         request_body(content = InferenceRequest, content_type = "application/json"),
         responses(
