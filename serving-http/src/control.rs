@@ -500,3 +500,20 @@ async fn set_autoscale(
             .into_response(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_written_as_floats_are_integers() {
+        let Percent { percent } = parse(br#"{"percent": 50.0}"#).unwrap();
+        assert_eq!(percent, 50);
+        let bounds: AutoscaleBounds =
+            parse(br#"{"min_replicas": 0.0, "max_replicas": 3}"#).unwrap();
+        assert_eq!(bounds, AutoscaleBounds::new(0, 3).unwrap());
+        assert!(parse::<Percent>(br#"{"percent": 50.5}"#).is_err());
+        assert!(parse::<Percent>(br#"{"percent": 300.0}"#).is_err());
+        assert!(parse::<Percent>(br#"{"percent": "50"}"#).is_err());
+    }
+}
