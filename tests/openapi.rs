@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use serving::http::{Observability, Token, WebService};
 use serving::prediction_log::PredictionLog;
-use serving::{Context, Input, ModelEndpoint, Predictor, Result};
+use serving::{Context, Input, ModelEndpoint, ModelRegistry, Predictor, Result};
 
 use crate::support::{TestServer, client, python};
 
@@ -39,8 +39,17 @@ fn service(dir: &std::path::Path) -> WebService {
         .build()
         .unwrap();
     let observability = Observability::new().with_prediction_log(log);
+    // Registered versions, so that the admin API's rollouts and shadows can succeed.
+    let registry = Arc::new(ModelRegistry::new());
+    for version in ["2", "3"] {
+        registry.register("echo", version, || Ok(Echo));
+    }
     let echo = observability
-        .instrument(ModelEndpoint::builder("echo", Echo).model("echo", "1"))
+        .instrument(
+            ModelEndpoint::builder("echo", Echo)
+                .model("echo", "1")
+                .registry(registry),
+        )
         .build()
         .unwrap();
     WebService::builder()
@@ -98,6 +107,13 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404",
 [[operations]]
 include-path-regex = "/(logs|logs\\.csv|charts)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404"]
+
+# Whether a version (or preprocess) is in the endpoint's model registry is the registry's
+# state, not the request's shape: one that is not is a 400 (the document says so).
+[[operations]]
+include-path-regex = "/(update|shadow)$"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
 
 # `min_replicas` may not exceed `max_replicas`: a rule across fields.
 [[operations]]

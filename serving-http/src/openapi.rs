@@ -19,7 +19,9 @@ use axum::routing::get;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
-use serving_core::{AutoscaleBounds, CanaryPolicy, ModelRef, TensorSpec};
+use serving_core::{
+    AutoscaleBounds, LifecycleEvent, LifecycleStatus, ModelVersion, RequestStats, TensorSpec,
+};
 use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr, Schema};
@@ -37,8 +39,8 @@ const ADMIN_TOKEN: &str = "adminToken";
 impl WebService {
     /// The OpenAPI 3.1 document of this service's HTTP API, as served at `GET /openapi.json`:
     /// every route, its parameters, bodies, status codes, headers and security. The `name`
-    /// path parameter lists the endpoints this service serves, and `version` gives the
-    /// versions they serve now as examples.
+    /// path parameter lists the endpoints this service serves; `version` gives the versions
+    /// they serve now, and the admin bodies' `version` those registered, as examples.
     ///
     /// It is JSON rather than `utoipa`'s types so that this crate's API does not depend on
     /// `utoipa`'s version; merge it into your own document as JSON.
@@ -61,9 +63,29 @@ impl WebService {
             .collect();
         versions.sort_unstable();
         versions.dedup();
+        // The versions an update or a shadow can deploy: those registered for the model.
+        let mut registered = Vec::new();
+        for lifecycle in self
+            .state
+            .endpoints
+            .values()
+            .filter_map(|route| route.endpoint.lifecycle())
+        {
+            if let Some(registry) = lifecycle.registry() {
+                registered.extend(registry.versions(&lifecycle.export_spec().model.name));
+            }
+        }
+        registered.sort_unstable();
+        registered.dedup();
         let mut document =
             serde_json::to_value(ApiDoc::openapi()).expect("an OpenAPI document serializes");
         bound_integers(&mut document);
+        for body in ["Registered", "ShadowBody"] {
+            let version = &mut document["components"]["schemas"][body]["properties"]["version"];
+            if version.is_object() && !registered.is_empty() {
+                version["examples"] = serde_json::json!(registered);
+            }
+        }
         for item in document["paths"]
             .as_object_mut()
             .into_iter()
@@ -522,34 +544,9 @@ pub(crate) struct EndpointList {
     endpoints: Vec<EndpointSummary>,
 }
 
-/// Everything about an endpoint's versions at one moment (`serving_core::LifecycleStatus`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LifecycleStatus {
-    /// The endpoint.
-    endpoint: String,
-    /// The stable version's model.
-    model: ModelRef,
-    /// The stable version and its traffic.
-    stable: Object,
-    /// The candidate, during a rollout.
-    candidate: Option<Object>,
-    /// The shadow, when one mirrors traffic.
-    shadow: Option<Object>,
-    /// The automated canary's rules, when set.
-    canary_policy: Option<CanaryPolicy>,
-    /// The automated canary's state, while it watches a candidate.
-    canary: Option<Object>,
-    /// Replica bounds.
-    autoscale: AutoscaleBounds,
-    /// Replicas applied by the autoscaler.
-    replicas: u32,
-    /// The most recent lifecycle events, newest last.
-    recent_events: Vec<Object>,
-}
-
 /// A JSON object whose fields the Rust docs of its type describe.
 #[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // A schema only.
 pub(crate) struct Object {}
 
 /// What a change answers: the version concerned and the status after it.
@@ -562,20 +559,30 @@ pub(crate) struct Changed {
     status: LifecycleStatus,
 }
 
-/// `{"versions": [...]}`: the version history (`serving_core::ModelVersion`).
+/// `{"versions": [...]}`: the version history.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Versions {
     /// Oldest first.
-    versions: Vec<Object>,
+    versions: Vec<ModelVersion>,
 }
 
-/// `{"events": [...]}`: lifecycle events (`serving_core::LifecycleEvent`).
+/// One version with its recent request stats.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VersionDetail {
+    /// The version.
+    #[serde(flatten)]
+    version: ModelVersion,
+    /// Its recent requests.
+    recent: RequestStats,
+}
+
+/// `{"events": [...]}`: lifecycle events, decisions of the automated canary included.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Events {
     /// Oldest first.
-    events: Vec<Object>,
+    events: Vec<LifecycleEvent>,
 }
 
 /// Replica bounds and the replicas applied.
@@ -591,12 +598,12 @@ pub(crate) struct Autoscale {
 /// The marker functions that carry the paths; nothing calls them.
 #[allow(dead_code)]
 mod paths {
-    use serving_core::{AutoscaleBounds, CanaryPolicy, Charts};
+    use serving_core::{AutoscaleBounds, CanaryEvaluation, CanaryPolicy, Charts, LifecycleStatus};
 
     use super::{
-        Autoscale, Changed, EndpointList, ErrorBody, Events, InferenceResponse, LifecycleStatus,
-        Live, LogsPage, ModelMetadata, ModelReady, PredictionBody, PredictionResponse, Ready,
-        ServerMetadata, ShadowBody, StatusBody, Timestamp, Versions,
+        Autoscale, Changed, EndpointList, ErrorBody, Events, InferenceResponse, Live, LogsPage,
+        ModelMetadata, ModelReady, PredictionBody, PredictionResponse, Ready, ServerMetadata,
+        ShadowBody, StatusBody, Timestamp, VersionDetail, Versions,
     };
     use crate::control::{Percent, Registered, RollbackTo};
     use crate::oip::InferenceRequest;
@@ -941,7 +948,7 @@ mod paths {
         security(("adminToken" = [])))]
     fn admin_versions() {}
 
-    /// One version with its recent request stats (`serving_core::ModelVersion` and `recent`).
+    /// One version with its recent request stats.
     #[utoipa::path(get, path = "/api/v1/admin/endpoints/{name}/versions/{version}", tag = "admin",
         operation_id = "admin_version",
         params(
@@ -949,7 +956,7 @@ mod paths {
             ("version" = String, Path, description = "The version."),
         ),
         responses(
-            (status = 200, description = "The version.", body = Object),
+            (status = 200, description = "The version.", body = VersionDetail),
             (status = 401, description = "Missing or wrong admin token.", body = ErrorBody, headers(
                 ("www-authenticate" = String, description = "`Bearer realm=\"serving-admin\"`."),
             )),
@@ -999,12 +1006,12 @@ mod paths {
         request_body(content = Registered, content_type = "application/json"),
         responses(
             (status = 201, description = "Deployed, as stable or as candidate.", body = Changed),
-            (status = 400, description = "An invalid body.", body = ErrorBody),
+            (status = 400, description = "An invalid body, or a model version or preprocess not in the registry.", body = ErrorBody),
             (status = 401, description = "Missing or wrong admin token.", body = ErrorBody, headers(
                 ("www-authenticate" = String, description = "`Bearer realm=\"serving-admin\"`."),
             )),
             (status = 403, description = "A prediction token.", body = ErrorBody),
-            (status = 404, description = "No endpoint, or no such registered version.", body = ErrorBody),
+            (status = 404, description = "No endpoint of that name.", body = ErrorBody),
             (status = 409, description = "No lifecycle or registry, or an update in progress.", body = ErrorBody),
             (status = 500, description = "Building the version failed; the cause is logged.", body = ErrorBody),
         ),
@@ -1047,12 +1054,12 @@ mod paths {
         security(("adminToken" = [])))]
     fn admin_policy() {}
 
-    /// Evaluates the automated canary now (`serving_core::CanaryEvaluation`).
+    /// Evaluates the automated canary now.
     #[utoipa::path(post, path = "/api/v1/admin/endpoints/{name}/canary/evaluate", tag = "admin",
         operation_id = "admin_canary_evaluate",
         params(("name" = String, Path, description = "The endpoint.")),
         responses(
-            (status = 200, description = "The evaluation.", body = Object),
+            (status = 200, description = "The evaluation.", body = CanaryEvaluation),
             (status = 401, description = "Missing or wrong admin token.", body = ErrorBody, headers(
                 ("www-authenticate" = String, description = "`Bearer realm=\"serving-admin\"`."),
             )),
@@ -1105,12 +1112,12 @@ mod paths {
         request_body(content = ShadowBody, content_type = "application/json"),
         responses(
             (status = 201, description = "Mirroring.", body = Changed),
-            (status = 400, description = "An invalid body, or no `percent`.", body = ErrorBody),
+            (status = 400, description = "An invalid body, or a model version or preprocess not in the registry.", body = ErrorBody),
             (status = 401, description = "Missing or wrong admin token.", body = ErrorBody, headers(
                 ("www-authenticate" = String, description = "`Bearer realm=\"serving-admin\"`."),
             )),
             (status = 403, description = "A prediction token.", body = ErrorBody),
-            (status = 404, description = "No endpoint, or no such registered version.", body = ErrorBody),
+            (status = 404, description = "No endpoint of that name.", body = ErrorBody),
             (status = 409, description = "No lifecycle or registry, or a shadow already runs.", body = ErrorBody),
             (status = 500, description = "Building the version failed; the cause is logged.", body = ErrorBody),
         ),
@@ -1379,7 +1386,8 @@ mod tests {
     #[test]
     fn an_endpoint_without_a_token_makes_the_token_optional() {
         let model = predictor_fn(|x: f64| -> Result<f64> { Ok(x) });
-        let mut spec = serving_core::EndpointSpec::new("open", ModelRef::new("open", "1"));
+        let mut spec =
+            serving_core::EndpointSpec::new("open", serving_core::ModelRef::new("open", "1"));
         spec.auth.required = false;
         let endpoint = ModelEndpoint::builder("open", model)
             .spec(spec)

@@ -227,6 +227,7 @@ impl TryFrom<String> for CanaryMetric {
 }
 
 /// How one rule fared in one evaluation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -239,6 +240,7 @@ pub enum Verdict {
 }
 
 /// One rule's result in one evaluation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleOutcome {
     /// The rule.
@@ -269,6 +271,7 @@ impl RuleOutcome {
 }
 
 /// What an evaluation decided.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum CanaryDecision {
