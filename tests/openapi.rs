@@ -144,7 +144,7 @@ async fn every_answer_the_fuzzer_draws_out_matches_the_document() {
             .arg(&config)
             .args(["run", &url])
             .args(["--checks", "all"])
-            .args(["--max-examples", "25"])
+            .args(["--max-examples", "20"])
             .args(["--seed", "18"])
             // One worker: Python 3.11's parser is not safe across the threads of several.
             .args(["--workers", "1"])
