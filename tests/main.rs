@@ -4,6 +4,7 @@
 mod hostile;
 mod lifecycle;
 mod observability;
+mod oip;
 mod openapi;
 mod routers;
 mod shedding;

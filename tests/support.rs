@@ -111,7 +111,6 @@ pub fn error_of(body: &Value) -> &str {
 
 /// The Python interpreter of the test tools that `scripts/test-setup` installs
 /// (`scripts/requirements-test.txt`): `$SERVING_TEST_PYTHON`, else the set-up's default venv.
-#[allow(dead_code)] // until a test module uses it
 pub fn python() -> std::path::PathBuf {
     let python = std::env::var_os("SERVING_TEST_PYTHON")
         .map(std::path::PathBuf::from)

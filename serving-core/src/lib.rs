@@ -21,6 +21,11 @@
 //! back-pressured, ordered, drained on shutdown) and writes down what every transport owes
 //! the endpoint, in [`runner::Runner`]'s `# Contract`.
 //!
+//! The [`setting`] module is how every settings type, here and in the backend crates, is set
+//! from KEY-VALUE pairs and the environment: typed keys with aliases, an environment prefix,
+//! errors that name the key and list the valid ones. Each backend owns its section of an
+//! [`EndpointSpec`] ([`BackendSection`]), so adding a backend setting never touches the core.
+//!
 //! Backend crates (`serving-http`, `serving-kafka`, `serving-batch`, `serving-k8s`) implement
 //! these traits for one technology each; the `serving` crate re-exports them behind features.
 //!
@@ -73,7 +78,7 @@ mod preprocess;
 mod record;
 mod record_sinks;
 pub mod runner;
-mod setting;
+pub mod setting;
 mod signature;
 mod spec;
 mod trigger;
@@ -115,10 +120,11 @@ pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
 pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop, crop_error, crop_text};
 pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
+pub use setting::{Setting, SettingKey, Settings};
 pub use signature::{ModelSignature, TensorSpec};
 pub use spec::{
-    AuthSpec, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef, ServerSettings,
-    WorkerSettings,
+    AuthSpec, BackendSection, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef,
+    ServerSettings, WorkerKey, WorkerSettings,
 };
 pub use trigger::{Alert, CallbackTrigger, Comparison, DynTrigger, Severity, Trigger, TriggerRule};
 

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::AutoscaleBounds;
 use crate::error::{Error, Result};
 use crate::lifecycle::CanaryPolicy;
-use crate::setting::Setting;
+use crate::setting::{Setting, SettingKey, Settings, name_array};
+use crate::setting_keys;
 use crate::signature::ModelSignature;
 
 /// Everything that defines an endpoint except the model's code, which is referenced by name
@@ -123,25 +124,131 @@ impl EndpointSpec {
     }
 }
 
-/// The three kinds of endpoint.
+/// The three kinds of endpoint, each with the section of the spec its backend owns.
+///
+/// Serialized with a `type` tag and the section's keys beside it, as before backends owned
+/// their sections:
+///
+/// ```yaml
+/// kind:
+///   type: kafka_stream
+///   brokers: ["127.0.0.1:9092"]
+///   input_topics: [in]
+///   output_topic: out
+/// ```
+///
+/// The core keeps a Kafka or batch section as it was written ([`BackendSection`]) and never
+/// looks inside; the backend crate reads it into its own config type (`serving-kafka`'s
+/// `KafkaStreamConfig`, `serving-batch`'s `BatchJobConfig`), refusing unknown keys there. So a
+/// new backend setting changes only the backend crate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EndpointKind {
     /// A REST API around the predictor.
     #[default]
     WebService,
-    /// Predict each message of input topics and produce to an output topic.
-    KafkaStream {
-        /// Bootstrap brokers, `host:port`.
-        brokers: Vec<String>,
-        /// Topics to consume.
-        input_topics: Vec<String>,
-        /// Topic to produce predictions to.
-        output_topic: String,
-    },
-    /// Scaled to zero until a batch CSV arrives.
-    Batch,
+    /// Predict each message of input topics and produce to an output topic; the section is
+    /// `serving-kafka`'s (brokers, topics, …).
+    KafkaStream(BackendSection),
+    /// Scaled to zero until a batch CSV arrives; the section is `serving-batch`'s.
+    Batch(BackendSection),
+}
+
+impl EndpointKind {
+    /// The `type` tag: `web_service`, `kafka_stream` or `batch`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndpointKind::WebService => "web_service",
+            EndpointKind::KafkaStream(_) => "kafka_stream",
+            EndpointKind::Batch(_) => "batch",
+        }
+    }
+
+    /// The backend's section, for the kinds that have one.
+    pub fn section(&self) -> Option<&BackendSection> {
+        match self {
+            EndpointKind::WebService => None,
+            EndpointKind::KafkaStream(section) | EndpointKind::Batch(section) => Some(section),
+        }
+    }
+}
+
+/// One backend's section of an [`EndpointSpec`]: its keys and values as written, kept opaque
+/// by the core and read by the backend into its own config type with [`BackendSection::parse`].
+///
+/// A backend's config type is `#[serde(default, deny_unknown_fields)]`, so an unknown key is
+/// an error naming it and listing the valid ones, raised when the backend reads its section
+/// (not when the core loads the spec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BackendSection(serde_json::Map<String, serde_json::Value>);
+
+impl BackendSection {
+    /// An empty section: every backend setting at its default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The section of a backend's config value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] when `config` does not serialize as a map of keys, or holds the
+    /// key `type` (the kind's tag).
+    pub fn from_config<T: Serialize>(config: &T) -> Result<Self> {
+        match serde_json::to_value(config) {
+            Ok(serde_json::Value::Object(map)) => Self::try_from(map),
+            Ok(other) => Err(Error::InvalidSpec {
+                reason: format!("a backend section is a map of settings, not `{other}`"),
+            }),
+            Err(e) => Err(Error::InvalidSpec {
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Reads the section into a backend's config type; `kind` names the section in errors.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] with serde's message, which for an unknown key names it and
+    /// lists the valid ones.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<T> {
+        serde_json::from_value(serde_json::Value::Object(self.0.clone())).map_err(|e| {
+            Error::InvalidSpec {
+                reason: format!("{kind} section: {e}"),
+            }
+        })
+    }
+
+    /// The value of one key.
+    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.0.get(key)
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The keys and values.
+    pub fn as_map(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.0
+    }
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for BackendSection {
+    type Error = Error;
+
+    /// Refuses the key `type`, which would clash with the kind's tag.
+    fn try_from(map: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        if map.contains_key("type") {
+            return Err(Error::InvalidSpec {
+                reason: "a backend section cannot hold the key `type`: it is the kind's tag"
+                    .to_owned(),
+            });
+        }
+        Ok(BackendSection(map))
+    }
 }
 
 /// The model an endpoint serves.
@@ -276,18 +383,31 @@ impl Default for WorkerSettings {
     }
 }
 
+setting_keys! {
+    /// The keys of [`WorkerSettings`]: `concurrency` (alias `workers`), `threads`, `timeout`
+    /// (seconds), `max_body_bytes`, `queue_depth`, `max_batch_size`, `max_batch_wait_ms`.
+    pub enum WorkerKey {
+        /// [`WorkerSettings::concurrency`]; `workers` as in the original Gunicorn config.
+        Concurrency = "concurrency" | "workers",
+        /// [`WorkerSettings::threads`].
+        Threads = "threads",
+        /// [`WorkerSettings::timeout_secs`], in seconds.
+        Timeout = "timeout",
+        /// [`WorkerSettings::max_body_bytes`].
+        MaxBodyBytes = "max_body_bytes",
+        /// [`WorkerSettings::queue_depth`].
+        QueueDepth = "queue_depth",
+        /// [`WorkerSettings::max_batch_size`].
+        MaxBatchSize = "max_batch_size",
+        /// [`WorkerSettings::max_batch_wait_ms`].
+        MaxBatchWaitMs = "max_batch_wait_ms",
+    }
+}
+
 impl WorkerSettings {
-    /// Every key [`WorkerSettings::set`] accepts. `workers` is an alias of `concurrency`.
-    pub const KEYS: [&'static str; 8] = [
-        "concurrency",
-        "workers",
-        "threads",
-        "timeout",
-        "max_body_bytes",
-        "queue_depth",
-        "max_batch_size",
-        "max_batch_wait_ms",
-    ];
+    /// Every key [`WorkerSettings::set`] accepts ([`WorkerKey`]'s names). `workers` is an
+    /// alias of `concurrency`.
+    pub const KEYS: [&'static str; 8] = name_array(WorkerKey::NAMES);
 
     /// The prediction timeout.
     pub fn timeout(&self) -> Duration {
@@ -297,35 +417,49 @@ impl WorkerSettings {
     /// Sets one KEY-VALUE pair. `bind` cannot be changed this way; an unknown key is an error
     /// that lists the valid ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let setting = Setting { key, value };
-        match key {
-            "concurrency" | "workers" => self.concurrency = setting.positive()? as usize,
-            "threads" => self.threads = setting.positive()? as usize,
-            "timeout" => self.timeout_secs = setting.positive()?,
-            "max_body_bytes" => self.max_body_bytes = setting.positive()? as usize,
-            "queue_depth" => self.queue_depth = setting.whole("0 for no queue")? as usize,
-            "max_batch_size" => self.max_batch_size = setting.whole("0 for no batching")? as usize,
-            "max_batch_wait_ms" => self.max_batch_wait_ms = setting.whole("0 to never wait")?,
-            "bind" => {
-                return Err(
-                    setting.invalid("the bind address is set by the server, not by settings")
-                );
-            }
-            _ => return Err(setting.unknown(&Self::KEYS)),
-        }
-        Ok(())
+        Settings::set(self, key, value)
     }
 
     /// Applies several KEY-VALUE pairs, stopping at the first error.
     pub fn apply<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
-        pairs
-            .into_iter()
-            .try_for_each(|(key, value)| self.set(key, value))
+        Settings::apply(self, pairs)
+    }
+}
+
+impl Settings for WorkerSettings {
+    type Key = WorkerKey;
+    const ENV_PREFIX: &'static str = "SERVING_WORKERS_";
+
+    fn set_key(&mut self, key: WorkerKey, value: &Setting<'_>) -> Result<()> {
+        match key {
+            WorkerKey::Concurrency => self.concurrency = value.positive()? as usize,
+            WorkerKey::Threads => self.threads = value.positive()? as usize,
+            WorkerKey::Timeout => self.timeout_secs = value.positive()?,
+            WorkerKey::MaxBodyBytes => self.max_body_bytes = value.positive()? as usize,
+            WorkerKey::QueueDepth => self.queue_depth = value.whole("0 for no queue")? as usize,
+            WorkerKey::MaxBatchSize => {
+                self.max_batch_size = value.whole("0 for no batching")? as usize;
+            }
+            WorkerKey::MaxBatchWaitMs => self.max_batch_wait_ms = value.whole("0 to never wait")?,
+        }
+        Ok(())
+    }
+
+    /// As the provided method, except that `bind` (a Gunicorn setting) is refused with why
+    /// rather than as unknown.
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if key == "bind" {
+            return Err(Setting::new(key, value)
+                .invalid("the bind address is set by the server, not by settings"));
+        }
+        self.set_key(key.parse()?, &Setting::new(key, value))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn sample() -> EndpointSpec {
@@ -345,15 +479,72 @@ mod tests {
         let spec = sample();
         assert_eq!(EndpointSpec::from_json(&spec.to_json()).unwrap(), spec);
         assert_eq!(EndpointSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
+        let section = json!({
+            "brokers": ["127.0.0.1:9092"],
+            "input_topics": ["in"],
+            "output_topic": "out",
+        });
         let kafka = EndpointSpec {
-            kind: EndpointKind::KafkaStream {
-                brokers: vec!["127.0.0.1:9092".into()],
-                input_topics: vec!["in".into()],
-                output_topic: "out".into(),
-            },
+            kind: EndpointKind::KafkaStream(BackendSection::from_config(&section).unwrap()),
             ..spec
         };
         assert_eq!(EndpointSpec::from_yaml(&kafka.to_yaml()).unwrap(), kafka);
+        assert_eq!(EndpointSpec::from_json(&kafka.to_json()).unwrap(), kafka);
+    }
+
+    #[test]
+    fn kinds_keep_their_serialized_form() {
+        // The form written before backends owned their sections loads unchanged.
+        let saved = "name: s\nmodel: {name: m, version: '1'}\nkind:\n  type: kafka_stream\n  brokers: ['127.0.0.1:9092']\n  input_topics: [in]\n  output_topic: out\n";
+        let spec = EndpointSpec::from_yaml(saved).unwrap();
+        assert_eq!(spec.kind.name(), "kafka_stream");
+        let section = spec.kind.section().unwrap();
+        assert_eq!(section.get("output_topic"), Some(&json!("out")));
+        let json = serde_json::to_value(&spec.kind).unwrap();
+        assert_eq!(
+            json,
+            json!({"type": "kafka_stream", "brokers": ["127.0.0.1:9092"], "input_topics": ["in"], "output_topic": "out"})
+        );
+        for (kind, text) in [
+            (EndpointKind::WebService, r#"{"type":"web_service"}"#),
+            (
+                EndpointKind::Batch(BackendSection::new()),
+                r#"{"type":"batch"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), text);
+            assert_eq!(serde_json::from_str::<EndpointKind>(text).unwrap(), kind);
+        }
+        assert!(serde_json::from_str::<EndpointKind>(r#"{"type":"ftp"}"#).is_err());
+        assert!(BackendSection::from_config(&json!({"type": "x"})).is_err());
+        assert!(BackendSection::from_config(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn a_backend_reads_its_section_into_its_own_type() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Topics {
+            output_topic: String,
+        }
+        let section = BackendSection::from_config(&json!({"output_topic": "out"})).unwrap();
+        assert_eq!(
+            section.parse::<Topics>("kafka_stream").unwrap(),
+            Topics {
+                output_topic: "out".into()
+            }
+        );
+        let typo = BackendSection::from_config(&json!({"output_topics": "out"})).unwrap();
+        let error = typo
+            .parse::<Topics>("kafka_stream")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                "kafka_stream section: unknown field `output_topics`, expected `output_topic`"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -374,6 +565,28 @@ mod tests {
         assert!(
             EndpointSpec::from_json(r#"{"name":"Bad Name","model":{"name":"t","version":"1"}}"#)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn worker_settings_through_the_shared_helper() {
+        assert_eq!(WorkerSettings::KEYS, WorkerKey::NAMES);
+        let workers = WorkerSettings::default()
+            .with_config(WorkerKey::Concurrency, "3")
+            .unwrap();
+        assert_eq!(workers.concurrency, 3);
+        let workers = WorkerSettings::from_lookup(|var| {
+            (var == "SERVING_WORKERS_WORKERS").then(|| "5".to_owned())
+        })
+        .unwrap();
+        assert_eq!(workers.concurrency, 5, "an alias's variable");
+        let error = WorkerSettings::default()
+            .set("workers", "none")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "invalid value `none` for setting `workers`: expected a whole number greater than zero"
         );
     }
 

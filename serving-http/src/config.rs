@@ -4,7 +4,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serving_core::{Error, Result};
+use serving_core::setting::{Setting, SettingKey, Settings, name_array};
+use serving_core::{Result, setting_keys};
+
+setting_keys! {
+    /// The keys of a [`WebServiceConfig`]; each is also read from `SERVING_<KEY>`.
+    pub enum WebServiceKey {
+        /// [`WebServiceConfig::addr`].
+        Addr = "addr",
+        /// [`WebServiceConfig::body_timeout_secs`], in seconds.
+        BodyTimeout = "body_timeout",
+    }
+}
 
 /// Server-wide settings of a [`WebService`](crate::WebService); per-endpoint settings (body
 /// limit, timeout, concurrency) live in each endpoint's spec.
@@ -29,56 +40,39 @@ impl Default for WebServiceConfig {
 }
 
 impl WebServiceConfig {
-    /// Every key [`WebServiceConfig::set`] accepts.
-    pub const KEYS: [&'static str; 2] = ["addr", "body_timeout"];
+    /// Every key [`WebServiceConfig::set`] accepts ([`WebServiceKey`]'s names).
+    pub const KEYS: [&'static str; 2] = name_array(WebServiceKey::NAMES);
 
     /// The defaults, overridden by `SERVING_ADDR` and `SERVING_BODY_TIMEOUT` when set.
     pub fn from_env() -> Result<Self> {
-        let mut config = Self::default();
-        for (key, var) in [
-            ("addr", "SERVING_ADDR"),
-            ("body_timeout", "SERVING_BODY_TIMEOUT"),
-        ] {
-            if let Ok(value) = std::env::var(var) {
-                config.set(key, &value)?;
-            }
-        }
-        Ok(config)
+        <Self as Settings>::from_env()
     }
 
     /// Sets one KEY-VALUE pair; an unknown key is an error listing the valid ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let invalid = |reason: String| Error::InvalidSetting {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            reason,
-        };
-        match key {
-            "addr" => self.addr = value.trim().parse().map_err(|e| invalid(format!("{e}")))?,
-            "body_timeout" => {
-                self.body_timeout_secs =
-                    value
-                        .trim()
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| {
-                            invalid("expected a whole number of seconds above zero".into())
-                        })?
-            }
-            _ => {
-                return Err(Error::UnknownSetting {
-                    key: key.to_owned(),
-                    valid: Self::KEYS.to_vec(),
-                });
-            }
-        }
-        Ok(())
+        Settings::set(self, key, value)
     }
 
     /// The body timeout.
     pub fn body_timeout(&self) -> Duration {
         Duration::from_secs(self.body_timeout_secs)
+    }
+}
+
+impl Settings for WebServiceConfig {
+    type Key = WebServiceKey;
+    const ENV_PREFIX: &'static str = "SERVING_";
+
+    fn set_key(&mut self, key: WebServiceKey, value: &Setting<'_>) -> Result<()> {
+        match key {
+            WebServiceKey::Addr => self.addr = value.parse()?,
+            WebServiceKey::BodyTimeout => {
+                self.body_timeout_secs = value
+                    .positive()
+                    .map_err(|_| value.invalid("expected a whole number of seconds above zero"))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -94,5 +88,26 @@ mod tests {
         assert!(config.set("addr", "nowhere").is_err());
         let unknown = config.set("port", "1").unwrap_err().to_string();
         assert!(unknown.contains("addr, body_timeout"), "{unknown}");
+    }
+
+    #[test]
+    fn typed_keys_and_the_environment() {
+        let config = WebServiceConfig::default()
+            .with_config(WebServiceKey::BodyTimeout, "5")
+            .unwrap();
+        assert_eq!(config.body_timeout(), Duration::from_secs(5));
+        let config = WebServiceConfig::from_lookup(|var| {
+            (var == "SERVING_ADDR").then(|| "127.0.0.1:9001".to_owned())
+        })
+        .unwrap();
+        assert_eq!(config.addr.port(), 9001);
+        let error = WebServiceConfig::default()
+            .set("body_timeout", "0")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "invalid value `0` for setting `body_timeout`: expected a whole number of seconds above zero"
+        );
     }
 }

@@ -27,6 +27,12 @@ impl ApiError {
         }
     }
 
+    /// The same answer, its message led by `context` (which part of a request failed).
+    pub(crate) fn within(mut self, context: &str) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
     /// `error`, told to the caller; internal failures are opaque and point at the request id
     /// under which the cause is logged.
     pub(crate) fn from_core(error: &Error, request_id: &str) -> Self {

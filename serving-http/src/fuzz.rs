@@ -18,3 +18,12 @@ pub fn decode_files(input: Value, files: FileInput) -> Result<Input, String> {
         .map(|decoded| decoded.input)
         .map_err(|e| e.to_string())
 }
+
+/// Decodes an Open Inference Protocol infer body as `POST /v2/models/{name}/infer` does, up to
+/// the model: the request, its tensors' shapes bounded, then one input or one per batch row.
+/// `answer` is then mapped to output tensors as a predictor's answer would be.
+pub fn decode_oip(body: &[u8], answer: Value) -> Result<Vec<Input>, String> {
+    let inputs = crate::oip::decode_for_fuzz(body).map_err(|e| e.to_string())?;
+    crate::oip::outputs_for_fuzz(answer);
+    Ok(inputs)
+}

@@ -104,6 +104,18 @@
 //!   a JSON array of their values, one positional argument per tensor, in the order of the
 //!   spec's [`ModelSignature`](serving_core::ModelSignature) inputs (matched by name) when it
 //!   declares them, else in request order.
+//! - **A leading batch dimension** makes one prediction per row: when every input tensor has
+//!   one more dimension than the signature declares for it (or, without a declared shape, two
+//!   or more dimensions) and they agree on the first, a `[N, k]` tensor is N predictions of a
+//!   k-argument predictor. So `[1, 4]`, what Triton's and KServe's clients send for one row, is
+//!   one prediction. Rows run at once (at most the endpoint's `concurrency`), so a batching
+//!   predictor (`max_batch_size`) gets them in one `predict_batch`; each row is one record,
+//!   with the request id suffixed `-{row}` when there are several, and takes the request's side of a canary split.
+//!   The answers stack into output tensors with N rows; a failing row fails the request,
+//!   naming the row. A predictor that takes a matrix whole declares its rank in the signature
+//!   (`[-1, 2]`).
+//! - Shapes are bounded before any work: at most 32 dimensions and 2^32 elements (more than the
+//!   largest body holds); beyond either the request is a 400.
 //! - Elements are checked against `datatype`: `BOOL` booleans, `UINT*`/`INT*` integers in
 //!   range, `FP*` numbers, `BYTES` strings; anything else is a 400.
 //!
@@ -130,12 +142,12 @@ mod service;
 
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::fuzz::{decode_body, decode_files};
+    pub use crate::fuzz::{decode_body, decode_files, decode_oip};
 }
 mod fuzz;
 
 pub use auth::{TOKEN_HEADER, Token};
-pub use config::WebServiceConfig;
+pub use config::{WebServiceConfig, WebServiceKey};
 pub use error::{outcome_status, status_of};
 pub use observability::Observability;
 pub use service::{

@@ -11,10 +11,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use serving_core::{
-    Arrival, Error, Input, ModelSignature, PredictRequest, TensorSpec, new_request_id,
+    Arrival, Error, Input, ModelSignature, PredictRequest, Prediction, TensorSpec, new_request_id,
 };
 
 use crate::auth::TOKEN_HEADER;
@@ -276,11 +277,7 @@ async fn inference(
         Ok(admitted) => admitted,
         Err((error, request_id)) => return Err(refuse(route, error, &request_id, arrival)),
     };
-    let prediction = route
-        .endpoint
-        .predict(predict)
-        .await
-        .map_err(|error| ApiError::from_core(&error, &request_id))?;
+    let prediction = predict_rows(route, predict, &request_id).await?;
     let requested: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
     let outputs = to_outputs(prediction.output, &requested, signature.as_ref())?;
     let mut response = axum::Json(json!({
@@ -310,7 +307,7 @@ async fn admit(
     body: Body,
     signature: Option<&ModelSignature>,
     arrival: Arrival,
-) -> Result<(InferenceRequest, PredictRequest, String), (Error, String)> {
+) -> Result<(InferenceRequest, Requests, String), (Error, String)> {
     let header_id = caller_request_id(headers).map_err(|error| (error, new_request_id()))?;
     let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
     authorize_oip(route, headers).map_err(refused)?;
@@ -334,20 +331,168 @@ async fn admit(
         .filter(|id| usable_request_id(id))
         .or_else(|| header_id.clone())
         .unwrap_or_else(new_request_id);
-    let input = to_input(&request.inputs, signature).map_err(|e| (e, request_id.clone()))?;
-    let mut predict = routed_request(input, headers, arrival).with_request_id(&request_id);
-    if let Some(version) = version {
-        predict = predict.with_version(version);
-    }
+    let rows = to_rows(&request.inputs, signature).map_err(|e| (e, request_id.clone()))?;
+    let request_for = |input: Input, row_id: &str| {
+        let mut predict = routed_request(input, headers, arrival).with_request_id(row_id);
+        if let Some(version) = version {
+            predict = predict.with_version(version);
+        }
+        predict
+    };
+    let predict = match rows {
+        Rows::One(input) => Requests::One(request_for(input, &request_id)),
+        Rows::Batch(inputs) => {
+            let single = inputs.len() == 1;
+            Requests::Batch(
+                inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(row, input)| {
+                        // A batch of one row (the clients' default) is logged as the request.
+                        let row_id = if single {
+                            request_id.clone()
+                        } else {
+                            format!("{request_id}-{row}")
+                        };
+                        let predict = request_for(input, &row_id);
+                        // One request is one caller: its rows take the same side of a canary split.
+                        if predict.routing_key.is_none() {
+                            predict.with_routing_key(&request_id)
+                        } else {
+                            predict
+                        }
+                    })
+                    .collect(),
+            )
+        }
+    };
     Ok((request, predict, request_id))
 }
 
-/// The predictor's input from the request's tensors; see the module docs.
-fn to_input(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Result<Input, Error> {
+/// The inputs an infer body gives the model (see `crate::fuzz`).
+pub(crate) fn decode_for_fuzz(body: &[u8]) -> Result<Vec<Input>, Error> {
+    let request: InferenceRequest = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid_request(format!("not an OIP inference request: {e}")))?;
+    Ok(match to_rows(&request.inputs, None)? {
+        Rows::One(input) => vec![input],
+        Rows::Batch(rows) => rows,
+    })
+}
+
+/// Maps an answer to output tensors and a stack of it to a batch's (see `crate::fuzz`).
+pub(crate) fn outputs_for_fuzz(answer: Value) {
+    let _ = to_outputs(answer.clone(), &[], None);
+    let _ = to_outputs(stack_rows(vec![answer.clone(), answer]), &[], None);
+}
+
+/// What one inference request asks the endpoint for.
+enum Requests {
+    /// One prediction: the tensors are the input.
+    One(PredictRequest),
+    /// One prediction per row of the tensors' leading batch dimension.
+    Batch(Vec<PredictRequest>),
+}
+
+/// The request's predictions; rows of a batch run at once, at most the endpoint's
+/// `concurrency` of them, so a batching predictor gets them together in `predict_batch`.
+async fn predict_rows(
+    route: &Route,
+    requests: Requests,
+    request_id: &str,
+) -> Result<Prediction, ApiError> {
+    let endpoint = &route.endpoint;
+    let rows = match requests {
+        Requests::One(request) => {
+            return endpoint
+                .predict(request)
+                .await
+                .map_err(|error| ApiError::from_core(&error, request_id));
+        }
+        Requests::Batch(rows) => rows,
+    };
+    let concurrency = endpoint.spec().server.workers.concurrency.max(1);
+    let predictions: Vec<Prediction> = futures::stream::iter(rows)
+        .map(|row| endpoint.predict(row))
+        .buffered(concurrency)
+        .enumerate()
+        .map(|(row, outcome)| {
+            outcome.map_err(|error| {
+                ApiError::from_core(&error, request_id).within(&format!("row {row}"))
+            })
+        })
+        .try_collect()
+        .await?;
+    let model_version = predictions
+        .first()
+        .map(|p| p.model_version.clone())
+        .unwrap_or_default();
+    let elapsed = predictions
+        .iter()
+        .map(|p| p.elapsed)
+        .max()
+        .unwrap_or_default();
+    Ok(Prediction {
+        output: stack_rows(predictions.into_iter().map(|p| p.output).collect()),
+        request_id: request_id.to_owned(),
+        model_version,
+        elapsed,
+    })
+}
+
+/// Row outputs as one answer: objects with the same keys become one object of stacked
+/// entries (one output tensor per key), anything else one stacked array.
+fn stack_rows(rows: Vec<Value>) -> Value {
+    let keys: Option<Vec<String>> = match rows.first() {
+        Some(Value::Object(first)) => Some(first.keys().cloned().collect()),
+        _ => None,
+    };
+    let same_keys = |keys: &[String]| {
+        rows.iter().all(|row| {
+            row.as_object()
+                .is_some_and(|o| o.len() == keys.len() && keys.iter().all(|k| o.contains_key(k)))
+        })
+    };
+    match keys {
+        Some(keys) if same_keys(&keys) => {
+            let mut stacked: Map<String, Value> = keys
+                .iter()
+                .map(|k| (k.clone(), Value::Array(Vec::new())))
+                .collect();
+            for row in rows {
+                let Value::Object(entries) = row else {
+                    unreachable!("checked above")
+                };
+                for (key, value) in entries {
+                    if let Some(Value::Array(column)) = stacked.get_mut(&key) {
+                        column.push(value);
+                    }
+                }
+            }
+            Value::Object(stacked)
+        }
+        _ => Value::Array(rows),
+    }
+}
+
+/// The predictor's input from the request's tensors: one input, or one per row when every
+/// tensor carries a leading batch dimension; see the crate docs ("Open Inference Protocol").
+enum Rows {
+    One(Input),
+    Batch(Vec<Input>),
+}
+
+/// Most dimensions a tensor may have: beyond any model's, and it bounds the work a shape can
+/// ask for before its elements are counted.
+pub(crate) const MAX_RANK: usize = 32;
+
+fn to_rows(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Result<Rows, Error> {
     if inputs.is_empty() {
         return Err(Error::invalid_request(
             "an inference request needs at least one input",
         ));
+    }
+    for tensor in inputs {
+        check_shape(tensor)?;
     }
     let ordered: Vec<&RequestInput> = match signature.filter(|s| !s.inputs.is_empty()) {
         None => inputs.iter().collect(),
@@ -376,16 +521,87 @@ fn to_input(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Resu
                 .collect::<Result<_, _>>()?
         }
     };
+    let declared_rank = |tensor: &RequestInput| {
+        signature
+            .and_then(|s| s.inputs.iter().find(|d| d.name == tensor.name))
+            .map(|d| d.shape.len())
+            .filter(|rank| *rank > 0)
+    };
+    let batched = |tensor: &RequestInput| match declared_rank(tensor) {
+        Some(rank) => tensor.shape.len() == rank + 1,
+        None => tensor.shape.len() >= 2,
+    };
     let mut values = ordered
-        .into_iter()
-        .map(tensor_value)
+        .iter()
+        .map(|tensor| tensor_value(tensor))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Input::Json(if values.len() == 1 {
-        values.remove(0)
-    } else {
-        Value::Array(values)
-    }))
+    let one = |mut values: Vec<Value>| {
+        if values.len() == 1 {
+            values.remove(0)
+        } else {
+            Value::Array(values)
+        }
+    };
+    if !ordered.iter().all(|tensor| batched(tensor)) {
+        return Ok(Rows::One(Input::Json(one(values))));
+    }
+    let batch = ordered[0].shape[0];
+    if let Some(other) = ordered.iter().find(|t| t.shape[0] != batch) {
+        return Err(Error::invalid_request(format!(
+            "input `{}` has a batch of {} rows but `{}` has {batch}: every input's leading \
+             dimension is the batch and must agree",
+            other.name, other.shape[0], ordered[0].name
+        )));
+    }
+    let mut columns = Vec::with_capacity(values.len());
+    for (tensor, value) in ordered.iter().zip(values.drain(..)) {
+        match value {
+            Value::Array(rows) if rows.len() as u64 == batch => columns.push(rows.into_iter()),
+            _ => {
+                return Err(Error::invalid_request(format!(
+                    "input `{}` has shape {:?} but its data is not {batch} rows",
+                    tensor.name, tensor.shape
+                )));
+            }
+        }
+    }
+    Ok(Rows::Batch(
+        (0..batch)
+            .map(|_| {
+                let row: Vec<Value> = columns.iter_mut().filter_map(Iterator::next).collect();
+                Input::Json(one(row))
+            })
+            .collect(),
+    ))
 }
+
+/// Refuses a shape before any work: too many dimensions, or more elements than a body the
+/// size of the endpoint's limit could carry (checked, so no product overflows).
+fn check_shape(tensor: &RequestInput) -> Result<(), Error> {
+    if tensor.shape.len() > MAX_RANK {
+        return Err(Error::invalid_request(format!(
+            "input `{}` has {} dimensions; at most {MAX_RANK} are accepted",
+            tensor.name,
+            tensor.shape.len()
+        )));
+    }
+    let elements = tensor
+        .shape
+        .iter()
+        .try_fold(1u64, |product, dim| product.checked_mul(*dim))
+        .filter(|elements| *elements <= MAX_ELEMENTS);
+    if elements.is_none() {
+        return Err(Error::invalid_request(format!(
+            "input `{}` has shape {:?}, more than {MAX_ELEMENTS} elements",
+            tensor.name, tensor.shape
+        )));
+    }
+    Ok(())
+}
+
+/// Most elements a tensor's shape may count: each element takes at least two bytes of JSON
+/// (`1,`), so no body within the largest accepted size holds more.
+pub(crate) const MAX_ELEMENTS: u64 = 1 << 32;
 
 fn names(tensors: &[TensorSpec]) -> String {
     tensors
@@ -466,20 +682,24 @@ fn flatten<'a>(value: &'a Value, into: &mut Vec<&'a Value>) {
     }
 }
 
-/// Flat row-major `items` as nested arrays of `shape`.
+/// Flat row-major `items` as nested arrays of `shape`, built from the innermost dimension
+/// out (a loop, not recursion: a shape is attacker-chosen).
 fn reshape(items: &[Value], shape: &[u64]) -> Value {
-    match shape {
-        [] | [_] => Value::Array(items.to_vec()),
-        [_, inner @ ..] => {
-            let stride = inner.iter().product::<u64>().max(1) as usize;
-            Value::Array(
-                items
-                    .chunks(stride)
-                    .map(|chunk| reshape(chunk, inner))
-                    .collect(),
-            )
+    let mut level: Vec<Value> = items.to_vec();
+    for dim in shape.iter().skip(1).rev() {
+        let width = usize::try_from(*dim).unwrap_or(usize::MAX).max(1);
+        let mut rest = level.into_iter();
+        let mut grouped = Vec::new();
+        loop {
+            let chunk: Vec<Value> = rest.by_ref().take(width).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            grouped.push(Value::Array(chunk));
         }
+        level = grouped;
     }
+    Value::Array(level)
 }
 
 /// The answer as `$response_output`s; see the module docs.
@@ -596,6 +816,16 @@ fn infer_datatype(flat: &[&Value]) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    fn to_input(
+        inputs: &[RequestInput],
+        signature: Option<&ModelSignature>,
+    ) -> Result<Input, Error> {
+        match to_rows(inputs, signature)? {
+            Rows::One(input) => Ok(input),
+            Rows::Batch(rows) => panic!("expected one input, got a batch of {}", rows.len()),
+        }
+    }
+
     fn input(name: &str, shape: Vec<u64>, datatype: &str, data: Value) -> RequestInput {
         RequestInput {
             name: name.into(),
@@ -633,6 +863,101 @@ mod tests {
         );
         let unknown = [input("c", vec![1], "BOOL", json!([true]))];
         assert!(to_input(&unknown, Some(&signature)).is_err());
+    }
+
+    #[test]
+    fn a_leading_batch_dimension_is_one_input_per_row() {
+        let batch = |inputs: &[RequestInput], signature| match to_rows(inputs, signature).unwrap() {
+            Rows::Batch(rows) => rows,
+            Rows::One(input) => panic!("expected a batch, got one input {input:?}"),
+        };
+        // What Triton's and KServe's clients send for one row of a four-argument model.
+        let one_row = [input("x", vec![1, 4], "FP32", json!([5.1, 3.5, 1.4, 0.2]))];
+        assert_eq!(
+            batch(&one_row, None),
+            [Input::Json(json!([5.1, 3.5, 1.4, 0.2]))]
+        );
+        let nested = [input(
+            "x",
+            vec![2, 2],
+            "FP32",
+            json!([[1.0, 2.0], [3.0, 4.0]]),
+        )];
+        assert_eq!(
+            batch(&nested, None),
+            [
+                Input::Json(json!([1.0, 2.0])),
+                Input::Json(json!([3.0, 4.0]))
+            ]
+        );
+        let two = [
+            input("a", vec![2, 1], "INT64", json!([1, 2])),
+            input("b", vec![2, 1], "BYTES", json!(["x", "y"])),
+        ];
+        assert_eq!(
+            batch(&two, None),
+            [
+                Input::Json(json!([[1], ["x"]])),
+                Input::Json(json!([[2], ["y"]]))
+            ]
+        );
+        // A signature that declares the rank sent takes the tensor whole.
+        let matrix = ModelSignature {
+            inputs: vec![TensorSpec::new("x", "FP32", vec![-1, 2])],
+            ..ModelSignature::default()
+        };
+        assert!(matches!(
+            to_rows(&nested, Some(&matrix)).unwrap(),
+            Rows::One(_)
+        ));
+        let per_row = ModelSignature {
+            inputs: vec![TensorSpec::new("x", "FP32", vec![4])],
+            ..ModelSignature::default()
+        };
+        assert_eq!(batch(&one_row, Some(&per_row)).len(), 1);
+        let disagree = [
+            input("a", vec![2, 1], "INT64", json!([1, 2])),
+            input("b", vec![3, 1], "INT64", json!([1, 2, 3])),
+        ];
+        let error = to_rows(&disagree, None).err().unwrap().to_string();
+        assert!(error.contains("leading dimension"), "{error}");
+        let short = [input("x", vec![3, 2], "INT64", json!([[1, 2]]))];
+        let error = to_rows(&short, None).err().unwrap().to_string();
+        assert!(error.contains("not 3 rows"), "{error}");
+    }
+
+    #[test]
+    fn shapes_are_bounded_before_any_work() {
+        let deep = [input("x", vec![1; 7_000], "FP32", json!([5.1]))];
+        let error = to_rows(&deep, None).err().unwrap().to_string();
+        assert!(error.contains("at most 32"), "{error}");
+        let huge = [input("x", vec![u64::MAX, 2], "FP32", json!([5.1]))];
+        let error = to_rows(&huge, None).err().unwrap().to_string();
+        assert!(error.contains("elements"), "{error}");
+        let at_limit = [input("x", vec![1; MAX_RANK], "FP32", json!([5.1]))];
+        assert!(to_rows(&at_limit, None).is_ok());
+    }
+
+    #[test]
+    fn reshape_nests_row_major_without_recursion() {
+        let items: Vec<Value> = (0..6).map(|n| json!(n)).collect();
+        assert_eq!(reshape(&items, &[2, 3]), json!([[0, 1, 2], [3, 4, 5]]));
+        assert_eq!(reshape(&items, &[3, 2]), json!([[0, 1], [2, 3], [4, 5]]));
+        assert_eq!(reshape(&items, &[1, 2, 3]), json!([[[0, 1, 2], [3, 4, 5]]]));
+        assert_eq!(reshape(&items, &[6]), json!([0, 1, 2, 3, 4, 5]));
+    }
+
+    #[test]
+    fn rows_stack_into_one_answer() {
+        assert_eq!(stack_rows(vec![json!(1), json!(2)]), json!([1, 2]));
+        assert_eq!(
+            stack_rows(vec![json!({"p": 1, "q": "a"}), json!({"p": 2, "q": "b"})]),
+            json!({"p": [1, 2], "q": ["a", "b"]})
+        );
+        assert_eq!(
+            stack_rows(vec![json!({"p": 1}), json!({"q": 2})]),
+            json!([{"p": 1}, {"q": 2}])
+        );
     }
 
     #[test]

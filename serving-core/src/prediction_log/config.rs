@@ -6,10 +6,34 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::setting::Setting;
+use crate::setting::{Setting, SettingKey, Settings, name_array};
+use crate::setting_keys;
+
+setting_keys! {
+    /// The keys of a [`PredictionLogConfig`], each named after its field.
+    pub enum PredictionLogKey {
+        /// [`PredictionLogConfig::dir`].
+        Dir = "dir",
+        /// [`PredictionLogConfig::prefix`].
+        Prefix = "prefix",
+        /// [`PredictionLogConfig::queue_capacity`].
+        QueueCapacity = "queue_capacity",
+        /// [`PredictionLogConfig::segment_records`].
+        SegmentRecords = "segment_records",
+        /// [`PredictionLogConfig::flush_interval_ms`].
+        FlushIntervalMs = "flush_interval_ms",
+        /// [`PredictionLogConfig::max_concurrent_queries`].
+        MaxConcurrentQueries = "max_concurrent_queries",
+        /// [`PredictionLogConfig::retention_max_age_secs`].
+        RetentionMaxAgeSecs = "retention_max_age_secs",
+        /// [`PredictionLogConfig::retention_max_bytes`].
+        RetentionMaxBytes = "retention_max_bytes",
+    }
+}
 
 /// Settings of a [`PredictionLog`](super::PredictionLog), settable as KEY-VALUE pairs with
-/// [`PredictionLogConfig::set`] or from `SERVING_PREDICTION_LOG_<KEY>` environment variables.
+/// [`PredictionLogConfig::set`] or from `SERVING_PREDICTION_LOG_<KEY>` environment variables
+/// ([`Settings`], keys [`PredictionLogKey`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -55,70 +79,25 @@ impl Default for PredictionLogConfig {
 }
 
 impl PredictionLogConfig {
-    /// Every key [`PredictionLogConfig::set`] accepts.
-    pub const KEYS: [&'static str; 8] = [
-        "dir",
-        "prefix",
-        "queue_capacity",
-        "segment_records",
-        "flush_interval_ms",
-        "max_concurrent_queries",
-        "retention_max_age_secs",
-        "retention_max_bytes",
-    ];
+    /// Every key [`PredictionLogConfig::set`] accepts ([`PredictionLogKey`]'s names).
+    pub const KEYS: [&'static str; 8] = name_array(PredictionLogKey::NAMES);
 
     /// The defaults, overridden by `SERVING_PREDICTION_LOG_DIR`, `…_PREFIX`,
     /// `…_QUEUE_CAPACITY`, `…_SEGMENT_RECORDS`, `…_FLUSH_INTERVAL_MS`,
     /// `…_MAX_CONCURRENT_QUERIES`, `…_RETENTION_MAX_AGE_SECS` and `…_RETENTION_MAX_BYTES`
     /// when set.
     pub fn from_env() -> Result<Self> {
-        let mut config = Self::default();
-        for key in Self::KEYS {
-            let var = format!("SERVING_PREDICTION_LOG_{}", key.to_ascii_uppercase());
-            if let Ok(value) = std::env::var(&var) {
-                config.set(key, &value)?;
-            }
-        }
-        Ok(config)
+        <Self as Settings>::from_env()
     }
 
     /// Sets one KEY-VALUE pair; an unknown key is an error that lists the valid ones.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let setting = Setting { key, value };
-        match key {
-            "dir" if value.trim().is_empty() => return Err(setting.invalid("expected a directory")),
-            "dir" => self.dir = PathBuf::from(value.trim()),
-            "prefix" => {
-                let prefix = value.trim().trim_matches('/');
-                if prefix.is_empty()
-                    || prefix
-                        .split('/')
-                        .any(|part| part.is_empty() || part == "..")
-                {
-                    return Err(setting.invalid("expected a key prefix such as `predictions`"));
-                }
-                self.prefix = prefix.to_owned();
-            }
-            "queue_capacity" => self.queue_capacity = setting.positive()? as usize,
-            "segment_records" => self.segment_records = setting.positive()? as usize,
-            "flush_interval_ms" => self.flush_interval_ms = setting.positive()?,
-            "max_concurrent_queries" => self.max_concurrent_queries = setting.positive()? as usize,
-            "retention_max_age_secs" => {
-                self.retention_max_age_secs = setting.whole("0 keeps segments forever")?;
-            }
-            "retention_max_bytes" => {
-                self.retention_max_bytes = setting.whole("0 sets no limit")?;
-            }
-            _ => return Err(setting.unknown(&Self::KEYS)),
-        }
-        Ok(())
+        Settings::set(self, key, value)
     }
 
     /// Applies several KEY-VALUE pairs, stopping at the first error.
     pub fn apply<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
-        pairs
-            .into_iter()
-            .try_for_each(|(key, value)| self.set(key, value))
+        Settings::apply(self, pairs)
     }
 
     /// The flush interval.
@@ -134,6 +113,43 @@ impl PredictionLogConfig {
             max_bytes: (self.retention_max_bytes > 0).then_some(self.retention_max_bytes),
         };
         (retention.max_age.is_some() || retention.max_bytes.is_some()).then_some(retention)
+    }
+}
+
+impl Settings for PredictionLogConfig {
+    type Key = PredictionLogKey;
+    const ENV_PREFIX: &'static str = "SERVING_PREDICTION_LOG_";
+
+    fn set_key(&mut self, key: PredictionLogKey, value: &Setting<'_>) -> Result<()> {
+        match key {
+            PredictionLogKey::Dir => {
+                self.dir = PathBuf::from(value.non_empty("expected a directory")?);
+            }
+            PredictionLogKey::Prefix => {
+                let prefix = value.value().trim().trim_matches('/');
+                if prefix.is_empty()
+                    || prefix
+                        .split('/')
+                        .any(|part| part.is_empty() || part == "..")
+                {
+                    return Err(value.invalid("expected a key prefix such as `predictions`"));
+                }
+                self.prefix = prefix.to_owned();
+            }
+            PredictionLogKey::QueueCapacity => self.queue_capacity = value.positive()? as usize,
+            PredictionLogKey::SegmentRecords => self.segment_records = value.positive()? as usize,
+            PredictionLogKey::FlushIntervalMs => self.flush_interval_ms = value.positive()?,
+            PredictionLogKey::MaxConcurrentQueries => {
+                self.max_concurrent_queries = value.positive()? as usize;
+            }
+            PredictionLogKey::RetentionMaxAgeSecs => {
+                self.retention_max_age_secs = value.whole("0 keeps segments forever")?;
+            }
+            PredictionLogKey::RetentionMaxBytes => {
+                self.retention_max_bytes = value.whole("0 sets no limit")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -173,6 +189,30 @@ mod tests {
         assert_eq!(retention.max_age, Some(Duration::from_secs(3600)));
         assert_eq!(retention.max_bytes, None);
         assert!(config.set("max_concurrent_queries", "0").is_err());
+    }
+
+    #[test]
+    fn typed_keys_and_the_environment_prefix() {
+        let config = PredictionLogConfig::default()
+            .with_config(PredictionLogKey::SegmentRecords, "10")
+            .unwrap();
+        assert_eq!(config.segment_records, 10);
+        let config = PredictionLogConfig::from_lookup(|var| match var {
+            "SERVING_PREDICTION_LOG_FLUSH_INTERVAL_MS" => Some("250".to_owned()),
+            "SERVING_PREDICTION_LOG_RETENTION_MAX_BYTES" => Some("4096".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.flush_interval(), Duration::from_millis(250));
+        assert_eq!(config.retention_max_bytes, 4096);
+        let error = PredictionLogConfig::default()
+            .set("queue_capacity", "lots")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`lots`") && error.contains("`queue_capacity`"),
+            "{error}"
+        );
     }
 
     #[test]

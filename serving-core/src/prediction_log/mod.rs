@@ -90,7 +90,7 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
-pub use self::config::PredictionLogConfig;
+pub use self::config::{PredictionLogConfig, PredictionLogKey};
 pub use self::csv::{CSV_COLUMNS, read_csv, write_csv};
 pub use self::query::{Order, PredictionPage, PredictionQuery, QueryTotal, StatusFilter};
 pub use self::retention::RetentionPass;

@@ -1,0 +1,281 @@
+//! [`KafkaStreamConfig`]: which brokers and topics a Kafka-stream endpoint uses.
+
+use serde::{Deserialize, Serialize};
+use serving_core::setting::{Setting, Settings};
+use serving_core::{BackendSection, EndpointKind, EndpointSpec, Error, Result, setting_keys};
+
+setting_keys! {
+    /// The keys of a [`KafkaStreamConfig`], each named after its field; the aliases are
+    /// Kafka's own names (`bootstrap.servers`, `group.id`).
+    pub enum KafkaStreamKey {
+        /// [`KafkaStreamConfig::brokers`], comma-separated.
+        Brokers = "brokers" | "bootstrap.servers",
+        /// [`KafkaStreamConfig::input_topics`], comma-separated.
+        InputTopics = "input_topics",
+        /// [`KafkaStreamConfig::output_topic`].
+        OutputTopic = "output_topic",
+        /// [`KafkaStreamConfig::group_id`].
+        GroupId = "group_id" | "group.id",
+    }
+}
+
+/// The `kafka_stream` section of an endpoint's spec, settable as KEY-VALUE pairs
+/// ([`Settings`], keys [`KafkaStreamKey`]) or from `SERVING_KAFKA_<KEY>` environment variables
+/// (`SERVING_KAFKA_BROKERS`, `SERVING_KAFKA_BOOTSTRAP_SERVERS`, …).
+///
+/// In a spec, keys are the field names; an unknown one is an error that names it and lists the
+/// valid ones. [`KafkaStreamConfig::validate`] says what a runnable stream needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KafkaStreamConfig {
+    /// Bootstrap brokers, `host:port` (`brokers`, alias `bootstrap.servers`).
+    pub brokers: Vec<String>,
+    /// Topics to consume (`input_topics`).
+    pub input_topics: Vec<String>,
+    /// Topic to produce predictions to (`output_topic`).
+    pub output_topic: String,
+    /// Consumer group (`group_id`, alias `group.id`); `serving-<endpoint name>` when unset, so
+    /// a new model rolled onto the same endpoint resumes at the group's committed offsets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+}
+
+impl KafkaStreamConfig {
+    /// The spec's `type` tag of this section.
+    pub const KIND: &'static str = "kafka_stream";
+
+    /// A stream from `input_topics` to `output_topic` through `brokers`; the rest at defaults.
+    pub fn new(
+        brokers: impl IntoIterator<Item = impl Into<String>>,
+        input_topics: impl IntoIterator<Item = impl Into<String>>,
+        output_topic: impl Into<String>,
+    ) -> Self {
+        KafkaStreamConfig {
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            input_topics: input_topics.into_iter().map(Into::into).collect(),
+            output_topic: output_topic.into(),
+            group_id: None,
+        }
+    }
+
+    /// The section of a `kafka_stream` spec, read and validated.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] when the spec is of another kind or its section holds an unknown
+    /// key (named, with the valid ones) or a value of the wrong type; what
+    /// [`KafkaStreamConfig::validate`] refuses.
+    pub fn from_spec(spec: &EndpointSpec) -> Result<Self> {
+        let EndpointKind::KafkaStream(section) = &spec.kind else {
+            return Err(Error::InvalidSpec {
+                reason: format!(
+                    "endpoint `{}` is a {} endpoint, not {}",
+                    spec.name,
+                    spec.kind.name(),
+                    Self::KIND
+                ),
+            });
+        };
+        Self::from_section(section)
+    }
+
+    /// The config from a `kafka_stream` section, validated.
+    ///
+    /// # Errors
+    /// As [`KafkaStreamConfig::from_spec`].
+    pub fn from_section(section: &BackendSection) -> Result<Self> {
+        let config: Self = section.parse(Self::KIND)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The endpoint kind that holds this config, for [`EndpointSpec::kind`].
+    pub fn to_kind(&self) -> EndpointKind {
+        EndpointKind::KafkaStream(
+            BackendSection::from_config(self).expect("a Kafka config is a map without `type`"),
+        )
+    }
+
+    /// Checks that the stream can run: at least one broker and input topic, an output topic,
+    /// and the output not among the inputs (each prediction would be predicted again).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let refuse =
+            |key: &str, value: String, reason: &str| Err(Setting::new(key, &value).invalid(reason));
+        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
+            return refuse(
+                "brokers",
+                self.brokers.join(","),
+                "expected host:port brokers",
+            );
+        }
+        if self.input_topics.is_empty() || self.input_topics.iter().any(|t| t.trim().is_empty()) {
+            return refuse(
+                "input_topics",
+                self.input_topics.join(","),
+                "expected topics",
+            );
+        }
+        if self.output_topic.trim().is_empty() {
+            return refuse(
+                "output_topic",
+                self.output_topic.clone(),
+                "expected a topic",
+            );
+        }
+        if self.input_topics.contains(&self.output_topic) {
+            return refuse(
+                "output_topic",
+                self.output_topic.clone(),
+                "is also an input topic, so every prediction would be consumed again",
+            );
+        }
+        if self.group_id.as_ref().is_some_and(|g| g.trim().is_empty()) {
+            return refuse("group_id", String::new(), "expected a group name");
+        }
+        Ok(())
+    }
+
+    /// The consumer group of endpoint `endpoint`: [`KafkaStreamConfig::group_id`] or
+    /// `serving-<endpoint>`.
+    pub fn group_id(&self, endpoint: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("serving-{endpoint}"))
+    }
+}
+
+impl From<KafkaStreamConfig> for EndpointKind {
+    fn from(config: KafkaStreamConfig) -> Self {
+        config.to_kind()
+    }
+}
+
+impl Settings for KafkaStreamConfig {
+    type Key = KafkaStreamKey;
+    const ENV_PREFIX: &'static str = "SERVING_KAFKA_";
+
+    fn set_key(&mut self, key: KafkaStreamKey, value: &Setting<'_>) -> Result<()> {
+        match key {
+            KafkaStreamKey::Brokers => self.brokers = value.list()?,
+            KafkaStreamKey::InputTopics => self.input_topics = value.list()?,
+            KafkaStreamKey::OutputTopic => {
+                self.output_topic = value.non_empty("expected a topic")?.to_owned();
+            }
+            KafkaStreamKey::GroupId => {
+                self.group_id = Some(value.non_empty("expected a group name")?.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use serving_core::ModelRef;
+
+    use super::*;
+
+    const SAVED: &str = "name: scorer\nmodel: {name: tree, version: '1'}\nkind:\n  type: kafka_stream\n  brokers: ['127.0.0.1:9092', '127.0.0.1:9093']\n  input_topics: [transactions]\n  output_topic: scores\n";
+
+    #[test]
+    fn a_spec_with_a_kafka_section_round_trips() {
+        let spec = EndpointSpec::from_yaml(SAVED).unwrap();
+        let config = KafkaStreamConfig::from_spec(&spec).unwrap();
+        assert_eq!(
+            config,
+            KafkaStreamConfig::new(
+                ["127.0.0.1:9092", "127.0.0.1:9093"],
+                ["transactions"],
+                "scores"
+            )
+        );
+        assert_eq!(EndpointSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
+        assert_eq!(EndpointSpec::from_json(&spec.to_json()).unwrap(), spec);
+
+        // Built from the typed config, the spec serializes as the saved one did.
+        let mut built = EndpointSpec::new("scorer", ModelRef::new("tree", "1"));
+        built.kind = config.clone().into();
+        assert_eq!(built, spec);
+        let mut with_group = config;
+        with_group.group_id = Some("fraud".into());
+        built.kind = with_group.to_kind();
+        let reread = EndpointSpec::from_yaml(&built.to_yaml()).unwrap();
+        assert_eq!(KafkaStreamConfig::from_spec(&reread).unwrap(), with_group);
+        assert_eq!(with_group.group_id("scorer"), "fraud");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_section_is_named() {
+        let typo = SAVED.replace("output_topic:", "output_topics:");
+        // The core loads the spec without knowing Kafka's keys ...
+        let spec = EndpointSpec::from_yaml(&typo).unwrap();
+        // ... and the backend refuses it, naming the key and listing the valid ones.
+        let error = KafkaStreamConfig::from_spec(&spec).unwrap_err().to_string();
+        assert!(error.contains("unknown field `output_topics`"), "{error}");
+        assert!(
+            error.contains("`brokers`, `input_topics`, `output_topic`, `group_id`"),
+            "{error}"
+        );
+        let section = BackendSection::from_config(&json!({"brokers": "a:1"})).unwrap();
+        let error = KafkaStreamConfig::from_section(&section).unwrap_err();
+        assert!(error.to_string().contains("expected a sequence"), "{error}");
+    }
+
+    #[test]
+    fn a_stream_needs_brokers_and_topics() {
+        let web = EndpointSpec::new("web", ModelRef::new("tree", "1"));
+        let error = KafkaStreamConfig::from_spec(&web).unwrap_err().to_string();
+        assert!(
+            error.contains("is a web_service endpoint, not kafka_stream"),
+            "{error}"
+        );
+        let empty = EndpointKind::KafkaStream(BackendSection::new());
+        let error = KafkaStreamConfig::from_section(empty.section().unwrap()).unwrap_err();
+        assert!(matches!(&error, Error::InvalidSetting { key, .. } if key == "brokers"));
+        let looping = KafkaStreamConfig::new(["b:1"], ["in", "out"], "out");
+        let error = looping.validate().unwrap_err().to_string();
+        assert!(error.contains("`output_topic`"), "{error}");
+    }
+
+    #[test]
+    fn key_value_pairs_with_kafka_aliases_and_the_environment() {
+        let mut config = KafkaStreamConfig::default();
+        config
+            .apply([
+                ("bootstrap.servers", "a:9092, b:9092"),
+                ("input_topics", "in"),
+                ("output_topic", "out"),
+                ("group.id", "g"),
+            ])
+            .unwrap();
+        assert_eq!(config.brokers, ["a:9092", "b:9092"]);
+        assert_eq!(config.group_id.as_deref(), Some("g"));
+        config.validate().unwrap();
+
+        let unknown = config.set("topic", "x").unwrap_err().to_string();
+        assert!(
+            unknown.contains(
+                "`topic`; valid settings are: brokers, bootstrap.servers, input_topics, output_topic, group_id, group.id"
+            ),
+            "{unknown}"
+        );
+        let bad = config.set("brokers", "a:1,,b:2").unwrap_err().to_string();
+        assert!(
+            bad.contains("`a:1,,b:2`") && bad.contains("`brokers`"),
+            "{bad}"
+        );
+
+        let config = KafkaStreamConfig::from_lookup(|var| match var {
+            "SERVING_KAFKA_BOOTSTRAP_SERVERS" => Some("k:9092".into()),
+            "SERVING_KAFKA_INPUT_TOPICS" => Some("a,b".into()),
+            "SERVING_KAFKA_OUTPUT_TOPIC" => Some("c".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config, KafkaStreamConfig::new(["k:9092"], ["a", "b"], "c"));
+    }
+}
