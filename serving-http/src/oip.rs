@@ -238,6 +238,7 @@ pub(crate) struct InferenceRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct RequestInput {
     name: String,
+    #[schema(max_items = 32)]
     shape: Vec<u64>,
     #[schema(
         pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$"

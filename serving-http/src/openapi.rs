@@ -829,7 +829,8 @@ mod paths {
         ))]
     fn oip_version_ready() {}
 
-    /// OIP inference; the split (sticky with `x-routing-key`) chooses the version.
+    /// OIP inference; the split (sticky with `x-routing-key`) chooses the version. A leading
+    /// batch dimension (`[N, k]` for a k-argument model) is N predictions and N output rows.
     #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "oip", operation_id = "oip_infer",
         params(
             ("name" = String, Path, description = "The model (endpoint)."),
@@ -842,7 +843,7 @@ mod paths {
                 ("x-request-id" = String, description = "The request's id."),
                 ("x-model-version" = String, description = "The version that answered."),
             )),
-            (status = 400, description = "Not an inference request, elements not of their datatype, or an output the model did not produce.", body = ErrorBody),
+            (status = 400, description = "Not an inference request, a shape of more than 32 dimensions or too many elements, rows that disagree on the batch size, elements not of their datatype, or an output the model did not produce.", body = ErrorBody),
             (status = 401, description = "Missing or wrong token.", body = ErrorBody),
             (status = 404, description = "No model of that name.", body = ErrorBody),
             (status = 408, description = "The body did not arrive within the body timeout.", body = ErrorBody),
@@ -872,7 +873,7 @@ mod paths {
                 ("x-request-id" = String, description = "The request's id."),
                 ("x-model-version" = String, description = "The version that answered."),
             )),
-            (status = 400, description = "Not an inference request, elements not of their datatype, or an output the model did not produce.", body = ErrorBody),
+            (status = 400, description = "Not an inference request, a shape of more than 32 dimensions or too many elements, rows that disagree on the batch size, elements not of their datatype, or an output the model did not produce.", body = ErrorBody),
             (status = 401, description = "Missing or wrong token.", body = ErrorBody),
             (status = 404, description = "No model or version of that name.", body = ErrorBody),
             (status = 408, description = "The body did not arrive within the body timeout.", body = ErrorBody),
@@ -1373,6 +1374,8 @@ mod tests {
             predict["security"],
             serde_json::json!([{ PREDICTION_TOKEN: [] }])
         );
+        let shape = &document["components"]["schemas"]["RequestInput"]["properties"]["shape"];
+        assert_eq!(shape["maxItems"], crate::oip::MAX_RANK, "the rank the server accepts");
         // Integers carry their Rust type's range, and the API's where it is narrower.
         let bounds = &document["components"]["schemas"]["AutoscaleBounds"]["properties"];
         assert_eq!(bounds["max_replicas"]["format"], "uint32");
