@@ -1375,7 +1375,11 @@ mod tests {
             serde_json::json!([{ PREDICTION_TOKEN: [] }])
         );
         let shape = &document["components"]["schemas"]["RequestInput"]["properties"]["shape"];
-        assert_eq!(shape["maxItems"], crate::oip::MAX_RANK, "the rank the server accepts");
+        assert_eq!(
+            shape["maxItems"],
+            crate::oip::MAX_RANK,
+            "the rank the server accepts"
+        );
         // Integers carry their Rust type's range, and the API's where it is narrower.
         let bounds = &document["components"]["schemas"]["AutoscaleBounds"]["properties"];
         assert_eq!(bounds["max_replicas"]["format"], "uint32");
