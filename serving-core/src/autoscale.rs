@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,31 @@ pub trait Autoscaler: Debug + Send + Sync + 'static {
 
 /// A type-erased autoscaler.
 pub type DynAutoscaler = dyn Autoscaler;
+
+/// Forwards to the pointee, every method included.
+macro_rules! forward_autoscaler {
+    ($pointer:ident) => {
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<A: Autoscaler + ?Sized> Autoscaler for $pointer<A> {
+            async fn scale(
+                &self,
+                endpoint: &str,
+                bounds: AutoscaleBounds,
+                desired: u32,
+            ) -> Result<u32> {
+                (**self).scale(endpoint, bounds, desired).await
+            }
+
+            async fn replicas(&self, endpoint: &str) -> Result<u32> {
+                (**self).replicas(endpoint).await
+            }
+        }
+    };
+}
+
+forward_autoscaler!(Arc);
+forward_autoscaler!(Box);
 
 /// Keeps replica counts in memory: the embedded default, where one process is one replica and
 /// the count is what a supervisor would run.

@@ -17,9 +17,9 @@ use crate::metrics::{MetricSample, MetricSink, RequestEvent};
 /// histogram of at most 256 buckets per minute (each bucket 9% wide, so quantiles are within
 /// ±4.5%).
 ///
-/// It keeps no raw samples: [`MetricSink::recent_metric`] returns `None`; put an
-/// [`InMemoryMetrics`](crate::InMemoryMetrics) beside it in a [`FanOut`](crate::FanOut) for
-/// triggers.
+/// It keeps no raw samples, so it is no [`MetricHistory`](crate::MetricHistory): put an
+/// [`InMemoryMetrics`](crate::InMemoryMetrics) beside it in a [`FanOut`](crate::FanOut) and give
+/// endpoints that as their history, for canary rules and triggers.
 #[derive(Debug)]
 pub struct ChartMetrics {
     retention: i64,
@@ -179,10 +179,6 @@ impl MetricSink for ChartMetrics {
             minute.max = minute.max.max(sample.value);
             minute.last = sample.value;
         }
-    }
-
-    fn recent_metric(&self, _: &str, _: &str, _: SystemTime) -> Option<Vec<MetricSample>> {
-        None
     }
 }
 

@@ -16,9 +16,15 @@ use serde_json::{Value, json};
 
 use crate::{
     AutoscaleBounds, Autoscaler, BlockingPool, Context, ContextParts, Endpoint, Error,
-    FeedbackExport, FeedbackSink, InMemoryMetrics, Input, MetricSample, MetricSink, PredictRequest,
-    PredictionRecord, Predictor, RequestEvent, Trigger,
+    FeedbackExport, FeedbackSink, InMemoryMetrics, Input, MetricHistory, MetricSample, MetricSink,
+    PredictRequest, PredictionRecord, Predictor, RequestEvent, Trigger,
 };
+
+mod batch;
+mod sinks;
+
+pub use batch::{BatchProbe, batch_predictor};
+pub use sinks::{RECORDS_ENDPOINT, metric_history, record_sink};
 
 /// A context for calling a predictor outside an endpoint.
 pub fn test_context() -> Context {
@@ -77,8 +83,9 @@ pub async fn predictor(predictor: &dyn Predictor, cases: &[(Input, Value)]) {
 
 /// `endpoint`, built over a predictor that echoes its input, panics on `"panic"`, rejects
 /// `"reject"` and sleeps on `"sleep"` past a one-second timeout, records one event per request
-/// in `metrics` with the right status, and keeps serving after a panic.
-pub async fn endpoint(endpoint: &dyn Endpoint, metrics: &dyn MetricSink) {
+/// with the right status (read back from `metrics`, the history of a [`StatusRecorder`] that
+/// is the endpoint's sink), and keeps serving after a panic.
+pub async fn endpoint(endpoint: &dyn Endpoint, metrics: &dyn MetricHistory) {
     let ok = endpoint
         .predict(PredictRequest::new(json!(["x", 1])).with_request_id("req-1"))
         .await
@@ -102,9 +109,7 @@ pub async fn endpoint(endpoint: &dyn Endpoint, metrics: &dyn MetricSink) {
     let after = endpoint.predict(PredictRequest::new(json!(2))).await;
     assert_eq!(after.expect("serves after a panic").output, json!(2));
 
-    let statuses = metrics
-        .recent_requests(endpoint.name())
-        .expect("the conformance sink keeps history");
+    let statuses = metrics.recent_requests(endpoint.name());
     assert_eq!(
         statuses,
         vec![200, 422, 500, 504, 200],
@@ -129,26 +134,38 @@ pub fn endpoint_predictor() -> impl Predictor {
 
 /// Helper for the endpoint suite: the statuses of recorded requests.
 pub trait RecentRequests {
-    /// Statuses of the requests recorded for `endpoint`, oldest first, if history is kept.
-    fn recent_requests(&self, endpoint: &str) -> Option<Vec<u16>>;
+    /// Statuses of the requests a [`StatusRecorder`] recorded for `endpoint`, oldest first.
+    fn recent_requests(&self, endpoint: &str) -> Vec<u16>;
 }
 
-impl<S: MetricSink + ?Sized> RecentRequests for S {
-    fn recent_requests(&self, endpoint: &str) -> Option<Vec<u16>> {
+impl<H: MetricHistory + ?Sized> RecentRequests for H {
+    fn recent_requests(&self, endpoint: &str) -> Vec<u16> {
         let marker = format!("{endpoint}\u{0}requests");
-        self.recent_metric(endpoint, &marker, SystemTime::UNIX_EPOCH)
-            .map(|samples| samples.iter().map(|s| s.value as u16).collect())
+        self.samples(endpoint, &marker, SystemTime::UNIX_EPOCH)
+            .iter()
+            .map(|s| s.value as u16)
+            .collect()
     }
 }
 
 /// A sink for the endpoint suite that keeps request statuses as a metric series, so the suite
-/// can read them back through the trait alone.
+/// can read them back through [`MetricHistory`] alone. Give it to the endpoint as both its
+/// metric sink and its history.
 #[derive(Debug, Default)]
 pub struct StatusRecorder {
     inner: InMemoryMetrics,
 }
 
+#[deny(clippy::missing_trait_methods)]
 impl MetricSink for StatusRecorder {
+    fn request_started(&self, endpoint: &str) {
+        self.inner.request_started(endpoint);
+    }
+
+    fn request_finished(&self, endpoint: &str) {
+        self.inner.request_finished(endpoint);
+    }
+
     fn record_request(&self, event: &RequestEvent) {
         self.inner.record_request(event);
         self.inner.record_metric(&MetricSample {
@@ -164,6 +181,7 @@ impl MetricSink for StatusRecorder {
         self.inner.record_metric(sample);
     }
 
+    #[allow(deprecated)]
     fn recent_metric(
         &self,
         endpoint: &str,
@@ -174,8 +192,17 @@ impl MetricSink for StatusRecorder {
     }
 }
 
-/// `sink` counts each event once and, if it keeps history, returns samples per endpoint and
-/// key, in order, filtered by time.
+#[deny(clippy::missing_trait_methods)]
+impl MetricHistory for StatusRecorder {
+    fn samples(&self, endpoint: &str, key: &str, since: SystemTime) -> Vec<MetricSample> {
+        self.inner.samples(endpoint, key, since)
+    }
+}
+
+/// `sink` takes every kind of event without failing and, if its deprecated
+/// [`MetricSink::recent_metric`] answers, answers it as [`metric_history`] requires of a
+/// history. Run [`metric_history`] too on a sink that keeps history.
+#[allow(deprecated)]
 pub fn metric_sink(sink: &dyn MetricSink) {
     let start = SystemTime::now();
     let sample = |endpoint: &str, key: &str, value: f64, at: SystemTime| MetricSample {
@@ -185,6 +212,8 @@ pub fn metric_sink(sink: &dyn MetricSink) {
         value,
         at,
     };
+    sink.request_started("a");
+    sink.request_finished("a");
     sink.record_request(&RequestEvent {
         endpoint: "a".into(),
         model_version: "1".into(),
@@ -349,6 +378,11 @@ mod tests {
             ],
         )
         .await;
+        let cases = [(Input::Json(json!(4)), json!(16.0))];
+        let shared: Arc<crate::DynPredictor> = Arc::new(square.clone());
+        predictor(&shared, &cases).await;
+        let boxed: Box<crate::DynPredictor> = Box::new(square.clone());
+        predictor(&boxed, &cases).await;
         let with_pre = crate::PredictorExt::with_preprocess(
             square,
             predictor_fn(|a: f64, b: f64| -> crate::Result<f64> { Ok(a + b) }),
@@ -356,25 +390,47 @@ mod tests {
         predictor(&with_pre, &[(Input::Json(json!([1, 2])), json!(9.0))]).await;
     }
 
-    #[tokio::test]
-    async fn model_endpoint_conforms() {
-        let metrics: Arc<DynMetricSink> = Arc::new(StatusRecorder::default());
+    fn conformance_endpoint() -> (ModelEndpoint, Arc<StatusRecorder>) {
+        let metrics = Arc::new(StatusRecorder::default());
         let endpoint = ModelEndpoint::builder("conformance", endpoint_predictor())
             .timeout(Duration::from_secs(1))
-            .metric_sink(Arc::clone(&metrics))
+            .metric_sink(Arc::clone(&metrics) as Arc<DynMetricSink>)
+            .metric_history(Arc::clone(&metrics) as Arc<crate::DynMetricHistory>)
             .build()
             .unwrap();
+        (endpoint, metrics)
+    }
+
+    #[tokio::test]
+    async fn model_endpoint_conforms() {
+        let (endpoint, metrics) = conformance_endpoint();
         super::endpoint(&endpoint, &*metrics).await;
+    }
+
+    #[tokio::test]
+    async fn model_endpoint_conforms_through_box_and_arc() {
+        let (endpoint, metrics) = conformance_endpoint();
+        let boxed: Box<dyn Endpoint> = Box::new(endpoint);
+        super::endpoint(&boxed, &*metrics).await;
+        let (endpoint, metrics) = conformance_endpoint();
+        let shared: Arc<dyn Endpoint> = Arc::new(endpoint);
+        super::endpoint(&shared, &*metrics).await;
     }
 
     #[test]
     fn in_memory_metrics_conform() {
         metric_sink(&InMemoryMetrics::new());
+        let boxed: Box<DynMetricSink> = Box::new(InMemoryMetrics::with_capacity(100));
+        metric_sink(&boxed);
     }
 
     #[tokio::test]
     async fn in_memory_autoscaler_conforms() {
         autoscaler(&InMemoryAutoscaler::new(), "e").await;
+        let boxed: Box<crate::DynAutoscaler> = Box::new(InMemoryAutoscaler::new());
+        autoscaler(&boxed, "e").await;
+        let shared: Arc<crate::DynAutoscaler> = Arc::new(InMemoryAutoscaler::new());
+        autoscaler(&shared, "e").await;
     }
 
     #[tokio::test]
@@ -388,9 +444,14 @@ mod tests {
             every_secs: 60,
             min_events: 3,
         };
-        let callback = CallbackTrigger::new(rule, |_| Ok(()));
-        trigger(&callback).await;
+        let callback = Arc::new(CallbackTrigger::new(rule, |_| Ok(())));
+        trigger(&*callback).await;
         assert_eq!(callback.fired().len(), 1);
+        let shared: Arc<crate::DynTrigger> = Arc::clone(&callback) as _;
+        trigger(&shared).await;
+        let boxed: Box<crate::DynTrigger> = Box::new(shared);
+        trigger(&boxed).await;
+        assert_eq!(callback.fired().len(), 3, "each through its pointer");
     }
 
     #[tokio::test]
@@ -398,5 +459,9 @@ mod tests {
         let sink = InMemoryFeedback::new();
         feedback_sink(&sink).await;
         assert_eq!(sink.exports().len(), 2);
+        let boxed: Box<crate::DynFeedbackSink> = Box::new(InMemoryFeedback::new());
+        feedback_sink(&boxed).await;
+        let shared: Arc<crate::DynFeedbackSink> = Arc::new(InMemoryFeedback::new());
+        feedback_sink(&shared).await;
     }
 }

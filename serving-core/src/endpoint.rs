@@ -19,7 +19,7 @@ use crate::context::{Context, ContextParts, Logged, Resources, panic_message};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::lifecycle::{CanaryPolicy, Lifecycle, LifecycleParts, Mirrored, ModelRegistry, Served};
-use crate::metrics::{DynMetricSink, InMemoryMetrics, RequestEvent};
+use crate::metrics::{DynMetricHistory, DynMetricSink, InMemoryMetrics, RequestEvent, SinkHistory};
 use crate::outcome::Outcome;
 use crate::pool::BlockingPool;
 use crate::predictor::{DynPredictor, Predictor, PredictorExt};
@@ -198,39 +198,48 @@ impl Refused {
 /// A type-erased endpoint.
 pub type DynEndpoint = dyn Endpoint;
 
-impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
+/// Forwards to the pointee, every method included.
+macro_rules! forward_endpoint {
+    ($pointer:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        impl<E: Endpoint + ?Sized> Endpoint for $pointer<E> {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
 
-    fn spec(&self) -> &EndpointSpec {
-        (**self).spec()
-    }
+            fn spec(&self) -> &EndpointSpec {
+                (**self).spec()
+            }
 
-    fn is_ready(&self) -> bool {
-        (**self).is_ready()
-    }
+            fn is_ready(&self) -> bool {
+                (**self).is_ready()
+            }
 
-    // Hands back the pointee's boxed future as it is, rather than boxing another around it.
-    fn predict<'a, 'f>(
-        &'a self,
-        request: PredictRequest,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Prediction>> + Send + 'f>>
-    where
-        'a: 'f,
-        Self: 'f,
-    {
-        (**self).predict(request)
-    }
+            // Hands back the pointee's boxed future as it is, rather than boxing another around it.
+            fn predict<'a, 'f>(
+                &'a self,
+                request: PredictRequest,
+            ) -> std::pin::Pin<Box<dyn Future<Output = Result<Prediction>> + Send + 'f>>
+            where
+                'a: 'f,
+                Self: 'f,
+            {
+                (**self).predict(request)
+            }
 
-    fn lifecycle(&self) -> Option<&Lifecycle> {
-        (**self).lifecycle()
-    }
+            fn lifecycle(&self) -> Option<&Lifecycle> {
+                (**self).lifecycle()
+            }
 
-    fn refused(&self, refused: Refused) {
-        (**self).refused(refused)
-    }
+            fn refused(&self, refused: Refused) {
+                (**self).refused(refused)
+            }
+        }
+    };
 }
+
+forward_endpoint!(Arc);
+forward_endpoint!(Box);
 
 /// The endpoint that runs a predictor in this process: the embedded default, and what every
 /// backend (HTTP, Kafka, batch) serves.
@@ -259,6 +268,7 @@ impl ModelEndpoint {
             spec: EndpointSpec::new(name.clone(), ModelRef::new(name, "1")),
             predictor: predictor.into_dyn(),
             metrics: None,
+            history: None,
             records: None,
             description: String::new(),
             registry: None,
@@ -282,6 +292,12 @@ impl ModelEndpoint {
     /// The sink that receives this endpoint's measurements.
     pub fn metrics(&self) -> &Arc<DynMetricSink> {
         &self.metrics
+    }
+
+    /// What reads back this endpoint's custom metrics (see
+    /// [`ModelEndpointBuilder::metric_history`]): ask it, not the sink, for samples.
+    pub fn metric_history(&self) -> &Arc<DynMetricHistory> {
+        self.lifecycle.metric_history()
     }
 
     /// Marks the endpoint ready or not; a draining server marks it not ready.
@@ -619,6 +635,7 @@ pub struct ModelEndpointBuilder {
     spec: EndpointSpec,
     predictor: Arc<DynPredictor>,
     metrics: Option<Arc<DynMetricSink>>,
+    history: Option<Arc<DynMetricHistory>>,
     records: Option<Arc<DynRecordSink>>,
     description: String,
     registry: Option<Arc<ModelRegistry>>,
@@ -693,6 +710,19 @@ impl ModelEndpointBuilder {
         self
     }
 
+    /// What reads back the custom metrics this endpoint's sink kept, for canary rules on
+    /// `custom:<key>` and for triggers ([`ModelEndpoint::metric_history`]).
+    ///
+    /// By default, the default [`InMemoryMetrics`] sink is also the history; an endpoint given
+    /// a [`metric_sink`](Self::metric_sink) but no history reads through that sink's deprecated
+    /// [`MetricSink::recent_metric`](crate::MetricSink::recent_metric), as before. Set it
+    /// whenever the sink is a [`FanOut`](crate::FanOut): the reader is then asked, not the
+    /// fan-out's first sink.
+    pub fn metric_history(mut self, history: Arc<DynMetricHistory>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
     /// Where prediction records go (the prediction log); none are made when unset.
     pub fn record_sink(mut self, sink: Arc<DynRecordSink>) -> Self {
         self.records = Some(sink);
@@ -741,14 +771,22 @@ impl ModelEndpointBuilder {
     pub fn build(self) -> Result<ModelEndpoint> {
         self.spec.validate()?;
         let workers = &self.spec.server.workers;
-        let metrics = self
-            .metrics
-            .unwrap_or_else(|| Arc::new(InMemoryMetrics::new()));
+        let (metrics, history): (Arc<DynMetricSink>, Arc<DynMetricHistory>) =
+            match (self.metrics, self.history) {
+                (Some(sink), Some(history)) => (sink, history),
+                (Some(sink), None) => (Arc::clone(&sink), Arc::new(SinkHistory(sink))),
+                (None, history) => {
+                    let default = Arc::new(InMemoryMetrics::new());
+                    let history = history.unwrap_or_else(|| Arc::clone(&default) as _);
+                    (default, history)
+                }
+            };
         let lifecycle = Lifecycle::new(LifecycleParts {
             spec: self.spec.clone(),
             predictor: crate::batching::from_spec(self.predictor, &self.spec, &metrics)?,
             description: self.description,
             metrics: Arc::clone(&metrics),
+            history,
             registry: self.registry,
             autoscaler: self
                 .autoscaler

@@ -1,7 +1,7 @@
 //! The [`FeedbackSink`] trait: where feedback loops export endpoint data.
 
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -48,6 +48,22 @@ pub trait FeedbackSink: Debug + Send + Sync + 'static {
 
 /// A type-erased feedback sink.
 pub type DynFeedbackSink = dyn FeedbackSink;
+
+/// Forwards to the pointee, every method included.
+macro_rules! forward_feedback_sink {
+    ($pointer:ident) => {
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<S: FeedbackSink + ?Sized> FeedbackSink for $pointer<S> {
+            async fn export(&self, export: FeedbackExport) -> Result<ExportReceipt> {
+                (**self).export(export).await
+            }
+        }
+    };
+}
+
+forward_feedback_sink!(Arc);
+forward_feedback_sink!(Box);
 
 /// Keeps exports in memory.
 #[derive(Debug, Default)]

@@ -353,7 +353,10 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_logged_from_user_code_arrive_wherever_the_function_runs() {
-        use crate::{Endpoint, InMemoryMetrics, MetricSink, ModelEndpoint, PredictRequest};
+        use crate::{
+            Endpoint, InMemoryMetrics, MetricHistory as _, MetricSink, ModelEndpoint,
+            PredictRequest,
+        };
         let half = predictor_fn(|x: f64| -> Result<f64> {
             crate::log_metric("half", x / 2.0);
             Ok(x)
@@ -377,7 +380,7 @@ mod tests {
         }
         assert_eq!(inline_calls, 10, "{half:?}");
         let since = std::time::SystemTime::UNIX_EPOCH;
-        let logged = metrics.recent_metric("halver", "half", since).unwrap();
+        let logged = metrics.samples("halver", "half", since);
         let values: Vec<f64> = logged.iter().map(|sample| sample.value).collect();
         let expected: Vec<f64> = (0..calls).map(|i| f64::from(i) / 2.0).collect();
         assert_eq!(values, expected);

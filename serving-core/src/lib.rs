@@ -6,9 +6,9 @@
 //! | [`Predictor`] | the user's predict function | [`predictor_fn`] over any typed function |
 //! | [`Endpoint`] | a running endpoint: routes, records and measures requests | [`ModelEndpoint`] |
 //! | — | model versions: update, canary, promote, rollback, shadow ([`Lifecycle`]) | per [`ModelEndpoint`] |
-//! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`] |
 //! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`], [`ChartMetrics`] |
-//! | [`RecordSink`] | where every prediction's record goes | [`prediction_log::PredictionLog`], [`TracingRecords`] |
+//! | [`MetricHistory`] | reads back the custom metrics a sink kept (canary rules, triggers) | [`InMemoryMetrics`] |
+//! | [`RecordSink`] | where every prediction's record goes | [`InMemoryRecords`], [`prediction_log::PredictionLog`], [`TracingRecords`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
 //! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
 //! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`] |
@@ -110,7 +110,10 @@ pub use lifecycle::{
     ModelVersion, RequestStats, RuleOutcome, ShadowComparison, ShadowStatus, Verdict, VersionState,
     VersionTraffic, outputs_agree,
 };
-pub use metrics::{DynMetricSink, FanOut, InMemoryMetrics, MetricSample, MetricSink, RequestEvent};
+pub use metrics::{
+    DynMetricHistory, DynMetricSink, FanOut, InMemoryMetrics, MetricHistory, MetricSample,
+    MetricSink, RequestEvent,
+};
 pub use observe::{Drain, Observability, shutdown_signal};
 #[cfg(feature = "prometheus")]
 pub use observe::{METRICS_CONTENT_TYPE, PrometheusMetrics};
@@ -119,7 +122,7 @@ pub use pool::BlockingPool;
 pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
 pub use preprocess::Preprocessed;
 pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop, crop_error, crop_text};
-pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
+pub use record_sinks::{InMemoryRecords, PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use setting::{Setting, SettingKey, Settings};
 pub use signature::{ModelSignature, TensorSpec};
 pub use spec::{

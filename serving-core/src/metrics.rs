@@ -46,18 +46,21 @@ pub struct MetricSample {
     pub at: SystemTime,
 }
 
-/// Receives measurements as they happen.
+/// Receives measurements as they happen: the write side of metrics. Reading samples back is
+/// [`MetricHistory`]'s, a separate trait, so that a sink that keeps no history need not
+/// pretend to.
 ///
 /// # Contract
 /// - `record_request` and `record_metric` are called on the request path: they must not block
 ///   or fail; a sink that exports elsewhere buffers and drops (and counts what it drops)
 ///   rather than slowing predictions.
 /// - Every call is one event: a sink counts each exactly once.
-/// - `recent_metric` returns the samples of `key` on `endpoint` logged at or after `since`, in
-///   the order they were recorded, or `None` when the sink keeps no history. Triggers and
-///   charts read through it.
 /// - Every `request_started` is followed by exactly one `request_finished` for the same
 ///   endpoint, even when the caller gives up on the request; both default to doing nothing.
+/// - `recent_metric` is deprecated: it is what readers asked before [`MetricHistory`], and an
+///   endpoint given no history reader still reads through it. It returns the samples of `key`
+///   on `endpoint` logged at or after `since`, in the order they were recorded, or `None`
+///   (the default) when the sink keeps no history.
 pub trait MetricSink: Debug + Send + Sync + 'static {
     /// A request to `endpoint` started (for an in-flight gauge).
     fn request_started(&self, endpoint: &str) {
@@ -76,18 +79,108 @@ pub trait MetricSink: Debug + Send + Sync + 'static {
     fn record_metric(&self, sample: &MetricSample);
 
     /// The recent samples of a custom metric, when this sink keeps history.
+    #[deprecated(
+        since = "0.1.0",
+        note = "read history through a `MetricHistory` (`InMemoryMetrics` is one); \
+                give endpoints theirs with `ModelEndpointBuilder::metric_history`"
+    )]
     fn recent_metric(
         &self,
         endpoint: &str,
         key: &str,
         since: SystemTime,
-    ) -> Option<Vec<MetricSample>>;
+    ) -> Option<Vec<MetricSample>> {
+        let _ = (endpoint, key, since);
+        None
+    }
 }
 
 /// A type-erased metric sink.
 pub type DynMetricSink = dyn MetricSink;
 
-/// Keeps the most recent requests and metric samples in memory, for charts and triggers.
+/// Reads back the custom metric samples that a [`MetricSink`] kept: the read side of metrics,
+/// for whatever judges them (canary rules, triggers).
+///
+/// An endpoint reads its history through the one reader it was given
+/// ([`ModelEndpointBuilder::metric_history`](crate::ModelEndpointBuilder::metric_history)),
+/// never by asking the sinks of a [`FanOut`] in turn: a sink there that keeps no history must
+/// not hide the events that another kept.
+///
+/// # Contract
+/// - `samples` returns every sample of `key` on `endpoint` still held that was logged at or
+///   after `since`, each once, in the order recorded; empty when there is none.
+/// - What a reader holds is bounded; it documents how many samples it keeps.
+/// - It is called off the request path (evaluations, polls) but may run while requests record:
+///   it must not hold up writers for longer than a copy of the series.
+pub trait MetricHistory: Debug + Send + Sync + 'static {
+    /// The samples of `key` on `endpoint` logged at or after `since`, oldest first.
+    fn samples(&self, endpoint: &str, key: &str, since: SystemTime) -> Vec<MetricSample>;
+}
+
+/// A type-erased metric history.
+pub type DynMetricHistory = dyn MetricHistory;
+
+/// Forwards to the pointee, every method included.
+macro_rules! forward_metrics {
+    ($pointer:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        impl<S: MetricSink + ?Sized> MetricSink for $pointer<S> {
+            fn request_started(&self, endpoint: &str) {
+                (**self).request_started(endpoint)
+            }
+
+            fn request_finished(&self, endpoint: &str) {
+                (**self).request_finished(endpoint)
+            }
+
+            fn record_request(&self, event: &RequestEvent) {
+                (**self).record_request(event)
+            }
+
+            fn record_metric(&self, sample: &MetricSample) {
+                (**self).record_metric(sample)
+            }
+
+            #[allow(deprecated)]
+            fn recent_metric(
+                &self,
+                endpoint: &str,
+                key: &str,
+                since: SystemTime,
+            ) -> Option<Vec<MetricSample>> {
+                (**self).recent_metric(endpoint, key, since)
+            }
+        }
+
+        #[deny(clippy::missing_trait_methods)]
+        impl<H: MetricHistory + ?Sized> MetricHistory for $pointer<H> {
+            fn samples(&self, endpoint: &str, key: &str, since: SystemTime) -> Vec<MetricSample> {
+                (**self).samples(endpoint, key, since)
+            }
+        }
+    };
+}
+
+forward_metrics!(Arc);
+forward_metrics!(Box);
+
+/// The history of an endpoint given a metric sink but no history reader: read through the
+/// sink's deprecated `recent_metric`, as before [`MetricHistory`] existed.
+#[derive(Debug)]
+pub(crate) struct SinkHistory(pub(crate) Arc<DynMetricSink>);
+
+#[deny(clippy::missing_trait_methods)]
+impl MetricHistory for SinkHistory {
+    fn samples(&self, endpoint: &str, key: &str, since: SystemTime) -> Vec<MetricSample> {
+        #[allow(deprecated)]
+        self.0
+            .recent_metric(endpoint, key, since)
+            .unwrap_or_default()
+    }
+}
+
+/// Keeps the most recent requests and metric samples in memory, for charts and triggers: a
+/// [`MetricSink`] and the [`MetricHistory`] that reads back what it kept.
 ///
 /// Bounded: each series keeps at most `capacity` entries and drops the oldest.
 #[derive(Debug)]
@@ -177,16 +270,24 @@ impl MetricSink for InMemoryMetrics {
         key: &str,
         since: SystemTime,
     ) -> Option<Vec<MetricSample>> {
-        let series = lock(&self.series);
-        let samples = series
-            .get(&(endpoint.to_owned(), key.to_owned()))
-            .map(|entries| entries.iter().filter(|s| s.at >= since).cloned().collect())
-            .unwrap_or_default();
-        Some(samples)
+        Some(self.samples(endpoint, key, since))
     }
 }
 
-/// Sends every event to each of several sinks; history comes from the first that keeps it.
+impl MetricHistory for InMemoryMetrics {
+    fn samples(&self, endpoint: &str, key: &str, since: SystemTime) -> Vec<MetricSample> {
+        let series = lock(&self.series);
+        series
+            .get(&(endpoint.to_owned(), key.to_owned()))
+            .map(|entries| entries.iter().filter(|s| s.at >= since).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Sends every event to each of several sinks, in order.
+///
+/// It reads no history itself (its deprecated `recent_metric` answers from the first sink with
+/// samples): give endpoints a [`MetricHistory`] beside it.
 #[derive(Debug, Clone, Default)]
 pub struct FanOut {
     sinks: Vec<Arc<DynMetricSink>>,
@@ -199,6 +300,7 @@ impl FanOut {
     }
 }
 
+#[deny(clippy::missing_trait_methods)]
 impl MetricSink for FanOut {
     fn request_started(&self, endpoint: &str) {
         self.sinks
@@ -224,15 +326,24 @@ impl MetricSink for FanOut {
             .for_each(|sink| sink.record_metric(sample));
     }
 
+    #[allow(deprecated)]
     fn recent_metric(
         &self,
         endpoint: &str,
         key: &str,
         since: SystemTime,
     ) -> Option<Vec<MetricSample>> {
-        self.sinks
-            .iter()
-            .find_map(|sink| sink.recent_metric(endpoint, key, since))
+        // A sink that keeps no history may still answer "nothing": it must not hide what a
+        // later one kept.
+        let mut nothing = None;
+        for sink in &self.sinks {
+            match sink.recent_metric(endpoint, key, since) {
+                Some(samples) if !samples.is_empty() => return Some(samples),
+                Some(empty) => nothing = nothing.or(Some(empty)),
+                None => {}
+            }
+        }
+        nothing
     }
 }
 

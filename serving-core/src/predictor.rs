@@ -75,6 +75,7 @@ type PredictorFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// forwarding impl would box a second future around it on every request.
 macro_rules! forward_predictor {
     ($pointer:ident) => {
+        #[deny(clippy::missing_trait_methods)]
         impl<P: Predictor + ?Sized> Predictor for $pointer<P> {
             fn predict<'a, 'b, 'f>(
                 &'a self,

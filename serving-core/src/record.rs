@@ -43,9 +43,12 @@ pub struct PredictionRecord {
 /// Receives one [`PredictionRecord`] per prediction, failures included.
 ///
 /// # Contract
-/// - `record` is called on the request path, once per prediction: it must not block or fail.
-///   A sink that writes elsewhere queues the record; what it does when its queue is full is its
-///   documented, counted choice, never unbounded memory.
+/// - `record` is called on the request path, once per prediction, from many threads at once:
+///   it must not block or fail. A sink that writes elsewhere queues the record; what it does
+///   when its queue is full is its documented, counted choice, never unbounded memory.
+/// - What a sink keeps or writes, it keeps once per record taken, with the fields as given (a
+///   log line may leave out custom metrics and parameters), in any order.
+///   `conformance::record_sink` (feature `conformance`) checks this.
 pub trait RecordSink: Debug + Send + Sync + 'static {
     /// Takes one record.
     fn record(&self, record: PredictionRecord);
@@ -53,6 +56,20 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
 
 /// A type-erased record sink.
 pub type DynRecordSink = dyn RecordSink;
+
+#[deny(clippy::missing_trait_methods)]
+impl<S: RecordSink + ?Sized> RecordSink for std::sync::Arc<S> {
+    fn record(&self, record: PredictionRecord) {
+        (**self).record(record)
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
+    fn record(&self, record: PredictionRecord) {
+        (**self).record(record)
+    }
+}
 
 /// `value` as JSON, with strings (or, for other values, their JSON text) longer than
 /// `max_chars` cropped to `max_chars` characters, as the original product crops log values.

@@ -1,7 +1,7 @@
 //! The [`Trigger`] trait: watch a metric, fire an action.
 
 use std::fmt::{self, Debug};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -137,6 +137,26 @@ pub trait Trigger: Debug + Send + Sync + 'static {
 
 /// A type-erased trigger.
 pub type DynTrigger = dyn Trigger;
+
+/// Forwards to the pointee, every method included.
+macro_rules! forward_trigger {
+    ($pointer:ident) => {
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<T: Trigger + ?Sized> Trigger for $pointer<T> {
+            fn rule(&self) -> &TriggerRule {
+                (**self).rule()
+            }
+
+            async fn fire(&self, alert: &Alert) -> Result<()> {
+                (**self).fire(alert).await
+            }
+        }
+    };
+}
+
+forward_trigger!(Arc);
+forward_trigger!(Box);
 
 /// The action of a [`CallbackTrigger`].
 type Action = Box<dyn Fn(&Alert) -> Result<()> + Send + Sync>;

@@ -184,10 +184,10 @@ pub enum CanaryMetric {
     /// Mean latency in milliseconds.
     MeanLatencyMs,
     /// The mean of a custom metric the candidate's predictions logged with `log_metric`, read
-    /// through the endpoint's [`MetricSink::recent_metric`](crate::MetricSink::recent_metric).
-    /// It needs a sink that keeps history (such as [`InMemoryMetrics`](crate::InMemoryMetrics),
-    /// the default); with one that keeps none, the rule stays pending and the candidate is
-    /// never promoted automatically.
+    /// through the endpoint's [`MetricHistory`](crate::MetricHistory) (see
+    /// [`ModelEndpointBuilder::metric_history`](crate::ModelEndpointBuilder::metric_history);
+    /// the default [`InMemoryMetrics`](crate::InMemoryMetrics) is one). Without history the
+    /// rule stays pending and the candidate is never promoted automatically.
     Custom(String),
 }
 

@@ -29,7 +29,7 @@ pub use versions::{ModelUpdate, ModelVersion, VersionState};
 
 use crate::autoscale::{AutoscaleBounds, DynAutoscaler};
 use crate::error::{Error, Result};
-use crate::metrics::DynMetricSink;
+use crate::metrics::{DynMetricHistory, DynMetricSink};
 use crate::predictor::DynPredictor;
 use crate::spec::{EndpointSpec, ModelRef};
 use routing::{RoutingTable, Share};
@@ -82,6 +82,7 @@ struct Deployment {
     stats: VersionStats,
     shadows: ShadowTracker,
     metrics: Arc<DynMetricSink>,
+    history: Arc<DynMetricHistory>,
     registry: Option<Arc<ModelRegistry>>,
     autoscaler: Arc<DynAutoscaler>,
     retain: usize,
@@ -261,6 +262,7 @@ pub(crate) struct LifecycleParts {
     pub(crate) predictor: Arc<DynPredictor>,
     pub(crate) description: String,
     pub(crate) metrics: Arc<DynMetricSink>,
+    pub(crate) history: Arc<DynMetricHistory>,
     pub(crate) registry: Option<Arc<ModelRegistry>>,
     pub(crate) autoscaler: Arc<DynAutoscaler>,
     pub(crate) retain: usize,
@@ -291,6 +293,7 @@ impl Lifecycle {
             predictor,
             description,
             metrics,
+            history,
             registry,
             autoscaler,
             retain,
@@ -336,6 +339,7 @@ impl Lifecycle {
                 stats: VersionStats::new(STATS_PER_VERSION),
                 shadows: ShadowTracker::default(),
                 metrics,
+                history,
                 registry,
                 autoscaler,
                 retain: retain.max(1),
@@ -878,13 +882,14 @@ impl Lifecycle {
         Some(evaluation)
     }
 
+    /// What reads back the endpoint's custom metrics.
+    pub(crate) fn metric_history(&self) -> &Arc<DynMetricHistory> {
+        &self.inner.history
+    }
+
     /// The mean of a custom metric logged by `version` since `since`, and how many samples.
     fn custom_metric(&self, version: &str, key: &str, since: SystemTime) -> (Option<f64>, u64) {
-        let samples = self
-            .inner
-            .metrics
-            .recent_metric(&self.inner.endpoint, key, since)
-            .unwrap_or_default();
+        let samples = self.inner.history.samples(&self.inner.endpoint, key, since);
         let values: Vec<f64> = samples
             .iter()
             .filter(|s| s.model_version == version)
