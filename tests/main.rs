@@ -5,6 +5,7 @@ mod hostile;
 mod lifecycle;
 mod observability;
 mod oip;
+mod openapi;
 mod routers;
 mod shedding;
 mod support;

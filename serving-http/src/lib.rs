@@ -17,6 +17,9 @@
 //! [`max_value_chars`](serving_core::LoggingSpec::max_value_chars), as logged values are.
 //! `GET /healthz` and `GET /readyz` report liveness and readiness.
 //!
+//! `GET /openapi.json` serves an OpenAPI 3.1 document of every route below, generated from
+//! the Rust types ([`WebService::openapi`]); it needs no token (it holds no secret).
+//!
 //! With an [`Observability`] ([`WebServiceBuilder::observability`]) the service also serves
 //! `GET /metrics` (Prometheus), `GET /dashboard`, and the charts and logs APIs under
 //! `/api/v1/endpoints/{name}/`; see [`observability`]. The sinks themselves, Prometheus, the
@@ -137,6 +140,7 @@ mod dashboard;
 mod error;
 pub mod observability;
 mod oip;
+mod openapi;
 mod service;
 
 #[doc(hidden)]

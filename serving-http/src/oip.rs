@@ -227,27 +227,34 @@ async fn version_infer(
 }
 
 /// `$inference_request`.
-#[derive(Debug, Deserialize)]
-struct InferenceRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct InferenceRequest {
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     id: Option<String>,
+    #[schema(min_items = 1)]
     inputs: Vec<RequestInput>,
     #[serde(default)]
     outputs: Vec<RequestOutput>,
 }
 
 /// `$request_input`.
-#[derive(Debug, Deserialize)]
-struct RequestInput {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct RequestInput {
     name: String,
+    #[schema(max_items = 32)]
     shape: Vec<u64>,
+    #[schema(
+        pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$"
+    )]
     datatype: String,
+    #[schema(value_type = crate::openapi::TensorData)]
     data: Value,
 }
 
 /// `$request_output`.
-#[derive(Debug, Deserialize)]
-struct RequestOutput {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct RequestOutput {
     name: String,
 }
 

@@ -127,14 +127,17 @@ impl WebService {
 
     /// The operations routes: `GET /healthz`, `GET /readyz`, and those of its
     /// [`Observability`](crate::Observability): `/metrics`, `/dashboard`, the charts and logs
-    /// APIs. With [`WebService::admin_router`], what a stream or batch process serves over
+    /// APIs; and `GET /openapi.json`, the document of the whole API
+    /// ([`WebService::openapi`]). With [`WebService::admin_router`], what a stream or batch
+    /// process serves over
     /// HTTP beside its own transport.
     pub fn ops_router(&self) -> Router {
         self.part(
             Router::new()
                 .route("/healthz", get(healthz))
                 .route("/readyz", get(readyz))
-                .merge(crate::observability::routes()),
+                .merge(crate::observability::routes())
+                .merge(crate::openapi::routes(self)),
         )
     }
 

@@ -252,6 +252,7 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for BackendSection {
 }
 
 /// The model an endpoint serves.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {

@@ -12,12 +12,14 @@ use crate::sync::Locked;
 
 /// The lower and upper bound of an endpoint's replicas ("Number of Pods"). A minimum of zero
 /// lets a batch endpoint sleep between batches.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoscaleBounds {
     /// Fewest replicas.
     pub min_replicas: u32,
     /// Most replicas.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_replicas: u32,
 }
 

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 ///     - {metric: p95_latency_ms, comparison: less_than, threshold: 250, min_events: 100}
 ///     - {metric: "custom:accuracy", comparison: greater_than, threshold: 0.9, min_events: 20}
 /// ```
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryPolicy {
@@ -112,10 +113,15 @@ fn duration_ms(duration: Duration) -> u64 {
 }
 
 /// One condition a healthy candidate meets, such as "error rate less than 1 %".
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryRule {
     /// What is measured.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = String, pattern = "^(error_rate|p95_latency_ms|mean_latency_ms|custom:.+)$")
+    )]
     pub metric: CanaryMetric,
     /// How it compares with `threshold` when healthy.
     pub comparison: Comparison,
@@ -221,6 +227,7 @@ impl TryFrom<String> for CanaryMetric {
 }
 
 /// How one rule fared in one evaluation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -233,6 +240,7 @@ pub enum Verdict {
 }
 
 /// One rule's result in one evaluation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleOutcome {
     /// The rule.
@@ -263,6 +271,7 @@ impl RuleOutcome {
 }
 
 /// What an evaluation decided.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum CanaryDecision {

@@ -120,11 +120,13 @@ struct Watch {
 }
 
 /// What happened to an endpoint's versions, and who did it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct LifecycleEvent {
     /// When.
     #[serde(with = "epoch_secs")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub at: SystemTime,
     /// What.
     pub action: LifecycleAction,
@@ -140,6 +142,7 @@ pub struct LifecycleEvent {
 }
 
 /// The kinds of [`LifecycleEvent`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -169,10 +172,12 @@ pub enum LifecycleAction {
 }
 
 /// One evaluation of the automated canary's rules.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CanaryEvaluation {
     /// When it ran.
     #[serde(with = "epoch_secs")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub at: SystemTime,
     /// The candidate evaluated.
     pub version: String,
@@ -184,6 +189,7 @@ pub struct CanaryEvaluation {
 }
 
 /// A version and the traffic it answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VersionTraffic {
     /// The version.
@@ -199,6 +205,7 @@ pub struct VersionTraffic {
 }
 
 /// The shadow version and how it compares.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ShadowStatus {
     /// Its share of mirrored traffic, in percent.
@@ -210,18 +217,21 @@ pub struct ShadowStatus {
 }
 
 /// The automated canary's state for the current candidate.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CanaryStatus {
     /// The candidate watched.
     pub version: String,
     /// When the watch started.
     #[serde(with = "epoch_secs")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub since: SystemTime,
     /// The last evaluation, if one ran.
     pub last_evaluation: Option<CanaryEvaluation>,
 }
 
 /// Everything about an endpoint's versions at one moment.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct LifecycleStatus {

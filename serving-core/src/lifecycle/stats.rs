@@ -15,6 +15,7 @@ use crate::sync::Locked;
 ///
 /// An error is a request the model or server failed ([`Outcome::counts_as_failure`]); a
 /// request the caller got wrong says nothing about the model's health.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RequestStats {
     /// Requests in the window.
@@ -145,6 +146,7 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// How a shadow version compares with the version that answered the same requests.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ShadowComparison {
     /// The shadow version.

@@ -193,6 +193,7 @@ fn series<K: std::hash::Hash + Eq, T: Default>(
 }
 
 /// One endpoint's charts, as served by `GET /api/v1/endpoints/{name}/charts`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Charts {
     /// The endpoint's name.
@@ -208,6 +209,7 @@ pub struct Charts {
 }
 
 /// Requests and latency of one model version, per minute.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionChart {
     /// The model version.
@@ -217,6 +219,7 @@ pub struct VersionChart {
 }
 
 /// One minute of requests.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestPoint {
     /// The minute's start, in seconds since the Unix epoch.
@@ -234,6 +237,7 @@ pub struct RequestPoint {
 }
 
 /// A custom metric of one model version, per minute.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricChart {
     /// The metric's name.
@@ -245,6 +249,7 @@ pub struct MetricChart {
 }
 
 /// One minute of a custom metric.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricPoint {
     /// The minute's start, in seconds since the Unix epoch.
