@@ -19,7 +19,7 @@ pub struct ModelVersion {
     /// The version's id (the original product's model "title"): `"1"`, `"2"`, … unless chosen.
     pub id: String,
     /// When it was deployed.
-    #[serde(with = "super::epoch_secs")]
+    #[serde(with = "super::status::epoch_secs")]
     #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub created_at: SystemTime,
     /// What changed, as told by whoever deployed it.
