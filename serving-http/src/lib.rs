@@ -111,6 +111,7 @@ mod files;
 pub mod observability;
 mod oip;
 mod prometheus;
+mod server;
 mod service;
 
 #[doc(hidden)]

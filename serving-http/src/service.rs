@@ -128,7 +128,11 @@ impl WebService {
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops accepting, reports not
-    /// ready, and finishes the requests in flight before returning.
+    /// ready, and finishes the requests in flight before returning; connections still open
+    /// after the drain timeout ([`WebServiceConfig::drain_timeout_secs`]) are closed.
+    ///
+    /// Every connection keeps to the configured limits: the header-read and idle timeouts, the
+    /// connection cap and the head size (see [`WebServiceConfig`]).
     pub async fn serve_on(
         self,
         listener: TcpListener,
@@ -138,17 +142,17 @@ impl WebService {
         let router = self.router();
         tracing::info!(addr = %listener.local_addr()?, "web service listening");
         let draining = Arc::clone(&state);
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                draining.draining.store(true, Ordering::Release);
-                tracing::info!("shutting down: finishing requests in flight");
-            })
-            .await;
+        let limits = crate::server::Limits::of(&self.config);
+        crate::server::serve(listener, router, limits, async move {
+            shutdown.await;
+            draining.draining.store(true, Ordering::Release);
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await;
         if let Some(observability) = &state.observability {
             observability.shutdown().await;
         }
-        served
+        Ok(())
     }
 }
 
