@@ -12,15 +12,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::http::Request;
+use hyper::body::Incoming;
 use hyper::rt::{Sleep, Timer};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tower::ServiceExt as _;
 
 use crate::config::WebServiceConfig;
 
@@ -62,7 +64,7 @@ pub(crate) async fn serve(
     // accepting and dropping it would fail it at once, and accepting without a cap would take
     // the file descriptors everything else needs.
     let slots = Arc::new(Semaphore::new(cap));
-    let graceful = GracefulShutdown::new();
+    let (stopping, stop) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     let mut pause = Pause::default();
@@ -96,7 +98,7 @@ pub(crate) async fn serve(
             }
         };
         while connections.try_join_next().is_some() {}
-        let connection = graceful.watch(serve_connection(stream, router.clone(), &limits));
+        let connection = serve_connection(stream, router.clone(), limits, stop.clone());
         connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection closed with an error");
@@ -105,11 +107,12 @@ pub(crate) async fn serve(
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     let open = connections.len();
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(limits.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
         tracing::warn!(
             open,
             left = connections.len(),
@@ -120,12 +123,14 @@ pub(crate) async fn serve(
     connections.shutdown().await;
 }
 
-/// One connection, served with the head, idle and size limits.
-fn serve_connection(
+/// One connection, served with the head, idle and size limits until it closes; once `stop`
+/// turns true, it finishes the exchange in progress and closes.
+async fn serve_connection(
     stream: TcpStream,
     router: Router,
-    limits: &Limits,
-) -> http1::Connection<TokioIo<Watched>, TowerToHyperService<Router>> {
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) -> hyper::Result<()> {
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Watched {
         stream,
@@ -133,13 +138,31 @@ fn serve_connection(
     });
     let mut http = http1::Builder::new();
     http.timer(HeadTimer {
-        activity,
+        activity: Arc::clone(&activity),
         idle_timeout: limits.idle_timeout,
         header_read_timeout: limits.header_read_timeout,
     })
     .header_read_timeout(limits.header_read_timeout)
     .max_header_size(limits.max_header_bytes);
-    http.serve_connection(io, TowerToHyperService::new(router))
+    let counted = Arc::clone(&activity);
+    let service = router.map_request(move |request: Request<Incoming>| {
+        counted.requests.fetch_add(1, Ordering::Relaxed);
+        request
+    });
+    let mut connection = pin!(http.serve_connection(io, TowerToHyperService::new(service)));
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        _ = stop.wait_for(|stop| *stop) => {}
+    }
+    if activity.requests.load(Ordering::Relaxed) == 0 {
+        // No whole request head yet, so nothing to finish. hyper would wait for the first head
+        // (it only closes connections idle between requests), up to the header-read timeout.
+        return Ok(());
+    }
+    // Closes at once between requests (a head begun then is dropped), else after the answer
+    // in progress.
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }
 
 /// `max_connections`, or three quarters of the open-file limit when that is lower: the rest is
@@ -203,11 +226,13 @@ impl Pause {
     }
 }
 
-/// What the head timer of one connection needs to know about its reads.
+/// What one connection has done so far, for its head timer and its shutdown.
 #[derive(Debug, Default)]
 struct Activity {
     /// Reads that brought bytes.
     reads: AtomicU64,
+    /// Requests whose head was read whole (and handed to the router).
+    requests: AtomicU64,
     /// Whether the first head's timer was armed already.
     armed: AtomicBool,
 }
@@ -355,7 +380,9 @@ mod tests {
 
     #[test]
     fn only_per_connection_errors_are_skipped_without_a_pause() {
-        assert!(is_connection_error(&io::ErrorKind::ConnectionAborted.into()));
+        assert!(is_connection_error(
+            &io::ErrorKind::ConnectionAborted.into()
+        ));
         // EMFILE: the process is out of file descriptors.
         assert!(!is_connection_error(&io::Error::from_raw_os_error(24)));
     }
