@@ -384,7 +384,14 @@ async fn serve_until_sigterm_child() {
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap());
-    service.serve_on(listener, shutdown_signal()).await.unwrap();
+    // The fallback only ends a child whose parent failed before sending SIGTERM.
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = tokio::time::sleep(Duration::from_secs(120)) => {}
+        }
+    };
+    service.serve_on(listener, stop).await.unwrap();
     println!("stopped");
 }
 
@@ -510,4 +517,107 @@ async fn admin_bodies_get_the_prediction_routes_timeout_and_size_limit() {
         .expect("401 before the body timeout");
     assert_eq!(status, 401);
     still_serves(server.addr).await;
+}
+
+/// Runs in a child process (see `out_of_file_descriptors_*` below): with a low open-file limit,
+/// takes every descriptor left until told on stdin to give them back.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run in a child process by out_of_file_descriptors_the_server_waits_without_spinning"]
+async fn out_of_file_descriptors_child() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+    let hard = getrlimit(Resource::Nofile).maximum;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(256),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let service = WebService::builder()
+        .endpoint_with_token(sum(), Token::new(TOKEN))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(service.serve_on(listener, std::future::pending()));
+    let mut hoard = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        hoard.push(file);
+    }
+    println!("listening on {addr}");
+    let read_line =
+        || tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()));
+    read_line().await.unwrap().unwrap();
+    drop(hoard);
+    // Serves until stdin closes (also when the parent fails).
+    read_line().await.unwrap().unwrap();
+}
+
+/// CPU time (user and system) the process `pid` has used so far.
+#[cfg(target_os = "linux")]
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on every Linux the tests run on.
+    Duration::from_millis(ticks * 10)
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_server_waits_without_spinning() {
+    use std::io::{BufRead as _, Write as _};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "connections::out_of_file_descriptors_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = lines
+        .by_ref()
+        .map_while(std::result::Result::ok)
+        .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
+        .expect("the child prints its address")
+        .parse()
+        .unwrap();
+    // The kernel completes the connection; the server's accept fails with EMFILE.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(&sum_request(true)).await.unwrap();
+    let before = cpu_time(pid);
+    let mut byte = [0; 1];
+    let waited = tokio::time::timeout(Duration::from_secs(2), client.read(&mut byte)).await;
+    let used = cpu_time(pid) - before;
+    assert!(waited.is_err(), "answered without a descriptor: {waited:?}");
+    assert!(
+        used < Duration::from_millis(500),
+        "{used:?} of CPU in 2 s: the accept loop spins"
+    );
+
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "release").unwrap();
+    assert_eq!(
+        read_one(&mut client).await,
+        (200, json!({"prediction": 3.0})),
+        "served once descriptors are free"
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }
