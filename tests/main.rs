@@ -1,6 +1,7 @@
 //! Integration tests: one test binary, one module per area, each against real servers on
 //! ephemeral loopback ports.
 
+mod connections;
 mod hostile;
 mod lifecycle;
 mod observability;

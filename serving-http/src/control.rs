@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,10 +16,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use serving_core::{AutoscaleBounds, CanaryPolicy, Error, Lifecycle, ModelRef};
+use serving_core::{
+    Arrival, AutoscaleBounds, CanaryPolicy, Error, Lifecycle, ModelRef, WorkerSettings,
+};
 
 use crate::error::ApiError;
-use crate::service::ServiceState;
+use crate::service::{ServiceState, read_body};
 
 type Shared = State<Arc<ServiceState>>;
 
@@ -96,6 +98,33 @@ impl FromRequestParts<Arc<ServiceState>> for Admin {
             .into_response());
         }
         Err(unauthorized("invalid admin token"))
+    }
+}
+
+/// An admin request's body, read as a prediction's is: at most the named endpoint's
+/// `max_body_bytes` (413 beyond), within the body timeout (408 after). Extracted after
+/// [`Admin`], so that nothing is read before the token is checked.
+pub(crate) struct AdminBody(Bytes);
+
+impl FromRequest<Arc<ServiceState>> for AdminBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<ServiceState>) -> Result<Self, ApiError> {
+        let arrival = Arrival::now();
+        let (mut parts, body) = request.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, state).await;
+        let limit = params
+            .ok()
+            .and_then(|params| {
+                let (_, name) = params.iter().find(|(key, _)| *key == "name")?;
+                state.endpoints.get(name)
+            })
+            .map_or_else(
+                || WorkerSettings::default().max_body_bytes,
+                |route| route.endpoint.spec().server.workers.max_body_bytes,
+            );
+        let bytes = read_body(body, limit, state.body_timeout, arrival).await?;
+        Ok(AdminBody(bytes))
     }
 }
 
@@ -316,7 +345,7 @@ async fn update(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -340,7 +369,7 @@ async fn canary(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -355,7 +384,7 @@ async fn policy(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -407,7 +436,7 @@ async fn rollback(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -427,7 +456,7 @@ async fn shadow(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -447,7 +476,7 @@ async fn shadow_share(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -488,7 +517,7 @@ async fn set_autoscale(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);

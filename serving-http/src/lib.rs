@@ -141,6 +141,7 @@ mod error;
 pub mod observability;
 mod oip;
 mod openapi;
+mod server;
 mod service;
 
 #[doc(hidden)]

@@ -174,7 +174,11 @@ impl WebService {
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops accepting, reports not
-    /// ready, and finishes the requests in flight before returning.
+    /// ready, and finishes the requests in flight before returning; connections still open
+    /// after the drain timeout ([`WebServiceConfig::drain_timeout_secs`]) are closed.
+    ///
+    /// Every connection keeps to the configured limits: the header-read and idle timeouts, the
+    /// connection cap and the head size (see [`WebServiceConfig`]).
     pub async fn serve_on(
         self,
         listener: TcpListener,
@@ -183,17 +187,20 @@ impl WebService {
         let state = Arc::clone(&self.state);
         let router = self.router();
         tracing::info!(addr = %listener.local_addr()?, "web service listening");
-        // The core's drain sequence: axum stops accepting and finishes the requests in flight
-        // once it begins, then the sinks close.
+        // The core's drain sequence around hyper's bounded connection loop: it stops accepting
+        // and finishes the requests in flight (until the drain deadline) once the drain
+        // begins, then the sinks close.
         let drain = Drain::new();
         let (stopping, draining) = (drain.clone(), Arc::clone(&state));
-        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let limits = crate::server::Limits::of(&self.config);
+        let served = crate::server::serve(listener, router, limits, async move {
             stopping.stopping().await;
             draining.draining.store(true, Ordering::Release);
         });
         drain
-            .run(shutdown, served.into_future(), state.observability.as_ref())
-            .await
+            .run(shutdown, served, state.observability.as_ref())
+            .await;
+        Ok(())
     }
 }
 
