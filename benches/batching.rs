@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serving::{
     BATCH_SIZE_METRIC, BatchConfig, Capabilities, Context, Endpoint as _, InMemoryMetrics, Input,
-    MetricSink as _, ModelEndpoint, PredictRequest, Predictor, Result, Value,
+    MetricHistory as _, ModelEndpoint, PredictRequest, Predictor, Result, Value,
 };
 
 const PER_CALL: Duration = Duration::from_millis(1);
@@ -146,9 +146,7 @@ fn main() {
         }
         let endpoint = Arc::new(builder.build().expect("valid endpoint"));
         let mut measured = runtime.block_on(measure(endpoint, secs));
-        let sizes = metrics
-            .recent_metric("costly", BATCH_SIZE_METRIC, SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
+        let sizes = metrics.samples("costly", BATCH_SIZE_METRIC, SystemTime::UNIX_EPOCH);
         if !sizes.is_empty() {
             measured.mean_batch =
                 Some(sizes.iter().map(|s| s.value).sum::<f64>() / sizes.len() as f64);

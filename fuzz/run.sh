@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 secs=${FUZZ_SECS:-600}
 toolchain=${FUZZ_TOOLCHAIN:-nightly}
-for target in ${FUZZ_TARGETS:-request_body base64_files spec}; do
+for target in ${FUZZ_TARGETS:-request_body base64_files spec oip_body}; do
   echo "== $target: ${secs}s"
   cargo "+$toolchain" fuzz run -O "$target" "corpus/$target" -- -max_total_time="$secs" -print_final_stats=1
   cargo "+$toolchain" fuzz cmin -O "$target" "corpus/$target"

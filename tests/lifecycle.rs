@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use serving::http::{Token, WebService};
 use serving::prelude::*;
 use serving::{
-    CanaryMetric, CanaryPolicy, CanaryRule, Comparison, DynMetricSink, InMemoryMetrics, ModelRef,
-    ModelRegistry, ModelSignature, ModelUpdate, PredictionRecord, RecordSink, TensorSpec,
+    CanaryMetric, CanaryPolicy, CanaryRule, Comparison, DynMetricSink, InMemoryMetrics,
+    InMemoryRecords, ModelRef, ModelRegistry, ModelSignature, ModelUpdate, PredictionRecord,
+    TensorSpec,
 };
 use tokio::sync::oneshot;
 
@@ -402,16 +403,6 @@ async fn a_routing_key_keeps_each_caller_on_one_version() {
     assert_eq!(pinned.headers()["x-model-version"], "1");
 }
 
-/// Keeps every prediction record, for assertions.
-#[derive(Debug, Default)]
-struct CollectRecords(Mutex<Vec<PredictionRecord>>);
-
-impl RecordSink for CollectRecords {
-    fn record(&self, record: PredictionRecord) {
-        self.0.lock().unwrap().push(record);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_answers_into_the_records_but_never_to_the_caller() {
     let registry = Arc::new(ModelRegistry::new());
@@ -424,14 +415,14 @@ async fn a_shadow_answers_into_the_records_but_never_to_the_caller() {
             Ok(if x < 10.0 { 2.0 * x } else { -1.0 })
         }))
     });
-    let records = Arc::new(CollectRecords::default());
+    let records = InMemoryRecords::new();
     let metrics = Arc::new(InMemoryMetrics::new());
     let endpoint = ModelEndpoint::from_spec(
         EndpointSpec::new("shadowed", ModelRef::new("scorer", "1")),
         &registry,
     )
     .unwrap()
-    .record_sink(Arc::clone(&records) as Arc<dyn RecordSink>)
+    .record_sink(Arc::new(records.clone()))
     .metric_sink(Arc::clone(&metrics) as Arc<DynMetricSink>)
     .build()
     .unwrap();
@@ -454,18 +445,13 @@ async fn a_shadow_answers_into_the_records_but_never_to_the_caller() {
             "the caller gets version 1's answer"
         );
     }
-    let shadow_records = eventually("20 shadow records", async || {
-        let shadowed: Vec<PredictionRecord> = records
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.model_version == "2")
-            .cloned()
-            .collect();
-        (shadowed.len() == 20).then_some(shadowed)
-    })
-    .await;
+    let all = records
+        .wait_for(40, Duration::from_secs(30))
+        .await
+        .expect("20 primary and 20 shadow records");
+    let shadow_records: Vec<&PredictionRecord> =
+        all.iter().filter(|r| r.model_version == "2").collect();
+    assert_eq!(shadow_records.len(), 20);
     assert!(
         shadow_records
             .iter()
@@ -476,13 +462,7 @@ async fn a_shadow_answers_into_the_records_but_never_to_the_caller() {
         .filter(|r| r.output == Some(json!(-1.0)))
         .count();
     assert_eq!(disagreeing, 10, "the shadow's own answers are recorded");
-    let primary = records
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.model_version == "1")
-        .count();
+    let primary = all.iter().filter(|r| r.model_version == "1").count();
     assert_eq!(primary, 20);
     let per_version = |version: &str| {
         metrics

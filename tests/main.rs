@@ -1,12 +1,14 @@
 //! Integration tests: one test binary, one module per area, each against real servers on
 //! ephemeral loopback ports.
 
+mod connections;
 mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod lifecycle;
 mod observability;
 mod oip;
+mod openapi;
 mod routers;
 mod shedding;
 mod support;

@@ -876,6 +876,36 @@ async fn requests_refused_before_the_model_are_counted_and_logged() {
     running.stop().await;
 }
 
+#[tokio::test]
+async fn instrumented_endpoints_read_custom_metrics_from_the_observability_history() {
+    use serving::{Endpoint as _, MetricHistory as _, PredictRequest};
+    let observability = Observability::new();
+    let scored = predictor_fn(|x: f64| -> Result<f64> {
+        log_metric("accuracy", 0.5);
+        Ok(x)
+    });
+    let endpoint = observability
+        .instrument(ModelEndpoint::builder("scored", scored))
+        .build()
+        .unwrap();
+    let since = SystemTime::now();
+    for x in 0..3 {
+        endpoint
+            .predict(PredictRequest::new(json!(f64::from(x))))
+            .await
+            .unwrap();
+    }
+    let read = endpoint
+        .metric_history()
+        .samples("scored", "accuracy", since);
+    assert_eq!(read.len(), 3, "{read:?}");
+    assert_eq!(
+        read,
+        observability.history().samples("scored", "accuracy", since),
+        "the endpoint's history is the observability's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_range_times_are_a_400_naming_the_parameter() {
     let dir = tempfile::tempdir().unwrap();

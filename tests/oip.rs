@@ -129,3 +129,140 @@ async fn a_shape_of_thousands_of_dimensions_is_refused_and_the_server_lives() {
     assert_eq!(body["outputs"][0]["data"], json!([5]));
     server.stop().await;
 }
+
+/// Infers as `tritonclient.http`'s documentation shows, with a request id: the iris rows given
+/// as one `FP32` batch of one (`[1, 4]`) and of all of them (`[N, 4]`), in the client's JSON
+/// or binary mode; prints what it got (or the refusal) as JSON.
+const TRITON_WITH_IDS: &str = r#"
+import json
+import sys
+
+import numpy as np
+import tritonclient.http as httpclient
+
+url, token, mode, rows = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+binary = mode == "binary"
+client = httpclient.InferenceServerClient(url=url)
+headers = {"Cnvrg-Api-Key": token}
+rows = np.array(json.loads(rows), dtype=np.float32)
+out = {}
+for name, batch in [("one", rows[:1]), ("all", rows)]:
+    tensor = httpclient.InferInput("input0", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    wanted = httpclient.InferRequestedOutput("species", binary_data=binary)
+    try:
+        result = client.infer(
+            "iris", [tensor], outputs=[wanted], request_id=f"req-{name}", headers=headers
+        )
+    except Exception as error:  # the server's refusal, for the test to check
+        out[name] = {"error": str(error)}
+        continue
+    species = result.as_numpy("species")
+    out[name] = {
+        "id": result.get_response()["id"],
+        "shape": list(species.shape),
+        "species": [s.decode() if isinstance(s, bytes) else s for s in species.tolist()],
+    }
+print(json.dumps(out))
+"#;
+
+/// Keeps every record's request id.
+#[derive(Debug, Default)]
+struct RecordedIds(Mutex<Vec<String>>);
+
+impl serving::RecordSink for RecordedIds {
+    fn record(&self, record: serving::PredictionRecord) {
+        self.0.lock().unwrap().push(record.request_id);
+    }
+}
+
+async fn triton_with_ids(server: &TestServer, mode: &str, rows: &Value) -> Value {
+    let (url, mode, rows) = (server.addr.to_string(), mode.to_owned(), rows.to_string());
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .args(["-c", TRITON_WITH_IDS, &url, TOKEN, &mode, &rows])
+            .output()
+            .expect("the Python client runs")
+    });
+    let output = tokio::time::timeout(PATIENCE * 2, run)
+        .await
+        .expect("the client finishes")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the client prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_row_is_recorded_and_the_binary_extension_is_refused_clearly() {
+    let model = iris::Iris::train().expect("the iris model trains");
+    let ids = Arc::new(RecordedIds::default());
+    let endpoint = Arc::new(
+        model
+            .endpoint("iris")
+            .record_sink(Arc::clone(&ids) as _)
+            .build()
+            .unwrap(),
+    );
+    let service = WebService::builder()
+        .endpoint_with_token(Arc::clone(&endpoint), Token::new(TOKEN))
+        .build()
+        .unwrap();
+    let server = TestServer::start(service).await;
+    let rows = json!([
+        [5.1, 3.5, 1.4, 0.2],
+        [7.0, 3.2, 4.7, 1.4],
+        [6.3, 3.3, 6.0, 2.5]
+    ]);
+    // What the Rust predictor answers for each row as the client sends it (in FP32).
+    let mut expected = Vec::new();
+    for row in rows.as_array().unwrap() {
+        let fp32: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| f64::from(x.as_f64().unwrap() as f32))
+            .collect();
+        let request = serving::PredictRequest::new(json!(fp32)).with_request_id("direct");
+        expected.push(
+            serving::Endpoint::predict(&*endpoint, request)
+                .await
+                .unwrap()
+                .output,
+        );
+    }
+
+    let got = triton_with_ids(&server, "json", &rows).await;
+    assert_eq!(
+        got["one"],
+        json!({"id": "req-one", "shape": [1], "species": [expected[0]]}),
+        "{got}"
+    );
+    assert_eq!(
+        got["all"],
+        json!({"id": "req-all", "shape": [3], "species": expected}),
+        "{got}"
+    );
+    // One record per row: a batch of one under the request's id, rows under `<id>-<row>`.
+    let mut recorded = ids.0.lock().unwrap().clone();
+    recorded.retain(|id| id != "direct");
+    recorded.sort();
+    assert_eq!(recorded, ["req-all-0", "req-all-1", "req-all-2", "req-one"]);
+
+    // Binary mode (the extension is not supported) is a 400 that says what to do, not a
+    // confusing parse error or a wrong answer.
+    let binary = triton_with_ids(&server, "binary", &rows).await;
+    for name in ["one", "all"] {
+        let error = binary[name]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("binary mode answered: {binary}"));
+        assert!(
+            error.contains("400") && error.contains("binary_data=False"),
+            "{error}"
+        );
+    }
+    server.stop().await;
+}

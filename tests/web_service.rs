@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 use serving::http::{MODEL_VERSION_HEADER, REQUEST_ID_HEADER, TOKEN_HEADER, Token, WebService};
 use serving::prelude::*;
-use serving::{Bytes, InMemoryMetrics, MetricSink as _};
+use serving::{Bytes, InMemoryMetrics, MetricHistory as _};
 
 use crate::support::{PATIENCE, TestServer, client, digits, error_of, iris, post_json, post_raw};
 
@@ -779,9 +779,8 @@ async fn the_digits_model_reads_base64_png_and_rejects_bad_images() {
     }
     assert!(correct >= 18, "{correct} of {} right", held_out.len());
     let confidences = digits
-        .metrics()
-        .recent_metric("digits", "confidence", since)
-        .expect("in-memory metrics keep history");
+        .metric_history()
+        .samples("digits", "confidence", since);
     assert_eq!(confidences.len(), held_out.len());
     assert!(confidences.iter().all(|s| s.value > 0.0 && s.value <= 1.0));
 
@@ -825,18 +824,13 @@ async fn log_metric_inside_a_predictor_reaches_the_endpoints_metrics() {
             (200, json!({ "prediction": x * 2.0 }))
         );
     }
-    let samples = metrics
-        .recent_metric("double", "half", since)
-        .expect("history is kept");
+    let samples = metrics.samples("double", "half", since);
     let values: Vec<(f64, &str)> = samples
         .iter()
         .map(|s| (s.value, s.model_version.as_str()))
         .collect();
     assert_eq!(values, [(0.75, "7"), (2.0, "7")]);
-    assert_eq!(
-        metrics.recent_metric("double", "not-finite", since),
-        Some(Vec::new())
-    );
+    assert_eq!(metrics.samples("double", "not-finite", since), Vec::new());
     let statuses: Vec<u16> = metrics.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200]);
     server.stop().await;

@@ -6,9 +6,9 @@
 //! | [`Predictor`] | the user's predict function | [`predictor_fn`] over any typed function |
 //! | [`Endpoint`] | a running endpoint: routes, records and measures requests | [`ModelEndpoint`] |
 //! | — | model versions: update, canary, promote, rollback, shadow ([`Lifecycle`]) | per [`ModelEndpoint`] |
-//! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`] |
 //! | [`MetricSink`] | where request measurements and custom metrics go | [`InMemoryMetrics`], [`ChartMetrics`] |
-//! | [`RecordSink`] | where every prediction's record goes | [`prediction_log::PredictionLog`], [`TracingRecords`] |
+//! | [`MetricHistory`] | reads back the custom metrics a sink kept (canary rules, triggers) | [`InMemoryMetrics`] |
+//! | [`RecordSink`] | where every prediction's record goes | [`InMemoryRecords`], [`prediction_log::PredictionLog`], [`TracingRecords`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
 //! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
 //! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`] |
@@ -45,6 +45,7 @@
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
+//! | `openapi` | derives `utoipa::ToSchema` on the types the web service's API carries (for its OpenAPI document) | no |
 //! | `prometheus` | [`observe::PrometheusMetrics`], the Prometheus exposition (`prometheus-client`) | no (`serving-http` turns it on) |
 //!
 //! # Shared by every transport
@@ -55,77 +56,77 @@
 //! sequence ([`Drain`]) and [`shutdown_signal`]; and [`wire`], the original product's request
 //! format (`{"input_params": ...}`, Base64 files).
 
-mod admission;
-mod autoscale;
-mod batching;
-mod charts;
-mod context;
+// The folders are the architecture: what a model is (`model`), how a request reaches it
+// (`endpoint`, with the shared runner), how versions change under traffic (`lifecycle`), how it
+// is seen (`observe`), what acts on it (`control`: scaling, triggers, feedback), how it is
+// configured (`config`), and the wire format every transport reads (`wire`).
+mod config;
+mod control;
 mod endpoint;
-mod environment;
 mod error;
-mod feedback;
-mod function;
-mod input;
 mod lifecycle;
-mod metrics;
+mod model;
 pub mod observe;
 mod outcome;
-mod pool;
-pub mod prediction_log;
-mod predictor;
-mod preprocess;
-mod record;
-mod record_sinks;
-pub mod runner;
-pub mod setting;
-mod signature;
-mod spec;
-mod trigger;
+mod sync;
 pub mod wire;
+
+pub use config::setting;
+pub use endpoint::runner;
+pub use observe::prediction_log;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
-pub use batching::{BATCH_SIZE_METRIC, BatchConfig, Batched};
-pub use charts::{ChartMetrics, Charts, MetricChart, MetricPoint, RequestPoint, VersionChart};
-pub use context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
+pub use config::setting::{Setting, SettingKey, Settings};
+pub use config::spec::{
+    AuthSpec, BackendSection, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef,
+    ServerSettings, WorkerKey, WorkerSettings,
+};
+pub use control::autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
+pub use control::feedback::{
+    DynFeedbackSink, ExportReceipt, FeedbackExport, FeedbackSink, InMemoryFeedback,
+};
+pub use control::trigger::{
+    Alert, CallbackTrigger, Comparison, DynTrigger, Severity, Trigger, TriggerRule,
+};
 pub use endpoint::{
     Arrival, DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest,
     Prediction, Refused, new_request_id,
 };
 pub use error::{BoxError, Error, Result};
-pub use feedback::{
-    DynFeedbackSink, ExportReceipt, FeedbackExport, FeedbackSink, InMemoryFeedback,
-};
-pub use function::{
-    ADAPTIVE_FAST, ADAPTIVE_PROBE_CALLS, ADAPTIVE_SLOW, FnPredictor, IntoOutput, PredictFn,
-    predictor_fn,
-};
-pub use input::{Arg, Input};
 pub use lifecycle::{
     CanaryDecision, CanaryEvaluation, CanaryMetric, CanaryPolicy, CanaryRule, CanaryStatus,
     Lifecycle, LifecycleAction, LifecycleEvent, LifecycleStatus, ModelRegistry, ModelUpdate,
     ModelVersion, RequestStats, RuleOutcome, ShadowComparison, ShadowStatus, Verdict, VersionState,
     VersionTraffic, outputs_agree,
 };
-pub use metrics::{DynMetricSink, FanOut, InMemoryMetrics, MetricSample, MetricSink, RequestEvent};
+pub use model::batching::{BATCH_SIZE_METRIC, BatchConfig, Batched};
+pub use model::context::{Context, ContextParts, Logged, Resources, log_metric, log_param};
+pub use model::function::{
+    ADAPTIVE_FAST, ADAPTIVE_PROBE_CALLS, ADAPTIVE_SLOW, FnPredictor, IntoOutput, PredictFn,
+    predictor_fn,
+};
+pub use model::input::{Arg, Input};
+pub use model::pool::BlockingPool;
+pub use model::predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
+pub use model::preprocess::Preprocessed;
+pub use model::signature::{ModelSignature, TensorSpec};
+pub use observe::charts::{
+    ChartMetrics, Charts, MetricChart, MetricPoint, RequestPoint, VersionChart,
+};
+pub use observe::metrics::{
+    DynMetricHistory, DynMetricSink, FanOut, InMemoryMetrics, MetricHistory, MetricSample,
+    MetricSink, RequestEvent,
+};
+pub use observe::record::{
+    DynRecordSink, PredictionRecord, RecordSink, crop, crop_error, crop_text,
+};
+pub use observe::record_sinks::{InMemoryRecords, PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use observe::{Drain, Observability, shutdown_signal};
 #[cfg(feature = "prometheus")]
 pub use observe::{METRICS_CONTENT_TYPE, PrometheusMetrics};
 pub use outcome::Outcome;
-pub use pool::BlockingPool;
-pub use predictor::{Capabilities, DynPredictor, Predictor, PredictorExt};
-pub use preprocess::Preprocessed;
-pub use record::{DynRecordSink, PredictionRecord, RecordSink, crop, crop_error, crop_text};
-pub use record_sinks::{PREDICTION_TARGET, RecordFanOut, TracingRecords};
-pub use setting::{Setting, SettingKey, Settings};
-pub use signature::{ModelSignature, TensorSpec};
-pub use spec::{
-    AuthSpec, BackendSection, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef,
-    ServerSettings, WorkerKey, WorkerSettings,
-};
-pub use trigger::{Alert, CallbackTrigger, Comparison, DynTrigger, Severity, Trigger, TriggerRule};
 
 /// Re-exported so users need not depend on them to write predictors.
 pub use {bytes::Bytes, serde_json::Value, serde_json::json};

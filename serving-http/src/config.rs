@@ -14,6 +14,16 @@ setting_keys! {
         Addr = "addr",
         /// [`WebServiceConfig::body_timeout_secs`], in seconds.
         BodyTimeout = "body_timeout",
+        /// [`WebServiceConfig::header_read_timeout_secs`], in seconds.
+        HeaderReadTimeout = "header_read_timeout",
+        /// [`WebServiceConfig::idle_timeout_secs`], in seconds.
+        IdleTimeout = "idle_timeout",
+        /// [`WebServiceConfig::max_connections`].
+        MaxConnections = "max_connections",
+        /// [`WebServiceConfig::max_header_bytes`].
+        MaxHeaderBytes = "max_header_bytes",
+        /// [`WebServiceConfig::drain_timeout_secs`], in seconds.
+        DrainTimeout = "drain_timeout",
     }
 }
 
@@ -28,6 +38,24 @@ pub struct WebServiceConfig {
     /// Seconds a client may take to send its request body before it gets 408
     /// (`SERVING_BODY_TIMEOUT`); stops slow-body clients from holding connections.
     pub body_timeout_secs: u64,
+    /// Seconds a client may take to send a whole request head, counted from the connection's
+    /// start, or on a kept-alive connection from the first byte of the next request
+    /// (`SERVING_HEADER_READ_TIMEOUT`); a slower client's connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a kept-alive connection may stay idle between an answer and the next request
+    /// before it is closed (`SERVING_IDLE_TIMEOUT`).
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once (`SERVING_MAX_CONNECTIONS`). At the cap the server stops
+    /// accepting until one closes: new clients wait in the listen queue instead of taking the
+    /// last file descriptors. Lowered at start to three quarters of the open-file limit when
+    /// that is smaller.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes (`SERVING_MAX_HEADER_BYTES`);
+    /// a larger one is answered 431 and its connection closed.
+    pub max_header_bytes: usize,
+    /// Seconds the graceful shutdown waits for requests in flight before it closes the
+    /// connections left (`SERVING_DRAIN_TIMEOUT`).
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for WebServiceConfig {
@@ -35,15 +63,21 @@ impl Default for WebServiceConfig {
         WebServiceConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            drain_timeout_secs: 30,
         }
     }
 }
 
 impl WebServiceConfig {
     /// Every key [`WebServiceConfig::set`] accepts ([`WebServiceKey`]'s names).
-    pub const KEYS: [&'static str; 2] = name_array(WebServiceKey::NAMES);
+    pub const KEYS: [&'static str; 7] = name_array(WebServiceKey::NAMES);
 
-    /// The defaults, overridden by `SERVING_ADDR` and `SERVING_BODY_TIMEOUT` when set.
+    /// The defaults, overridden by `SERVING_<KEY>` (`SERVING_ADDR`, `SERVING_BODY_TIMEOUT`, ...)
+    /// for each key that is set.
     pub fn from_env() -> Result<Self> {
         <Self as Settings>::from_env()
     }
@@ -57,6 +91,21 @@ impl WebServiceConfig {
     pub fn body_timeout(&self) -> Duration {
         Duration::from_secs(self.body_timeout_secs)
     }
+
+    /// The header-read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The idle timeout of kept-alive connections.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The drain deadline of a graceful shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
 }
 
 impl Settings for WebServiceConfig {
@@ -64,13 +113,24 @@ impl Settings for WebServiceConfig {
     const ENV_PREFIX: &'static str = "SERVING_";
 
     fn set_key(&mut self, key: WebServiceKey, value: &Setting<'_>) -> Result<()> {
+        let seconds = || {
+            value
+                .positive()
+                .map_err(|_| value.invalid("expected a whole number of seconds above zero"))
+        };
+        let count = || {
+            value
+                .positive()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
         match key {
             WebServiceKey::Addr => self.addr = value.parse()?,
-            WebServiceKey::BodyTimeout => {
-                self.body_timeout_secs = value
-                    .positive()
-                    .map_err(|_| value.invalid("expected a whole number of seconds above zero"))?;
-            }
+            WebServiceKey::BodyTimeout => self.body_timeout_secs = seconds()?,
+            WebServiceKey::HeaderReadTimeout => self.header_read_timeout_secs = seconds()?,
+            WebServiceKey::IdleTimeout => self.idle_timeout_secs = seconds()?,
+            WebServiceKey::MaxConnections => self.max_connections = count()?,
+            WebServiceKey::MaxHeaderBytes => self.max_header_bytes = count()?,
+            WebServiceKey::DrainTimeout => self.drain_timeout_secs = seconds()?,
         }
         Ok(())
     }
@@ -88,6 +148,30 @@ mod tests {
         assert!(config.set("addr", "nowhere").is_err());
         let unknown = config.set("port", "1").unwrap_err().to_string();
         assert!(unknown.contains("addr, body_timeout"), "{unknown}");
+        assert!(unknown.contains("drain_timeout"), "{unknown}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let mut config = WebServiceConfig::default();
+        for (key, value) in [
+            ("header_read_timeout", "3"),
+            ("idle_timeout", "4"),
+            ("max_connections", "50"),
+            ("max_header_bytes", "8192"),
+            ("drain_timeout", "5"),
+        ] {
+            config.set(key, value).unwrap();
+        }
+        assert_eq!(config.header_read_timeout(), Duration::from_secs(3));
+        assert_eq!(config.idle_timeout(), Duration::from_secs(4));
+        assert_eq!(config.max_connections, 50);
+        assert_eq!(config.max_header_bytes, 8192);
+        assert_eq!(config.drain_timeout(), Duration::from_secs(5));
+        for key in ["header_read_timeout", "max_connections", "drain_timeout"] {
+            assert!(config.set(key, "0").is_err(), "{key}");
+            assert!(config.set(key, "-1").is_err(), "{key}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,10 +16,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use serving_core::{AutoscaleBounds, CanaryPolicy, Error, Lifecycle, ModelRef};
+use serving_core::{
+    Arrival, AutoscaleBounds, CanaryPolicy, Error, Lifecycle, ModelRef, WorkerSettings,
+};
 
 use crate::error::ApiError;
-use crate::service::ServiceState;
+use crate::service::{ServiceState, read_body};
 
 type Shared = State<Arc<ServiceState>>;
 
@@ -99,6 +101,33 @@ impl FromRequestParts<Arc<ServiceState>> for Admin {
     }
 }
 
+/// An admin request's body, read as a prediction's is: at most the named endpoint's
+/// `max_body_bytes` (413 beyond), within the body timeout (408 after). Extracted after
+/// [`Admin`], so that nothing is read before the token is checked.
+pub(crate) struct AdminBody(Bytes);
+
+impl FromRequest<Arc<ServiceState>> for AdminBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<ServiceState>) -> Result<Self, ApiError> {
+        let arrival = Arrival::now();
+        let (mut parts, body) = request.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, state).await;
+        let limit = params
+            .ok()
+            .and_then(|params| {
+                let (_, name) = params.iter().find(|(key, _)| *key == "name")?;
+                state.endpoints.get(name)
+            })
+            .map_or_else(
+                || WorkerSettings::default().max_body_bytes,
+                |route| route.endpoint.spec().server.workers.max_body_bytes,
+            );
+        let bytes = read_body(body, limit, state.body_timeout, arrival).await?;
+        Ok(AdminBody(bytes))
+    }
+}
+
 fn lifecycle<'a>(state: &'a ServiceState, name: &str) -> Result<&'a Lifecycle, ApiError> {
     let route = state
         .endpoints
@@ -121,8 +150,32 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     } else {
         bytes
     };
-    serde_json::from_slice(text)
-        .map_err(|e| Error::invalid_request(format!("invalid JSON body: {e}")).into())
+    parse(text).map_err(|e| Error::invalid_request(format!("invalid JSON body: {e}")).into())
+}
+
+/// `text` as a `T`, a whole number written as a float (`50.0`, as Python's `json` writes
+/// floats) taken as that integer: JSON Schema counts it as one, and so does the API's
+/// OpenAPI document.
+fn parse<T: DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
+    fn whole(value: &mut Value) {
+        match value {
+            Value::Number(number) => {
+                if let Some(float) = number.as_f64().filter(|_| number.is_f64()) {
+                    // Within ±2^53 every whole float is exactly its integer.
+                    if float.fract() == 0.0 && float.abs() <= 9_007_199_254_740_992.0 {
+                        let integer = float as i64;
+                        *number = integer.into();
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(whole),
+            Value::Object(entries) => entries.values_mut().for_each(whole),
+            _ => {}
+        }
+    }
+    let mut value: Value = serde_json::from_slice(text)?;
+    whole(&mut value);
+    serde_json::from_value(value)
 }
 
 /// What an admin change can alter, as one JSON value for the audit line.
@@ -228,9 +281,9 @@ async fn spec(
 }
 
 /// A registered version to deploy.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Registered {
+pub(crate) struct Registered {
     version: String,
     #[serde(default)]
     model: Option<String>,
@@ -238,10 +291,13 @@ struct Registered {
     description: Option<String>,
     /// The preprocess to run before it: the stable version's when absent, none when `null`.
     #[serde(default, with = "serde_with_null")]
+    #[schema(value_type = Option<String>)]
     preprocess: Option<Option<String>>,
     #[serde(default)]
+    #[schema(maximum = 100)]
     canary_percent: Option<u8>,
     #[serde(default)]
+    #[schema(maximum = 100)]
     percent: Option<u8>,
 }
 
@@ -289,7 +345,7 @@ async fn update(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -302,9 +358,10 @@ async fn update(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Percent {
+pub(crate) struct Percent {
+    #[schema(maximum = 100)]
     percent: u8,
 }
 
@@ -312,7 +369,7 @@ async fn canary(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -327,12 +384,12 @@ async fn policy(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
-    let policy: Option<CanaryPolicy> = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid_request(format!("invalid canary policy: {e}")))?;
+    let policy: Option<CanaryPolicy> =
+        parse(&bytes).map_err(|e| Error::invalid_request(format!("invalid canary policy: {e}")))?;
     lifecycle.set_canary_policy(policy)?;
     audit(lifecycle, "canary_policy", &before);
     Ok(changed(lifecycle, lifecycle.stable_version()).await)
@@ -368,9 +425,9 @@ async fn promote(
     Ok(changed(lifecycle, version).await)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RollbackTo {
+pub(crate) struct RollbackTo {
     #[serde(default)]
     version: Option<String>,
 }
@@ -379,7 +436,7 @@ async fn rollback(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -399,7 +456,7 @@ async fn shadow(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -419,7 +476,7 @@ async fn shadow_share(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -460,7 +517,7 @@ async fn set_autoscale(
     _: Admin,
     State(state): Shared,
     Path(name): Path<String>,
-    bytes: Bytes,
+    AdminBody(bytes): AdminBody,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
     let before = snapshot(lifecycle);
@@ -471,4 +528,21 @@ async fn set_autoscale(
         axum::Json(json!({ "bounds": lifecycle.autoscale(), "replicas": replicas }))
             .into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_written_as_floats_are_integers() {
+        let Percent { percent } = parse(br#"{"percent": 50.0}"#).unwrap();
+        assert_eq!(percent, 50);
+        let bounds: AutoscaleBounds =
+            parse(br#"{"min_replicas": 0.0, "max_replicas": 3}"#).unwrap();
+        assert_eq!(bounds, AutoscaleBounds::new(0, 3).unwrap());
+        assert!(parse::<Percent>(br#"{"percent": 50.5}"#).is_err());
+        assert!(parse::<Percent>(br#"{"percent": 300.0}"#).is_err());
+        assert!(parse::<Percent>(br#"{"percent": "50"}"#).is_err());
+    }
 }

@@ -17,6 +17,9 @@
 //! [`max_value_chars`](serving_core::LoggingSpec::max_value_chars), as logged values are.
 //! `GET /healthz` and `GET /readyz` report liveness and readiness.
 //!
+//! `GET /openapi.json` serves an OpenAPI 3.1 document of every route below, generated from
+//! the Rust types ([`WebService::openapi`]); it needs no token (it holds no secret).
+//!
 //! With an [`Observability`] ([`WebServiceBuilder::observability`]) the service also serves
 //! `GET /metrics` (Prometheus), `GET /dashboard`, and the charts and logs APIs under
 //! `/api/v1/endpoints/{name}/`; see [`observability`]. The sinks themselves, Prometheus, the
@@ -113,6 +116,9 @@
 //!   (`[-1, 2]`).
 //! - Shapes are bounded before any work: at most 32 dimensions and 2^32 elements (more than the
 //!   largest body holds); beyond either the request is a 400.
+//! - Tensors travel as JSON `data`: the binary tensor data extension
+//!   (`Inference-Header-Content-Length`) is refused with a 400 that says so (Triton's clients:
+//!   `binary_data=False`).
 //! - Elements are checked against `datatype`: `BOOL` booleans, `UINT*`/`INT*` integers in
 //!   range, `FP*` numbers, `BYTES` strings; anything else is a 400.
 //!
@@ -134,6 +140,8 @@ mod dashboard;
 mod error;
 pub mod observability;
 mod oip;
+mod openapi;
+mod server;
 mod service;
 
 #[doc(hidden)]

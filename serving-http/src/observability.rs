@@ -162,8 +162,8 @@ const LOG_PARAMS: [&str; 9] = [
 ];
 
 /// One recorded prediction as the logs API serves it.
-#[derive(Debug, Serialize)]
-struct LogEntry {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct LogEntry {
     request_id: String,
     endpoint: String,
     model: String,

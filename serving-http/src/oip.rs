@@ -27,6 +27,10 @@ use crate::service::{
 
 type Shared = State<Arc<ServiceState>>;
 
+/// The header of the binary tensor data extension, which is not supported (the server
+/// metadata lists no extensions).
+const BINARY_HEADER: &str = "inference-header-content-length";
+
 /// The OIP routes, merged into the service's router.
 pub(crate) fn routes() -> Router<Arc<ServiceState>> {
     Router::new()
@@ -223,27 +227,34 @@ async fn version_infer(
 }
 
 /// `$inference_request`.
-#[derive(Debug, Deserialize)]
-struct InferenceRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct InferenceRequest {
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     id: Option<String>,
+    #[schema(min_items = 1)]
     inputs: Vec<RequestInput>,
     #[serde(default)]
     outputs: Vec<RequestOutput>,
 }
 
 /// `$request_input`.
-#[derive(Debug, Deserialize)]
-struct RequestInput {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct RequestInput {
     name: String,
+    #[schema(max_items = 32)]
     shape: Vec<u64>,
+    #[schema(
+        pattern = "^(BOOL|UINT8|UINT16|UINT32|UINT64|INT8|INT16|INT32|INT64|FP16|FP32|FP64|BYTES)$"
+    )]
     datatype: String,
+    #[schema(value_type = crate::openapi::TensorData)]
     data: Value,
 }
 
 /// `$request_output`.
-#[derive(Debug, Deserialize)]
-struct RequestOutput {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct RequestOutput {
     name: String,
 }
 
@@ -306,16 +317,19 @@ async fn admit(
     let refused = |error: Error| (error, header_id.clone().unwrap_or_else(new_request_id));
     authorize_oip(route, headers).map_err(refused)?;
     check_content_type(headers).map_err(refused)?;
+    if headers.contains_key(BINARY_HEADER) {
+        // Read as JSON, the binary tail would fail with a confusing "missing field `data`".
+        return Err(refused(Error::invalid_request(format!(
+            "the binary tensor data extension (`{BINARY_HEADER}`) is not supported: send \
+             tensors as JSON `data` (Triton's clients: binary_data=False)"
+        ))));
+    }
     let spec = route.endpoint.spec();
     let limit = spec.server.workers.max_body_bytes;
     let bytes = read_body(body, limit, state.body_timeout, arrival)
         .await
         .map_err(refused)?;
-    let request: InferenceRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        refused(Error::invalid_request(format!(
-            "not an OIP inference request: {e}"
-        )))
-    })?;
+    let request = parse_request(&bytes).map_err(refused)?;
     if let Some(id) = &request.id {
         check_request_id(id, "id").map_err(refused)?;
     }
@@ -363,10 +377,20 @@ async fn admit(
     Ok((request, predict, request_id))
 }
 
+/// The body as an `$inference_request`. It must be UTF-8 throughout, as JSON is: serde_json
+/// reading bytes skips fields it ignores (a misspelled `outputs`) without checking them, so
+/// a body that no JSON reader accepts would be answered (found by the `oip_body` fuzz target).
+fn parse_request(body: &[u8]) -> Result<InferenceRequest, Error> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::invalid_request(format!("not an OIP inference request: {e}"))
+    };
+    let text = std::str::from_utf8(body).map_err(|e| invalid(&e))?;
+    serde_json::from_str(text).map_err(|e| invalid(&e))
+}
+
 /// The inputs an infer body gives the model (see `crate::fuzz`).
 pub(crate) fn decode_for_fuzz(body: &[u8]) -> Result<Vec<Input>, Error> {
-    let request: InferenceRequest = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid_request(format!("not an OIP inference request: {e}")))?;
+    let request = parse_request(body)?;
     Ok(match to_rows(&request.inputs, None)? {
         Rows::One(input) => vec![input],
         Rows::Batch(rows) => rows,
@@ -540,6 +564,13 @@ fn to_rows(inputs: &[RequestInput], signature: Option<&ModelSignature>) -> Resul
         return Ok(Rows::One(Input::Json(one(values))));
     }
     let batch = ordered[0].shape[0];
+    if batch == 0 {
+        // No row would mean no prediction and no record of the request.
+        return Err(Error::invalid_request(format!(
+            "input `{}` is a batch of no rows (shape {:?})",
+            ordered[0].name, ordered[0].shape
+        )));
+    }
     if let Some(other) = ordered.iter().find(|t| t.shape[0] != batch) {
         return Err(Error::invalid_request(format!(
             "input `{}` has a batch of {} rows but `{}` has {batch}: every input's leading \
@@ -918,6 +949,75 @@ mod tests {
         let short = [input("x", vec![3, 2], "INT64", json!([[1, 2]]))];
         let error = to_rows(&short, None).err().unwrap().to_string();
         assert!(error.contains("not 3 rows"), "{error}");
+        // Found by the random-shape test: an accepted request must predict (and record) something.
+        let empty = [input("x", vec![0, 4], "FP32", json!([]))];
+        let error = to_rows(&empty, None).err().unwrap().to_string();
+        assert!(error.contains("no rows"), "{error}");
+    }
+
+    /// Random shapes and data through the parser: it never panics, and what it accepts obeys
+    /// the bounds and the batch rule. A cheap stable stand-in for the `oip_body` fuzz target.
+    #[test]
+    fn random_shapes_obey_the_bounds_and_the_batch_rule() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for _ in 0..5_000 {
+            let rank = next(40) as usize;
+            let shape: Vec<u64> = (0..rank)
+                .map(|_| match next(20) {
+                    0 => u64::MAX - next(3),
+                    1 => 0,
+                    _ => 1 + next(4),
+                })
+                .collect();
+            let data: Vec<Value> = (0..next(30)).map(|i| json!(i)).collect();
+            let body = json!({"inputs": [{"name": "x", "shape": shape, "datatype": "INT64", "data": data}]});
+            let elements = shape.iter().try_fold(1u64, |p, &d| p.checked_mul(d));
+            match decode_for_fuzz(&serde_json::to_vec(&body).unwrap()) {
+                Ok(inputs) => {
+                    assert!(rank <= MAX_RANK, "{shape:?}");
+                    assert!(elements.is_some_and(|e| e <= MAX_ELEMENTS), "{shape:?}");
+                    if rank >= 2 {
+                        assert_eq!(inputs.len() as u64, shape[0], "{shape:?}");
+                    } else {
+                        assert_eq!(inputs.len(), 1, "{shape:?}");
+                    }
+                    if rank >= 2 && elements == Some(data.len() as u64) {
+                        let row: u64 = shape[1..].iter().product();
+                        for input in &inputs {
+                            let mut flat = Vec::new();
+                            let value = input.to_json();
+                            flatten(&value, &mut flat);
+                            assert_eq!(flat.len() as u64, row, "{shape:?}");
+                        }
+                    }
+                }
+                Err(error) => assert!(
+                    rank > MAX_RANK
+                        || elements.is_none_or(|e| e > MAX_ELEMENTS)
+                        || (rank >= 2
+                            && (elements == Some(0) || elements != Some(data.len() as u64))),
+                    "{shape:?} with {} elements: {error}",
+                    data.len()
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_must_be_utf8_even_in_fields_it_ignores() {
+        let mut body =
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"ouptuts":"s?"}"#
+                .to_vec();
+        let at = body.iter().position(|b| *b == b'?').unwrap();
+        body[at] = 0x86;
+        let error = decode_for_fuzz(&body).err().unwrap().to_string();
+        assert!(error.contains("not an OIP inference request"), "{error}");
     }
 
     #[test]

@@ -127,14 +127,17 @@ impl WebService {
 
     /// The operations routes: `GET /healthz`, `GET /readyz`, and those of its
     /// [`Observability`](crate::Observability): `/metrics`, `/dashboard`, the charts and logs
-    /// APIs. With [`WebService::admin_router`], what a stream or batch process serves over
+    /// APIs; and `GET /openapi.json`, the document of the whole API
+    /// ([`WebService::openapi`]). With [`WebService::admin_router`], what a stream or batch
+    /// process serves over
     /// HTTP beside its own transport.
     pub fn ops_router(&self) -> Router {
         self.part(
             Router::new()
                 .route("/healthz", get(healthz))
                 .route("/readyz", get(readyz))
-                .merge(crate::observability::routes()),
+                .merge(crate::observability::routes())
+                .merge(crate::openapi::routes(self)),
         )
     }
 
@@ -171,7 +174,11 @@ impl WebService {
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops accepting, reports not
-    /// ready, and finishes the requests in flight before returning.
+    /// ready, and finishes the requests in flight before returning; connections still open
+    /// after the drain timeout ([`WebServiceConfig::drain_timeout_secs`]) are closed.
+    ///
+    /// Every connection keeps to the configured limits: the header-read and idle timeouts, the
+    /// connection cap and the head size (see [`WebServiceConfig`]).
     pub async fn serve_on(
         self,
         listener: TcpListener,
@@ -180,17 +187,20 @@ impl WebService {
         let state = Arc::clone(&self.state);
         let router = self.router();
         tracing::info!(addr = %listener.local_addr()?, "web service listening");
-        // The core's drain sequence: axum stops accepting and finishes the requests in flight
-        // once it begins, then the sinks close.
+        // The core's drain sequence around hyper's bounded connection loop: it stops accepting
+        // and finishes the requests in flight (until the drain deadline) once the drain
+        // begins, then the sinks close.
         let drain = Drain::new();
         let (stopping, draining) = (drain.clone(), Arc::clone(&state));
-        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let limits = crate::server::Limits::of(&self.config);
+        let served = crate::server::serve(listener, router, limits, async move {
             stopping.stopping().await;
             draining.draining.store(true, Ordering::Release);
         });
         drain
-            .run(shutdown, served.into_future(), state.observability.as_ref())
-            .await
+            .run(shutdown, served, state.observability.as_ref())
+            .await;
+        Ok(())
     }
 }
 

@@ -20,11 +20,11 @@
 //! from the output topic, declare the order the stream keeps, and for the drain stop the
 //! stream with its shutdown signal once `busy` completes.
 //!
-//! [`Runner`]: crate::runner::Runner
+//! [`Runner`]: crate::endpoint::runner::Runner
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -32,9 +32,10 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::runner::{Item, OutputOrder, Runner};
+use crate::endpoint::runner::{Item, OutputOrder, Runner};
 use crate::{
-    Arrival, Context, Error, Input, ModelEndpoint, PredictionRecord, Predictor, RecordSink, Result,
+    Arrival, Context, Error, InMemoryRecords, Input, ModelEndpoint, PredictionRecord, Predictor,
+    Result,
 };
 
 /// The endpoint every transport serves in the suite, and what the suite observes of it: the
@@ -46,7 +47,7 @@ use crate::{
 #[derive(Debug)]
 pub struct TransportKit {
     endpoint: ModelEndpoint,
-    records: Arc<Collected>,
+    records: InMemoryRecords,
     model: Arc<Echo>,
 }
 
@@ -62,11 +63,11 @@ impl TransportKit {
 
     /// A new endpoint with no records yet.
     pub fn new() -> Self {
-        let records = Arc::new(Collected::default());
+        let records = InMemoryRecords::new();
         let model = Arc::new(Echo::default());
         let endpoint = ModelEndpoint::builder(Self::ENDPOINT, Arc::clone(&model))
             .model(Self::ENDPOINT, "1")
-            .record_sink(records.clone())
+            .record_sink(Arc::new(records.clone()))
             .timeout(Duration::from_secs(60))
             .worker_setting("concurrency", "2")
             .and_then(|builder| builder.worker_setting("queue_depth", "256"))
@@ -86,7 +87,7 @@ impl TransportKit {
 
     /// Every record made so far, in order.
     pub fn records(&self) -> Vec<PredictionRecord> {
-        lock(&self.records.0).clone()
+        self.records.records()
     }
 
     /// Predictions the model has started.
@@ -462,7 +463,7 @@ impl RunnerHarness {
     }
 }
 
-fn delivered(processed: crate::runner::Processed) -> Delivered {
+fn delivered(processed: crate::endpoint::runner::Processed) -> Delivered {
     Delivered {
         request_id: Some(processed.request_id),
         output: processed.result.ok().map(|prediction| prediction.output),
@@ -511,20 +512,6 @@ impl Predictor for Echo {
         self.finished.fetch_add(1, Ordering::SeqCst);
         Ok(value)
     }
-}
-
-/// Keeps every record. Private until the core has an always-on in-memory record sink.
-#[derive(Debug, Default)]
-struct Collected(Mutex<Vec<PredictionRecord>>);
-
-impl RecordSink for Collected {
-    fn record(&self, record: PredictionRecord) {
-        lock(&self.0).push(record);
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::trigger::Comparison;
 use crate::error::{Error, Result};
-use crate::trigger::Comparison;
 
 /// When to promote or roll back a candidate without anyone watching.
 ///
@@ -25,6 +25,7 @@ use crate::trigger::Comparison;
 ///     - {metric: p95_latency_ms, comparison: less_than, threshold: 250, min_events: 100}
 ///     - {metric: "custom:accuracy", comparison: greater_than, threshold: 0.9, min_events: 20}
 /// ```
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryPolicy {
@@ -112,10 +113,15 @@ fn duration_ms(duration: Duration) -> u64 {
 }
 
 /// One condition a healthy candidate meets, such as "error rate less than 1 %".
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryRule {
     /// What is measured.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = String, pattern = "^(error_rate|p95_latency_ms|mean_latency_ms|custom:.+)$")
+    )]
     pub metric: CanaryMetric,
     /// How it compares with `threshold` when healthy.
     pub comparison: Comparison,
@@ -178,10 +184,10 @@ pub enum CanaryMetric {
     /// Mean latency in milliseconds.
     MeanLatencyMs,
     /// The mean of a custom metric the candidate's predictions logged with `log_metric`, read
-    /// through the endpoint's [`MetricSink::recent_metric`](crate::MetricSink::recent_metric).
-    /// It needs a sink that keeps history (such as [`InMemoryMetrics`](crate::InMemoryMetrics),
-    /// the default); with one that keeps none, the rule stays pending and the candidate is
-    /// never promoted automatically.
+    /// through the endpoint's [`MetricHistory`](crate::MetricHistory) (see
+    /// [`ModelEndpointBuilder::metric_history`](crate::ModelEndpointBuilder::metric_history);
+    /// the default [`InMemoryMetrics`](crate::InMemoryMetrics) is one). Without history the
+    /// rule stays pending and the candidate is never promoted automatically.
     Custom(String),
 }
 
@@ -221,6 +227,7 @@ impl TryFrom<String> for CanaryMetric {
 }
 
 /// How one rule fared in one evaluation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -233,6 +240,7 @@ pub enum Verdict {
 }
 
 /// One rule's result in one evaluation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleOutcome {
     /// The rule.
@@ -263,6 +271,7 @@ impl RuleOutcome {
 }
 
 /// What an evaluation decided.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum CanaryDecision {

@@ -7,9 +7,11 @@
 //! request fails because the model changed under it.
 
 mod canary;
+mod deployment;
 mod registry;
 mod routing;
 mod stats;
+mod status;
 mod versions;
 
 use std::collections::VecDeque;
@@ -18,20 +20,25 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 
 pub use canary::{CanaryDecision, CanaryMetric, CanaryPolicy, CanaryRule, RuleOutcome, Verdict};
 pub use registry::ModelRegistry;
 pub(crate) use routing::{Routed, Served};
 pub(crate) use stats::Mirrored;
 pub use stats::{RequestStats, ShadowComparison, outputs_agree};
+pub use status::{
+    CanaryEvaluation, CanaryStatus, LifecycleAction, LifecycleEvent, LifecycleStatus, ShadowStatus,
+    VersionTraffic,
+};
 pub use versions::{ModelUpdate, ModelVersion, VersionState};
 
-use crate::autoscale::{AutoscaleBounds, DynAutoscaler};
+use crate::config::spec::{EndpointSpec, ModelRef};
+use crate::control::autoscale::{AutoscaleBounds, DynAutoscaler};
 use crate::error::{Error, Result};
-use crate::metrics::DynMetricSink;
-use crate::predictor::DynPredictor;
-use crate::spec::{EndpointSpec, ModelRef};
+use crate::model::predictor::DynPredictor;
+use crate::observe::metrics::{DynMetricHistory, DynMetricSink};
+use crate::sync::Locked;
+use deployment::spawn_watch;
 use routing::{RoutingTable, Share};
 use stats::{ShadowTracker, VersionStats};
 
@@ -82,6 +89,7 @@ struct Deployment {
     stats: VersionStats,
     shadows: ShadowTracker,
     metrics: Arc<DynMetricSink>,
+    history: Arc<DynMetricHistory>,
     registry: Option<Arc<ModelRegistry>>,
     autoscaler: Arc<DynAutoscaler>,
     retain: usize,
@@ -117,140 +125,13 @@ struct Watch {
     spawned: bool,
 }
 
-/// What happened to an endpoint's versions, and who did it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[non_exhaustive]
-pub struct LifecycleEvent {
-    /// When.
-    #[serde(with = "epoch_secs")]
-    pub at: SystemTime,
-    /// What.
-    pub action: LifecycleAction,
-    /// The version it concerns.
-    pub version: String,
-    /// The traffic share it set, when it set one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub percent: Option<u8>,
-    /// Whether the automated canary decided it.
-    pub automatic: bool,
-    /// Why, or what else changed.
-    pub detail: String,
-}
-
-/// The kinds of [`LifecycleEvent`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum LifecycleAction {
-    /// The endpoint started with this version.
-    Deployed,
-    /// A new version replaced the stable one for all traffic at once.
-    Switched,
-    /// A new version started as candidate with a share of traffic.
-    CanaryStarted,
-    /// The candidate's share changed.
-    CanaryShare,
-    /// The candidate became stable.
-    Promoted,
-    /// The candidate was dropped, or the stable version reverted.
-    RolledBack,
-    /// A version started receiving mirrored traffic.
-    ShadowStarted,
-    /// The shadow's share changed.
-    ShadowShare,
-    /// Mirroring stopped.
-    ShadowStopped,
-    /// The automated canary policy changed.
-    PolicyChanged,
-    /// The replica bounds changed.
-    Autoscaled,
-}
-
-/// One evaluation of the automated canary's rules.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CanaryEvaluation {
-    /// When it ran.
-    #[serde(with = "epoch_secs")]
-    pub at: SystemTime,
-    /// The candidate evaluated.
-    pub version: String,
-    /// Each rule's result.
-    pub outcomes: Vec<RuleOutcome>,
-    /// What was decided.
-    #[serde(flatten)]
-    pub decision: CanaryDecision,
-}
-
-/// A version and the traffic it answers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VersionTraffic {
-    /// The version.
-    pub version: String,
-    /// Its share of traffic, in percent.
-    pub percent: u8,
-    /// Requests it answered since the endpoint started.
-    pub requests_total: u64,
-    /// Server-side failures among them.
-    pub errors_total: u64,
-    /// Its recent requests (the last 10,000).
-    pub recent: RequestStats,
-}
-
-/// The shadow version and how it compares.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ShadowStatus {
-    /// Its share of mirrored traffic, in percent.
-    pub percent: u8,
-    /// Its requests.
-    pub traffic: VersionTraffic,
-    /// Its answers compared with those returned.
-    pub comparison: ShadowComparison,
-}
-
-/// The automated canary's state for the current candidate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CanaryStatus {
-    /// The candidate watched.
-    pub version: String,
-    /// When the watch started.
-    #[serde(with = "epoch_secs")]
-    pub since: SystemTime,
-    /// The last evaluation, if one ran.
-    pub last_evaluation: Option<CanaryEvaluation>,
-}
-
-/// Everything about an endpoint's versions at one moment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[non_exhaustive]
-pub struct LifecycleStatus {
-    /// The endpoint.
-    pub endpoint: String,
-    /// The stable version's model.
-    pub model: ModelRef,
-    /// The stable version.
-    pub stable: VersionTraffic,
-    /// The candidate, when a rollout is in progress.
-    pub candidate: Option<VersionTraffic>,
-    /// The shadow, when one mirrors traffic.
-    pub shadow: Option<ShadowStatus>,
-    /// The automated canary's rules, when set.
-    pub canary_policy: Option<CanaryPolicy>,
-    /// The automated canary's state, while it watches a candidate.
-    pub canary: Option<CanaryStatus>,
-    /// Replica bounds.
-    pub autoscale: AutoscaleBounds,
-    /// Replicas applied by the autoscaler.
-    pub replicas: u32,
-    /// The most recent lifecycle events, newest last (at most 20).
-    pub recent_events: Vec<LifecycleEvent>,
-}
-
-/// What [`Lifecycle::new`] needs.
+/// What `Lifecycle::new` needs.
 pub(crate) struct LifecycleParts {
     pub(crate) spec: EndpointSpec,
     pub(crate) predictor: Arc<DynPredictor>,
     pub(crate) description: String,
     pub(crate) metrics: Arc<DynMetricSink>,
+    pub(crate) history: Arc<DynMetricHistory>,
     pub(crate) registry: Option<Arc<ModelRegistry>>,
     pub(crate) autoscaler: Arc<DynAutoscaler>,
     pub(crate) retain: usize,
@@ -281,6 +162,7 @@ impl Lifecycle {
             predictor,
             description,
             metrics,
+            history,
             registry,
             autoscaler,
             retain,
@@ -326,6 +208,7 @@ impl Lifecycle {
                 stats: VersionStats::new(STATS_PER_VERSION),
                 shadows: ShadowTracker::default(),
                 metrics,
+                history,
                 registry,
                 autoscaler,
                 retain: retain.max(1),
@@ -376,12 +259,12 @@ impl Lifecycle {
 
     /// The candidate's id and share, while a rollout is in progress.
     pub fn candidate(&self) -> Option<(String, u8)> {
-        self.lock().candidate.clone()
+        self.inner.state.locked().candidate.clone()
     }
 
     /// The shadow's id and share, while one mirrors traffic.
     pub fn shadow(&self) -> Option<(String, u8)> {
-        self.lock().shadow.clone()
+        self.inner.state.locked().shadow.clone()
     }
 
     /// The versions a request can address now (stable, candidate, shadow).
@@ -396,7 +279,9 @@ impl Lifecycle {
 
     /// Every version ever deployed, oldest first.
     pub fn versions(&self) -> Vec<ModelVersion> {
-        self.lock()
+        self.inner
+            .state
+            .locked()
             .versions
             .iter()
             .map(|entry| ModelVersion {
@@ -413,7 +298,7 @@ impl Lifecycle {
 
     /// Every lifecycle event kept (the last 1,000), oldest first.
     pub fn events(&self) -> Vec<LifecycleEvent> {
-        self.lock().events.iter().cloned().collect()
+        self.inner.state.locked().events.iter().cloned().collect()
     }
 
     /// The recent requests of `version`.
@@ -433,12 +318,12 @@ impl Lifecycle {
 
     /// The automated canary's rules, when set.
     pub fn canary_policy(&self) -> Option<CanaryPolicy> {
-        self.lock().policy.clone()
+        self.inner.state.locked().policy.clone()
     }
 
     /// The replica bounds.
     pub fn autoscale(&self) -> AutoscaleBounds {
-        self.lock().autoscale
+        self.inner.state.locked().autoscale
     }
 
     /// The replicas the autoscaler applied.
@@ -449,7 +334,7 @@ impl Lifecycle {
     /// Everything about the endpoint's versions now.
     pub async fn status(&self) -> LifecycleStatus {
         let replicas = self.replicas().await.unwrap_or(0);
-        let state = self.lock();
+        let state = self.inner.state.locked();
         let traffic = |version: &str, percent: u8| {
             let (requests_total, errors_total) = self.inner.stats.totals(version);
             VersionTraffic {
@@ -496,7 +381,7 @@ impl Lifecycle {
     /// The spec to deploy this endpoint again: the stable version's spec with the current
     /// replica bounds and canary policy. A candidate or shadow in progress is not part of it.
     pub fn export_spec(&self) -> EndpointSpec {
-        let state = self.lock();
+        let state = self.inner.state.locked();
         let mut spec = state
             .entry(state.stable())
             .expect("the stable version is in the history")
@@ -717,7 +602,7 @@ impl Lifecycle {
                 current.max(bounds.min_replicas),
             )
             .await?;
-        let mut state = self.lock();
+        let mut state = self.inner.state.locked();
         state.autoscale = bounds;
         let stable = state.stable().to_owned();
         state.event(
@@ -741,13 +626,6 @@ impl Lifecycle {
 
     // --- internals ----------------------------------------------------------------------------
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn check_percent(&self, percent: u8) -> Result<u8> {
         if percent > 100 {
             return Err(Error::InvalidSetting {
@@ -762,7 +640,7 @@ impl Lifecycle {
     /// Applies `change` under the state lock, then publishes the new routing table and starts
     /// the automated canary if the change asked for it. A failed change changes nothing.
     fn change<R>(&self, change: impl FnOnce(&mut State, &Deployment) -> Result<R>) -> Result<R> {
-        let mut state = self.lock();
+        let mut state = self.inner.state.locked();
         let outcome = change(&mut state, &self.inner)?;
         self.inner.prune(&mut state);
         self.inner.routing.store(Arc::new(self.inner.table(&state)));
@@ -781,7 +659,7 @@ impl Lifecycle {
     /// One evaluation; `generation` ties it to the watch that scheduled it.
     fn evaluate(&self, generation: Option<u64>) -> Option<CanaryEvaluation> {
         let (candidate, policy, since, since_at) = {
-            let state = self.lock();
+            let state = self.inner.state.locked();
             let watch = state.watch.as_ref()?;
             if generation.is_some_and(|g| g != watch.generation) {
                 return None;
@@ -822,7 +700,7 @@ impl Lifecycle {
             })
             .collect();
 
-        let mut state = self.lock();
+        let mut state = self.inner.state.locked();
         let watch = state.watch.as_mut()?;
         if watch.candidate != candidate || generation.is_some_and(|g| g != watch.generation) {
             return None;
@@ -868,13 +746,14 @@ impl Lifecycle {
         Some(evaluation)
     }
 
+    /// What reads back the endpoint's custom metrics.
+    pub(crate) fn metric_history(&self) -> &Arc<DynMetricHistory> {
+        &self.inner.history
+    }
+
     /// The mean of a custom metric logged by `version` since `since`, and how many samples.
     fn custom_metric(&self, version: &str, key: &str, since: SystemTime) -> (Option<f64>, u64) {
-        let samples = self
-            .inner
-            .metrics
-            .recent_metric(&self.inner.endpoint, key, since)
-            .unwrap_or_default();
+        let samples = self.inner.history.samples(&self.inner.endpoint, key, since);
         let values: Vec<f64> = samples
             .iter()
             .filter(|s| s.model_version == version)
@@ -886,283 +765,12 @@ impl Lifecycle {
     }
 
     fn watching(&self, generation: u64) -> bool {
-        self.lock()
+        self.inner
+            .state
+            .locked()
             .watch
             .as_ref()
             .is_some_and(|w| w.generation == generation)
-    }
-}
-
-impl Deployment {
-    fn conflict(&self, reason: String) -> Error {
-        Error::Conflict {
-            endpoint: self.endpoint.to_string(),
-            reason,
-        }
-    }
-
-    /// Adds `update` to the history as a loaded version in `initial` state; returns its id.
-    fn add_version(
-        &self,
-        state: &mut State,
-        update: ModelUpdate,
-        initial: VersionState,
-    ) -> Result<String> {
-        let id = match update.version {
-            Some(id) if state.entry(&id).is_some() => {
-                return Err(self.conflict(format!("version {id} already exists")));
-            }
-            Some(id) if id.is_empty() => {
-                return Err(Error::invalid_request("a version id must not be empty"));
-            }
-            Some(id) => id,
-            None => versions::next_version(state.versions.iter().map(|e| e.record.id.as_str())),
-        };
-        let mut spec = state
-            .entry(state.stable())
-            .expect("the stable version is in the history")
-            .record
-            .spec
-            .clone();
-        spec.model = ModelRef::new(update.model.unwrap_or(spec.model.name), id.clone());
-        spec.preprocess = update.preprocess;
-        if update.signature.is_some() {
-            spec.signature = update.signature;
-        }
-        spec.autoscale = state.autoscale;
-        spec.canary = state.policy.clone();
-        let model = Arc::from(spec.model.name.as_str());
-        let predictor = crate::batching::from_spec(update.predictor, &spec, &self.metrics)?;
-        state.versions.push(Entry {
-            record: ModelVersion {
-                id: id.clone(),
-                created_at: SystemTime::now(),
-                description: update.description,
-                state: initial,
-                loaded: true,
-                spec,
-            },
-            served: Some(Arc::new(Served {
-                id: Arc::from(id.as_str()),
-                model,
-                predictor,
-            })),
-        });
-        Ok(id)
-    }
-
-    fn promote_locked(&self, state: &mut State, automatic: bool, detail: String) -> Result<String> {
-        let Some((candidate, _)) = state.candidate.take() else {
-            return Err(self.conflict("there is no candidate to promote".into()));
-        };
-        let previous = state.stable().to_owned();
-        state.set_state(&previous, VersionState::Retired);
-        state.make_stable(&candidate);
-        state.watch = None;
-        state.event(
-            LifecycleAction::Promoted,
-            &candidate,
-            Some(100),
-            automatic,
-            detail,
-        );
-        tracing::info!(endpoint = %self.endpoint, model_version = %candidate, previous = %previous, automatic, "candidate promoted");
-        Ok(candidate)
-    }
-
-    /// Drops the candidate; returns the stable version's id.
-    fn drop_candidate(&self, state: &mut State, automatic: bool, detail: String) -> Result<String> {
-        let Some((candidate, _)) = state.candidate.take() else {
-            return Err(self.conflict("there is no candidate to roll back".into()));
-        };
-        state.set_state(&candidate, VersionState::RolledBack);
-        state.watch = None;
-        let stable = state.stable().to_owned();
-        state.event(
-            LifecycleAction::RolledBack,
-            &candidate,
-            Some(0),
-            automatic,
-            detail,
-        );
-        tracing::warn!(endpoint = %self.endpoint, model_version = %candidate, stable = %stable, automatic, "candidate rolled back");
-        Ok(stable)
-    }
-
-    /// Makes sure `version`'s predictor is in memory, rebuilding it from the registry.
-    fn load(&self, state: &mut State, version: &str) -> Result<()> {
-        let entry = state
-            .versions
-            .iter_mut()
-            .find(|e| e.record.id == version)
-            .ok_or_else(|| Error::VersionNotFound {
-                endpoint: self.endpoint.to_string(),
-                version: version.to_owned(),
-            })?;
-        if entry.served.is_some() {
-            return Ok(());
-        }
-        let Some(registry) = &self.registry else {
-            return Err(self.conflict(format!(
-                "version {version} is no longer in memory and the endpoint has no registry to rebuild it"
-            )));
-        };
-        let spec = &entry.record.spec;
-        let predictor = registry.predictor(&spec.model, spec.preprocess.as_deref())?;
-        let predictor = crate::batching::from_spec(predictor, spec, &self.metrics)?;
-        entry.served = Some(Arc::new(Served {
-            id: Arc::from(version),
-            model: Arc::from(spec.model.name.as_str()),
-            predictor,
-        }));
-        Ok(())
-    }
-
-    /// Unloads the predictors of all but the `retain` most recent versions that no longer
-    /// serve; the stable version and the one before it always stay loaded.
-    fn prune(&self, state: &mut State) {
-        let live: Vec<String> = std::iter::once(state.stable().to_owned())
-            .chain(state.stable_history.iter().rev().nth(1).cloned())
-            .chain(state.candidate.iter().map(|c| c.0.clone()))
-            .chain(state.shadow.iter().map(|s| s.0.clone()))
-            .collect();
-        let mut kept = 0;
-        for entry in state.versions.iter_mut().rev() {
-            if entry.served.is_none() || live.contains(&entry.record.id) {
-                continue;
-            }
-            if kept < self.retain {
-                kept += 1;
-            } else {
-                entry.served = None;
-                self.stats.forget_recent(&entry.record.id);
-            }
-        }
-    }
-
-    fn table(&self, state: &State) -> RoutingTable {
-        let served = |id: &str| {
-            state
-                .entry(id)
-                .and_then(|e| e.served.clone())
-                .expect("routable versions are loaded")
-        };
-        RoutingTable {
-            stable: served(state.stable()),
-            candidate: state.candidate.as_ref().map(|(id, percent)| Share {
-                served: served(id),
-                percent: *percent,
-            }),
-            shadow: state.shadow.as_ref().map(|(id, percent)| Share {
-                served: served(id),
-                percent: *percent,
-            }),
-        }
-    }
-}
-
-impl State {
-    fn stable(&self) -> &str {
-        self.stable_history
-            .last()
-            .expect("an endpoint always has a stable version")
-    }
-
-    fn entry(&self, id: &str) -> Option<&Entry> {
-        self.versions.iter().find(|e| e.record.id == id)
-    }
-
-    fn set_state(&mut self, id: &str, to: VersionState) {
-        if let Some(entry) = self.versions.iter_mut().find(|e| e.record.id == id) {
-            entry.record.state = to;
-        }
-    }
-
-    fn make_stable(&mut self, id: &str) {
-        self.set_state(id, VersionState::Stable);
-        self.stable_history.push(id.to_owned());
-    }
-
-    /// Starts watching the candidate when a policy is set.
-    fn start_watch(&mut self) {
-        let (Some((candidate, _)), Some(_)) = (&self.candidate, &self.policy) else {
-            return;
-        };
-        self.generation += 1;
-        self.watch = Some(Watch {
-            candidate: candidate.clone(),
-            generation: self.generation,
-            started: Instant::now(),
-            started_at: SystemTime::now(),
-            held_since: None,
-            last: None,
-            spawned: false,
-        });
-    }
-
-    fn event(
-        &mut self,
-        action: LifecycleAction,
-        version: &str,
-        percent: Option<u8>,
-        automatic: bool,
-        detail: String,
-    ) {
-        if self.events.len() == EVENTS_KEPT {
-            self.events.pop_front();
-        }
-        self.events.push_back(LifecycleEvent {
-            at: SystemTime::now(),
-            action,
-            version: version.to_owned(),
-            percent,
-            automatic,
-            detail,
-        });
-    }
-}
-
-/// Evaluates the canary every `interval` until the watch it belongs to ends (promotion,
-/// rollback, a new policy) or the endpoint is dropped. Without a Tokio runtime there is no
-/// timer: evaluation then happens only through [`Lifecycle::evaluate_canary`].
-fn spawn_watch(deployment: Weak<Deployment>, generation: u64, interval: Duration) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!(
-            "no Tokio runtime: the automated canary runs only through evaluate_canary()"
-        );
-        return;
-    };
-    runtime.spawn(async move {
-        loop {
-            tokio::time::sleep(interval).await;
-            let Some(inner) = deployment.upgrade() else {
-                return;
-            };
-            let lifecycle = Lifecycle { inner };
-            if !lifecycle.watching(generation) {
-                return;
-            }
-            lifecycle.evaluate(Some(generation));
-        }
-    });
-}
-
-/// Serializes a `SystemTime` as seconds since the Unix epoch, like the original product's
-/// `event_time`.
-pub(crate) mod epoch_secs {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    use serde::Serializer;
-
-    /// Seconds since the epoch, with fractions.
-    pub(crate) fn serialize<S: Serializer>(
-        at: &SystemTime,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let secs = at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        serializer.serialize_f64(secs)
     }
 }
 

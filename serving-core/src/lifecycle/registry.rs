@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
+use crate::config::spec::{EndpointSpec, ModelRef};
 use crate::endpoint::{ModelEndpoint, ModelEndpointBuilder};
 use crate::error::{Error, Result};
 use crate::lifecycle::ModelUpdate;
-use crate::predictor::{DynPredictor, Predictor, PredictorExt};
-use crate::preprocess::Preprocessed;
-use crate::spec::{EndpointSpec, ModelRef};
+use crate::model::predictor::{DynPredictor, Predictor, PredictorExt};
+use crate::model::preprocess::Preprocessed;
 
 type Factory = Arc<dyn Fn() -> Result<Arc<DynPredictor>> + Send + Sync>;
 

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::predictor::DynPredictor;
+use crate::model::predictor::DynPredictor;
 
 /// Routing points per 100 %: a split of `p` percent sends points below `p * 100` to the
 /// candidate.

@@ -9,11 +9,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::outcome::Outcome;
+use crate::sync::Locked;
 
 /// Requests of one version over a window: counts, error rate and latency percentiles.
 ///
 /// An error is a request the model or server failed ([`Outcome::counts_as_failure`]); a
 /// request the caller got wrong says nothing about the model's health.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RequestStats {
     /// Requests in the window.
@@ -60,7 +62,7 @@ impl VersionStats {
     }
 
     pub(crate) fn record(&self, version: &str, outcome: Outcome, latency: Duration) {
-        let mut series = lock(&self.series);
+        let mut series = self.series.locked();
         // Look up before inserting: no allocation on the request path once a version is known.
         if !series.contains_key(version) {
             series.insert(version.to_owned(), Series::default());
@@ -82,7 +84,7 @@ impl VersionStats {
     /// The stats of `version` over requests recorded at or after `since` (all retained ones
     /// when `None`).
     pub(crate) fn window(&self, version: &str, since: Option<Instant>) -> RequestStats {
-        let series = lock(&self.series);
+        let series = self.series.locked();
         let Some(entry) = series.get(version) else {
             return RequestStats::default();
         };
@@ -99,14 +101,15 @@ impl VersionStats {
     /// Drops the recent requests of `version`, keeping its totals: for versions unloaded from
     /// memory, so that a long history of updates does not grow without bound.
     pub(crate) fn forget_recent(&self, version: &str) {
-        if let Some(series) = lock(&self.series).get_mut(version) {
+        if let Some(series) = self.series.locked().get_mut(version) {
             series.recent = VecDeque::new();
         }
     }
 
     /// Lifetime request and error counts of `version`.
     pub(crate) fn totals(&self, version: &str) -> (u64, u64) {
-        lock(&self.series)
+        self.series
+            .locked()
             .get(version)
             .map_or((0, 0), |s| (s.total, s.total_errors))
     }
@@ -143,6 +146,7 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// How a shadow version compares with the version that answered the same requests.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ShadowComparison {
     /// The shadow version.
@@ -196,7 +200,7 @@ pub(crate) struct Mirrored<'a> {
 
 impl ShadowTracker {
     pub(crate) fn record(&self, version: &str, mirrored: &Mirrored<'_>) {
-        let mut versions = lock(&self.versions);
+        let mut versions = self.versions.locked();
         let tracked = versions.entry(version.to_owned()).or_default();
         let Some(shadow_output) = mirrored.shadow_output else {
             tracked.shadow_errors += 1;
@@ -214,14 +218,15 @@ impl ShadowTracker {
     }
 
     pub(crate) fn skipped(&self, version: &str) {
-        lock(&self.versions)
+        self.versions
+            .locked()
             .entry(version.to_owned())
             .or_default()
             .skipped += 1;
     }
 
     pub(crate) fn comparison(&self, version: &str) -> ShadowComparison {
-        let versions = lock(&self.versions);
+        let versions = self.versions.locked();
         let Some(tracked) = versions.get(version) else {
             return ShadowComparison {
                 version: version.to_owned(),
@@ -274,12 +279,6 @@ pub fn outputs_agree(a: &Value, b: &Value) -> bool {
         }
         _ => a == b,
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

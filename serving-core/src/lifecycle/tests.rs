@@ -4,18 +4,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::metrics::{InMemoryMetrics, MetricSink};
-use crate::record::{PredictionRecord, RecordSink};
-use crate::trigger::Comparison;
+use crate::control::trigger::Comparison;
+use crate::observe::metrics::{InMemoryMetrics, MetricSink};
+use crate::observe::record::PredictionRecord;
 use crate::{Endpoint, ModelEndpoint, PredictRequest, predictor_fn};
-
-mockall::mock! {
-    #[derive(Debug)]
-    Records {}
-    impl RecordSink for Records {
-        fn record(&self, record: PredictionRecord);
-    }
-}
 
 /// A predictor answering `x * factor`.
 fn times(factor: f64) -> ModelUpdate {
@@ -313,16 +305,79 @@ async fn the_automated_canary_promotes_a_candidate_that_holds_for_the_period() {
     assert!(lifecycle.events().last().unwrap().automatic);
 }
 
+/// A sink written when every sink had to answer for history: it keeps none and says it has
+/// nothing.
+#[derive(Debug)]
+struct KeepsNothing;
+
+impl MetricSink for KeepsNothing {
+    fn record_request(&self, _: &crate::RequestEvent) {}
+
+    fn record_metric(&self, _: &crate::MetricSample) {}
+
+    fn recent_metric(&self, _: &str, _: &str, _: SystemTime) -> Option<Vec<crate::MetricSample>> {
+        Some(Vec::new())
+    }
+}
+
+/// A canary on `custom:accuracy` over a fan-out whose first sink keeps no history, with
+/// the sink that keeps it given as the endpoint's history reader or not: what the rule saw
+/// after three predictions.
+async fn canary_behind_a_fan_out(with_reader: bool) -> RuleOutcome {
+    let kept = Arc::new(InMemoryMetrics::new());
+    let fan_out = crate::FanOut::new(vec![
+        Arc::new(KeepsNothing),
+        Arc::new(crate::ChartMetrics::new()),
+        Arc::clone(&kept) as Arc<DynMetricSink>,
+    ]);
+    let mut builder =
+        ModelEndpoint::builder("fanned", predictor_fn(|x: f64| -> Result<f64> { Ok(x) }))
+            .metric_sink(Arc::new(fan_out));
+    if with_reader {
+        builder = builder.metric_history(kept);
+    }
+    let endpoint = builder.build().unwrap();
+    let lifecycle = endpoint.lifecycle();
+    let accurate = ModelUpdate::new(predictor_fn(|x: f64| -> Result<f64> {
+        crate::log_metric("accuracy", 0.95);
+        Ok(x)
+    }));
+    lifecycle.update_model(accurate, Some(100)).unwrap();
+    let rule = CanaryRule::new(
+        CanaryMetric::Custom("accuracy".into()),
+        Comparison::GreaterThan,
+        0.9,
+        3,
+    );
+    lifecycle
+        .set_canary_policy(Some(policy(vec![rule], Duration::from_secs(3600))))
+        .unwrap();
+    for x in 0..3 {
+        answer(&endpoint, PredictRequest::new(json!(f64::from(x)))).await;
+    }
+    lifecycle.evaluate_canary().unwrap().outcomes.remove(0)
+}
+
+#[tokio::test]
+async fn a_canary_rule_sees_its_events_when_a_sink_without_history_comes_first() {
+    let read = canary_behind_a_fan_out(true).await;
+    assert_eq!((read.events, read.verdict), (3, Verdict::Holds), "{read:?}");
+    // Without a reader, through the fan-out's deprecated `recent_metric` (the first sink
+    // answered "nothing" there, and the rule saw 0 events and stayed pending).
+    let asked_in_turn = canary_behind_a_fan_out(false).await;
+    assert_eq!(
+        (asked_in_turn.events, asked_in_turn.verdict),
+        (3, Verdict::Holds),
+        "{asked_in_turn:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_shadow_is_recorded_with_its_version_and_compared_but_never_returned() {
-    let (sent, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let mut records = MockRecords::new();
-    records.expect_record().returning(move |record| {
-        sent.send(record).unwrap();
-    });
+    let records = crate::InMemoryRecords::new();
     let endpoint =
         ModelEndpoint::builder("shadowed", predictor_fn(|x: f64| -> Result<f64> { Ok(x) }))
-            .record_sink(Arc::new(records))
+            .record_sink(Arc::new(records.clone()))
             .build()
             .unwrap();
     let lifecycle = endpoint.lifecycle();
@@ -343,16 +398,14 @@ async fn a_shadow_is_recorded_with_its_version_and_compared_but_never_returned()
         .await;
         assert_eq!((version.as_str(), output), ("1", json!(f64::from(x))));
     }
-    let mut shadow_records = Vec::new();
-    while shadow_records.len() < 4 {
-        let record = tokio::time::timeout(Duration::from_secs(30), received.recv())
-            .await
-            .expect("the shadow's records arrive")
-            .unwrap();
-        if record.model_version == "2" {
-            shadow_records.push(record);
-        }
-    }
+    let mut shadow_records: Vec<PredictionRecord> = records
+        .wait_for(8, Duration::from_secs(30))
+        .await
+        .expect("the shadow's records arrive")
+        .into_iter()
+        .filter(|record| record.model_version == "2")
+        .collect();
+    assert_eq!(shadow_records.len(), 4);
     shadow_records.sort_by(|a, b| a.request_id.cmp(&b.request_id));
     assert_eq!(shadow_records[3].request_id, "r3");
     assert_eq!(shadow_records[3].output, Some(json!(-3.0)));

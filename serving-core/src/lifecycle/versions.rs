@@ -6,19 +6,21 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::predictor::{DynPredictor, Predictor, PredictorExt};
-use crate::preprocess::Preprocessed;
-use crate::signature::ModelSignature;
-use crate::spec::EndpointSpec;
+use crate::config::spec::EndpointSpec;
+use crate::model::predictor::{DynPredictor, Predictor, PredictorExt};
+use crate::model::preprocess::Preprocessed;
+use crate::model::signature::ModelSignature;
 
 /// One version in an endpoint's history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct ModelVersion {
     /// The version's id (the original product's model "title"): `"1"`, `"2"`, … unless chosen.
     pub id: String,
     /// When it was deployed.
-    #[serde(with = "super::epoch_secs")]
+    #[serde(with = "super::status::epoch_secs")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub created_at: SystemTime,
     /// What changed, as told by whoever deployed it.
     pub description: String,
@@ -30,10 +32,12 @@ pub struct ModelVersion {
     pub loaded: bool,
     /// The spec it came from: the endpoint's spec with this version's model, preprocess and
     /// signature.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub spec: EndpointSpec,
 }
 
 /// What a version is now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionState {

@@ -202,7 +202,7 @@ mod tests {
     #[tokio::test]
     async fn closes_the_prediction_log_last() {
         let store = Arc::new(object_store::memory::InMemory::new());
-        let log = crate::prediction_log::PredictionLog::builder()
+        let log = crate::observe::prediction_log::PredictionLog::builder()
             .with_store(store)
             .build()
             .unwrap();

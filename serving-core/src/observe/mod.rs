@@ -9,9 +9,14 @@
 //! `serving-http`. Prometheus is behind the `prometheus` feature because it is the core's only
 //! dependency that a program embedding an endpoint may not want; `serving-http` enables it.
 
+pub(crate) mod charts;
 mod drain;
+pub(crate) mod metrics;
+pub mod prediction_log;
 #[cfg(feature = "prometheus")]
 mod prometheus;
+pub(crate) mod record;
+pub(crate) mod record_sinks;
 mod signal;
 
 pub use drain::{Drain, Tracked};
@@ -21,12 +26,12 @@ pub use signal::shutdown_signal;
 
 use std::sync::Arc;
 
-use crate::charts::ChartMetrics;
 use crate::endpoint::ModelEndpointBuilder;
-use crate::metrics::{DynMetricSink, FanOut, InMemoryMetrics};
-use crate::prediction_log::PredictionLog;
-use crate::record::DynRecordSink;
-use crate::record_sinks::{RecordFanOut, TracingRecords};
+use crate::observe::charts::ChartMetrics;
+use crate::observe::metrics::{DynMetricHistory, DynMetricSink, FanOut, InMemoryMetrics};
+use crate::observe::prediction_log::PredictionLog;
+use crate::observe::record::DynRecordSink;
+use crate::observe::record_sinks::{RecordFanOut, TracingRecords};
 
 /// The sinks that record, measure and chart endpoints, shared by every endpoint of a process.
 ///
@@ -108,8 +113,10 @@ impl Observability {
         self
     }
 
-    /// The sink for endpoints: recent history first (so triggers read it), then charts, then
-    /// Prometheus.
+    /// The sink for endpoints: recent history, charts and Prometheus. Canary rules and
+    /// triggers read the history itself ([`Observability::history`]), which
+    /// [`Observability::instrument`] gives endpoints as their
+    /// [`metric_history`](ModelEndpointBuilder::metric_history).
     pub fn metric_sink(&self) -> Arc<DynMetricSink> {
         let sinks: Vec<Arc<DynMetricSink>> = vec![
             Arc::clone(&self.history) as Arc<DynMetricSink>,
@@ -138,9 +145,12 @@ impl Observability {
         }
     }
 
-    /// Gives `builder` this observability's metric and record sinks.
+    /// Gives `builder` this observability's metric and record sinks, and its history as the
+    /// endpoint's metric history.
     pub fn instrument(&self, builder: ModelEndpointBuilder) -> ModelEndpointBuilder {
-        let builder = builder.metric_sink(self.metric_sink());
+        let builder = builder
+            .metric_sink(self.metric_sink())
+            .metric_history(Arc::clone(&self.history) as Arc<DynMetricHistory>);
         match self.record_sink() {
             Some(records) => builder.record_sink(records),
             None => builder,

@@ -3,9 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::charts::ChartMetrics;
-use crate::metrics::{MetricSample, MetricSink, RequestEvent};
-use crate::prediction_log::PredictionLog;
+use crate::observe::charts::ChartMetrics;
+use crate::observe::metrics::{MetricSample, MetricSink, RequestEvent};
+use crate::observe::prediction_log::PredictionLog;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};

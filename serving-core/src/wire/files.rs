@@ -6,10 +6,10 @@ use bytes::Bytes;
 use serde_json::Value;
 use tempfile::TempPath;
 
+use crate::config::spec::FileInput;
 use crate::endpoint::PredictRequest;
 use crate::error::{Error, Result};
-use crate::input::Input;
-use crate::spec::FileInput;
+use crate::model::input::Input;
 
 /// A decoded input and the temporary files that must live until the prediction ends.
 #[derive(Debug)]

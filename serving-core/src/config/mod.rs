@@ -1,0 +1,7 @@
+//! How an endpoint is configured: its whole [`EndpointSpec`](crate::EndpointSpec), the
+//! KEY-VALUE settings helper every settings type uses, and exporting server settings to the
+//! process environment.
+
+pub(crate) mod environment;
+pub mod setting;
+pub(crate) mod spec;

@@ -1,0 +1,6 @@
+//! What acts on an endpoint: scaling ([`Autoscaler`](crate::Autoscaler)), triggers on its
+//! metrics ([`Trigger`](crate::Trigger)) and feedback exports ([`FeedbackSink`](crate::FeedbackSink)).
+
+pub(crate) mod autoscale;
+pub(crate) mod feedback;
+pub(crate) mod trigger;

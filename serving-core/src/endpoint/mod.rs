@@ -1,0 +1,900 @@
+//! The [`Endpoint`] trait and [`ModelEndpoint`], the in-process endpoint every backend serves.
+
+pub(crate) mod admission;
+pub mod runner;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use futures::FutureExt as _;
+use serde_json::Value;
+
+use crate::config::spec::{EndpointSpec, FileInput, ModelRef};
+use crate::control::autoscale::{DynAutoscaler, InMemoryAutoscaler};
+use crate::endpoint::admission::Admission;
+use crate::error::{Error, Result};
+use crate::lifecycle::{CanaryPolicy, Lifecycle, LifecycleParts, Mirrored, ModelRegistry, Served};
+use crate::model::context::{Context, ContextParts, Logged, Resources, panic_message};
+use crate::model::input::Input;
+use crate::model::pool::BlockingPool;
+use crate::model::predictor::{DynPredictor, Predictor, PredictorExt};
+use crate::model::preprocess::Preprocessed;
+use crate::model::signature::ModelSignature;
+use crate::observe::metrics::{
+    DynMetricHistory, DynMetricSink, InMemoryMetrics, RequestEvent, SinkHistory,
+};
+use crate::observe::record::{DynRecordSink, PredictionRecord, crop, crop_error};
+use crate::outcome::Outcome;
+
+/// One prediction request, whatever transport it came from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PredictRequest {
+    /// The input as sent.
+    pub input: Input,
+    /// An id chosen by the caller; one is generated when absent.
+    pub request_id: Option<String>,
+    /// Kept alive until the predictor has finished, even past a timeout.
+    pub resources: Resources,
+    /// Makes the canary split sticky: requests with the same key reach the same version for
+    /// a given share (for example a user id, sent as the `X-Routing-Key` header).
+    pub routing_key: Option<String>,
+    /// Asks for one version by id, bypassing the split (it must be the stable, candidate or
+    /// shadow version).
+    pub version: Option<String>,
+    /// When the transport received the request; its latency counts from then. Taken when
+    /// `predict` starts if unset.
+    pub arrival: Option<Arrival>,
+}
+
+/// When a request arrived: the wall-clock time it is recorded at, and the monotonic instant its
+/// latency and timeout count from.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Wall-clock time of arrival.
+    pub at: SystemTime,
+    /// Monotonic time of arrival.
+    pub started: Instant,
+}
+
+impl Arrival {
+    /// Now.
+    pub fn now() -> Self {
+        Arrival {
+            at: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl PredictRequest {
+    /// A request for `input`.
+    pub fn new(input: impl Into<Input>) -> Self {
+        PredictRequest {
+            input: input.into(),
+            request_id: None,
+            resources: Resources::default(),
+            routing_key: None,
+            version: None,
+            arrival: None,
+        }
+    }
+
+    /// Keeps `resource` alive until the predictor has finished with this request, even when
+    /// the caller has stopped waiting (a timeout): for example the temporary files that a
+    /// file-input predictor reads.
+    pub fn with_resource(mut self, resource: impl Any + Send + Sync) -> Self {
+        self.resources.push(resource);
+        self
+    }
+
+    /// Sets the request id.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Sets the routing key that makes the canary split sticky.
+    pub fn with_routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// Asks for one version, bypassing the split.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// Counts the request's latency from `arrival`: when the transport received it, before
+    /// reading and decoding its body.
+    pub fn with_arrival(mut self, arrival: Arrival) -> Self {
+        self.arrival = Some(arrival);
+        self
+    }
+}
+
+/// A prediction and how it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The predictor's answer.
+    pub output: Value,
+    /// The request's id.
+    pub request_id: String,
+    /// The model version that answered.
+    pub model_version: String,
+    /// Time from receipt to answer.
+    pub elapsed: Duration,
+}
+
+/// A running endpoint: it holds the model, routes each request to it, and records and measures
+/// every request.
+///
+/// # Contract
+/// - `predict` records exactly one [`RequestEvent`] in the endpoint's metric sink per call,
+///   failures included, with the error's [`Outcome`] (and its code as `status`).
+/// - A panic in the predictor fails that request with [`Error::Panicked`]; the endpoint keeps
+///   serving.
+/// - A prediction that outlives the configured timeout fails with [`Error::Timeout`].
+/// - While [`Endpoint::is_ready`] is false, `predict` fails with [`Error::NotReady`].
+/// - `Prediction::model_version` and the recorded event carry the version that answered; a
+///   request for a version the endpoint does not serve fails with [`Error::VersionNotFound`].
+#[async_trait]
+pub trait Endpoint: Debug + Send + Sync + 'static {
+    /// The endpoint's name.
+    fn name(&self) -> &str;
+
+    /// The spec it was built with. Endpoint-level settings (auth, files, server, logging)
+    /// hold for every version; the model serving now is in [`Lifecycle::export_spec`].
+    fn spec(&self) -> &EndpointSpec;
+
+    /// Whether it answers predictions now.
+    fn is_ready(&self) -> bool;
+
+    /// Serves one prediction.
+    async fn predict(&self, request: PredictRequest) -> Result<Prediction>;
+
+    /// The control surface of its model versions, when it has one (a wrapper forwards it).
+    fn lifecycle(&self) -> Option<&Lifecycle> {
+        None
+    }
+
+    /// Records a request that its transport refused before it reached the model (bad token,
+    /// malformed body, body too large, wrong content type), so that metrics and the
+    /// prediction log show every request, not only those that reached `predict`.
+    fn refused(&self, refused: Refused) {
+        let _ = refused;
+    }
+}
+
+/// A request refused by a transport before it reached the model; see [`Endpoint::refused`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Refused {
+    /// The request's id.
+    pub request_id: String,
+    /// Why it was refused.
+    pub error: Error,
+    /// When it arrived.
+    pub at: SystemTime,
+    /// How long the transport spent on it.
+    pub elapsed: Duration,
+}
+
+impl Refused {
+    /// A refusal, now, of the request `request_id` that arrived at `arrival`.
+    pub fn new(request_id: impl Into<String>, error: Error, arrival: Arrival) -> Self {
+        Refused {
+            request_id: request_id.into(),
+            error,
+            at: arrival.at,
+            elapsed: arrival.started.elapsed(),
+        }
+    }
+}
+
+/// A type-erased endpoint.
+pub type DynEndpoint = dyn Endpoint;
+
+/// Forwards to the pointee, every method included.
+macro_rules! forward_endpoint {
+    ($pointer:ident) => {
+        #[deny(clippy::missing_trait_methods)]
+        impl<E: Endpoint + ?Sized> Endpoint for $pointer<E> {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+
+            fn spec(&self) -> &EndpointSpec {
+                (**self).spec()
+            }
+
+            fn is_ready(&self) -> bool {
+                (**self).is_ready()
+            }
+
+            // Hands back the pointee's boxed future as it is, rather than boxing another around it.
+            fn predict<'a, 'f>(
+                &'a self,
+                request: PredictRequest,
+            ) -> std::pin::Pin<Box<dyn Future<Output = Result<Prediction>> + Send + 'f>>
+            where
+                'a: 'f,
+                Self: 'f,
+            {
+                (**self).predict(request)
+            }
+
+            fn lifecycle(&self) -> Option<&Lifecycle> {
+                (**self).lifecycle()
+            }
+
+            fn refused(&self, refused: Refused) {
+                (**self).refused(refused)
+            }
+        }
+    };
+}
+
+forward_endpoint!(Arc);
+forward_endpoint!(Box);
+
+/// The endpoint that runs a predictor in this process: the embedded default, and what every
+/// backend (HTTP, Kafka, batch) serves.
+///
+/// It serves versions of its model: see [`ModelEndpoint::lifecycle`] for updates, canary
+/// rollouts, rollback and shadow traffic. Timeout, concurrency limit and blocking pool are the
+/// endpoint's and shared by its versions. Cloning gives another handle to the same endpoint.
+#[derive(Debug, Clone)]
+pub struct ModelEndpoint {
+    spec: Arc<EndpointSpec>,
+    name: Arc<str>,
+    lifecycle: Lifecycle,
+    metrics: Arc<DynMetricSink>,
+    records: Option<Arc<DynRecordSink>>,
+    settings: Arc<BTreeMap<String, String>>,
+    pool: BlockingPool,
+    admission: Arc<Admission>,
+    ready: Arc<AtomicBool>,
+}
+
+impl ModelEndpoint {
+    /// Starts building an endpoint named `name` that serves `predictor`.
+    pub fn builder(name: impl Into<String>, predictor: impl Predictor) -> ModelEndpointBuilder {
+        let name = name.into();
+        ModelEndpointBuilder {
+            spec: EndpointSpec::new(name.clone(), ModelRef::new(name, "1")),
+            predictor: predictor.into_dyn(),
+            metrics: None,
+            history: None,
+            records: None,
+            description: String::new(),
+            registry: None,
+            autoscaler: None,
+            retain: 5,
+        }
+    }
+
+    /// The control surface of this endpoint's model versions: update, canary, promote,
+    /// rollback, shadow, status. Clone it to keep control after handing the endpoint to a
+    /// server.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// The spec to deploy this endpoint again ("rerun"); see [`Lifecycle::export_spec`].
+    pub fn export_spec(&self) -> EndpointSpec {
+        self.lifecycle.export_spec()
+    }
+
+    /// The sink that receives this endpoint's measurements.
+    pub fn metrics(&self) -> &Arc<DynMetricSink> {
+        &self.metrics
+    }
+
+    /// What reads back this endpoint's custom metrics (see
+    /// [`ModelEndpointBuilder::metric_history`]): ask it, not the sink, for samples.
+    pub fn metric_history(&self) -> &Arc<DynMetricHistory> {
+        self.lifecycle.metric_history()
+    }
+
+    /// Marks the endpoint ready or not; a draining server marks it not ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether inputs are Base64 files to decode before predict.
+    pub fn file_input(&self) -> FileInput {
+        self.spec.files
+    }
+
+    async fn run(
+        &self,
+        served: &Served,
+        input: Input,
+        resources: Resources,
+        request_id: &str,
+        started: Instant,
+    ) -> (Result<Value>, Logged) {
+        if !self.is_ready() {
+            let error = Error::NotReady {
+                endpoint: self.name.to_string(),
+            };
+            return (Err(error), Logged::default());
+        }
+        // Time spent waiting for a slot counts toward the prediction's timeout.
+        let timeout = self.spec.server.workers.timeout();
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        let _slot = match self.admission.admit(&self.name, deadline).await {
+            Ok(slot) => slot,
+            Err(error) => return (Err(error), Logged::default()),
+        };
+        let context = Context::new(ContextParts {
+            request_id: request_id.to_owned(),
+            resources,
+            endpoint: Arc::clone(&self.name),
+            model_version: Arc::clone(&served.id),
+            settings: Arc::clone(&self.settings),
+            pool: self.pool.clone(),
+            sink: Arc::clone(&self.metrics),
+        });
+        let prediction = AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
+        let outcome =
+            match tokio::time::timeout_at(deadline, context.clone().scope(prediction)).await {
+                Err(_) => Err(Error::Timeout { after: timeout }),
+                Ok(Err(panic)) => Err(Error::Panicked {
+                    message: panic_message(&*panic),
+                }),
+                Ok(Ok(outcome)) => outcome,
+            };
+        (outcome, context.take_logged())
+    }
+
+    /// The input as its prediction record keeps it (cropped), when records keep inputs: made
+    /// before the input moves into the predictor, and without copying it whole first.
+    fn kept_input(&self, input: &Input) -> Option<Value> {
+        let logging = &self.spec.logging;
+        (self.records.is_some() && logging.log_input).then(|| match input {
+            Input::Json(value) => crop(value, logging.max_value_chars),
+            other => crop(&other.to_json(), logging.max_value_chars),
+        })
+    }
+
+    /// Logs, measures and records one finished request, the shadow's included.
+    fn finish(&self, request: &Completed<'_>) {
+        if let Err(error) = request.outcome {
+            let (request_id, version) = (request.request_id, &**request.version);
+            let shadow = request.mirror_of.is_some();
+            if error.is_client_error() {
+                tracing::debug!(endpoint = %self.name, model_version = version, request_id, shadow, %error, "prediction refused");
+            } else {
+                tracing::error!(endpoint = %self.name, model_version = version, request_id, shadow, %error, "prediction failed");
+            }
+        }
+        self.metrics.record_request(&RequestEvent {
+            endpoint: Arc::clone(&self.name),
+            model_version: Arc::clone(request.version),
+            status: request.kind.code(),
+            outcome: request.kind,
+            latency: request.elapsed,
+            at: request.at,
+        });
+        if !request.version.is_empty() {
+            self.lifecycle
+                .record(request.version, request.kind, request.elapsed);
+        }
+        self.record(request);
+    }
+
+    fn record(&self, request: &Completed<'_>) {
+        let Some(records) = &self.records else {
+            return;
+        };
+        // Unauthenticated callers are counted in metrics but must not be able to fill the
+        // prediction log.
+        if !request.kind.is_recorded() {
+            return;
+        }
+        let logging = &self.spec.logging;
+        let (output, error) = match request.outcome {
+            Ok(output) => (
+                logging
+                    .log_output
+                    .then(|| crop(output, logging.max_value_chars)),
+                None,
+            ),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        records.record(PredictionRecord {
+            request_id: request.request_id.to_owned(),
+            endpoint: self.name.to_string(),
+            model: request
+                .model
+                .map_or_else(|| self.spec.model.name.clone(), str::to_owned),
+            model_version: request.version.to_string(),
+            input: request.input.cloned(),
+            output,
+            error,
+            status: request.kind.code(),
+            start_time: request.at,
+            elapsed_ms: request.elapsed.as_secs_f64() * 1000.0,
+            metrics: request.logged.metrics.iter().cloned().collect(),
+            params: request
+                .logged
+                .params
+                .iter()
+                .cloned()
+                .chain(
+                    request
+                        .mirror_of
+                        .map(|primary| ("shadow_of".to_owned(), primary.into())),
+                )
+                .collect(),
+        });
+    }
+
+    /// Runs `input` on the shadow version after the caller got `primary`'s answer, records it
+    /// like any request (with the shadow's version and a `shadow_of` parameter), and compares.
+    fn mirror(
+        &self,
+        shadow: Arc<Served>,
+        (input, resources): (Input, Resources),
+        primary: Primary,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let endpoint = self.clone();
+        runtime.spawn(async move {
+            let Arrival { at, started } = Arrival::now();
+            let kept_input = endpoint.kept_input(&input);
+            let (outcome, logged) = endpoint
+                .run(&shadow, input, resources, &primary.request_id, started)
+                .await;
+            let outcome = outcome.map_err(|e| crop_error(e, endpoint.spec.logging.max_value_chars));
+            if matches!(outcome, Err(Error::Overloaded { .. })) {
+                // Mirrors never take capacity from real traffic.
+                endpoint.lifecycle.mirror_skipped(&shadow.id);
+                return;
+            }
+            let elapsed = started.elapsed();
+            endpoint.finish(&Completed {
+                request_id: &primary.request_id,
+                version: &shadow.id,
+                model: Some(&shadow.model),
+                mirror_of: Some(&primary.version),
+                input: kept_input.as_ref(),
+                kind: Outcome::from(&outcome),
+                outcome: &outcome,
+                logged: &logged,
+                at,
+                elapsed,
+            });
+            endpoint.lifecycle.record_mirror(
+                &shadow.id,
+                &Mirrored {
+                    shadow_output: outcome.as_ref().ok(),
+                    primary_output: &primary.output,
+                    shadow_latency: elapsed,
+                    primary_latency: primary.elapsed,
+                },
+            );
+        });
+    }
+}
+
+/// The answer the caller got, for comparison with a shadow's.
+struct Primary {
+    request_id: String,
+    version: String,
+    output: Value,
+    elapsed: Duration,
+}
+
+/// A finished request, as the endpoint records it.
+struct Completed<'a> {
+    request_id: &'a str,
+    /// The version that answered; empty when none was found.
+    version: &'a Arc<str>,
+    /// Its model's name, when a version was found.
+    model: Option<&'a str>,
+    /// For a shadow's run, the version whose answer was returned.
+    mirror_of: Option<&'a str>,
+    /// The input as recorded (cropped), when inputs are recorded.
+    input: Option<&'a Value>,
+    outcome: &'a Result<Value>,
+    /// How it ended, as every sink classifies it.
+    kind: Outcome,
+    logged: &'a Logged,
+    at: SystemTime,
+    elapsed: Duration,
+}
+
+#[async_trait]
+impl Endpoint for ModelEndpoint {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn spec(&self) -> &EndpointSpec {
+        &self.spec
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
+        let _in_flight =
+            crate::observe::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
+        let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
+        let request_id = request.request_id.unwrap_or_else(new_request_id);
+        let routed = self
+            .lifecycle
+            .route(request.routing_key.as_deref(), request.version.as_deref());
+        // The input is moved into the predictor; keep a copy only when it will be recorded
+        // or mirrored.
+        let kept_input = self.kept_input(&request.input);
+        let mirror = routed
+            .as_ref()
+            .ok()
+            .and_then(|routed| routed.mirror.clone());
+        // A mirror keeps the request's resources (temporary input files) alive too.
+        let mirror_input = mirror
+            .as_ref()
+            .map(|_| (request.input.clone(), request.resources.clone()));
+        let (version, model, (outcome, logged)) = match routed {
+            Ok(routed) => (
+                Arc::clone(&routed.serve.id),
+                Some(Arc::clone(&routed.serve.model)),
+                self.run(
+                    &routed.serve,
+                    request.input,
+                    request.resources,
+                    &request_id,
+                    started,
+                )
+                .await,
+            ),
+            Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
+        };
+        let outcome = outcome.map_err(|e| crop_error(e, self.spec.logging.max_value_chars));
+        let elapsed = started.elapsed();
+        self.finish(&Completed {
+            request_id: &request_id,
+            version: &version,
+            model: model.as_deref(),
+            mirror_of: None,
+            input: kept_input.as_ref(),
+            kind: Outcome::from(&outcome),
+            outcome: &outcome,
+            logged: &logged,
+            at,
+            elapsed,
+        });
+        if let (Some(shadow), Some(input), Ok(output)) = (mirror, mirror_input, &outcome) {
+            let primary = Primary {
+                request_id: request_id.clone(),
+                version: version.to_string(),
+                output: output.clone(),
+                elapsed,
+            };
+            self.mirror(shadow, input, primary);
+        }
+        outcome.map(|output| Prediction {
+            output,
+            request_id,
+            model_version: version.to_string(),
+            elapsed,
+        })
+    }
+
+    fn lifecycle(&self) -> Option<&Lifecycle> {
+        Some(&self.lifecycle)
+    }
+
+    fn refused(&self, refused: Refused) {
+        let kind = refused.error.outcome();
+        let error = crop_error(refused.error, self.spec.logging.max_value_chars);
+        self.finish(&Completed {
+            request_id: &refused.request_id,
+            version: &Arc::from(""),
+            model: None,
+            mirror_of: None,
+            input: None,
+            kind,
+            outcome: &Err(error),
+            logged: &Logged::default(),
+            at: refused.at,
+            elapsed: refused.elapsed,
+        });
+    }
+}
+
+/// A new request id: 32 hex digits, a random per-process prefix and a counter, so ids are
+/// unique without a system call per request.
+pub fn new_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Written by hand: `format!` costs more than the rest of the id (it runs per request).
+    let id = (u128::from(*prefix) << 64) | u128::from(n);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (0..32)
+        .rev()
+        .map(|i| HEX[((id >> (i * 4)) & 0xf) as usize])
+        .collect();
+    String::from_utf8(digits).expect("hex digits are ASCII")
+}
+
+/// Builds a [`ModelEndpoint`].
+#[derive(Debug)]
+pub struct ModelEndpointBuilder {
+    spec: EndpointSpec,
+    predictor: Arc<DynPredictor>,
+    metrics: Option<Arc<DynMetricSink>>,
+    history: Option<Arc<DynMetricHistory>>,
+    records: Option<Arc<DynRecordSink>>,
+    description: String,
+    registry: Option<Arc<ModelRegistry>>,
+    autoscaler: Option<Arc<DynAutoscaler>>,
+    retain: usize,
+}
+
+impl ModelEndpointBuilder {
+    /// Replaces the whole spec (its name included).
+    pub fn spec(mut self, spec: EndpointSpec) -> Self {
+        self.spec = spec;
+        self
+    }
+
+    /// The model's name and version.
+    pub fn model(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
+        self.spec.model = ModelRef::new(name, version);
+        self
+    }
+
+    /// Runs `preprocess` before the predictor; its output is the predictor's input.
+    pub fn preprocess(mut self, name: impl Into<String>, preprocess: impl Predictor) -> Self {
+        self.spec.preprocess = Some(name.into());
+        self.predictor = Arc::new(Preprocessed::new(preprocess, self.predictor));
+        self
+    }
+
+    /// Decodes Base64 file input before predict.
+    pub fn files(mut self, files: FileInput) -> Self {
+        self.spec.files = files;
+        self
+    }
+
+    /// Sets one worker setting (`timeout`, `threads`, `concurrency`, …) as a KEY-VALUE pair.
+    pub fn worker_setting(mut self, key: &str, value: &str) -> Result<Self> {
+        self.spec.server.workers.set(key, value)?;
+        Ok(self)
+    }
+
+    /// Sets the prediction timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.spec.server.workers.timeout_secs = timeout.as_secs().max(1);
+        self
+    }
+
+    /// Groups concurrent requests into batches (see [`Batched`](crate::Batched)); the same as
+    /// the worker settings `max_batch_size` and `max_batch_wait_ms`. The predictor must declare
+    /// [`Capabilities::batch`](crate::Capabilities::batch).
+    pub fn batching(mut self, config: crate::BatchConfig) -> Self {
+        let workers = &mut self.spec.server.workers;
+        workers.max_batch_size = config.max_batch_size;
+        workers.max_batch_wait_ms = config.max_wait.as_millis().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Takes the endpoint's token from the environment variable `var` when it is set and not
+    /// empty; a token is generated otherwise (`auth.token_env` in the spec).
+    pub fn token_env(mut self, var: impl Into<String>) -> Self {
+        self.spec.auth.token_env = Some(var.into());
+        self
+    }
+
+    /// Adds a KEY-VALUE setting readable through [`Context::setting`].
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.spec.server.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Where measurements go; an [`InMemoryMetrics`] by default.
+    pub fn metric_sink(mut self, sink: Arc<DynMetricSink>) -> Self {
+        self.metrics = Some(sink);
+        self
+    }
+
+    /// What reads back the custom metrics this endpoint's sink kept, for canary rules on
+    /// `custom:<key>` and for triggers ([`ModelEndpoint::metric_history`]).
+    ///
+    /// By default, the default [`InMemoryMetrics`] sink is also the history; an endpoint given
+    /// a [`metric_sink`](Self::metric_sink) but no history reads through that sink's deprecated
+    /// [`MetricSink::recent_metric`](crate::MetricSink::recent_metric), as before. Set it
+    /// whenever the sink is a [`FanOut`](crate::FanOut): the reader is then asked, not the
+    /// fan-out's first sink.
+    pub fn metric_history(mut self, history: Arc<DynMetricHistory>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    /// Where prediction records go (the prediction log); none are made when unset.
+    pub fn record_sink(mut self, sink: Arc<DynRecordSink>) -> Self {
+        self.records = Some(sink);
+        self
+    }
+
+    /// Describes the first version, for the version history.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// The model's named inputs and outputs, for the Open Inference Protocol routes.
+    pub fn signature(mut self, signature: ModelSignature) -> Self {
+        self.spec.signature = Some(signature);
+        self
+    }
+
+    /// Promotes or rolls back canaries automatically under `policy`.
+    pub fn canary_policy(mut self, policy: CanaryPolicy) -> Self {
+        self.spec.canary = Some(policy);
+        self
+    }
+
+    /// The registry of predictor factories: lets the control plane roll out registered
+    /// versions by name and rebuild unloaded versions on rollback.
+    pub fn registry(mut self, registry: Arc<ModelRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// What applies replica bounds; an [`InMemoryAutoscaler`] by default.
+    pub fn autoscaler(mut self, autoscaler: Arc<DynAutoscaler>) -> Self {
+        self.autoscaler = Some(autoscaler);
+        self
+    }
+
+    /// How many superseded versions keep their predictor in memory for instant rollback (5
+    /// by default); the stable version and the one before it always do.
+    pub fn retain_versions(mut self, retain: usize) -> Self {
+        self.retain = retain;
+        self
+    }
+
+    /// Validates the spec and builds a ready endpoint.
+    pub fn build(self) -> Result<ModelEndpoint> {
+        self.spec.validate()?;
+        let workers = &self.spec.server.workers;
+        let (metrics, history): (Arc<DynMetricSink>, Arc<DynMetricHistory>) =
+            match (self.metrics, self.history) {
+                (Some(sink), Some(history)) => (sink, history),
+                (Some(sink), None) => (Arc::clone(&sink), Arc::new(SinkHistory(sink))),
+                (None, history) => {
+                    let default = Arc::new(InMemoryMetrics::new());
+                    let history = history.unwrap_or_else(|| Arc::clone(&default) as _);
+                    (default, history)
+                }
+            };
+        let lifecycle = Lifecycle::new(LifecycleParts {
+            spec: self.spec.clone(),
+            predictor: crate::model::batching::from_spec(self.predictor, &self.spec, &metrics)?,
+            description: self.description,
+            metrics: Arc::clone(&metrics),
+            history,
+            registry: self.registry,
+            autoscaler: self
+                .autoscaler
+                .unwrap_or_else(|| Arc::new(InMemoryAutoscaler::new())),
+            retain: self.retain,
+        });
+        Ok(ModelEndpoint {
+            name: Arc::from(self.spec.name.as_str()),
+            lifecycle,
+            metrics,
+            records: self.records,
+            settings: Arc::new(self.spec.server.env.clone()),
+            pool: BlockingPool::new(workers.threads),
+            admission: Arc::new(Admission::new(workers.concurrency, workers.queue_depth)),
+            ready: Arc::new(AtomicBool::new(true)),
+            spec: Arc::new(self.spec),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::record::RecordSink;
+    use crate::predictor_fn;
+    use serde_json::json;
+
+    mockall::mock! {
+        #[derive(Debug)]
+        Records {}
+        impl RecordSink for Records {
+            fn record(&self, record: PredictionRecord);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_prediction_is_recorded_once_failures_included() {
+        let mut records = MockRecords::new();
+        let mut order = mockall::Sequence::new();
+        records
+            .expect_record()
+            .withf(|r| r.status == 200 && r.output == Some(json!(3.0)) && r.metrics["half"] == 0.75)
+            .times(1)
+            .in_sequence(&mut order)
+            .return_const(());
+        records
+            .expect_record()
+            .withf(|r| {
+                r.status == 422 && r.output.is_none() && r.error.is_some() && r.input.is_none()
+            })
+            .times(1)
+            .in_sequence(&mut order)
+            .return_const(());
+        let mut spec = EndpointSpec::new("doubler", ModelRef::new("double", "7"));
+        spec.logging.log_input = false;
+        let double = predictor_fn(|x: f64| -> Result<f64> {
+            crate::log_metric("half", x / 2.0);
+            Ok(x * 2.0)
+        });
+        let endpoint = ModelEndpoint::builder("doubler", double)
+            .spec(spec)
+            .record_sink(Arc::new(records))
+            .build()
+            .unwrap();
+        endpoint
+            .predict(PredictRequest::new(json!(1.5)))
+            .await
+            .unwrap();
+        endpoint
+            .predict(PredictRequest::new(json!("x")))
+            .await
+            .unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn refusals_are_measured_by_outcome_and_only_authenticated_ones_recorded() {
+        let mut records = MockRecords::new();
+        records
+            .expect_record()
+            .withf(|r| r.status == 413 && r.request_id == "big")
+            .times(1)
+            .return_const(());
+        let metrics = Arc::new(InMemoryMetrics::new());
+        let endpoint = ModelEndpoint::builder("e", predictor_fn(|x: f64| -> Result<f64> { Ok(x) }))
+            .metric_sink(Arc::clone(&metrics) as Arc<DynMetricSink>)
+            .record_sink(Arc::new(records))
+            .build()
+            .unwrap();
+        endpoint.refused(Refused::new("anon", Error::Unauthorized, Arrival::now()));
+        endpoint.refused(Refused::new(
+            "big",
+            Error::PayloadTooLarge { limit: 1 },
+            Arrival::now(),
+        ));
+        let seen: Vec<(Outcome, u16)> = metrics
+            .requests()
+            .iter()
+            .map(|e| (e.outcome, e.status))
+            .collect();
+        assert_eq!(
+            seen,
+            [(Outcome::Unauthenticated, 401), (Outcome::TooLarge, 413)]
+        );
+    }
+}
