@@ -72,11 +72,11 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 
-use crate::context::Resources;
 use crate::endpoint::{
     Arrival, DynEndpoint, Endpoint, PredictRequest, Prediction, Refused, new_request_id,
 };
 use crate::error::{Error, Result};
+use crate::model::context::Resources;
 use crate::model::input::Input;
 
 /// One item for a [`Runner`]: what a transport received, before the model.
