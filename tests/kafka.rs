@@ -19,6 +19,9 @@ use serving::kafka::{
 use serving::{Context, Error, ModelEndpoint, Result, predictor_fn};
 use tokio::sync::oneshot;
 
+/// Held shared by every Kafka test and exclusively by the one that restarts the broker.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// The broker's address; the Kafka tests fail (never skip) without one.
 fn brokers() -> String {
     let brokers = std::env::var("SERVING_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:39092".into());
@@ -267,6 +270,7 @@ fn config(brokers: &str, inputs: &[&str], output: &str, group: &str) -> KafkaStr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn starts_at_latest_keeps_keys_and_headers_from_three_inputs_into_one_output() {
+    let _broker = BROKER.read().await;
     let brokers = brokers();
     let (a, b, c, out) = (
         unique("in-a"),
@@ -334,6 +338,7 @@ async fn starts_at_latest_keeps_keys_and_headers_from_three_inputs_into_one_outp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_before_the_first_message_skips_nothing_that_arrived_after_deployment() {
+    let _broker = BROKER.read().await;
     let brokers = brokers();
     let (input, out) = (unique("in"), unique("out"));
     create_topics(
@@ -384,6 +389,7 @@ async fn a_restart_before_the_first_message_skips_nothing_that_arrived_after_dep
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rejected_failed_and_panicking_messages_go_to_the_dead_letter_topic_in_both_modes() {
     for delivery in [DeliveryMode::ExactlyOnce, DeliveryMode::AtLeastOnce] {
+        let _broker = BROKER.read().await;
         let brokers = brokers();
         let (input, out) = (unique("in"), unique("out"));
         let dlq = format!("{out}.dlq");
@@ -507,6 +513,7 @@ fn lost_and_duplicated(outputs: &[Read], count: usize) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_across_a_killed_process() {
+    let _broker = BROKER.read().await;
     let brokers = brokers();
     let (input, out) = (unique("in"), unique("out"));
     create_topics(
@@ -599,4 +606,73 @@ async fn wait_for_committed_offsets(brokers: &str, group: &str, topic: &str, par
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restart_pauses_the_stream_and_it_resumes_losing_nothing() {
+    let _broker = BROKER.write().await;
+    let brokers = brokers();
+    let (input, out) = (unique("in"), unique("out"));
+    create_topics(
+        &brokers,
+        &[(&input, 2), (&out, 2), (&format!("{out}.dlq"), 1)],
+    )
+    .await;
+    let predictor = predictor_fn(|x: f64| -> Result<f64> { Ok(x) });
+    let endpoint = ModelEndpoint::builder("restarted", predictor)
+        .build()
+        .unwrap();
+    let running = start(
+        KafkaStream::new(
+            endpoint,
+            config(&brokers, &[&input], &out, &unique("group")),
+        )
+        .unwrap(),
+    )
+    .await;
+    let producer = producer(&brokers);
+    const COUNT: usize = 2000;
+    for i in 0..COUNT / 2 {
+        produce(
+            &producer,
+            &input,
+            &format!("k{}", i % 13),
+            &i.to_string(),
+            "t",
+        )
+        .await;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/components/kafka");
+    let restarted = std::process::Command::new(script)
+        .arg("restart")
+        .output()
+        .unwrap();
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    for i in COUNT / 2..COUNT {
+        // Leaders may be missing for a moment right after the restart: the producer retries.
+        produce(
+            &producer,
+            &input,
+            &format!("k{}", i % 13),
+            &i.to_string(),
+            "t",
+        )
+        .await;
+    }
+    let outputs = read_committed(
+        &brokers,
+        &out,
+        COUNT,
+        Duration::from_secs(2),
+        Duration::from_secs(120),
+    )
+    .await;
+    let summary = running.stop().await;
+    let (lost, duplicated) = lost_and_duplicated(&outputs, COUNT);
+    eprintln!("broker restart: {COUNT} inputs, lost {lost}, duplicated {duplicated}, {summary:?}");
+    assert_eq!((lost, duplicated), (0, 0));
 }
