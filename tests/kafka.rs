@@ -384,6 +384,35 @@ async fn a_restart_before_the_first_message_skips_nothing_that_arrived_after_dep
     doubles.sort_by(f64::total_cmp);
     assert_eq!(doubles, [2.0, 4.0, 6.0, 8.0], "{outputs:?}");
     assert_eq!(summary.committed, 4);
+    // Graceful shutdown committed everything it consumed: the group is at the end.
+    let ends: i64 = committed_offsets(&brokers, &group, &input, 2)
+        .await
+        .iter()
+        .sum();
+    assert_eq!(ends, 5, "the message before deployment and the four after");
+}
+
+async fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(all, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(offset) => offset,
+            other => panic!("{topic}/{}: {other:?}", e.partition()),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
