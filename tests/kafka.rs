@@ -368,28 +368,49 @@ async fn a_restart_before_the_first_message_skips_nothing_that_arrived_after_dep
     let running =
         start(KafkaStream::new(doubler(), config(&brokers, &[&input], &out, &group)).unwrap())
             .await;
+    // The source's request id, as a header, is kept.
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "serving-request-id",
+        value: Some("from-the-source"),
+    });
+    producer
+        .send(
+            FutureRecord::to(&input)
+                .key("k9")
+                .payload("5")
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     let outputs = read_committed(
         &brokers,
         &out,
-        4,
+        5,
         Duration::from_millis(500),
         Duration::from_secs(60),
     )
     .await;
+    let ids: Vec<&str> = outputs
+        .iter()
+        .map(|o| o.headers["serving-request-id"].as_str())
+        .collect();
+    assert!(ids.contains(&"from-the-source"), "{ids:?}");
     let summary = running.stop().await;
     let mut doubles: Vec<f64> = outputs
         .iter()
         .map(|o| o.value["double"].as_f64().unwrap())
         .collect();
     doubles.sort_by(f64::total_cmp);
-    assert_eq!(doubles, [2.0, 4.0, 6.0, 8.0], "{outputs:?}");
-    assert_eq!(summary.committed, 4);
+    assert_eq!(doubles, [2.0, 4.0, 6.0, 8.0, 10.0], "{outputs:?}");
+    assert_eq!(summary.committed, 5);
     // Graceful shutdown committed everything it consumed: the group is at the end.
     let ends: i64 = committed_offsets(&brokers, &group, &input, 2)
         .await
         .iter()
         .sum();
-    assert_eq!(ends, 5, "the message before deployment and the four after");
+    assert_eq!(ends, 6, "the message before deployment and the five after");
 }
 
 async fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {

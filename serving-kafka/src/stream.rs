@@ -19,7 +19,8 @@ use crate::config::{DeliveryMode, KafkaStreamConfig};
 
 /// Header of an output naming the model version that answered.
 pub const MODEL_VERSION_HEADER: &str = "serving-model-version";
-/// Header of an output (or dead letter) carrying the request id.
+/// Header of an output (or dead letter) carrying the request id; an input's own is kept as
+/// its request id.
 pub const REQUEST_ID_HEADER: &str = "serving-request-id";
 /// Header of an output (or dead letter) naming its input: `topic/partition/offset`.
 pub const SOURCE_HEADER: &str = "serving-source";
@@ -438,7 +439,11 @@ impl Transaction {
         let message = &processed.meta.message;
         let source = message.source();
         let mut headers = OwnedHeaders::new();
-        for (key, value) in &message.headers {
+        for (key, value) in message
+            .headers
+            .iter()
+            .filter(|(k, _)| k != REQUEST_ID_HEADER)
+        {
             headers = headers.insert(Header {
                 key,
                 value: value.as_deref(),
@@ -623,6 +628,16 @@ fn item_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Item<Arc<Consumed
     let mut item = Item::new(Input::Bytes(value.clone())).with_arrival(arrival);
     if let Some(key) = &info.key {
         item = item.with_routing_key(String::from_utf8_lossy(key).into_owned());
+    }
+    // The source's request id, when the producer gave one, is kept (else one is generated).
+    let id = info
+        .headers
+        .iter()
+        .find(|(k, _)| k == REQUEST_ID_HEADER)
+        .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
+        .filter(|id| !id.is_empty());
+    if let Some(id) = id {
+        item = item.with_request_id(id);
     }
     item.with_resource(info.clone())
         .with_meta(Arc::new(Consumed {
