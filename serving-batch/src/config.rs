@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serving_core::setting::{Setting, Settings};
-use serving_core::{BackendSection, EndpointKind, EndpointSpec, Error, Result, setting_keys};
+use serving_core::{BackendSection, EndpointKind, EndpointSpec, Result, setting_keys};
 
 setting_keys! {
     /// The keys of a [`BatchJobConfig`], each named after its field.
@@ -54,21 +54,11 @@ impl BatchJobConfig {
     /// The section of a `batch` spec, read and validated.
     ///
     /// # Errors
-    /// [`Error::InvalidSpec`] when the spec is of another kind or its section holds an unknown
+    /// [`Error::InvalidSpec`](serving_core::Error::InvalidSpec) when the spec is of another kind or its section holds an unknown
     /// key (named, with the valid ones) or a value of the wrong type; what
     /// [`BatchJobConfig::validate`] refuses.
     pub fn from_spec(spec: &EndpointSpec) -> Result<Self> {
-        let EndpointKind::Batch(section) = &spec.kind else {
-            return Err(Error::InvalidSpec {
-                reason: format!(
-                    "endpoint `{}` is a {} endpoint, not {}",
-                    spec.name,
-                    spec.kind.name(),
-                    Self::KIND
-                ),
-            });
-        };
-        Self::from_section(section)
+        Self::from_section(spec.section_of(Self::KIND)?)
     }
 
     /// The config from a `batch` section, validated.
@@ -92,7 +82,7 @@ impl BatchJobConfig {
     /// chunk, a key prefix without empty or `..` parts.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] naming the key.
+    /// [`Error::InvalidSetting`](serving_core::Error::InvalidSetting) naming the key.
     pub fn validate(&self) -> Result<()> {
         if self.prediction_column.trim().is_empty() {
             return Err(Setting::new("prediction_column", &self.prediction_column)

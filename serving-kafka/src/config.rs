@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serving_core::setting::{Setting, Settings};
-use serving_core::{BackendSection, EndpointKind, EndpointSpec, Error, Result, setting_keys};
+use serving_core::{BackendSection, EndpointKind, EndpointSpec, Result, setting_keys};
 
 setting_keys! {
     /// The keys of a [`KafkaStreamConfig`], each named after its field; the aliases are
@@ -148,21 +148,11 @@ impl KafkaStreamConfig {
     /// The section of a `kafka_stream` spec, read and validated.
     ///
     /// # Errors
-    /// [`Error::InvalidSpec`] when the spec is of another kind or its section holds an unknown
+    /// [`Error::InvalidSpec`](serving_core::Error::InvalidSpec) when the spec is of another kind or its section holds an unknown
     /// key (named, with the valid ones) or a value of the wrong type; what
     /// [`KafkaStreamConfig::validate`] refuses.
     pub fn from_spec(spec: &EndpointSpec) -> Result<Self> {
-        let EndpointKind::KafkaStream(section) = &spec.kind else {
-            return Err(Error::InvalidSpec {
-                reason: format!(
-                    "endpoint `{}` is a {} endpoint, not {}",
-                    spec.name,
-                    spec.kind.name(),
-                    Self::KIND
-                ),
-            });
-        };
-        Self::from_section(section)
+        Self::from_section(spec.section_of(Self::KIND)?)
     }
 
     /// The config from a `kafka_stream` section, validated.
@@ -186,7 +176,7 @@ impl KafkaStreamConfig {
     /// and the output not among the inputs (each prediction would be predicted again).
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] naming the key.
+    /// [`Error::InvalidSetting`](serving_core::Error::InvalidSetting) naming the key.
     pub fn validate(&self) -> Result<()> {
         let refuse =
             |key: &str, value: String, reason: &str| Err(Setting::new(key, &value).invalid(reason));
@@ -318,7 +308,7 @@ impl Settings for KafkaStreamConfig {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use serving_core::ModelRef;
+    use serving_core::{Error, ModelRef};
 
     use super::*;
 

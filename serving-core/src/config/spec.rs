@@ -122,6 +122,24 @@ impl EndpointSpec {
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).expect("a spec always serializes")
     }
+
+    /// The section of the backend whose kind is named `kind` (`kafka_stream`, `batch`), for
+    /// that backend's `from_spec`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] when the spec is of another kind.
+    pub fn section_of(&self, kind: &str) -> Result<&BackendSection> {
+        match self.kind.section() {
+            Some(section) if self.kind.name() == kind => Ok(section),
+            _ => Err(Error::InvalidSpec {
+                reason: format!(
+                    "endpoint `{}` is a {} endpoint, not {kind}",
+                    self.name,
+                    self.kind.name()
+                ),
+            }),
+        }
+    }
 }
 
 /// The three kinds of endpoint, each with the section of the spec its backend owns.
