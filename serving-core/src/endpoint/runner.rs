@@ -108,22 +108,19 @@ pub struct Item<M = ()> {
 impl Item {
     /// An item for `input`, without metadata.
     pub fn new(input: impl Into<Input>) -> Self {
-        Item {
-            request_id: None,
-            input: Ok(input.into()),
-            routing_key: None,
-            arrival: None,
-            meta: (),
-            resources: Resources::default(),
-        }
+        Self::of(Ok(input.into()))
     }
 
     /// An item the transport could not decode (for example a message that is not JSON): it is
     /// recorded as refused with `error` and never reaches the model.
     pub fn refused(error: Error) -> Self {
+        Self::of(Err(error))
+    }
+
+    fn of(input: Result<Input>) -> Self {
         Item {
             request_id: None,
-            input: Err(error),
+            input,
             routing_key: None,
             arrival: None,
             meta: (),
