@@ -52,6 +52,12 @@ pub struct PredictRequest {
     /// When the transport received the request; its latency counts from then. Taken when
     /// `predict` starts if unset.
     pub arrival: Option<Arrival>,
+    /// Parameters the transport attaches to the prediction's record (a Kafka message's
+    /// source), as if the predictor had logged them with [`log_param`](crate::log_param).
+    pub params: Vec<(String, Value)>,
+    /// The routing table the runner took when it took the item, so that versions switch in
+    /// input order.
+    pub(crate) routing: Option<crate::lifecycle::RoutingSnapshot>,
 }
 
 /// When a request arrived: the wall-clock time it is recorded at, and the monotonic instant its
@@ -84,7 +90,16 @@ impl PredictRequest {
             routing_key: None,
             version: None,
             arrival: None,
+            params: Vec::new(),
+            routing: None,
         }
+    }
+
+    /// Attaches a parameter to the prediction's record, as the predictor's
+    /// [`log_param`](crate::log_param) would.
+    pub fn with_param(mut self, tag: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.params.push((tag.into(), value.into()));
+        self
     }
 
     /// Keeps `resource` alive until the predictor has finished with this request, even when
@@ -536,9 +551,11 @@ impl Endpoint for ModelEndpoint {
             crate::observe::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
         let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
         let request_id = request.request_id.unwrap_or_else(new_request_id);
-        let routed = self
-            .lifecycle
-            .route(request.routing_key.as_deref(), request.version.as_deref());
+        let routed = self.lifecycle.route(
+            request.routing.as_ref(),
+            request.routing_key.as_deref(),
+            request.version.as_deref(),
+        );
         // The input is moved into the predictor; keep a copy only when it will be recorded
         // or mirrored.
         let kept_input = self.kept_input(&request.input);
@@ -550,7 +567,7 @@ impl Endpoint for ModelEndpoint {
         let mirror_input = mirror
             .as_ref()
             .map(|_| (request.input.clone(), request.resources.clone()));
-        let (version, model, (outcome, logged)) = match routed {
+        let (version, model, (outcome, mut logged)) = match routed {
             Ok(routed) => (
                 Arc::clone(&routed.serve.id),
                 Some(Arc::clone(&routed.serve.model)),
@@ -565,6 +582,9 @@ impl Endpoint for ModelEndpoint {
             ),
             Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
         };
+        if !request.params.is_empty() {
+            logged.params.splice(0..0, request.params);
+        }
         let outcome = outcome.map_err(|e| crop_error(e, self.spec.logging.max_value_chars));
         let elapsed = started.elapsed();
         self.finish(&Completed {

@@ -76,6 +76,7 @@ use crate::endpoint::{
     Arrival, DynEndpoint, Endpoint, PredictRequest, Prediction, Refused, new_request_id,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::Lifecycle;
 use crate::model::context::Resources;
 use crate::model::input::Input;
 
@@ -103,6 +104,12 @@ pub struct Item<M = ()> {
     /// Values the predictor can read through [`Context::resource`](crate::Context::resource)
     /// (a Kafka message's key, headers and position).
     pub resources: Resources,
+    /// Orders the item's output among others in [`OutputOrder::PerKey`] when set (a Kafka
+    /// message's partition, while its key still routes the canary split); the routing key
+    /// does otherwise.
+    pub order_key: Option<String>,
+    /// Parameters recorded with the item's prediction ([`PredictRequest::with_param`]).
+    pub params: Vec<(String, serde_json::Value)>,
 }
 
 impl Item {
@@ -125,6 +132,8 @@ impl Item {
             arrival: None,
             meta: (),
             resources: Resources::default(),
+            order_key: None,
+            params: Vec::new(),
         }
     }
 }
@@ -139,6 +148,8 @@ impl<M> Item<M> {
             arrival: self.arrival,
             meta,
             resources: self.resources,
+            order_key: self.order_key,
+            params: self.params,
         }
     }
 
@@ -157,6 +168,23 @@ impl<M> Item<M> {
     /// Sets the routing key.
     pub fn with_routing_key(mut self, key: impl Into<String>) -> Self {
         self.routing_key = Some(key.into());
+        self
+    }
+
+    /// Orders the item by `key` in [`OutputOrder::PerKey`] instead of its routing key.
+    pub fn with_order_key(mut self, key: impl Into<String>) -> Self {
+        self.order_key = Some(key.into());
+        self
+    }
+
+    /// Records `tag` = `value` with the item's prediction, as the predictor's
+    /// [`log_param`](crate::log_param) would.
+    pub fn with_param(
+        mut self,
+        tag: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
+        self.params.push((tag.into(), value.into()));
         self
     }
 
@@ -193,8 +221,9 @@ pub enum OutputOrder {
     /// must be written row by row needs. A slow item holds back the ones after it.
     #[default]
     Input,
-    /// In input order among items with the same routing key (items without a key are one
-    /// key); items with different keys pass each other.
+    /// In input order among items with the same order key ([`Item::order_key`], else the
+    /// routing key; items without one are one key); items with different keys pass each
+    /// other.
     PerKey,
     /// As each finishes.
     Completion,
@@ -512,10 +541,12 @@ impl<M: Send + 'static> Run<M> {
             arrival,
             meta,
             resources,
+            order_key,
+            params,
         } = item;
         let arrival = arrival.unwrap_or_else(Arrival::now);
         let request_id = request_id.unwrap_or_else(new_request_id);
-        let place = self.place(routing_key.as_ref());
+        let place = self.place(order_key.as_ref().or(routing_key.as_ref()));
         self.window += 1;
         let (id, key) = (request_id.clone(), routing_key.clone());
         let finished = move |result, refused| Sequenced {
@@ -541,6 +572,9 @@ impl<M: Send + 'static> Run<M> {
                     .with_arrival(arrival);
                 request.routing_key = key;
                 request.resources = resources;
+                request.params = params;
+                // Routed now, in input order: a version switch falls between two items.
+                request.routing = self.endpoint.lifecycle().map(Lifecycle::snapshot);
                 let endpoint = Arc::clone(&self.endpoint);
                 let task = tokio::spawn(async move { endpoint.predict(request).await });
                 self.running.push(
@@ -1013,5 +1047,50 @@ mod tests {
             "only the items in flight finish after the failure: {recorded}"
         );
         assert_eq!(sleeper.running.load(Ordering::SeqCst), 0, "drained");
+    }
+}
+
+#[cfg(test)]
+mod switch_tests {
+    use super::*;
+    use crate::{ModelEndpoint, ModelUpdate, predictor_fn};
+    use serde_json::json;
+
+    /// A version switch made between taking two items falls between them, even though the
+    /// predictions run in parallel tasks that may start in any order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_version_switch_falls_between_two_items_in_input_order() {
+        let model = predictor_fn(|x: u64| -> Result<u64> { Ok(x) });
+        let endpoint = ModelEndpoint::builder("switch", model)
+            .worker_setting("concurrency", "64")
+            .unwrap()
+            .build()
+            .unwrap();
+        let lifecycle = endpoint.lifecycle().clone();
+        let items = futures::stream::iter(0..400u64).map(move |i| {
+            // Within the first items taken at once, while those before it wait to start.
+            if i == 20 {
+                let next = predictor_fn(|x: u64| -> Result<u64> { Ok(x) });
+                lifecycle
+                    .update_model(ModelUpdate::new(next), None)
+                    .unwrap();
+            }
+            Item::new(json!(i)).with_order_key((i % 3).to_string())
+        });
+        let runner = Runner::new(endpoint)
+            .with_concurrency(32)
+            .with_order(OutputOrder::PerKey);
+        // On a worker thread, as a transport's task runs: a task it spawns may wait in that
+        // thread's LIFO slot, behind the items taken after it.
+        let outputs: Vec<_> = tokio::spawn(async move { runner.run(items).collect().await })
+            .await
+            .unwrap();
+        assert_eq!(outputs.len(), 400);
+        for processed in outputs {
+            let prediction = processed.result.unwrap();
+            let i = prediction.output.as_u64().unwrap();
+            let expected = if i < 20 { "1" } else { "2" };
+            assert_eq!(prediction.model_version, expected, "item {i}");
+        }
     }
 }

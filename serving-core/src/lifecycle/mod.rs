@@ -93,7 +93,12 @@ struct Deployment {
     registry: Option<Arc<ModelRegistry>>,
     autoscaler: Arc<DynAutoscaler>,
     retain: usize,
+    /// What transports attached to the status ([`Lifecycle::attach_status`]).
+    transport_status: Mutex<Vec<(String, TransportStatus)>>,
 }
+
+/// Reports a transport's part of the status.
+type TransportStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 struct State {
     versions: Vec<Entry>,
@@ -123,6 +128,14 @@ struct Watch {
     last: Option<CanaryEvaluation>,
     /// Whether its timer task runs.
     spawned: bool,
+}
+
+/// A lifecycle's routing table at one moment ([`Lifecycle::snapshot`]).
+#[derive(Debug, Clone)]
+pub(crate) struct RoutingSnapshot {
+    /// The lifecycle it was taken of, by address: a snapshot only routes on its own.
+    owner: usize,
+    table: Arc<RoutingTable>,
 }
 
 /// What `Lifecycle::new` needs.
@@ -212,22 +225,40 @@ impl Lifecycle {
                 registry,
                 autoscaler,
                 retain: retain.max(1),
+                transport_status: Mutex::default(),
             }),
         }
     }
 
     // --- the request path -------------------------------------------------------------------
 
-    /// Where one request goes, from a snapshot of the routing table.
-    pub(crate) fn route(&self, key: Option<&str>, version: Option<&str>) -> Result<Routed> {
-        self.inner
-            .routing
-            .load()
-            .route(key, version)
-            .ok_or_else(|| Error::VersionNotFound {
-                endpoint: self.inner.endpoint.to_string(),
-                version: version.unwrap_or_default().to_owned(),
-            })
+    /// The routing table now, for a transport that takes items in order (the runner) to route
+    /// each item when it takes it: a version switch then falls between two items in input
+    /// order, however the predictions that follow are scheduled.
+    pub(crate) fn snapshot(&self) -> RoutingSnapshot {
+        RoutingSnapshot {
+            owner: Arc::as_ptr(&self.inner) as usize,
+            table: self.inner.routing.load_full(),
+        }
+    }
+
+    /// Where one request goes, from `snapshot` when it was taken of this lifecycle, else from
+    /// a snapshot of the routing table now.
+    pub(crate) fn route(
+        &self,
+        snapshot: Option<&RoutingSnapshot>,
+        key: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Routed> {
+        let owner = Arc::as_ptr(&self.inner) as usize;
+        let routed = match snapshot.filter(|s| s.owner == owner) {
+            Some(snapshot) => snapshot.table.route(key, version),
+            None => self.inner.routing.load().route(key, version),
+        };
+        routed.ok_or_else(|| Error::VersionNotFound {
+            endpoint: self.inner.endpoint.to_string(),
+            version: version.unwrap_or_default().to_owned(),
+        })
     }
 
     /// Counts one finished request of `version`.
@@ -334,6 +365,12 @@ impl Lifecycle {
     /// Everything about the endpoint's versions now.
     pub async fn status(&self) -> LifecycleStatus {
         let replicas = self.replicas().await.unwrap_or(0);
+        // Reported before the state is locked: a report may read the lifecycle.
+        let reports = self.inner.transport_status.locked().clone();
+        let transport = reports
+            .iter()
+            .map(|(name, report)| (name.clone(), report()))
+            .collect();
         let state = self.inner.state.locked();
         let traffic = |version: &str, percent: u8| {
             let (requests_total, errors_total) = self.inner.stats.totals(version);
@@ -375,7 +412,22 @@ impl Lifecycle {
             autoscale: state.autoscale,
             replicas,
             recent_events: state.events.iter().rev().take(20).rev().cloned().collect(),
+            transport,
         }
+    }
+
+    /// Adds a transport's part to [`Lifecycle::status`] (and so to the admin API's status),
+    /// under `name`: `report` is called on each status read. A second report under the same
+    /// name replaces the first.
+    pub fn attach_status(
+        &self,
+        name: impl Into<String>,
+        report: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    ) {
+        let name = name.into();
+        let mut reports = self.inner.transport_status.locked();
+        reports.retain(|(n, _)| *n != name);
+        reports.push((name, Arc::new(report)));
     }
 
     /// The spec to deploy this endpoint again: the stable version's spec with the current

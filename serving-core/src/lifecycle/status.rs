@@ -145,6 +145,11 @@ pub struct LifecycleStatus {
     pub replicas: u32,
     /// The most recent lifecycle events, newest last (at most 20).
     pub recent_events: Vec<LifecycleEvent>,
+    /// What the transports serving the endpoint report, by transport (a Kafka stream's
+    /// delivery mode and counters under `kafka`); see [`Lifecycle::attach_status`](super::Lifecycle::attach_status).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub transport: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Serializes a `SystemTime` as seconds since the Unix epoch, like the original product's

@@ -53,6 +53,8 @@ pub struct PrometheusMetrics {
     custom_dropped: Counter,
     custom_series: AtomicUsize,
     max_custom_series: usize,
+    /// Registries a transport added ([`PrometheusMetrics::add_registry`]).
+    added: RwLock<Vec<Registry>>,
 }
 
 // The per-request label sets hold the event's shared names: made on every request, they
@@ -150,6 +152,7 @@ impl PrometheusMetrics {
             custom_dropped,
             custom_series: AtomicUsize::new(0),
             max_custom_series: 1_000,
+            added: RwLock::default(),
         }
     }
 
@@ -197,11 +200,24 @@ impl PrometheusMetrics {
         gauge
     }
 
+    /// Also exports the metrics of `registry`: a transport's own (a Kafka stream's consumer
+    /// lag, transactions, dead letters), registered once the exposition is shared.
+    pub fn add_registry(&self, registry: Registry) {
+        self.added
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(registry);
+    }
+
     /// The exposition in Prometheus text format 0.0.4 ([`METRICS_CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
+        for registry in self.added.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            prometheus_client::encoding::prometheus_text::encode(&mut text, registry)
+                .expect("writing to a String cannot fail");
+        }
         text
     }
 }
