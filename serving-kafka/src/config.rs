@@ -26,6 +26,34 @@ setting_keys! {
         DeadLetterTopic = "dead_letter_topic",
         /// [`KafkaStreamConfig::instance_id`].
         InstanceId = "instance_id",
+        /// [`KafkaStreamConfig::output_format`]: `json` or `bytes`.
+        OutputFormat = "output_format",
+    }
+}
+
+/// How a prediction becomes an output message's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OutputFormat {
+    /// The prediction as JSON.
+    #[default]
+    Json,
+    /// The prediction's bytes as they are: the predictor returns bytes (`Vec<u8>`, `Bytes`:
+    /// a JSON array of integers 0 to 255) or a string (its UTF-8). Any other prediction is
+    /// dead-lettered, naming what it was.
+    Bytes,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "json" => Ok(OutputFormat::Json),
+            "bytes" => Ok(OutputFormat::Bytes),
+            _ => Err("expected json or bytes".into()),
+        }
     }
 }
 
@@ -125,6 +153,10 @@ pub struct KafkaStreamConfig {
     /// [`KafkaStreamKey`]'s.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub properties: std::collections::BTreeMap<String, String>,
+    /// [`OutputFormat`] of the output values (`output_format`): JSON by default, or the
+    /// predictor's raw bytes.
+    #[serde(skip_serializing_if = "is_default")]
+    pub output_format: OutputFormat,
 }
 
 impl KafkaStreamConfig {
@@ -300,6 +332,7 @@ impl Settings for KafkaStreamConfig {
             KafkaStreamKey::InstanceId => {
                 self.instance_id = Some(value.non_empty("expected an instance name")?.to_owned());
             }
+            KafkaStreamKey::OutputFormat => self.output_format = value.parse()?,
         }
         Ok(())
     }

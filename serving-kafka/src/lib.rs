@@ -24,14 +24,20 @@
 //! ```
 
 mod config;
+mod metrics;
+mod ready;
+mod scaling;
 mod stream;
 
 pub use config::{
     DEFAULT_TRANSACTION_MESSAGES, DEFAULT_TRANSACTION_MS, DeliveryMode, KafkaStreamConfig,
-    KafkaStreamKey,
+    KafkaStreamKey, OutputFormat,
 };
+pub use metrics::KafkaMetrics;
 /// The Kafka client this crate is built on, for callers that create topics or read outputs.
 pub use rdkafka;
+pub use ready::JoinedEndpoint;
+pub use scaling::{desired_workers, replica_bounds};
 pub use stream::{
     ERROR_HEADER, KafkaMessage, KafkaStream, LATENCY_HEADER, MODEL_VERSION_HEADER,
     REQUEST_ID_HEADER, SOURCE_HEADER, STATUS_HEADER, StreamSummary,

@@ -1,7 +1,7 @@
 //! [`KafkaStream`]: consumer → [`Runner`] → producer, committed exactly once (or at least once).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,10 +12,21 @@ use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serving_core::runner::{Item, OutputOrder, Processed, Runner};
-use serving_core::{Endpoint, Error, Input, Result};
+use serving_core::{
+    AutoscaleBounds, DynAutoscaler, Endpoint, Error, InMemoryAutoscaler, Input, Observability,
+    Result, Value,
+};
 use tokio::sync::watch;
 
-use crate::config::{DeliveryMode, KafkaStreamConfig};
+use crate::config::{DeliveryMode, KafkaStreamConfig, OutputFormat};
+use crate::metrics::{KafkaMetrics, StreamContext};
+use crate::scaling::{WorkerScaler, replica_bounds};
+
+/// The consumer, with the context that counts rebalances and marks revocations.
+type Inbound = StreamConsumer<StreamContext>;
+
+/// How often the consumer lag is measured and the workers rescaled.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Header of an output naming the model version that answered.
 pub const MODEL_VERSION_HEADER: &str = "serving-model-version";
@@ -107,8 +118,18 @@ pub struct StreamSummary {
 /// - **Start at latest**: before joining, the partitions that have no committed offset in the
 ///   group get their current end committed, so a restart before the first message skips
 ///   nothing that arrived after deployment.
-/// - **Order**: outputs come out in input order (so each partition's in order) while up to the
-///   runner's concurrency of messages are predicted at once.
+/// - **Order**: each partition's outputs come out in its input order, and versions switch
+///   between two of its messages (the runner routes each message when it takes it);
+///   partitions pass each other, with up to the runner's concurrency per worker of messages
+///   predicted at once.
+/// - **Workers**: between the spec's autoscale bounds, the maximum capped by the input
+///   topics' partition count (logged, never an error; the endpoint's bounds are set to the
+///   capped ones); scaled each second on the consumer lag (one worker per
+///   `transaction_messages` messages behind) through the [`Autoscaler`](serving_core::Autoscaler)
+///   ([`KafkaStream::with_autoscaler`]). Several processes in one group share the partitions.
+/// - **Observed**: every message is recorded as the endpoint records predictions, with its
+///   `topic/partition/offset` as the `source` param; [`KafkaMetrics`] go to `/metrics`
+///   ([`KafkaStream::with_observability`]) and to the admin status under `kafka`.
 /// - **Shutdown**: when `stop` completes, the messages in flight finish, the last transaction
 ///   commits, and the consumer leaves the group.
 #[derive(Debug)]
@@ -117,6 +138,8 @@ pub struct KafkaStream {
     config: KafkaStreamConfig,
     name: String,
     ready: watch::Sender<bool>,
+    metrics: Arc<KafkaMetrics>,
+    autoscaler: Arc<DynAutoscaler>,
 }
 
 impl KafkaStream {
@@ -127,12 +150,42 @@ impl KafkaStream {
     pub fn new(endpoint: impl Endpoint, config: KafkaStreamConfig) -> Result<Self> {
         config.validate()?;
         let name = endpoint.name().to_owned();
+        let metrics = KafkaMetrics::new(&name, config.delivery);
+        if let Some(lifecycle) = endpoint.lifecycle() {
+            let shown = Arc::clone(&metrics);
+            lifecycle.attach_status("kafka", move || shown.status());
+        }
+        tracing::info!(endpoint = %name, delivery = config.delivery.as_str(), "kafka stream delivery mode");
         Ok(KafkaStream {
-            runner: Runner::new(endpoint).with_order(OutputOrder::Input),
+            runner: Runner::new(endpoint).with_order(OutputOrder::PerKey),
             config,
             name,
             ready: watch::channel(false).0,
+            metrics,
+            autoscaler: Arc::new(InMemoryAutoscaler::new()),
         })
+    }
+
+    /// Exports the stream's [`KafkaMetrics`] with `observability`'s Prometheus metrics (the
+    /// `/metrics` of the web side). The endpoint's own request metrics come from
+    /// instrumenting it with the same observability.
+    pub fn with_observability(self, observability: &Observability) -> Self {
+        if let Some(registry) = self.metrics.take_registry() {
+            observability.prometheus().add_registry(registry);
+        }
+        self
+    }
+
+    /// Scales the workers through `autoscaler` (an [`InMemoryAutoscaler`] by default); give
+    /// the endpoint the same one so that its status shows the replicas applied.
+    pub fn with_autoscaler(mut self, autoscaler: Arc<DynAutoscaler>) -> Self {
+        self.autoscaler = autoscaler;
+        self
+    }
+
+    /// The stream's counters: commits, aborts, dead letters, rebalances, lag, workers.
+    pub fn metrics(&self) -> &Arc<KafkaMetrics> {
+        &self.metrics
     }
 
     /// At most `concurrency` messages predicted at once (see [`Runner::with_concurrency`]).
@@ -159,6 +212,42 @@ impl KafkaStream {
             client.set(key, value);
         }
         client
+    }
+
+    /// The total partition count of the input topics, read from the brokers.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the brokers cannot be reached or a topic does not exist.
+    pub async fn input_partitions(&self) -> Result<usize> {
+        let consumer: BaseConsumer = self.client_config().create().map_err(storage)?;
+        let topics = self.config.input_topics.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut partitions = 0;
+            for topic in &topics {
+                let metadata = consumer
+                    .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
+                    .map_err(storage)?;
+                for t in metadata.topics() {
+                    if let Some(error) = t.error() {
+                        return Err(failure(topic, format!("input topic: {error:?}")));
+                    }
+                    partitions += t.partitions().len();
+                }
+            }
+            Ok(partitions)
+        })
+        .await
+        .map_err(|e| failure("kafka", e.to_string()))?
+    }
+
+    /// The worker bounds: the endpoint's autoscale bounds, capped by `partitions`.
+    fn worker_bounds(&self, partitions: usize) -> AutoscaleBounds {
+        let spec = self
+            .runner
+            .endpoint()
+            .lifecycle()
+            .map_or(self.runner.endpoint().spec().autoscale, |l| l.autoscale());
+        replica_bounds(&self.name, spec, partitions)
     }
 
     fn consumer_config(&self) -> ClientConfig {
@@ -189,8 +278,9 @@ impl KafkaStream {
         client
     }
 
-    /// Commits the end of every input partition that has no committed offset in the group.
-    fn commit_starting_offsets(&self) -> Result<usize> {
+    /// Commits the end of every input partition that has no committed offset in the group;
+    /// returns how many it committed and how many partitions the inputs have.
+    fn commit_starting_offsets(&self) -> Result<(usize, usize)> {
         let consumer: BaseConsumer = self.consumer_config().create().map_err(storage)?;
         let mut all = TopicPartitionList::new();
         for topic in &self.config.input_topics {
@@ -227,7 +317,7 @@ impl KafkaStream {
         if start.count() > 0 {
             consumer.commit(&start, CommitMode::Sync).map_err(storage)?;
         }
-        Ok(start.count())
+        Ok((start.count(), committed.count()))
     }
 
     /// Runs until `stop` completes (then drains, commits and leaves the group) or a fatal
@@ -257,8 +347,33 @@ impl KafkaStream {
                 }
             }
         };
-        let consumer: Arc<StreamConsumer> =
-            Arc::new(this.consumer_config().create().map_err(storage)?);
+        let (started, partitions) = started;
+        let bounds = this.worker_bounds(partitions);
+        if let Some(lifecycle) = this.runner.endpoint().lifecycle()
+            && lifecycle.autoscale() != bounds
+        {
+            lifecycle.set_autoscale(bounds).await?;
+        }
+        let scaler = WorkerScaler {
+            autoscaler: Arc::clone(&this.autoscaler),
+            bounds,
+            per_worker: this.config.transaction_messages(),
+        };
+        let workers = this
+            .autoscaler
+            .scale(&this.name, bounds, bounds.min_replicas)
+            .await?;
+        this.metrics.set_workers(workers);
+        let revoked = Arc::new(Mutex::new(false));
+        let context = StreamContext {
+            metrics: Arc::clone(&this.metrics),
+            revoked: Arc::clone(&revoked),
+        };
+        let consumer: Arc<Inbound> = Arc::new(
+            this.consumer_config()
+                .create_with_context(context)
+                .map_err(storage)?,
+        );
         let topics: Vec<&str> = this
             .config
             .input_topics
@@ -278,9 +393,19 @@ impl KafkaStream {
             inputs = ?this.config.input_topics,
             output = %this.config.output_topic,
             started_partitions = started,
+            workers,
+            min_workers = bounds.min_replicas,
+            max_workers = bounds.max_replicas,
             "kafka stream started"
         );
         this.ready.send_replace(true);
+        let (workers_tx, mut workers_rx) = watch::channel(workers);
+        let monitor = tokio::spawn(monitor(
+            Arc::clone(&this),
+            Arc::clone(&consumer),
+            scaler,
+            workers_tx,
+        ));
 
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -288,15 +413,29 @@ impl KafkaStream {
             let _ = stop_tx.send(true);
         });
         let mut state = Transaction::new(Arc::clone(&this), Arc::clone(&consumer), producer);
+        state.revoked = revoked;
         let result = loop {
-            match state.session(stop_rx.clone()).await {
+            // Marked seen, so that only a later change ends the session.
+            let workers = *workers_rx.borrow_and_update();
+            state.runner = this
+                .runner
+                .clone()
+                .with_concurrency(this.runner.concurrency() * workers as usize);
+            this.metrics.set_workers(workers);
+            match state.session(stop_rx.clone(), workers_rx.clone()).await {
                 Ok(Session::Stopped) => break Ok(()),
+                Ok(Session::Rescale) => {
+                    tracing::info!(endpoint = %this.name, workers = *workers_rx.borrow(), "kafka workers rescaled");
+                }
                 Ok(Session::Rewind) => {
-                    state.rewind().await?;
+                    if let Err(error) = state.rewind().await {
+                        break Err(error);
+                    }
                 }
                 Err(error) => break Err(error),
             }
         };
+        monitor.abort();
         consumer.unsubscribe();
         this.ready.send_replace(false);
         tracing::info!(
@@ -315,13 +454,93 @@ impl KafkaStream {
 enum Session {
     Stopped,
     Rewind,
+    /// The workers changed: everything taken is committed, the next session runs them.
+    Rescale,
+}
+
+/// Measures the consumer lag of the assigned partitions each [`LAG_INTERVAL`] and asks the
+/// autoscaler for the workers it calls for.
+async fn monitor(
+    stream: Arc<KafkaStream>,
+    consumer: Arc<Inbound>,
+    scaler: WorkerScaler,
+    workers: watch::Sender<u32>,
+) {
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        tick.tick().await;
+        let c = Arc::clone(&consumer);
+        let lags = blocking_kafka(move || consumer_lag(&c)).await;
+        let lags = match lags {
+            Ok(lags) => lags,
+            Err(error) => {
+                tracing::debug!(%error, "kafka consumer lag not measured");
+                continue;
+            }
+        };
+        stream.metrics.set_lag(&lags);
+        let lag = lags.iter().map(|(_, _, lag)| lag).sum();
+        match scaler.scale(&stream.name, lag).await {
+            Ok(applied) => {
+                workers.send_if_modified(|current| {
+                    let changed = *current != applied;
+                    *current = applied;
+                    changed
+                });
+            }
+            Err(error) => {
+                tracing::warn!(endpoint = %stream.name, %error, "kafka workers not scaled")
+            }
+        }
+    }
+}
+
+/// `(topic, partition, lag)` of each assigned partition: its end less the consumer's position
+/// (or committed offset, before it consumed anything).
+fn consumer_lag(consumer: &Inbound) -> std::result::Result<Vec<(String, i32, i64)>, KafkaError> {
+    let position = consumer.position()?;
+    let mut unknown = TopicPartitionList::new();
+    for element in position.elements() {
+        if !matches!(element.offset(), Offset::Offset(_)) {
+            unknown.add_partition(element.topic(), element.partition());
+        }
+    }
+    let committed = if unknown.count() > 0 {
+        consumer.committed_offsets(unknown, TRANSACTION_TIMEOUT)?
+    } else {
+        unknown
+    };
+    let mut lags = Vec::new();
+    for element in position.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let at = match element.offset() {
+            Offset::Offset(at) => Some(at),
+            _ => committed
+                .find_partition(topic, partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(at) => Some(at),
+                    _ => None,
+                }),
+        };
+        let (_, high) = consumer.fetch_watermarks(topic, partition, TRANSACTION_TIMEOUT)?;
+        lags.push((
+            topic.to_owned(),
+            partition,
+            at.map_or(0, |at| (high - at).max(0)),
+        ));
+    }
+    Ok(lags)
 }
 
 /// The open transaction (or, at least once, the batch not yet committed).
 struct Transaction {
     stream: Arc<KafkaStream>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Inbound>,
     producer: FutureProducer,
+    /// The stream's runner at the current worker count.
+    runner: Runner,
+    /// Set when partitions were revoked (see [`StreamContext::revoked`]).
+    revoked: Arc<Mutex<bool>>,
     open: bool,
     opened: Instant,
     messages: usize,
@@ -332,12 +551,10 @@ struct Transaction {
 }
 
 impl Transaction {
-    fn new(
-        stream: Arc<KafkaStream>,
-        consumer: Arc<StreamConsumer>,
-        producer: FutureProducer,
-    ) -> Self {
+    fn new(stream: Arc<KafkaStream>, consumer: Arc<Inbound>, producer: FutureProducer) -> Self {
         Transaction {
+            runner: stream.runner.clone(),
+            revoked: Arc::default(),
             stream,
             consumer,
             producer,
@@ -357,7 +574,11 @@ impl Transaction {
 
     /// Consumes, predicts and produces until stopped (after a final commit) or until a
     /// transaction must be aborted.
-    async fn session(&mut self, mut stop: watch::Receiver<bool>) -> Result<Session> {
+    async fn session(
+        &mut self,
+        mut stop: watch::Receiver<bool>,
+        mut workers: watch::Receiver<u32>,
+    ) -> Result<Session> {
         let consumer = Arc::clone(&self.consumer);
         let source = futures::stream::unfold(consumer, |consumer| async move {
             loop {
@@ -376,12 +597,13 @@ impl Transaction {
         });
         let (halt_tx, halt_rx) = tokio::sync::oneshot::channel::<()>();
         let mut halt_tx = Some(halt_tx);
-        let mut run = self.stream.runner.run_until(source, async move {
+        let mut run = self.runner.run_until(source, async move {
             let _ = halt_rx.await;
         });
         let period = self.stream.config.transaction_time();
         let mut tick = tokio::time::interval(period.min(Duration::from_millis(50)));
         let mut rewinding = false;
+        let mut rescaling = false;
         loop {
             tokio::select! {
                 processed = run.next() => {
@@ -408,15 +630,19 @@ impl Transaction {
                 _ = stop.changed(), if halt_tx.is_some() => {
                     halt_tx.take().map(|h| h.send(()));
                 }
+                _ = workers.changed(), if halt_tx.is_some() => {
+                    rescaling = true;
+                    halt_tx.take().map(|h| h.send(()));
+                }
             }
         }
         if rewinding {
             return Ok(Session::Rewind);
         }
-        if self.commit().await? {
-            Ok(Session::Stopped)
-        } else {
-            Ok(Session::Rewind)
+        match self.commit().await? {
+            false => Ok(Session::Rewind),
+            true if rescaling && !*stop.borrow() => Ok(Session::Rescale),
+            true => Ok(Session::Stopped),
         }
     }
 
@@ -462,9 +688,18 @@ impl Transaction {
                 headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
                 let latency = prediction.elapsed.as_secs_f64() * 1000.0;
                 headers = header(headers, LATENCY_HEADER, &format!("{latency:.3}"));
-                let value = serde_json::to_vec(&prediction.output)
-                    .map_err(|e| failure("kafka", e.to_string()))?;
-                (self.stream.config.output_topic.clone(), value)
+                match output_value(self.stream.config.output_format, &prediction.output) {
+                    Ok(value) => (self.stream.config.output_topic.clone(), value),
+                    Err(error) => {
+                        headers = header(headers, ERROR_HEADER, &error);
+                        headers = header(headers, STATUS_HEADER, "model_failure");
+                        self.dead_letters += 1;
+                        (
+                            self.stream.config.dead_letter_topic(),
+                            processed.meta.value.to_vec(),
+                        )
+                    }
+                }
             }
             Err(error) => {
                 let version = self.stream.runner.endpoint().spec().model.version.clone();
@@ -536,8 +771,14 @@ impl Transaction {
                 .consumer
                 .group_metadata()
                 .ok_or_else(|| failure("kafka", "the consumer has no group metadata"))?;
-            let p = self.producer.clone();
+            let (p, revoked) = (self.producer.clone(), Arc::clone(&self.revoked));
             blocking_kafka(move || {
+                // A revocation waits for this commit; after one, another member may own the
+                // partitions, so nothing of this transaction may commit.
+                let revoked = revoked.lock().unwrap_or_else(|p| p.into_inner());
+                if *revoked {
+                    return Err(KafkaError::Canceled);
+                }
                 p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_TIMEOUT)?;
                 p.commit_transaction(TRANSACTION_TIMEOUT)
             })
@@ -545,8 +786,15 @@ impl Transaction {
         } else if offsets.count() == 0 {
             Ok(())
         } else {
-            let c = Arc::clone(&self.consumer);
-            blocking_kafka(move || c.commit(&offsets, CommitMode::Sync)).await
+            let (c, revoked) = (Arc::clone(&self.consumer), Arc::clone(&self.revoked));
+            blocking_kafka(move || {
+                let revoked = revoked.lock().unwrap_or_else(|p| p.into_inner());
+                if *revoked {
+                    return Err(KafkaError::Canceled);
+                }
+                c.commit(&offsets, CommitMode::Sync)
+            })
+            .await
         };
         let messages = self.messages as u64;
         let dead = self.dead_letters;
@@ -559,11 +807,13 @@ impl Transaction {
                 self.summary.committed += messages;
                 self.summary.dead_lettered += dead;
                 self.summary.commits += 1;
+                self.stream.metrics.committed(messages, dead);
                 Ok(true)
             }
             Err(error) => {
                 tracing::warn!(%error, messages, "kafka commit failed; aborting and rewinding");
                 self.summary.aborts += 1;
+                self.stream.metrics.aborted();
                 if self.exactly_once() {
                     let p = self.producer.clone();
                     if let Err(abort) =
@@ -582,6 +832,8 @@ impl Transaction {
 
     /// Moves every assigned partition back to its committed offset.
     async fn rewind(&mut self) -> Result<()> {
+        // From here the consumer's assignment is current again.
+        *self.revoked.lock().unwrap_or_else(|p| p.into_inner()) = false;
         loop {
             let c = Arc::clone(&self.consumer);
             let rewound = blocking_kafka(move || {
@@ -625,7 +877,10 @@ fn item_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Item<Arc<Consumed
     let arrival = serving_core::Arrival::now();
     let info = KafkaMessage::of(message);
     let value = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-    let mut item = Item::new(Input::Bytes(value.clone())).with_arrival(arrival);
+    let mut item = Item::new(Input::Bytes(value.clone()))
+        .with_arrival(arrival)
+        .with_order_key(format!("{}/{}", info.topic, info.partition))
+        .with_param("source", info.source());
     if let Some(key) = &info.key {
         item = item.with_routing_key(String::from_utf8_lossy(key).into_owned());
     }
@@ -644,6 +899,28 @@ fn item_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Item<Arc<Consumed
             message: info,
             value,
         }))
+}
+
+/// An output message's value: the prediction as JSON, or its raw bytes.
+fn output_value(format: OutputFormat, output: &Value) -> std::result::Result<Vec<u8>, String> {
+    match (format, output) {
+        (OutputFormat::Json, output) => serde_json::to_vec(output).map_err(|e| e.to_string()),
+        (OutputFormat::Bytes, Value::String(text)) => Ok(text.as_bytes().to_vec()),
+        (OutputFormat::Bytes, Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| "output_format is bytes: the prediction is an array, but not of bytes (integers 0 to 255)".into()),
+        (OutputFormat::Bytes, other) => Err(format!(
+            "output_format is bytes: expected bytes or a string from the predictor, got {}",
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                _ => "an object",
+            }
+        )),
+    }
 }
 
 fn is_fatal(error: &KafkaError) -> bool {
