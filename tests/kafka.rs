@@ -857,8 +857,7 @@ impl Collector {
         self.reading
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.task.await.unwrap();
-        let seen = self.seen.lock().unwrap().clone();
-        seen
+        std::mem::take(&mut *self.seen.lock().unwrap())
     }
 }
 
@@ -1601,8 +1600,10 @@ async fn metrics_admin_status_and_the_prediction_log_show_every_message() {
     server.stop().await;
 }
 
+/// The example's serving logic, run as the example runs it. It holds its own copy of the iris
+/// model's module, as `support` does.
 #[path = "../examples/kafka_stream.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 mod kafka_example;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
