@@ -37,11 +37,11 @@ mod iris;
 use std::future::Future;
 use std::sync::Arc;
 
-use serving::ModelRef;
 use serving::http::{Observability, Token, WebService, shutdown_signal};
 use serving::kafka::{DeliveryMode, JoinedEndpoint, KafkaStream, KafkaStreamConfig};
 use serving::prediction_log::PredictionLogBuilder;
 use serving::prelude::*;
+use serving::{InMemoryAutoscaler, ModelRef};
 use tokio::net::TcpListener;
 
 /// The endpoint's name.
@@ -137,6 +137,39 @@ fn registry() -> std::result::Result<Arc<ModelRegistry>, Box<dyn std::error::Err
     Ok(registry)
 }
 
+/// Creates the topics that do not exist yet (the test broker does not create them on first
+/// use): each input with 3 partitions, the output and its dead-letter topic with 1.
+async fn ensure_topics(
+    settings: &StreamSettings,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    use serving::kafka::rdkafka::ClientConfig;
+    use serving::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use serving::kafka::rdkafka::client::DefaultClientContext;
+    use serving::kafka::rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .create()?;
+    let dead_letters = format!("{}.dlq", settings.output_topic);
+    let topics: Vec<NewTopic<'_>> = settings
+        .input_topics
+        .iter()
+        .map(|t| (t.as_str(), 3))
+        .chain([
+            (settings.output_topic.as_str(), 1),
+            (dead_letters.as_str(), 1),
+        ])
+        .map(|(name, partitions)| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for created in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        match created {
+            Ok(topic) => tracing::info!(%topic, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, error)) => return Err(format!("creating topic {topic}: {error}").into()),
+        }
+    }
+    Ok(())
+}
+
 /// What [`start`] runs: the stream and its web side.
 pub struct Started {
     /// The admin API's token.
@@ -153,6 +186,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<Started, Box<dyn std::error::Error>> {
     let registry = registry()?;
+    ensure_topics(&settings).await?;
     let mut kafka = KafkaStreamConfig::new(
         settings.brokers.split(',').map(str::trim),
         settings.input_topics.clone(),
@@ -163,12 +197,17 @@ pub async fn start(
     let mut spec = EndpointSpec::new(ENDPOINT, ModelRef::new(MODEL, "1"));
     spec.preprocess = Some("measurements".into());
     spec.kind = kafka.clone().into();
+    // One autoscaler for the endpoint and the stream: the admin status shows the workers.
+    let autoscaler = Arc::new(InMemoryAutoscaler::new());
     let endpoint = Arc::new(
         observability
             .instrument(ModelEndpoint::from_spec(spec, &registry)?)
+            .autoscaler(autoscaler.clone())
             .build()?,
     );
-    let stream = KafkaStream::new(Arc::clone(&endpoint), kafka)?.with_observability(&observability);
+    let stream = KafkaStream::new(Arc::clone(&endpoint), kafka)?
+        .with_observability(&observability)
+        .with_autoscaler(autoscaler);
     let admin_token = settings
         .admin_token
         .clone()
@@ -225,7 +264,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         settings.delivery, settings.group
     );
     println!("Try it:");
-    println!("  echo '[5.1, 3.5, 1.4, 0.2]' | kcat -P -b {brokers} -t {input}");
+    println!("  echo 'flower-1:[5.1, 3.5, 1.4, 0.2]' | kcat -P -b {brokers} -t {input} -K:");
     println!(
         "  kcat -C -b {brokers} -t {output} -X isolation.level=read_committed -f '%k %s %h\\n'"
     );
