@@ -11,7 +11,7 @@
 //! | [`RecordSink`] | where every prediction's record goes | [`InMemoryRecords`], [`prediction_log::PredictionLog`], [`TracingRecords`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
 //! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
-//! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`] |
+//! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`], [`DatasetFeedback`] |
 //!
 //! The [`prediction_log`] module keeps every prediction in segments on an object store (the
 //! local filesystem by default) and reads them back by time range, model, version and status,
@@ -84,6 +84,10 @@ pub use config::spec::{
     ServerSettings, WorkerKey, WorkerSettings,
 };
 pub use control::autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
+pub use control::feedback::{
+    DatasetFeedback, ExportFormat, ExportSummary, FeedbackLoopSpec, FeedbackLoopStatus,
+    FeedbackLoops, FeedbackSchedule, LoopState,
+};
 pub use control::feedback::{
     DynFeedbackSink, ExportReceipt, FeedbackExport, FeedbackSink, InMemoryFeedback,
 };
