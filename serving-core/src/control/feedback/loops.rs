@@ -2,7 +2,7 @@
 //! log into a dataset now or on a schedule, incrementally.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use object_store::ObjectStore;
@@ -233,19 +233,20 @@ impl FeedbackLoops {
             .loops
             .locked()
             .insert(id.clone(), Arc::clone(&entry));
-        let loops = self.clone();
-        runtime.spawn(async move { loops.run(entry, dataset, now, stopped).await });
+        // The task holds the loops weakly: once every handle is gone, the loops stop.
+        let (loops, settle) = (Arc::downgrade(&self.inner), self.settle());
+        runtime.spawn(async move { Self::run(loops, settle, entry, dataset, now, stopped).await });
         Ok(id)
     }
 
     async fn run(
-        self,
+        loops: Weak<Inner>,
+        settle: Duration,
         entry: Arc<Loop>,
         dataset: DatasetFeedback,
         started: SystemTime,
         mut stopped: watch::Receiver<bool>,
     ) {
-        let settle = self.settle();
         let mut due = match entry.spec.schedule {
             FeedbackSchedule::Now => Some(started),
             ref schedule => schedule.next_after(started),
@@ -258,7 +259,12 @@ impl FeedbackLoops {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped.wait_for(|stop| *stop) => break,
             }
-            let outcome = self.export_until(&entry, &dataset, at).await;
+            let Some(inner) = loops.upgrade() else {
+                break;
+            };
+            let outcome = FeedbackLoops { inner }
+                .export_until(&entry, &dataset, at)
+                .await;
             let mut progress = entry.progress.locked();
             match outcome {
                 Ok(Some(summary)) => {
