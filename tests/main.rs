@@ -2,6 +2,8 @@
 //! ephemeral loopback ports.
 
 mod connections;
+#[cfg(feature = "batch")]
+mod datasets;
 mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;

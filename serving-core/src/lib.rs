@@ -17,6 +17,10 @@
 //! local filesystem by default) and reads them back by time range, model, version and status,
 //! or as CSV.
 //!
+//! The [`datasets`] module maps dataset names to folders on an object store (the local
+//! filesystem by default, S3 with the `s3` feature): batch runs and feedback loops read and
+//! write files there, atomically.
+//!
 //! The [`runner`] module is the one path from a stream or a batch to `predict` (bounded,
 //! back-pressured, ordered, drained on shutdown) and writes down what every transport owes
 //! the endpoint, in [`runner::Runner`]'s `# Contract`.
@@ -46,6 +50,7 @@
 //! |---|---|---|
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
 //! | `openapi` | derives `utoipa::ToSchema` on the types the web service's API carries (for its OpenAPI document) | no |
+//! | `s3` | [`datasets::Datasets`] on S3 and S3-compatible stores (`s3://` URLs; object_store's `aws`) | no (`serving`'s `batch` feature turns it on) |
 //! | `prometheus` | [`observe::PrometheusMetrics`], the Prometheus exposition (`prometheus-client`) | no (`serving-http` turns it on) |
 //!
 //! # Shared by every transport
@@ -62,6 +67,7 @@
 // configured (`config`), and the wire format every transport reads (`wire`).
 mod config;
 mod control;
+pub mod datasets;
 mod endpoint;
 mod error;
 mod lifecycle;
