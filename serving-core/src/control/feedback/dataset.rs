@@ -1,34 +1,29 @@
 //! [`DatasetFeedback`]: the [`FeedbackSink`] that writes exports as files of a dataset.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::TryStreamExt as _;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::spec::{ExportFormat, check_dataset_name};
+use super::spec::ExportFormat;
 use super::{ExportReceipt, FeedbackExport, FeedbackSink};
+use crate::datasets::{Dataset, Overwrite};
 use crate::error::{Error, Result};
 use crate::observe::prediction_log::{PredictionRow, format_time, write_csv};
 use crate::observe::record::PredictionRecord;
 
-/// Exports into one dataset: a folder of an object store (the local filesystem, S3, …).
+/// Exports into one [`Dataset`] (a folder of the dataset store: the local filesystem, S3, …).
 ///
-/// Each export is one new file, written with a single `put`, which object stores make atomic
-/// (the local filesystem writes a temporary file and renames it): a reader sees the whole file
-/// or none. A feedback loop's export of the records that ended in `[from, to)` is named
-/// `{endpoint}-{from µs}-{to µs}.{csv|jsonl}` (16 digits each, so names sort by time); an
-/// export through [`FeedbackSink::export`] `{endpoint}-export-{µs}-{random}.{ext}`. The loop's
-/// watermark is `_feedback/{endpoint}.json` beside them, written after each export file.
+/// Each export is one new file, written in one atomic object write that never replaces an
+/// existing file: a reader sees the whole file or none. A feedback loop's export of the
+/// records that ended in `[from, to)` is named `{endpoint}-{from µs}-{to µs}.{csv|jsonl}` (16
+/// digits each, so names sort by time); an export through [`FeedbackSink::export`]
+/// `{endpoint}-export-{µs}-{random}.{ext}`. The loop's watermark is
+/// `_feedback/{endpoint}.json` beside them, written after each export file.
 #[derive(Debug, Clone)]
 pub struct DatasetFeedback {
-    store: Arc<dyn ObjectStore>,
-    root: Path,
-    dataset: String,
+    dataset: Dataset,
     format: ExportFormat,
 }
 
@@ -46,18 +41,12 @@ pub(crate) struct Watermark {
 }
 
 impl DatasetFeedback {
-    /// The dataset named `dataset` under `root` of `store`, written in CSV.
-    ///
-    /// # Errors
-    /// [`Error::InvalidRequest`] when the name is not a dataset's name.
-    pub fn new(store: Arc<dyn ObjectStore>, root: Path, dataset: &str) -> Result<Self> {
-        check_dataset_name(dataset)?;
-        Ok(DatasetFeedback {
-            store,
-            root: root.join(dataset),
-            dataset: dataset.to_owned(),
+    /// Exports into `dataset`, in CSV.
+    pub fn new(dataset: Dataset) -> Self {
+        DatasetFeedback {
+            dataset,
             format: ExportFormat::Csv,
-        })
+        }
     }
 
     /// The same dataset, exports written in `format`.
@@ -66,29 +55,22 @@ impl DatasetFeedback {
         self
     }
 
-    /// The dataset's name.
-    pub fn dataset(&self) -> &str {
+    /// The dataset.
+    pub fn dataset(&self) -> &Dataset {
         &self.dataset
     }
 
-    /// The dataset's folder in the store.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Checks that the store answers: lists the dataset's folder.
+    /// Checks that the dataset's store answers (lists the dataset).
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] naming `dataset` when the store cannot be listed.
     pub async fn check(&self) -> Result<()> {
-        let listed = self.store.list_with_delimiter(Some(&self.root)).await;
-        match listed {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::invalid_request(format!(
+        self.dataset.exists().await.map(|_| ()).map_err(|e| {
+            Error::invalid_request(format!(
                 "`dataset` `{}` cannot be reached: {e}",
-                self.dataset
-            ))),
-        }
+                self.dataset.name()
+            ))
+        })
     }
 
     fn encode(&self, records: &[PredictionRecord]) -> Result<Bytes> {
@@ -110,18 +92,17 @@ impl DatasetFeedback {
         Ok(out.into())
     }
 
-    async fn put(&self, location: &Path, bytes: Bytes) -> Result<()> {
-        self.store
-            .put(location, PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Storage {
-                location: location.to_string(),
-                source: Box::new(e),
-            })
+    async fn write_new(&self, name: &str, records: &[PredictionRecord]) -> Result<ExportReceipt> {
+        self.dataset
+            .put(name, self.encode(records)?, Overwrite::Refuse)
+            .await?;
+        Ok(ExportReceipt {
+            location: self.dataset.location(name)?.to_string(),
+            records: records.len(),
+        })
     }
 
-    /// Writes the records that ended in `[from_us, to_us)` as one file; the name says the
+    /// Writes the records that ended in `[from_us, to_us)` as one new file; the name says the
     /// interval (see the type's docs).
     pub(crate) async fn export_interval(
         &self,
@@ -134,56 +115,40 @@ impl DatasetFeedback {
             "{endpoint}-{from_us:016}-{to_us:016}.{}",
             self.format.extension()
         );
-        let location = self.root.clone().join(name.as_str());
-        self.put(&location, self.encode(records)?).await?;
-        Ok(ExportReceipt {
-            location: location.to_string(),
-            records: records.len(),
-        })
+        self.write_new(&name, records).await
     }
 
-    fn watermark_location(&self, endpoint: &str) -> Path {
-        self.root
-            .clone()
-            .join("_feedback")
-            .join(format!("{endpoint}.json").as_str())
+    fn watermark_path(endpoint: &str) -> String {
+        format!("_feedback/{endpoint}.json")
     }
 
     /// Everything of `endpoint` that ended before the returned µs has been exported: the later
     /// of the watermark object and the newest interval file (the file is written first, so a
     /// crash between the two loses nothing and repeats nothing).
     pub(crate) async fn watermark(&self, endpoint: &str) -> Result<Option<i64>> {
-        let location = self.watermark_location(endpoint);
-        let storage = |e: object_store::Error| Error::Storage {
-            location: location.to_string(),
-            source: Box::new(e),
-        };
-        let saved = match self.store.get(&location).await {
-            Ok(object) => {
-                let bytes = object.bytes().await.map_err(storage)?;
+        let path = Self::watermark_path(endpoint);
+        let saved = match self.dataset.get(&path).await {
+            Ok(bytes) => {
                 let mark: Watermark =
                     serde_json::from_slice(&bytes).map_err(|e| Error::Storage {
-                        location: location.to_string(),
+                        location: self
+                            .dataset
+                            .location(&path)
+                            .map_or_else(|_| path.clone(), |l| l.to_string()),
                         source: Box::new(e),
                     })?;
                 Some(mark.through_us)
             }
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(storage(e)),
+            Err(Error::DatasetNotFound { .. }) => None,
+            Err(error) => return Err(error),
         };
         let prefix = format!("{endpoint}-");
-        let files: Vec<_> = self
-            .store
-            .list(Some(&self.root))
-            .try_collect()
-            .await
-            .map_err(|e| Error::Storage {
-                location: self.root.to_string(),
-                source: Box::new(e),
-            })?;
-        let newest_file = files
+        let newest_file = self
+            .dataset
+            .list()
+            .await?
             .iter()
-            .filter_map(|meta| interval_of(meta.location.filename()?, &prefix))
+            .filter_map(|file| interval_of(&file.path, &prefix))
             .map(|(_, to)| to)
             .max();
         Ok(saved.max(newest_file))
@@ -202,7 +167,12 @@ impl DatasetFeedback {
             last_file: last_file.to_owned(),
         };
         let bytes = serde_json::to_vec_pretty(&mark).expect("a watermark serializes");
-        self.put(&self.watermark_location(endpoint), bytes.into())
+        self.dataset
+            .put(
+                &Self::watermark_path(endpoint),
+                bytes.into(),
+                Overwrite::Replace,
+            )
             .await
     }
 }
@@ -235,7 +205,6 @@ impl FeedbackSink for DatasetFeedback {
                 source: "no records to export".into(),
             });
         }
-        let at = crate::observe::prediction_log::format_time(export.exported_at);
         let micros = export
             .exported_at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -246,13 +215,7 @@ impl FeedbackSink for DatasetFeedback {
             &crate::new_request_id()[..8],
             self.format.extension()
         );
-        let location = self.root.clone().join(name.as_str());
-        self.put(&location, self.encode(&export.records)?).await?;
-        tracing::debug!(endpoint = %export.endpoint, dataset = %self.dataset, %at, "feedback export written");
-        Ok(ExportReceipt {
-            location: location.to_string(),
-            records: export.records.len(),
-        })
+        self.write_new(&name, &export.records).await
     }
 }
 

@@ -5,13 +5,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use object_store::ObjectStore;
-use object_store::path::Path;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::dataset::{DatasetFeedback, from_micros};
 use super::spec::{ExportFormat, FeedbackLoopSpec, FeedbackSchedule};
+use crate::datasets::Datasets;
 use crate::error::{Error, Result};
 use crate::observe::prediction_log::{PredictionLog, PredictionQuery, format_time};
 use crate::observe::record::PredictionRecord;
@@ -54,8 +53,7 @@ pub struct FeedbackLoops {
 #[derive(Debug)]
 struct Inner {
     log: PredictionLog,
-    store: Arc<dyn ObjectStore>,
-    root: Path,
+    datasets: Datasets,
     settle_margin: Duration,
     loops: Mutex<BTreeMap<String, Arc<Loop>>>,
     /// One lock and watermark per (dataset, endpoint): exports into it run one at a time.
@@ -156,13 +154,12 @@ pub struct FeedbackLoopStatus {
 }
 
 impl FeedbackLoops {
-    /// Loops that read `log` and write datasets as folders under `root` of `store`.
-    pub fn new(log: PredictionLog, store: Arc<dyn ObjectStore>, root: Path) -> Self {
+    /// Loops that read `log` and export into `datasets`.
+    pub fn new(log: PredictionLog, datasets: Datasets) -> Self {
         FeedbackLoops {
             inner: Arc::new(Inner {
                 log,
-                store,
-                root,
+                datasets,
                 settle_margin: Duration::from_secs(2),
                 loops: Mutex::new(BTreeMap::new()),
                 cursors: Mutex::new(HashMap::new()),
@@ -189,12 +186,18 @@ impl FeedbackLoops {
         self.inner.log.config().flush_interval() + self.inner.settle_margin
     }
 
-    /// The dataset `name` of this process's store, written in `format`.
+    /// The datasets it exports into.
+    pub fn datasets(&self) -> &Datasets {
+        &self.inner.datasets
+    }
+
+    /// The dataset `name`, written in `format`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] naming `dataset` for an invalid name.
     pub fn dataset(&self, name: &str, format: ExportFormat) -> Result<DatasetFeedback> {
-        Ok(
-            DatasetFeedback::new(Arc::clone(&self.inner.store), self.inner.root.clone(), name)?
-                .with_format(format),
-        )
+        super::spec::check_dataset_name(name)?;
+        Ok(DatasetFeedback::new(self.inner.datasets.dataset(name)?).with_format(format))
     }
 
     /// Starts a loop on `endpoint` (whose predictions time out after `timeout`), and returns
@@ -312,7 +315,7 @@ impl FeedbackLoops {
         cut: SystemTime,
     ) -> Result<Option<ExportSummary>> {
         let cursor = {
-            let key = (dataset.root().to_string(), entry.endpoint.clone());
+            let key = (dataset.dataset().name().to_owned(), entry.endpoint.clone());
             Arc::clone(self.inner.cursors.locked().entry(key).or_default())
         };
         let mut through = cursor.lock().await;
@@ -475,8 +478,6 @@ fn end_micros(record: &PredictionRecord) -> i64 {
 mod tests {
     use std::collections::HashMap;
 
-    use object_store::local::LocalFileSystem;
-
     use super::*;
     use crate::prediction_log::read_csv;
     use crate::{Endpoint as _, ModelEndpoint, PredictRequest, predictor_fn};
@@ -521,11 +522,9 @@ mod tests {
             .record_sink(Arc::new(log.clone()))
             .build()
             .unwrap();
-        std::fs::create_dir_all(dir.path().join("datasets")).unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(dir.path().join("datasets")).unwrap());
+        let datasets = Datasets::local(dir.path().join("datasets/sets")).unwrap();
         let open = || {
-            FeedbackLoops::new(log.clone(), Arc::clone(&store), Path::from("sets"))
+            FeedbackLoops::new(log.clone(), datasets.clone())
                 .with_settle_margin(Duration::from_millis(100))
         };
         let loops = open();
@@ -631,9 +630,9 @@ mod tests {
         // A file where the datasets' folder should be: listing it fails.
         let file = dir.path().join("not-a-folder");
         std::fs::write(&file, b"x").unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(&file).unwrap());
-        let loops = FeedbackLoops::new(log, store, Path::from(""));
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&file).unwrap();
+        let datasets = Datasets::with_store(Arc::new(store), Default::default(), "file:///x");
+        let loops = FeedbackLoops::new(log, datasets);
         let error = loops
             .start(
                 "e",

@@ -155,25 +155,12 @@ fn field(name: &str, reason: impl std::fmt::Display) -> Error {
     Error::invalid_request(format!("`{name}` {reason}"))
 }
 
-/// A dataset's name: 1-128 letters, digits, `-`, `_` or `.`, not starting with `.` or `_`
-/// (those name the store's own objects).
+/// A dataset's name, as the dataset store takes them.
 pub(crate) fn check_dataset_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !name.starts_with(['.', '_']);
-    if ok {
-        Ok(())
-    } else {
-        Err(field(
-            "dataset",
-            format!(
-                "`{name}` must be 1-128 letters, digits, `-`, `_` or `.`, not starting with `.` or `_`"
-            ),
-        ))
-    }
+    crate::datasets::check_dataset_name(name).map_err(|e| match e {
+        Error::InvalidRequest { reason } => field("dataset", reason),
+        other => other,
+    })
 }
 
 impl FeedbackSchedule {
@@ -310,7 +297,7 @@ mod tests {
             ),
             (
                 json!({"dataset": "../x", "schedule": "now"}),
-                "`dataset` `../x` must be",
+                "`dataset` invalid dataset name `../x`",
             ),
             (json!({"dataset": "d"}), "`schedule` is required"),
             (
