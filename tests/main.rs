@@ -4,6 +4,7 @@
 mod connections;
 #[cfg(feature = "batch")]
 mod datasets;
+mod feedback;
 mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;

@@ -212,7 +212,7 @@ impl FeedbackSink for DatasetFeedback {
         let name = format!(
             "{}-export-{micros:016}-{}.{}",
             export.endpoint,
-            &crate::new_request_id()[..8],
+            &uuid::Uuid::new_v4().simple().to_string()[..8],
             self.format.extension()
         );
         self.write_new(&name, &export.records).await

@@ -220,7 +220,7 @@ impl FeedbackLoops {
             action: "starting a feedback loop".to_owned(),
             source: Box::new(e),
         })?;
-        let id = crate::new_request_id()[..12].to_owned();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let now = SystemTime::now();
         let (stop, stopped) = watch::channel(false);
         let entry = Arc::new(Loop {
