@@ -607,3 +607,111 @@ async fn exports_stay_exactly_once_across_a_killed_process() {
     assert_eq!((lost, twice, unknown), (0, 0, 0));
     assert!(!before.is_empty() && before.values().all(|n| *n == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_logs_tab_lists_loops_with_their_last_export_and_stops_one() {
+    use crate::observability::browser::{Driver, browser, until};
+    use fantoccini::Locator;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(&dir.path().join("log"));
+    let datasets = Datasets::local(dir.path().join("datasets")).unwrap();
+    let server = TestServer::start(service(&log, loops(&log, datasets), vec![])).await;
+    traffic(server.url(""), 12, Duration::from_millis(5)).await;
+    let id = start_loop(
+        &server,
+        r#"{"dataset": "dashboard-feedback", "schedule": {"every_secs": 1}}"#,
+    )
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, status) = admin(
+            reqwest::Method::GET,
+            format!("{}/{id}", feedback_url(&server)),
+            None,
+        )
+        .await;
+        if !status["exports"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no export: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let driver = Driver::start().await;
+    let (profile, downloads) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let client = browser(&driver, profile.path(), downloads.path()).await;
+    client
+        .goto(&server.url(&format!("/dashboard#endpoint={ENDPOINT}&token={TOKEN}")))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css(r#"#tabs button[data-view="logs"]"#))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let row = format!(r#"#feedback-table tr[data-loop-id="{id}"]"#);
+    let last = until(
+        &client,
+        "the loop's last export",
+        &format!(r#"document.querySelector('{row} td.last-export')?.textContent"#),
+    )
+    .await;
+    let last = last.as_str().unwrap();
+    assert!(
+        last.contains("dashboard-feedback/fb-") && last.contains(".csv · 12 records"),
+        "{last}"
+    );
+    let state = until(
+        &client,
+        "the loop's state",
+        &format!(r#"document.querySelector('{row}')?.dataset.state"#),
+    )
+    .await;
+    assert_eq!(state, "running");
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-feedback.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    client
+        .find(Locator::Id("admin-token"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css(&format!(r#"{row} button.stop"#)))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &client,
+        "the loop stopped",
+        &format!(r#"document.querySelector('{row}')?.dataset.state === 'stopped'"#),
+    )
+    .await;
+    let no_button = client
+        .execute(
+            &format!(r#"return document.querySelector('{row} button.stop') === null;"#),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(no_button, json!(true));
+    let (_, status) = admin(
+        reqwest::Method::GET,
+        format!("{}/{id}", feedback_url(&server)),
+        None,
+    )
+    .await;
+    assert_eq!(status["state"], "stopped", "{status}");
+    client.close().await.unwrap();
+    server.stop().await;
+}
