@@ -37,6 +37,12 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .config()
         .dir
         .join(&prediction_log.config().prefix);
+    // Feedback loops export the log into datasets (./serving-data/datasets unless
+    // SERVING_DATASETS names another root); the admin API starts them.
+    let feedback = serving::FeedbackLoops::new(
+        prediction_log.clone(),
+        serving::datasets::Datasets::from_env()?,
+    );
     let observability = Observability::new()
         .with_prediction_log(prediction_log)
         .with_log_lines(true);
@@ -46,6 +52,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let service = WebService::builder()
         .config(WebServiceConfig::from_env()?)
         .observability(observability)
+        .feedback_loops(feedback)
         .endpoint(endpoint)
         .build()?;
     let token = service
@@ -60,6 +67,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let url = format!("{base}/api/v1/endpoints/{ENDPOINT}");
     println!("Endpoint: {url}");
     println!("Token:    {token}");
+    let admin = service.admin_token().expose().to_owned();
+    println!("Admin:    {admin}   (Authorization: Bearer, for /api/v1/admin/...)");
     println!("Try it:");
     println!(
         "  curl -s -X POST {url} -H 'Content-Type: application/json' -H 'Cnvrg-Api-Key: {token}' -d '{{\"input_params\": [5.1, 3.5, 1.4, 0.2]}}'"
@@ -72,6 +81,9 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         log_dir.display()
     );
     println!("  as CSV:         curl -s '{url}/logs.csv' -H 'Cnvrg-Api-Key: {token}'");
+    println!(
+        "  feedback loop:  curl -s -X POST {base}/api/v1/admin/endpoints/{ENDPOINT}/feedback -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' -d '{{\"dataset\": \"iris-feedback\", \"schedule\": {{\"every_secs\": 5}}, \"format\": \"csv\"}}'"
+    );
     println!("Press Ctrl-C to stop.");
 
     service.serve_on(listener, shutdown_signal()).await?;

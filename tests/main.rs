@@ -2,6 +2,9 @@
 //! ephemeral loopback ports.
 
 mod connections;
+#[cfg(feature = "batch")]
+mod datasets;
+mod feedback;
 mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;

@@ -1,7 +1,7 @@
 //! Every prediction recorded, measured and visible: the prediction log, `/metrics`, the charts
 //! and logs APIs, JSON logs, and (in `browser`) the dashboard in headless Chromium.
 
-mod browser;
+pub(crate) mod browser;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -158,6 +158,23 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A dataset, or a file in one, that does not exist.
+    #[error("{}", match file {
+        Some(file) => format!("dataset `{dataset}` has no file `{file}`"),
+        None => format!("no dataset named `{dataset}`"),
+    })]
+    DatasetNotFound {
+        /// The dataset's name.
+        dataset: String,
+        /// The file's path inside it, when a file is missing.
+        file: Option<String>,
+    },
+    /// A write that would replace an existing file without being asked to.
+    #[error("`{location}` already exists; ask to overwrite it to replace it")]
+    AlreadyExists {
+        /// The file's store key.
+        location: String,
+    },
     /// An action (trigger, feedback export, scaling) failed.
     #[error("{action} failed: {source}")]
     Action {
@@ -203,8 +220,10 @@ impl Error {
             Error::InvalidArgument { .. }
             | Error::ArgumentCount { .. }
             | Error::Rejected { .. } => Outcome::RejectedInput,
-            Error::EndpointNotFound { .. } | Error::VersionNotFound { .. } => Outcome::NotFound,
-            Error::Conflict { .. } => Outcome::Conflict,
+            Error::EndpointNotFound { .. }
+            | Error::VersionNotFound { .. }
+            | Error::DatasetNotFound { .. } => Outcome::NotFound,
+            Error::Conflict { .. } | Error::AlreadyExists { .. } => Outcome::Conflict,
             Error::Unauthorized => Outcome::Unauthenticated,
             Error::PayloadTooLarge { .. } => Outcome::TooLarge,
             Error::UnsupportedMediaType { .. } => Outcome::UnsupportedFormat,

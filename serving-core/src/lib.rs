@@ -11,11 +11,15 @@
 //! | [`RecordSink`] | where every prediction's record goes | [`InMemoryRecords`], [`prediction_log::PredictionLog`], [`TracingRecords`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
 //! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
-//! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`] |
+//! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`], [`DatasetFeedback`] |
 //!
 //! The [`prediction_log`] module keeps every prediction in segments on an object store (the
 //! local filesystem by default) and reads them back by time range, model, version and status,
 //! or as CSV.
+//!
+//! The [`datasets`] module maps dataset names to folders on an object store (the local
+//! filesystem by default, S3 with the `s3` feature): batch runs and feedback loops read and
+//! write files there, atomically.
 //!
 //! The [`runner`] module is the one path from a stream or a batch to `predict` (bounded,
 //! back-pressured, ordered, drained on shutdown) and writes down what every transport owes
@@ -46,6 +50,7 @@
 //! |---|---|---|
 //! | `conformance` | exports [`conformance`], the suites every trait implementation must pass | no |
 //! | `openapi` | derives `utoipa::ToSchema` on the types the web service's API carries (for its OpenAPI document) | no |
+//! | `s3` | [`datasets::Datasets`] on S3 and S3-compatible stores (`s3://` URLs; object_store's `aws`) | no (`serving`'s `batch` feature turns it on) |
 //! | `prometheus` | [`observe::PrometheusMetrics`], the Prometheus exposition (`prometheus-client`) | no (`serving-http` turns it on) |
 //!
 //! # Shared by every transport
@@ -62,6 +67,7 @@
 // configured (`config`), and the wire format every transport reads (`wire`).
 mod config;
 mod control;
+pub mod datasets;
 mod endpoint;
 mod error;
 mod lifecycle;
@@ -84,6 +90,10 @@ pub use config::spec::{
     ServerSettings, WorkerKey, WorkerSettings,
 };
 pub use control::autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
+pub use control::feedback::{
+    DatasetFeedback, ExportFormat, ExportSummary, FeedbackLoopSpec, FeedbackLoopStatus,
+    FeedbackLoops, FeedbackSchedule, LoopState,
+};
 pub use control::feedback::{
     DynFeedbackSink, ExportReceipt, FeedbackExport, FeedbackSink, InMemoryFeedback,
 };

@@ -104,7 +104,7 @@ impl FromRequestParts<Arc<ServiceState>> for Admin {
 /// An admin request's body, read as a prediction's is: at most the named endpoint's
 /// `max_body_bytes` (413 beyond), within the body timeout (408 after). Extracted after
 /// [`Admin`], so that nothing is read before the token is checked.
-pub(crate) struct AdminBody(Bytes);
+pub(crate) struct AdminBody(pub(crate) Bytes);
 
 impl FromRequest<Arc<ServiceState>> for AdminBody {
     type Rejection = ApiError;
@@ -277,7 +277,9 @@ async fn spec(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let lifecycle = lifecycle(&state, &name)?;
-    Ok(axum::Json(lifecycle.export_spec()).into_response())
+    let mut spec = lifecycle.export_spec();
+    crate::feedback::spec_loops(&state, &name, &mut spec);
+    Ok(axum::Json(spec).into_response())
 }
 
 /// A registered version to deploy.

@@ -138,6 +138,7 @@ mod config;
 mod control;
 mod dashboard;
 mod error;
+mod feedback;
 pub mod observability;
 mod oip;
 mod openapi;

@@ -77,8 +77,9 @@ impl WebService {
         }
         registered.sort_unstable();
         registered.dedup();
-        let mut document =
-            serde_json::to_value(ApiDoc::openapi()).expect("an OpenAPI document serializes");
+        let mut api = ApiDoc::openapi();
+        api.merge(<crate::feedback::FeedbackDoc as OpenApi>::openapi());
+        let mut document = serde_json::to_value(api).expect("an OpenAPI document serializes");
         bound_integers(&mut document);
         for body in ["Registered", "ShadowBody"] {
             let version = &mut document["components"]["schemas"][body]["properties"]["version"];

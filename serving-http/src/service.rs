@@ -62,6 +62,8 @@ pub(crate) struct ServiceState {
     /// Authorizes the admin API (`Authorization: Bearer`); never a prediction token.
     pub(crate) admin_token: Token,
     pub(crate) observability: Option<crate::observability::Observability>,
+    /// Runs the endpoints' feedback loops, when the builder was given them.
+    pub(crate) feedback: Option<serving_core::FeedbackLoops>,
 }
 
 /// One served endpoint and its token.
@@ -137,6 +139,7 @@ impl WebService {
                 .route("/healthz", get(healthz))
                 .route("/readyz", get(readyz))
                 .merge(crate::observability::routes())
+                .merge(crate::feedback::routes())
                 .merge(crate::openapi::routes(self)),
         )
     }
@@ -144,7 +147,7 @@ impl WebService {
     /// The admin API under `/api/v1/admin/`: status, versions, rollouts, canary, shadow,
     /// autoscale.
     pub fn admin_router(&self) -> Router {
-        self.part(crate::control::routes())
+        self.part(crate::control::routes().merge(crate::feedback::admin_routes()))
     }
 
     /// `router` (parts of this service, merged, or an app's own) with the service's answers
@@ -211,6 +214,7 @@ pub struct WebServiceBuilder {
     endpoints: Vec<(Arc<DynEndpoint>, Option<Token>)>,
     admin_token: Option<Token>,
     pub(crate) observability: Option<crate::observability::Observability>,
+    pub(crate) feedback: Option<serving_core::FeedbackLoops>,
 }
 
 impl WebServiceBuilder {
@@ -282,6 +286,7 @@ impl WebServiceBuilder {
                 reason: "the admin token must differ from every prediction token".into(),
             });
         }
+        crate::feedback::start_spec_loops(self.feedback.as_ref(), &endpoints)?;
         Ok(WebService {
             state: Arc::new(ServiceState {
                 endpoints,
@@ -289,6 +294,7 @@ impl WebServiceBuilder {
                 body_timeout: self.config.body_timeout(),
                 admin_token,
                 observability: self.observability,
+                feedback: self.feedback,
             }),
             config: self.config,
         })

@@ -17,13 +17,13 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// chromedriver on a free loopback port, killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
 }
 
 impl Driver {
-    async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         assert!(
             Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists(),
             "Chromium and chromedriver are missing: run scripts/test-setup"
@@ -56,7 +56,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser(driver: &Driver, profile: &Path, downloads: &Path) -> Client {
+pub(crate) async fn browser(driver: &Driver, profile: &Path, downloads: &Path) -> Client {
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".into(),
@@ -82,7 +82,7 @@ async fn browser(driver: &Driver, profile: &Path, downloads: &Path) -> Client {
 }
 
 /// Polls `script` (a JavaScript expression) until it is truthy; returns its value.
-async fn until(client: &Client, what: &str, script: &str) -> Value {
+pub(crate) async fn until(client: &Client, what: &str, script: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let value = client

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::setting::{Setting, SettingKey, Settings, name_array};
 use crate::control::autoscale::AutoscaleBounds;
+use crate::control::feedback::FeedbackLoopSpec;
 use crate::error::{Error, Result};
 use crate::lifecycle::CanaryPolicy;
 use crate::model::signature::ModelSignature;
@@ -51,6 +52,9 @@ pub struct EndpointSpec {
     /// The model's named inputs and outputs, for the Open Inference Protocol routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<ModelSignature>,
+    /// Feedback loops that export its prediction log into datasets, started with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feedback: Vec<FeedbackLoopSpec>,
 }
 
 impl EndpointSpec {
@@ -68,6 +72,7 @@ impl EndpointSpec {
             logging: LoggingSpec::default(),
             canary: None,
             signature: None,
+            feedback: Vec::new(),
         }
     }
 
@@ -91,6 +96,11 @@ impl EndpointSpec {
         }
         if let Some(canary) = &self.canary {
             canary.validate()?;
+        }
+        for (i, feedback) in self.feedback.iter().enumerate() {
+            feedback.validate().map_err(|e| Error::InvalidSpec {
+                reason: format!("feedback[{i}]: {e}"),
+            })?;
         }
         self.autoscale.validate()
     }
@@ -560,6 +570,31 @@ mod tests {
         assert!(
             error.contains(
                 "kafka_stream section: unknown field `output_topics`, expected `output_topic`"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn feedback_loops_are_part_of_the_spec() {
+        use crate::control::feedback::{ExportFormat, FeedbackSchedule};
+        let older = "name: iris\nmodel: {name: tree, version: '2'}\n";
+        assert!(EndpointSpec::from_yaml(older).unwrap().feedback.is_empty());
+        let mut spec = sample();
+        spec.feedback = vec![
+            FeedbackLoopSpec::new("iris-feedback", FeedbackSchedule::EverySecs(3600)),
+            FeedbackLoopSpec::new("nightly", FeedbackSchedule::Cron("0 2 * * *".into()))
+                .with_format(ExportFormat::Jsonl),
+        ];
+        assert_eq!(EndpointSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
+        assert_eq!(EndpointSpec::from_json(&spec.to_json()).unwrap(), spec);
+        spec.feedback[0].schedule = FeedbackSchedule::EverySecs(0);
+        let error = EndpointSpec::from_json(&spec.to_json())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                "feedback[0]: invalid request: `schedule.every_secs` must be greater than zero"
             ),
             "{error}"
         );

@@ -6,6 +6,7 @@
 //!
 //! [`transport`] holds the suite that every transport (HTTP, Kafka, batch, the runner) passes.
 
+pub mod datasets;
 pub mod transport;
 
 use std::collections::BTreeMap;

@@ -85,6 +85,7 @@ async function refresh() {
   try {
     if (state.view === 'charts') await loadCharts();
     if (state.view === 'logs') await loadLogs();
+    if (state.view === 'logs') await loadFeedback();
     setStatus(`${state.endpoint} · updated ${new Date().toLocaleTimeString()}`);
   } catch (error) {
     setStatus(`${state.endpoint}: ${error.message}`, true);
@@ -268,6 +269,72 @@ async function loadLogs() {
   $('log-summary').textContent = `Showing ${first}–${last} of ${total} predictions, newest first.`;
   $('newer').disabled = state.offset === 0;
   $('older').disabled = last >= page.total;
+}
+
+// ---- feedback loops (Logs tab) ---------------------------------------------------------
+
+function schedule(loop) {
+  const s = loop.schedule;
+  if (s === 'now') return 'now (once)';
+  if (s.every_secs !== undefined) return `every ${s.every_secs} s`;
+  if (s.cron !== undefined) return `cron ${s.cron}`;
+  return JSON.stringify(s);
+}
+
+async function loadFeedback() {
+  const body = $('feedback-table').querySelector('tbody');
+  let loops;
+  try {
+    loops = (await (await api('feedback')).json()).feedback;
+  } catch (error) {
+    body.replaceChildren();
+    $('feedback-summary').textContent = `Feedback loops: ${error.message}`;
+    return;
+  }
+  body.replaceChildren(...loops.map((loop) => {
+    const row = el('tr', { 'data-loop-id': loop.id, 'data-state': loop.state });
+    const last = loop.exports[loop.exports.length - 1];
+    const lastText = last
+      ? `${last.file} · ${last.records} records · ${new Date(last.from).toLocaleString()} → ${new Date(last.to).toLocaleString()}`
+      : (loop.last_error ? `failed: ${loop.last_error}` : 'none yet');
+    const stop = el('td');
+    if (loop.state === 'running') {
+      const button = el('button', { type: 'button', class: 'stop', 'data-loop-id': loop.id }, 'Stop');
+      button.addEventListener('click', () => stopFeedback(loop.id));
+      stop.append(button);
+    }
+    row.append(
+      el('td', { class: 'json' }, loop.id),
+      el('td', {}, loop.dataset),
+      el('td', {}, `${schedule(loop)} · ${loop.format}`),
+      el('td', { class: loop.state === 'failed' ? 'bad' : '' }, loop.state),
+      el('td', {}, String(loop.exported_records)),
+      el('td', { class: 'json last-export', title: lastText }, lastText),
+      stop,
+    );
+    return row;
+  }));
+  $('feedback-summary').textContent = loops.length
+    ? `${loops.length} feedback loop${loops.length === 1 ? '' : 's'}.`
+    : 'No feedback loops: start one with POST /api/v1/admin/endpoints/{name}/feedback.';
+}
+
+async function stopFeedback(id) {
+  const token = $('admin-token').value.trim();
+  if (!token) {
+    setStatus(`${state.endpoint}: enter the admin token to stop a feedback loop`, true);
+    return;
+  }
+  const url = `/api/v1/admin/endpoints/${encodeURIComponent(state.endpoint)}/feedback/${encodeURIComponent(id)}`;
+  const response = await fetch(url, { method: 'DELETE', headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    setStatus(`${state.endpoint}: stop failed: ${message}`, true);
+    return;
+  }
+  setStatus(`${state.endpoint} · feedback loop ${id} stopped`);
+  await loadFeedback();
 }
 
 function json(value) {

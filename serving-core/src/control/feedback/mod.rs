@@ -1,4 +1,14 @@
-//! The [`FeedbackSink`] trait: where feedback loops export endpoint data.
+//! The [`FeedbackSink`] trait: where feedback loops export endpoint data; [`DatasetFeedback`]
+//! writes exports as files of a dataset, and [`FeedbackLoops`] runs an endpoint's loops
+//! ([`FeedbackLoopSpec`]) now or on a schedule, incrementally (see its docs).
+
+mod dataset;
+mod loops;
+mod spec;
+
+pub use self::dataset::DatasetFeedback;
+pub use self::loops::{ExportSummary, FeedbackLoopStatus, FeedbackLoops, LoopState};
+pub use self::spec::{ExportFormat, FeedbackLoopSpec, FeedbackSchedule};
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,243 @@
+//! [`DatasetFeedback`]: the [`FeedbackSink`] that writes exports as files of a dataset.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::spec::ExportFormat;
+use super::{ExportReceipt, FeedbackExport, FeedbackSink};
+use crate::datasets::{Dataset, Overwrite};
+use crate::error::{Error, Result};
+use crate::observe::prediction_log::{PredictionRow, format_time, write_csv};
+use crate::observe::record::PredictionRecord;
+
+/// Exports into one [`Dataset`] (a folder of the dataset store: the local filesystem, S3, …).
+///
+/// Each export is one new file, written in one atomic object write that never replaces an
+/// existing file: a reader sees the whole file or none. A feedback loop's export of the
+/// records that ended in `[from, to)` is named `{endpoint}-{from µs}-{to µs}.{csv|jsonl}` (16
+/// digits each, so names sort by time); an export through [`FeedbackSink::export`]
+/// `{endpoint}-export-{µs}-{random}.{ext}`. The loop's watermark is
+/// `_feedback/{endpoint}.json` beside them, written after each export file.
+#[derive(Debug, Clone)]
+pub struct DatasetFeedback {
+    dataset: Dataset,
+    format: ExportFormat,
+}
+
+/// What a dataset remembers of an endpoint's exports: everything that ended before
+/// `through_us` is exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Watermark {
+    pub(crate) endpoint: String,
+    /// Microseconds since the epoch: every record that ended before it has been exported.
+    pub(crate) through_us: i64,
+    /// `through_us` as RFC 3339, for people.
+    pub(crate) through: String,
+    /// The last export's file.
+    pub(crate) last_file: String,
+}
+
+impl DatasetFeedback {
+    /// Exports into `dataset`, in CSV.
+    pub fn new(dataset: Dataset) -> Self {
+        DatasetFeedback {
+            dataset,
+            format: ExportFormat::Csv,
+        }
+    }
+
+    /// The same dataset, exports written in `format`.
+    pub fn with_format(mut self, format: ExportFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    /// Checks that the dataset's store answers (lists the dataset).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] naming `dataset` when the store cannot be listed.
+    pub async fn check(&self) -> Result<()> {
+        self.dataset.exists().await.map(|_| ()).map_err(|e| {
+            Error::invalid_request(format!(
+                "`dataset` `{}` cannot be reached: {e}",
+                self.dataset.name()
+            ))
+        })
+    }
+
+    fn encode(&self, records: &[PredictionRecord]) -> Result<Bytes> {
+        let mut out = Vec::with_capacity(records.len() * 256);
+        match self.format {
+            ExportFormat::Csv => write_csv(records, &mut out)?,
+            ExportFormat::Jsonl => {
+                for record in records {
+                    serde_json::to_writer(&mut out, &PredictionRow::from(record)).map_err(|e| {
+                        Error::Action {
+                            action: "encoding a feedback export".to_owned(),
+                            source: Box::new(e),
+                        }
+                    })?;
+                    out.push(b'\n');
+                }
+            }
+        }
+        Ok(out.into())
+    }
+
+    async fn write_new(&self, name: &str, records: &[PredictionRecord]) -> Result<ExportReceipt> {
+        self.dataset
+            .put(name, self.encode(records)?, Overwrite::Refuse)
+            .await?;
+        Ok(ExportReceipt {
+            location: self.dataset.location(name)?.to_string(),
+            records: records.len(),
+        })
+    }
+
+    /// Writes the records that ended in `[from_us, to_us)` as one new file; the name says the
+    /// interval (see the type's docs).
+    pub(crate) async fn export_interval(
+        &self,
+        endpoint: &str,
+        records: &[PredictionRecord],
+        from_us: i64,
+        to_us: i64,
+    ) -> Result<ExportReceipt> {
+        let name = format!(
+            "{endpoint}-{from_us:016}-{to_us:016}.{}",
+            self.format.extension()
+        );
+        self.write_new(&name, records).await
+    }
+
+    fn watermark_path(endpoint: &str) -> String {
+        format!("_feedback/{endpoint}.json")
+    }
+
+    /// Everything of `endpoint` that ended before the returned µs has been exported: the later
+    /// of the watermark object and the newest interval file (the file is written first, so a
+    /// crash between the two loses nothing and repeats nothing).
+    pub(crate) async fn watermark(&self, endpoint: &str) -> Result<Option<i64>> {
+        let path = Self::watermark_path(endpoint);
+        let saved = match self.dataset.get(&path).await {
+            Ok(bytes) => {
+                let mark: Watermark =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Storage {
+                        location: self
+                            .dataset
+                            .location(&path)
+                            .map_or_else(|_| path.clone(), |l| l.to_string()),
+                        source: Box::new(e),
+                    })?;
+                Some(mark.through_us)
+            }
+            Err(Error::DatasetNotFound { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        let prefix = format!("{endpoint}-");
+        let newest_file = self
+            .dataset
+            .list()
+            .await?
+            .iter()
+            .filter_map(|file| interval_of(&file.path, &prefix))
+            .map(|(_, to)| to)
+            .max();
+        Ok(saved.max(newest_file))
+    }
+
+    pub(crate) async fn save_watermark(
+        &self,
+        endpoint: &str,
+        through_us: i64,
+        last_file: &str,
+    ) -> Result<()> {
+        let mark = Watermark {
+            endpoint: endpoint.to_owned(),
+            through_us,
+            through: format_time(from_micros(through_us)),
+            last_file: last_file.to_owned(),
+        };
+        let bytes = serde_json::to_vec_pretty(&mark).expect("a watermark serializes");
+        self.dataset
+            .put(
+                &Self::watermark_path(endpoint),
+                bytes.into(),
+                Overwrite::Replace,
+            )
+            .await
+    }
+}
+
+/// The `[from, to)` µs of an interval file's name `{prefix}{from}-{to}.{ext}`.
+fn interval_of(name: &str, prefix: &str) -> Option<(i64, i64)> {
+    let rest = name.strip_prefix(prefix)?;
+    let (stem, ext) = rest.rsplit_once('.')?;
+    if !["csv", "jsonl"].contains(&ext) {
+        return None;
+    }
+    let (from, to) = stem.split_once('-')?;
+    let digits = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(from) && digits(to)).then(|| Some((from.parse().ok()?, to.parse().ok()?)))?
+}
+
+pub(crate) fn from_micros(us: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
+}
+
+#[async_trait]
+impl FeedbackSink for DatasetFeedback {
+    async fn export(&self, export: FeedbackExport) -> Result<ExportReceipt> {
+        if export.records.is_empty() {
+            return Err(Error::Action {
+                action: format!(
+                    "feedback export of `{}` to `{}`",
+                    export.endpoint, export.dataset
+                ),
+                source: "no records to export".into(),
+            });
+        }
+        let micros = export
+            .exported_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let name = format!(
+            "{}-export-{micros:016}-{}.{}",
+            export.endpoint,
+            &uuid::Uuid::new_v4().simple().to_string()[..8],
+            self.format.extension()
+        );
+        self.write_new(&name, &export.records).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_names_parse_back() {
+        let name = format!("iris-{:016}-{:016}.csv", 5, 1_800_000_000_000_000i64);
+        assert_eq!(
+            interval_of(&name, "iris-"),
+            Some((5, 1_800_000_000_000_000))
+        );
+        assert_eq!(interval_of(&name, "iris-x-"), None);
+        assert_eq!(
+            interval_of("iris-export-0000000000000005-abcd1234.csv", "iris-"),
+            None
+        );
+        assert_eq!(interval_of("iris-1-2.csv", "iris-"), None);
+        let jsonl = format!("a-b-{:016}-{:016}.jsonl", 1, 2);
+        assert_eq!(interval_of(&jsonl, "a-b-"), Some((1, 2)));
+        assert_eq!(interval_of(&jsonl, "a-"), None);
+    }
+}
