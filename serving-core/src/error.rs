@@ -143,6 +143,14 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// No trigger with this id on the endpoint.
+    #[error("endpoint `{endpoint}` has no trigger `{id}`")]
+    TriggerNotFound {
+        /// The endpoint.
+        endpoint: String,
+        /// The id asked for.
+        id: String,
+    },
     /// An endpoint spec that does not parse.
     #[error("invalid endpoint spec: {reason}")]
     InvalidSpec {
@@ -203,7 +211,9 @@ impl Error {
             Error::InvalidArgument { .. }
             | Error::ArgumentCount { .. }
             | Error::Rejected { .. } => Outcome::RejectedInput,
-            Error::EndpointNotFound { .. } | Error::VersionNotFound { .. } => Outcome::NotFound,
+            Error::EndpointNotFound { .. }
+            | Error::VersionNotFound { .. }
+            | Error::TriggerNotFound { .. } => Outcome::NotFound,
             Error::Conflict { .. } => Outcome::Conflict,
             Error::Unauthorized => Outcome::Unauthenticated,
             Error::PayloadTooLarge { .. } => Outcome::TooLarge,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::setting::{Setting, SettingKey, Settings, name_array};
+use crate::control::actions::TriggerSpec;
 use crate::control::autoscale::AutoscaleBounds;
 use crate::error::{Error, Result};
 use crate::lifecycle::CanaryPolicy;
@@ -51,6 +52,9 @@ pub struct EndpointSpec {
     /// The model's named inputs and outputs, for the Open Inference Protocol routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<ModelSignature>,
+    /// Triggers on the endpoint's metrics, started with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
 }
 
 impl EndpointSpec {
@@ -68,6 +72,7 @@ impl EndpointSpec {
             logging: LoggingSpec::default(),
             canary: None,
             signature: None,
+            triggers: Vec::new(),
         }
     }
 
@@ -91,6 +96,9 @@ impl EndpointSpec {
         }
         if let Some(canary) = &self.canary {
             canary.validate()?;
+        }
+        for trigger in &self.triggers {
+            trigger.validate()?;
         }
         self.autoscale.validate()
     }
