@@ -142,9 +142,9 @@ impl WebService {
     }
 
     /// The admin API under `/api/v1/admin/`: status, versions, rollouts, canary, shadow,
-    /// autoscale.
+    /// autoscale, triggers.
     pub fn admin_router(&self) -> Router {
-        self.part(crate::control::routes())
+        self.part(crate::control::routes().merge(crate::triggers::routes()))
     }
 
     /// `router` (parts of this service, merged, or an app's own) with the service's answers

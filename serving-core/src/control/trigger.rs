@@ -35,6 +35,7 @@ use crate::sync::Locked;
 /// again at the first poll that meets the condition at least `cooldown_secs` after it last
 /// fired, cleared or not. A firing whose action failed leaves it armed, so the next poll that
 /// meets the condition tries again.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRule {

@@ -64,7 +64,6 @@ pub struct TriggerStatus {
     /// Its id within the endpoint.
     pub id: String,
     /// When it fires.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub rule: TriggerRule,
     /// What it does: `webhook`, `email`, `callback`, ….
     pub action: String,
