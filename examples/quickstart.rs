@@ -60,6 +60,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let url = format!("{base}/api/v1/endpoints/{ENDPOINT}");
     println!("Endpoint: {url}");
     println!("Token:    {token}");
+    println!("Admin:    {}", service.admin_token().expose());
     println!("Try it:");
     println!(
         "  curl -s -X POST {url} -H 'Content-Type: application/json' -H 'Cnvrg-Api-Key: {token}' -d '{{\"input_params\": [5.1, 3.5, 1.4, 0.2]}}'"
