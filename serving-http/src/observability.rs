@@ -95,7 +95,7 @@ fn observability(state: &ServiceState) -> Result<&Observability, ApiError> {
 }
 
 /// The endpoint named `name`, if the request carries its token.
-fn authorize<'a>(
+pub(crate) fn authorize<'a>(
     state: &'a ServiceState,
     name: &str,
     headers: &HeaderMap,

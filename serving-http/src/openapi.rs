@@ -227,6 +227,7 @@ pub(crate) fn routes(service: &WebService) -> Router<Arc<ServiceState>> {
         paths::admin_add_trigger,
         paths::admin_triggers,
         paths::admin_remove_trigger,
+        paths::triggers,
     ),
     components(schemas(ErrorBody, PredictionBody, PredictionResponse, TensorData, Timestamp)),
     modifiers(&Security),
@@ -1356,6 +1357,19 @@ mod paths {
         ),
         security(("adminToken" = [])))]
     fn admin_remove_trigger() {}
+
+    /// The endpoint's triggers as the dashboard's Triggers tab shows them, behind its
+    /// prediction token: each with its rule, state, counters and recent alerts.
+    #[utoipa::path(get, path = "/api/v1/endpoints/{name}/triggers", tag = "observability",
+        operation_id = "triggers",
+        params(("name" = String, Path, description = "The endpoint.")),
+        responses(
+            (status = 200, description = "The triggers.", body = TriggerList),
+            (status = 401, description = "Missing or wrong token.", body = ErrorBody),
+            (status = 404, description = "No endpoint of that name.", body = ErrorBody),
+        ),
+        security(("predictionToken" = [])))]
+    fn triggers() {}
 }
 
 #[cfg(test)]

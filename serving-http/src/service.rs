@@ -137,6 +137,7 @@ impl WebService {
                 .route("/healthz", get(healthz))
                 .route("/readyz", get(readyz))
                 .merge(crate::observability::routes())
+                .merge(crate::triggers::dashboard_routes())
                 .merge(crate::openapi::routes(self)),
         )
     }

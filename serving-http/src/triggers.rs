@@ -7,14 +7,15 @@
 //! | GET | `/api/v1/admin/endpoints/{name}/triggers` | | `{"triggers": [...]}`, each with state and recent alerts |
 //! | DELETE | `/api/v1/admin/endpoints/{name}/triggers/{id}` | | stops and removes it |
 //!
-//! A bad rule is a 400 whose message names the field. Each change writes an `admin change`
+//! `GET /api/v1/endpoints/{name}/triggers` lists the same behind the endpoint's prediction
+//! token, for the dashboard's Triggers tab. A bad rule is a 400 whose message names the field. Each change writes an `admin change`
 //! line on the `serving::admin` target, as the lifecycle routes do.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use serde_json::{Value, json};
@@ -25,6 +26,26 @@ use crate::error::ApiError;
 use crate::service::ServiceState;
 
 type Shared = State<Arc<ServiceState>>;
+
+/// The dashboard's read-only view of the triggers, behind the endpoint's prediction token (as
+/// its charts and logs are): merged into the operations router.
+pub(crate) fn dashboard_routes() -> Router<Arc<ServiceState>> {
+    Router::new().route("/api/v1/endpoints/{name}/triggers", get(dashboard_list))
+}
+
+async fn dashboard_list(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let route = crate::observability::authorize(&state, &name, &headers)?;
+    let triggers = route
+        .endpoint
+        .lifecycle()
+        .map(Lifecycle::triggers)
+        .unwrap_or_default();
+    Ok(axum::Json(json!({ "triggers": triggers })).into_response())
+}
 
 /// The trigger routes, merged into the admin router.
 pub(crate) fn routes() -> Router<Arc<ServiceState>> {
