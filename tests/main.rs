@@ -16,4 +16,5 @@ mod routers;
 mod shedding;
 mod support;
 mod transport;
+mod triggers;
 mod web_service;

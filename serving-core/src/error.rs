@@ -143,6 +143,14 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// No trigger with this id on the endpoint.
+    #[error("endpoint `{endpoint}` has no trigger `{id}`")]
+    TriggerNotFound {
+        /// The endpoint.
+        endpoint: String,
+        /// The id asked for.
+        id: String,
+    },
     /// An endpoint spec that does not parse.
     #[error("invalid endpoint spec: {reason}")]
     InvalidSpec {
@@ -222,7 +230,8 @@ impl Error {
             | Error::Rejected { .. } => Outcome::RejectedInput,
             Error::EndpointNotFound { .. }
             | Error::VersionNotFound { .. }
-            | Error::DatasetNotFound { .. } => Outcome::NotFound,
+            | Error::DatasetNotFound { .. }
+            | Error::TriggerNotFound { .. } => Outcome::NotFound,
             Error::Conflict { .. } | Error::AlreadyExists { .. } => Outcome::Conflict,
             Error::Unauthorized => Outcome::Unauthenticated,
             Error::PayloadTooLarge { .. } => Outcome::TooLarge,

@@ -10,7 +10,7 @@
 //! | [`MetricHistory`] | reads back the custom metrics a sink kept (canary rules, triggers) | [`InMemoryMetrics`] |
 //! | [`RecordSink`] | where every prediction's record goes | [`InMemoryRecords`], [`prediction_log::PredictionLog`], [`TracingRecords`] |
 //! | [`Autoscaler`] | how many replicas run | [`InMemoryAutoscaler`] |
-//! | [`Trigger`] | watch a metric, fire an action | [`CallbackTrigger`] |
+//! | [`Trigger`] | watch a metric, fire an action (run by the endpoint: [`Lifecycle::add_trigger`]) | [`CallbackTrigger`]; `WebhookTrigger`, `EmailTrigger` with their features |
 //! | [`FeedbackSink`] | where feedback loops export endpoint data | [`InMemoryFeedback`], [`DatasetFeedback`] |
 //!
 //! The [`prediction_log`] module keeps every prediction in segments on an object store (the
@@ -52,6 +52,9 @@
 //! | `openapi` | derives `utoipa::ToSchema` on the types the web service's API carries (for its OpenAPI document) | no |
 //! | `s3` | [`datasets::Datasets`] on S3 and S3-compatible stores (`s3://` URLs; object_store's `aws`) | no (`serving`'s `batch` feature turns it on) |
 //! | `prometheus` | [`observe::PrometheusMetrics`], the Prometheus exposition (`prometheus-client`) | no (`serving-http` turns it on) |
+//! | `email` | the email action of triggers, `EmailTrigger` (`lettre`, SMTP without TLS) | no (the `serving` facade's `http` turns it on) |
+//! | `email-tls` | `smtps://` servers for the email action (rustls) | no |
+//! | `webhook` | the webhook action of triggers, `WebhookTrigger` (`reqwest`, HMAC-SHA256 signature) | no (the `serving` facade's `http` turns it on) |
 //!
 //! # Shared by every transport
 //! What a web service, a Kafka worker and a batch runner do alike lives here, not in a
@@ -89,6 +92,11 @@ pub use config::spec::{
     AuthSpec, BackendSection, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef,
     ServerSettings, WorkerKey, WorkerSettings,
 };
+#[cfg(feature = "email")]
+pub use control::actions::EmailTrigger;
+pub use control::actions::{ActionKey, ActionSettings, ActionSpec, TriggerSpec};
+#[cfg(feature = "webhook")]
+pub use control::actions::{SIGNATURE_HEADER, WebhookTrigger};
 pub use control::autoscale::{AutoscaleBounds, Autoscaler, DynAutoscaler, InMemoryAutoscaler};
 pub use control::feedback::{
     DatasetFeedback, ExportFormat, ExportSummary, FeedbackLoopSpec, FeedbackLoopStatus,
@@ -98,8 +106,9 @@ pub use control::feedback::{
     DynFeedbackSink, ExportReceipt, FeedbackExport, FeedbackSink, InMemoryFeedback,
 };
 pub use control::trigger::{
-    Alert, CallbackTrigger, Comparison, DynTrigger, Severity, Trigger, TriggerRule,
+    Alert, CallbackTrigger, Comparison, DynTrigger, Severity, Trigger, TriggerMetric, TriggerRule,
 };
+pub use control::triggers::{ALERTS_KEPT, AlertRecord, TriggerState, TriggerStatus};
 pub use endpoint::{
     Arrival, DynEndpoint, Endpoint, ModelEndpoint, ModelEndpointBuilder, PredictRequest,
     Prediction, Refused, new_request_id,

@@ -128,7 +128,10 @@ impl FromRequest<Arc<ServiceState>> for AdminBody {
     }
 }
 
-fn lifecycle<'a>(state: &'a ServiceState, name: &str) -> Result<&'a Lifecycle, ApiError> {
+pub(crate) fn lifecycle<'a>(
+    state: &'a ServiceState,
+    name: &str,
+) -> Result<&'a Lifecycle, ApiError> {
     let route = state
         .endpoints
         .get(name)
@@ -156,7 +159,7 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 /// `text` as a `T`, a whole number written as a float (`50.0`, as Python's `json` writes
 /// floats) taken as that integer: JSON Schema counts it as one, and so does the API's
 /// OpenAPI document.
-fn parse<T: DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
+pub(crate) fn parse<T: DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
     fn whole(value: &mut Value) {
         match value {
             Value::Number(number) => {

@@ -72,6 +72,9 @@
 //! | POST | `/shadow/share` | `{"percent"}` | set the shadow's share |
 //! | DELETE | `/shadow` | | stop mirroring |
 //! | GET, PUT | `/autoscale` | `{"min_replicas", "max_replicas"}` | replica bounds |
+//! | POST | `/triggers` | `{"title", "severity"?, "metric", "comparison", "threshold", "every_secs", "min_events"?, "model_version"?, "cooldown_secs"?, "action": {"type": "webhook", "url", "secret"?} \| {"type": "email", "to": [...]}}` | add a trigger: `201 {"id"}`; a bad rule is a 400 naming the field |
+//! | GET | `/triggers` | | each trigger with its rule, state, counters and recent alerts |
+//! | DELETE | `/triggers/{id}` | | stop and remove a trigger |
 //!
 //! Changes answer `{"version": <the version concerned>, "status": <status>}`. Rolling out new
 //! predictor code is Rust-only ([`serving_core::Lifecycle::update_model`]); over REST, `update`
@@ -144,6 +147,7 @@ mod oip;
 mod openapi;
 mod server;
 mod service;
+mod triggers;
 
 #[doc(hidden)]
 pub mod __fuzz {

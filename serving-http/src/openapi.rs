@@ -20,7 +20,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use serving_core::{
-    AutoscaleBounds, LifecycleEvent, LifecycleStatus, ModelVersion, RequestStats, TensorSpec,
+    AutoscaleBounds, Comparison, LifecycleEvent, LifecycleStatus, ModelVersion, RequestStats,
+    Severity, TensorSpec, TriggerStatus,
 };
 use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
@@ -224,6 +225,10 @@ pub(crate) fn routes(service: &WebService) -> Router<Arc<ServiceState>> {
         paths::admin_shadow_share,
         paths::admin_autoscale,
         paths::admin_set_autoscale,
+        paths::admin_add_trigger,
+        paths::admin_triggers,
+        paths::admin_remove_trigger,
+        paths::triggers,
     ),
     components(schemas(ErrorBody, PredictionBody, PredictionResponse, TensorData, Timestamp)),
     modifiers(&Security),
@@ -596,6 +601,93 @@ pub(crate) struct Autoscale {
     replicas: u32,
 }
 
+/// A trigger to add: a rule and an action.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // A schema only: the handler reads a `TriggerSpec`.
+pub(crate) struct TriggerBody {
+    /// The trigger's name.
+    #[schema(min_length = 1)]
+    title: String,
+    /// `info` by default.
+    #[serde(default)]
+    severity: Severity,
+    /// A key logged with `log_metric` (`petal_length_cm` or `custom:petal_length_cm`), or a
+    /// built-in measurement: `error_rate`, `p95_latency_ms`, `mean_latency_ms`,
+    /// `requests_per_minute`.
+    #[schema(min_length = 1)]
+    metric: String,
+    /// How the metric is compared with the threshold.
+    comparison: Comparison,
+    /// The value compared against.
+    threshold: f64,
+    /// How often the condition is polled, in seconds.
+    #[schema(minimum = 1)]
+    every_secs: u64,
+    /// Samples (or, for a built-in measurement, requests) one poll needs; 1 by default.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    min_events: u32,
+    /// Watch only this model version.
+    #[serde(default)]
+    #[schema(min_length = 1)]
+    model_version: Option<String>,
+    /// Re-arm this long after firing, instead of when the condition clears.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    cooldown_secs: Option<u64>,
+    /// What it does when it fires.
+    action: TriggerActionBody,
+}
+
+/// A trigger's action.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(dead_code)] // A schema only.
+pub(crate) enum TriggerActionBody {
+    /// POSTs the alert as JSON; signed with `X-Serving-Signature: sha256=<hex HMAC-SHA256 of
+    /// the body>` when `secret` is set.
+    Webhook {
+        /// An `http://` or `https://` URL.
+        url: String,
+        /// The HMAC key.
+        #[serde(default)]
+        secret: Option<String>,
+    },
+    /// Emails the alert through the server's SMTP server (`$SERVING_SMTP_URL`).
+    Email {
+        /// The recipients.
+        #[schema(min_items = 1)]
+        to: Vec<String>,
+    },
+}
+
+/// `{"id": ...}`: the trigger added.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TriggerAdded {
+    /// Its id, for `DELETE …/triggers/{id}`.
+    id: String,
+}
+
+/// `{"triggers": [...]}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TriggerList {
+    /// In the order added.
+    triggers: Vec<TriggerStatus>,
+}
+
+/// `{"id": ..., "removed": true}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TriggerRemoved {
+    /// The trigger removed.
+    id: String,
+    /// Always true.
+    removed: bool,
+}
+
 /// The marker functions that carry the paths; nothing calls them.
 #[allow(dead_code)]
 mod paths {
@@ -604,7 +696,8 @@ mod paths {
     use super::{
         Autoscale, Changed, EndpointList, ErrorBody, Events, InferenceResponse, Live, LogsPage,
         ModelMetadata, ModelReady, PredictionBody, PredictionResponse, Ready, ServerMetadata,
-        ShadowBody, StatusBody, Timestamp, VersionDetail, Versions,
+        ShadowBody, StatusBody, Timestamp, TriggerAdded, TriggerBody, TriggerList, TriggerRemoved,
+        VersionDetail, Versions,
     };
     use crate::control::{Percent, Registered, RollbackTo};
     use crate::oip::InferenceRequest;
@@ -1209,6 +1302,75 @@ mod paths {
         ),
         security(("adminToken" = [])))]
     fn admin_set_autoscale() {}
+
+    /// Adds a trigger: polled every `every_secs`, it fires its action when the condition
+    /// holds (see `TriggerRule`), then waits to re-arm.
+    #[utoipa::path(post, path = "/api/v1/admin/endpoints/{name}/triggers", tag = "admin",
+        operation_id = "admin_add_trigger",
+        params(("name" = String, Path, description = "The endpoint.")),
+        request_body(content = TriggerBody, content_type = "application/json"),
+        responses(
+            (status = 201, description = "Added and polling.", body = TriggerAdded),
+            (status = 400, description = "A bad rule, naming the field: an unknown metric kind, a threshold that is not a number, `every_secs` 0, an unknown action type, a bad email address or URL, an email action without an SMTP server.", body = ErrorBody),
+            (status = 401, description = "Missing or wrong admin token.", body = ErrorBody, headers(
+                ("www-authenticate" = String, description = "`Bearer realm=\"serving-admin\"`."),
+            )),
+            (status = 403, description = "A prediction token.", body = ErrorBody),
+            (status = 404, description = "No endpoint of that name.", body = ErrorBody),
+            (status = 408, description = "The body did not arrive within the body timeout.", body = ErrorBody),
+            (status = 413, description = "The body is over the limit of the prediction routes.", body = ErrorBody),
+            (status = 409, description = "The endpoint has no model lifecycle.", body = ErrorBody),
+        ),
+        security(("adminToken" = [])))]
+    fn admin_add_trigger() {}
+
+    /// The endpoint's triggers, each with its rule, state, counters and recent alerts.
+    #[utoipa::path(get, path = "/api/v1/admin/endpoints/{name}/triggers", tag = "admin",
+        operation_id = "admin_triggers",
+        params(("name" = String, Path, description = "The endpoint.")),
+        responses(
+            (status = 200, description = "The triggers.", body = TriggerList),
+            (status = 401, description = "Missing or wrong admin token.", body = ErrorBody, headers(
+                ("www-authenticate" = String, description = "`Bearer realm=\"serving-admin\"`."),
+            )),
+            (status = 403, description = "A prediction token.", body = ErrorBody),
+            (status = 404, description = "No endpoint of that name.", body = ErrorBody),
+            (status = 409, description = "The endpoint has no model lifecycle.", body = ErrorBody),
+        ),
+        security(("adminToken" = [])))]
+    fn admin_triggers() {}
+
+    /// Stops and removes a trigger.
+    #[utoipa::path(delete, path = "/api/v1/admin/endpoints/{name}/triggers/{id}", tag = "admin",
+        operation_id = "admin_remove_trigger",
+        params(
+            ("name" = String, Path, description = "The endpoint."),
+            ("id" = String, Path, description = "The trigger."),
+        ),
+        responses(
+            (status = 200, description = "Removed.", body = TriggerRemoved),
+            (status = 401, description = "Missing or wrong admin token.", body = ErrorBody, headers(
+                ("www-authenticate" = String, description = "`Bearer realm=\"serving-admin\"`."),
+            )),
+            (status = 403, description = "A prediction token.", body = ErrorBody),
+            (status = 404, description = "No endpoint of that name, or no such trigger.", body = ErrorBody),
+            (status = 409, description = "The endpoint has no model lifecycle.", body = ErrorBody),
+        ),
+        security(("adminToken" = [])))]
+    fn admin_remove_trigger() {}
+
+    /// The endpoint's triggers as the dashboard's Triggers tab shows them, behind its
+    /// prediction token: each with its rule, state, counters and recent alerts.
+    #[utoipa::path(get, path = "/api/v1/endpoints/{name}/triggers", tag = "observability",
+        operation_id = "triggers",
+        params(("name" = String, Path, description = "The endpoint.")),
+        responses(
+            (status = 200, description = "The triggers.", body = TriggerList),
+            (status = 401, description = "Missing or wrong token.", body = ErrorBody),
+            (status = 404, description = "No endpoint of that name.", body = ErrorBody),
+        ),
+        security(("predictionToken" = [])))]
+    fn triggers() {}
 }
 
 #[cfg(test)]

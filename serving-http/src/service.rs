@@ -140,14 +140,19 @@ impl WebService {
                 .route("/readyz", get(readyz))
                 .merge(crate::observability::routes())
                 .merge(crate::feedback::routes())
+                .merge(crate::triggers::dashboard_routes())
                 .merge(crate::openapi::routes(self)),
         )
     }
 
     /// The admin API under `/api/v1/admin/`: status, versions, rollouts, canary, shadow,
-    /// autoscale.
+    /// autoscale, triggers.
     pub fn admin_router(&self) -> Router {
-        self.part(crate::control::routes().merge(crate::feedback::admin_routes()))
+        self.part(
+            crate::control::routes()
+                .merge(crate::feedback::admin_routes())
+                .merge(crate::triggers::routes()),
+        )
     }
 
     /// `router` (parts of this service, merged, or an app's own) with the service's answers

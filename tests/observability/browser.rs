@@ -246,3 +246,92 @@ async fn dashboard_draws_charts_and_exports_csv() {
     client.close().await.unwrap();
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_lists_triggers_with_their_state_and_alerts() {
+    use serving::{CallbackTrigger, Comparison, Error, Severity, TriggerRule};
+    use std::sync::Arc;
+
+    let observability = Observability::new();
+    let endpoint = doubler_endpoint(&observability);
+    let low = TriggerRule::new("low confidence", "confidence", Comparison::LessThan, 0.5, 1)
+        .with_severity(Severity::Warning)
+        .with_cooldown_secs(3600);
+    let lifecycle = endpoint.lifecycle().clone();
+    lifecycle
+        .add_trigger(Arc::new(CallbackTrigger::new(low, |_| Ok(()))))
+        .unwrap();
+    let broken = TriggerRule::new("broken pager", "confidence", Comparison::LessThan, 0.5, 1)
+        .with_severity(Severity::Critical);
+    lifecycle
+        .add_trigger(Arc::new(CallbackTrigger::new(broken, |_| {
+            Err(Error::Action {
+                action: "pager".into(),
+                source: "the pager is offline".into(),
+            })
+        })))
+        .unwrap();
+    let running = Running::start(service(&observability, vec![endpoint])).await;
+    // Confidence 1/(1+x) is below 0.5 for x above 1.
+    running.predict("doubler", json!([5])).await;
+
+    let driver = Driver::start().await;
+    let (profile, downloads) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let client = browser(&driver, profile.path(), downloads.path()).await;
+    client
+        .goto(&format!(
+            "{}/dashboard?view=triggers#endpoint=doubler&token={TOKEN}",
+            running.base
+        ))
+        .await
+        .unwrap();
+    let rows = until(
+        &client,
+        "trigger rows",
+        "document.querySelectorAll('#trigger-table tbody tr').length",
+    )
+    .await;
+    assert_eq!(rows, json!(2));
+    let fired = until(
+        &client,
+        "the working trigger shown fired",
+        r#"document.querySelector('#trigger-table tr[data-state="fired"] td')?.textContent"#,
+    )
+    .await;
+    assert_eq!(fired, json!("low confidence"));
+    let sent = until(
+        &client,
+        "a sent alert",
+        r#"document.querySelector('#alert-table tr[data-ok="true"]')?.textContent"#,
+    )
+    .await;
+    assert!(sent.as_str().unwrap().contains("low confidence"), "{sent}");
+    let failed = until(
+        &client,
+        "a failed alert with its error",
+        r#"document.querySelector('#alert-table tr[data-ok="false"] td.bad')?.textContent"#,
+    )
+    .await;
+    assert!(
+        failed.as_str().unwrap().contains("the pager is offline"),
+        "{failed}"
+    );
+    let condition = client
+        .execute(
+            "return document.querySelector('#trigger-table tbody td.json').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        condition,
+        json!("confidence < 0.5 · 1 event per 1 s · cooldown 3600 s")
+    );
+    std::fs::write(
+        screenshot_path("dashboard-triggers.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    client.close().await.unwrap();
+    running.stop().await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::setting::{Setting, SettingKey, Settings, name_array};
+use crate::control::actions::TriggerSpec;
 use crate::control::autoscale::AutoscaleBounds;
 use crate::control::feedback::FeedbackLoopSpec;
 use crate::error::{Error, Result};
@@ -55,6 +56,9 @@ pub struct EndpointSpec {
     /// Feedback loops that export its prediction log into datasets, started with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feedback: Vec<FeedbackLoopSpec>,
+    /// Triggers on the endpoint's metrics, started with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
 }
 
 impl EndpointSpec {
@@ -73,6 +77,7 @@ impl EndpointSpec {
             canary: None,
             signature: None,
             feedback: Vec::new(),
+            triggers: Vec::new(),
         }
     }
 
@@ -101,6 +106,9 @@ impl EndpointSpec {
             feedback.validate().map_err(|e| Error::InvalidSpec {
                 reason: format!("feedback[{i}]: {e}"),
             })?;
+        }
+        for trigger in &self.triggers {
+            trigger.validate()?;
         }
         self.autoscale.validate()
     }
@@ -598,6 +606,29 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn triggers_are_part_of_the_spec_and_older_specs_still_load() {
+        let yaml = "name: iris\nmodel: {name: tree, version: '2'}\ntriggers:\n  - title: long petals\n    metric: petal_length_cm\n    comparison: greater_than\n    threshold: 6\n    every_secs: 10\n    action: {type: webhook, url: 'http://127.0.0.1:9000/hook', secret: s3cret}\n";
+        let spec = EndpointSpec::from_yaml(yaml).unwrap();
+        assert_eq!(spec.triggers.len(), 1);
+        let trigger = &spec.triggers[0];
+        assert_eq!(
+            (trigger.rule.min_events, trigger.rule.cooldown_secs),
+            (1, None)
+        );
+        assert_eq!(trigger.action.kind(), "webhook");
+        assert_eq!(EndpointSpec::from_json(&spec.to_json()).unwrap(), spec);
+        assert_eq!(EndpointSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
+        // A spec saved before triggers existed has none, and one without triggers saves none.
+        let old =
+            EndpointSpec::from_yaml("name: iris\nmodel: {name: tree, version: '2'}\n").unwrap();
+        assert!(old.triggers.is_empty());
+        assert!(!old.to_json().contains("triggers"));
+        let bad = yaml.replace("every_secs: 10", "every_secs: 0");
+        let error = EndpointSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(error.contains("`every_secs`"), "{error}");
     }
 
     #[test]

@@ -182,6 +182,10 @@ impl MetricSink for StatusRecorder {
         self.inner.record_metric(sample);
     }
 
+    fn record_alert(&self, alert: &crate::Alert) {
+        self.inner.record_alert(alert);
+    }
+
     #[allow(deprecated)]
     fn recent_metric(
         &self,
@@ -436,15 +440,9 @@ mod tests {
 
     #[tokio::test]
     async fn callback_trigger_conforms() {
-        let rule = TriggerRule {
-            title: "accuracy drop".into(),
-            severity: Severity::Critical,
-            metric: "accuracy".into(),
-            comparison: Comparison::LessThan,
-            threshold: 0.8,
-            every_secs: 60,
-            min_events: 3,
-        };
+        let rule = TriggerRule::new("accuracy drop", "accuracy", Comparison::LessThan, 0.8, 60)
+            .with_severity(Severity::Critical)
+            .with_min_events(3);
         let callback = Arc::new(CallbackTrigger::new(rule, |_| Ok(())));
         trigger(&*callback).await;
         assert_eq!(callback.fired().len(), 1);

@@ -16,8 +16,11 @@ use async_trait::async_trait;
 use futures::FutureExt as _;
 use serde_json::Value;
 
+use crate::config::setting::Settings as _;
 use crate::config::spec::{EndpointSpec, FileInput, ModelRef};
+use crate::control::actions::ActionSettings;
 use crate::control::autoscale::{DynAutoscaler, InMemoryAutoscaler};
+use crate::control::trigger::DynTrigger;
 use crate::endpoint::admission::Admission;
 use crate::error::{Error, Result};
 use crate::lifecycle::{CanaryPolicy, Lifecycle, LifecycleParts, Mirrored, ModelRegistry, Served};
@@ -294,6 +297,8 @@ impl ModelEndpoint {
             registry: None,
             autoscaler: None,
             retain: 5,
+            triggers: Vec::new(),
+            action_settings: None,
         }
     }
 
@@ -667,9 +672,25 @@ pub struct ModelEndpointBuilder {
     registry: Option<Arc<ModelRegistry>>,
     autoscaler: Option<Arc<DynAutoscaler>>,
     retain: usize,
+    triggers: Vec<Arc<DynTrigger>>,
+    action_settings: Option<ActionSettings>,
 }
 
 impl ModelEndpointBuilder {
+    /// Adds a trigger in code (a [`CallbackTrigger`](crate::CallbackTrigger), for example),
+    /// started with the endpoint; the spec's own triggers start too.
+    pub fn trigger(mut self, trigger: Arc<DynTrigger>) -> Self {
+        self.triggers.push(trigger);
+        self
+    }
+
+    /// Configures the actions of the spec's triggers (SMTP server, dashboard link);
+    /// [`ActionSettings::from_env`](crate::setting::Settings::from_env) by default.
+    pub fn action_settings(mut self, settings: ActionSettings) -> Self {
+        self.action_settings = Some(settings);
+        self
+    }
+
     /// Replaces the whole spec (its name included).
     pub fn spec(mut self, spec: EndpointSpec) -> Self {
         self.spec = spec;
@@ -818,7 +839,17 @@ impl ModelEndpointBuilder {
                 .autoscaler
                 .unwrap_or_else(|| Arc::new(InMemoryAutoscaler::new())),
             retain: self.retain,
+            action_settings: match self.action_settings {
+                Some(settings) => settings,
+                None => ActionSettings::from_env()?,
+            },
         });
+        for spec in &self.spec.triggers {
+            lifecycle.add_trigger_spec(spec.clone())?;
+        }
+        for trigger in self.triggers {
+            lifecycle.add_trigger(trigger)?;
+        }
         Ok(ModelEndpoint {
             name: Arc::from(self.spec.name.as_str()),
             lifecycle,

@@ -10,7 +10,7 @@ mod canary;
 mod deployment;
 mod registry;
 mod routing;
-mod stats;
+pub(crate) mod stats;
 mod status;
 mod versions;
 
@@ -33,7 +33,10 @@ pub use status::{
 pub use versions::{ModelUpdate, ModelVersion, VersionState};
 
 use crate::config::spec::{EndpointSpec, ModelRef};
+use crate::control::actions::{ActionSettings, TriggerSpec};
 use crate::control::autoscale::{AutoscaleBounds, DynAutoscaler};
+use crate::control::trigger::DynTrigger;
+use crate::control::triggers::{TriggerStatus, Triggers};
 use crate::error::{Error, Result};
 use crate::model::predictor::DynPredictor;
 use crate::observe::metrics::{DynMetricHistory, DynMetricSink};
@@ -95,6 +98,7 @@ struct Deployment {
     retain: usize,
     /// What transports attached to the status ([`Lifecycle::attach_status`]).
     transport_status: Mutex<Vec<(String, TransportStatus)>>,
+    triggers: Triggers,
 }
 
 /// Reports a transport's part of the status.
@@ -138,6 +142,17 @@ pub(crate) struct RoutingSnapshot {
     table: Arc<RoutingTable>,
 }
 
+/// A [`Lifecycle`] that does not keep its endpoint alive.
+#[derive(Clone)]
+pub(crate) struct WeakLifecycle(Weak<Deployment>);
+
+impl WeakLifecycle {
+    /// The lifecycle, while the endpoint lives.
+    pub(crate) fn upgrade(&self) -> Option<Lifecycle> {
+        self.0.upgrade().map(|inner| Lifecycle { inner })
+    }
+}
+
 /// What `Lifecycle::new` needs.
 pub(crate) struct LifecycleParts {
     pub(crate) spec: EndpointSpec,
@@ -148,6 +163,7 @@ pub(crate) struct LifecycleParts {
     pub(crate) registry: Option<Arc<ModelRegistry>>,
     pub(crate) autoscaler: Arc<DynAutoscaler>,
     pub(crate) retain: usize,
+    pub(crate) action_settings: ActionSettings,
 }
 
 impl fmt::Debug for Lifecycle {
@@ -179,6 +195,7 @@ impl Lifecycle {
             registry,
             autoscaler,
             retain,
+            action_settings,
         } = parts;
         let id: Arc<str> = Arc::from(spec.model.version.as_str());
         let served = Arc::new(Served {
@@ -226,6 +243,7 @@ impl Lifecycle {
                 autoscaler,
                 retain: retain.max(1),
                 transport_status: Mutex::default(),
+                triggers: Triggers::new(action_settings),
             }),
         }
     }
@@ -442,7 +460,51 @@ impl Lifecycle {
             .clone();
         spec.autoscale = state.autoscale;
         spec.canary = state.policy.clone();
+        spec.triggers = self.inner.triggers.specs();
         spec
+    }
+
+    // --- triggers -----------------------------------------------------------------------------
+
+    /// Adds a trigger and starts polling it on its interval (when a Tokio runtime runs; see
+    /// [`TriggerState::NotRunning`](crate::TriggerState::NotRunning)): an email, a webhook, or
+    /// a [`CallbackTrigger`](crate::CallbackTrigger) that retrains and rolls out a canary
+    /// through this lifecycle. Returns its id. Triggers added this way are not part of the
+    /// exported spec (code is not a spec); [`Lifecycle::add_trigger_spec`]'s are.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming the rule's field that is wrong.
+    pub fn add_trigger(&self, trigger: Arc<DynTrigger>) -> Result<String> {
+        self.inner.triggers.add(self, trigger, None)
+    }
+
+    /// Adds a trigger described by a spec (its action built with the endpoint's
+    /// [`ActionSettings`]), kept in the exported spec. Returns its id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming the field that is wrong, or the action that cannot be
+    /// built (an email without an SMTP server).
+    pub fn add_trigger_spec(&self, spec: TriggerSpec) -> Result<String> {
+        let trigger = spec.build(&self.inner.triggers.settings())?;
+        self.inner.triggers.add(self, trigger, Some(spec))
+    }
+
+    /// Stops and removes trigger `id`.
+    ///
+    /// # Errors
+    /// [`Error::TriggerNotFound`] when the endpoint has no such trigger.
+    pub fn remove_trigger(&self, id: &str) -> Result<()> {
+        self.inner.triggers.remove(&self.inner.endpoint, id)
+    }
+
+    /// Every trigger with its state and recent alerts, in the order added.
+    pub fn triggers(&self) -> Vec<TriggerStatus> {
+        self.inner.triggers.statuses()
+    }
+
+    /// What the actions of triggers added from now on are configured with.
+    pub fn set_action_settings(&self, settings: ActionSettings) {
+        self.inner.triggers.set_settings(settings);
     }
 
     // --- changing -----------------------------------------------------------------------------
@@ -796,6 +858,39 @@ impl Lifecycle {
         self.inner.prune(&mut state);
         self.inner.routing.store(Arc::new(self.inner.table(&state)));
         Some(evaluation)
+    }
+
+    /// The latency and outcome of each request in `[from, to)` answered by `version`, or by
+    /// the versions that take traffic (stable and candidate; a shadow's mirrors are not
+    /// answers) when `None`: what triggers' built-in measurements read.
+    pub(crate) fn requests_between(
+        &self,
+        version: Option<&str>,
+        from: Instant,
+        to: Instant,
+    ) -> Vec<(Duration, crate::Outcome)> {
+        let versions = match version {
+            Some(version) => vec![version.to_owned()],
+            None => {
+                let mut versions = vec![self.stable_version()];
+                versions.extend(self.candidate().map(|(version, _)| version));
+                versions
+            }
+        };
+        versions
+            .iter()
+            .flat_map(|version| self.inner.stats.between(version, from, to))
+            .collect()
+    }
+
+    /// What receives the endpoint's measurements (and its triggers' alerts).
+    pub(crate) fn metric_sink(&self) -> &Arc<DynMetricSink> {
+        &self.inner.metrics
+    }
+
+    /// A handle that does not keep the endpoint alive: what its background tasks hold.
+    pub(crate) fn downgrade(&self) -> WeakLifecycle {
+        WeakLifecycle(Arc::downgrade(&self.inner))
     }
 
     /// What reads back the endpoint's custom metrics.

@@ -36,7 +36,7 @@ pub struct RequestStats {
 struct Sample {
     at: Instant,
     latency: Duration,
-    error: bool,
+    outcome: Outcome,
 }
 
 /// Bounded per-version rings of recent requests, plus lifetime totals.
@@ -75,7 +75,7 @@ impl VersionStats {
         entry.recent.push_back(Sample {
             at: Instant::now(),
             latency,
-            error,
+            outcome,
         });
         entry.total += 1;
         entry.total_errors += u64::from(error);
@@ -96,6 +96,25 @@ impl VersionStats {
             .collect();
         drop(series);
         summarize(&samples)
+    }
+
+    /// The latency and outcome of each request of `version` recorded in `[from, to)`, oldest
+    /// first: what a trigger's built-in measurements are computed from.
+    pub(crate) fn between(
+        &self,
+        version: &str,
+        from: Instant,
+        to: Instant,
+    ) -> Vec<(Duration, Outcome)> {
+        let series = self.series.locked();
+        series.get(version).map_or_else(Vec::new, |entry| {
+            entry
+                .recent
+                .iter()
+                .filter(|s| s.at >= from && s.at < to)
+                .map(|s| (s.latency, s.outcome))
+                .collect()
+        })
     }
 
     /// Drops the recent requests of `version`, keeping its totals: for versions unloaded from
@@ -125,7 +144,10 @@ fn summarize(samples: &[Sample]) -> RequestStats {
         .collect();
     latencies.sort_by(f64::total_cmp);
     let requests = samples.len() as u64;
-    let errors = samples.iter().filter(|s| s.error).count() as u64;
+    let errors = samples
+        .iter()
+        .filter(|s| s.outcome.counts_as_failure())
+        .count() as u64;
     RequestStats {
         requests,
         errors,

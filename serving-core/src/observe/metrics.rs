@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::trigger::Alert;
 use crate::outcome::Outcome;
 use crate::sync::Locked;
 
@@ -79,6 +80,11 @@ pub trait MetricSink: Debug + Send + Sync + 'static {
     /// Records one custom metric value.
     fn record_metric(&self, sample: &MetricSample);
 
+    /// Counts one alert a trigger of the endpoint fired; does nothing by default.
+    fn record_alert(&self, alert: &Alert) {
+        let _ = alert;
+    }
+
     /// The recent samples of a custom metric, when this sink keeps history.
     #[deprecated(
         since = "0.1.0",
@@ -140,6 +146,10 @@ macro_rules! forward_metrics {
 
             fn record_metric(&self, sample: &MetricSample) {
                 (**self).record_metric(sample)
+            }
+
+            fn record_alert(&self, alert: &Alert) {
+                (**self).record_alert(alert)
             }
 
             #[allow(deprecated)]
@@ -326,6 +336,10 @@ impl MetricSink for FanOut {
         self.sinks
             .iter()
             .for_each(|sink| sink.record_metric(sample));
+    }
+
+    fn record_alert(&self, alert: &Alert) {
+        self.sinks.iter().for_each(|sink| sink.record_alert(alert));
     }
 
     #[allow(deprecated)]

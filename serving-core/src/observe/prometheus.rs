@@ -35,6 +35,7 @@ pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_t
 /// | `serving_prediction_log_written_total`, `_dropped_total`, `_failed_total` | counter | |
 /// | `serving_prediction_log_queue_length`, `_queue_capacity` | gauge | |
 /// | `serving_chart_series_dropped_total` | counter | |
+/// | `serving_trigger_alerts_total` | counter: alerts fired | `endpoint`, `trigger` (its title), `severity` |
 ///
 /// Custom metric keys come from user code, so their series are capped
 /// ([`PrometheusMetrics::with_max_custom_series`], 1,000 by default) to bound memory and the
@@ -55,6 +56,14 @@ pub struct PrometheusMetrics {
     max_custom_series: usize,
     /// Registries a transport added ([`PrometheusMetrics::add_registry`]).
     added: RwLock<Vec<Registry>>,
+    alerts: Family<AlertLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AlertLabels {
+    endpoint: String,
+    trigger: String,
+    severity: &'static str,
 }
 
 // The per-request label sets hold the event's shared names: made on every request, they
@@ -140,7 +149,14 @@ impl PrometheusMetrics {
             "Custom metric samples dropped because their series would pass the limit",
             custom_dropped.clone(),
         );
+        let alerts = Family::<AlertLabels, Counter>::default();
+        registry.register(
+            "serving_trigger_alerts",
+            "Alerts fired by triggers, by endpoint, trigger title and severity",
+            alerts.clone(),
+        );
         PrometheusMetrics {
+            alerts,
             registry,
             requests,
             errors,
@@ -229,6 +245,16 @@ impl Default for PrometheusMetrics {
 }
 
 impl MetricSink for PrometheusMetrics {
+    fn record_alert(&self, alert: &crate::Alert) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                endpoint: alert.endpoint.clone(),
+                trigger: alert.title.clone(),
+                severity: alert.severity.as_str(),
+            })
+            .inc();
+    }
+
     fn request_started(&self, endpoint: &str) {
         self.in_flight_gauge(endpoint).inc();
     }

@@ -34,7 +34,7 @@ function readConnection() {
   state.endpoint = fragment.get('endpoint') || sessionStorage.getItem('serving.endpoint') || '';
   state.token = fragment.get('token') || sessionStorage.getItem('serving.token') || '';
   if (fragment.has('token')) {
-    history.replaceState(null, '', `${location.pathname}#endpoint=${encodeURIComponent(state.endpoint)}`);
+    history.replaceState(null, '', `${location.pathname}${location.search}#endpoint=${encodeURIComponent(state.endpoint)}`);
   }
   $('endpoint').value = state.endpoint;
   $('token').value = state.token;
@@ -46,7 +46,7 @@ function connect(event) {
   state.token = $('token').value;
   sessionStorage.setItem('serving.endpoint', state.endpoint);
   sessionStorage.setItem('serving.token', state.token);
-  history.replaceState(null, '', `${location.pathname}#endpoint=${encodeURIComponent(state.endpoint)}`);
+  history.replaceState(null, '', `${location.pathname}${location.search}#endpoint=${encodeURIComponent(state.endpoint)}`);
   state.offset = 0;
   refresh();
 }
@@ -86,11 +86,12 @@ async function refresh() {
     if (state.view === 'charts') await loadCharts();
     if (state.view === 'logs') await loadLogs();
     if (state.view === 'logs') await loadFeedback();
+    if (state.view === 'triggers') await loadTriggers();
     setStatus(`${state.endpoint} · updated ${new Date().toLocaleTimeString()}`);
   } catch (error) {
     setStatus(`${state.endpoint}: ${error.message}`, true);
   }
-  if (state.view === 'charts') state.timer = setTimeout(refresh, REFRESH_MS);
+  if (state.view === 'charts' || state.view === 'triggers') state.timer = setTimeout(refresh, REFRESH_MS);
 }
 
 // ---- charts -----------------------------------------------------------------------------
@@ -354,6 +355,56 @@ async function exportCsv() {
   } catch (error) {
     setStatus(`${state.endpoint}: export failed: ${error.message}`, true);
   }
+}
+
+// ---- triggers ---------------------------------------------------------------------------
+
+const COMPARISONS = { greater_than: '>', less_than: '<' };
+
+async function loadTriggers() {
+  const { triggers } = await (await api('triggers')).json();
+  const body = $('trigger-table').querySelector('tbody');
+  body.replaceChildren(...triggers.map((t) => {
+    const rule = t.rule;
+    const row = el('tr', { 'data-trigger-id': t.id, 'data-state': t.state });
+    let condition = `${rule.metric} ${COMPARISONS[rule.comparison] || rule.comparison} ${rule.threshold}`;
+    condition += ` · ${rule.min_events} event${rule.min_events === 1 ? '' : 's'} per ${rule.every_secs} s`;
+    if (rule.model_version) condition += ` · v${rule.model_version}`;
+    if (rule.cooldown_secs) condition += ` · cooldown ${rule.cooldown_secs} s`;
+    const action = t.action_spec && t.action_spec.url ? `${t.action} ${t.action_spec.url}`
+      : t.action_spec && t.action_spec.to ? `${t.action} ${t.action_spec.to.join(', ')}` : t.action;
+    const last = t.last_poll ? `${new Date(t.last_poll).toLocaleTimeString()}${t.last_value === undefined ? '' : ` (${formatNumber(t.last_value)})`}` : 'not yet';
+    row.append(
+      el('td', {}, rule.title),
+      el('td', { class: `severity-${rule.severity}` }, rule.severity),
+      el('td', { class: 'json' }, condition),
+      el('td', { class: 'json', title: action }, action),
+      el('td', { class: `state state-${t.state}` }, t.state.replace('_', ' ')),
+      el('td', {}, last),
+      el('td', {}, String(t.fired)),
+      el('td', { class: t.failures ? 'bad' : '' }, String(t.failures)),
+    );
+    return row;
+  }));
+  const alerts = triggers
+    .flatMap((t) => t.alerts.map((a) => ({ ...a, trigger: t.id })))
+    .sort((a, b) => (a.at < b.at ? 1 : -1));
+  $('alert-table').querySelector('tbody').replaceChildren(...alerts.map((a) => {
+    const row = el('tr', { 'data-trigger-id': a.trigger, 'data-ok': String(a.ok) });
+    row.append(
+      el('td', {}, new Date(a.at).toLocaleString()),
+      el('td', {}, a.title),
+      el('td', {}, a.metric),
+      el('td', {}, formatNumber(a.value)),
+      el('td', {}, String(a.events)),
+      el('td', {}, a.action),
+      el('td', { class: a.ok ? '' : 'bad', title: a.error || '' }, a.ok ? 'sent' : `failed: ${a.error}`),
+    );
+    return row;
+  }));
+  $('trigger-summary').textContent = triggers.length === 0
+    ? 'No triggers on this endpoint.'
+    : `${triggers.length} trigger${triggers.length === 1 ? '' : 's'}, ${alerts.length} recent alert${alerts.length === 1 ? '' : 's'}.`;
 }
 
 // ---- wiring -----------------------------------------------------------------------------
