@@ -5,6 +5,8 @@ mod connections;
 mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kafka")]
+mod kafka_fault;
 mod lifecycle;
 mod observability;
 mod oip;
