@@ -35,6 +35,12 @@ pub const STATUS_HEADER: &str = "serving-status";
 /// transaction and the stream rewinds to its last commit.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Messages in the runner at once by default (taken and not yet produced), unless the
+/// endpoint admits fewer: with the runner's default (one per core) each message waited for
+/// the one before it to come back from its task, which capped a trivial model at a fifth of
+/// a bare consume→produce loop. Outputs still come out in input order.
+const DEFAULT_WINDOW: usize = 256;
+
 /// One consumed message, as the predictor reads it with
 /// [`Context::resource`](serving_core::Context::resource).
 #[derive(Debug, Clone)]
@@ -128,14 +134,17 @@ impl KafkaStream {
         config.validate()?;
         let name = endpoint.name().to_owned();
         Ok(KafkaStream {
-            runner: Runner::new(endpoint).with_order(OutputOrder::Input),
+            runner: Runner::new(endpoint)
+                .with_order(OutputOrder::Input)
+                .with_concurrency(DEFAULT_WINDOW),
             config,
             name,
             ready: watch::channel(false).0,
         })
     }
 
-    /// At most `concurrency` messages predicted at once (see [`Runner::with_concurrency`]).
+    /// At most `concurrency` messages in flight at once, taken and not yet produced (see
+    /// [`Runner::with_concurrency`]); 256 by default, at most the endpoint's `concurrency`.
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.runner = self.runner.with_concurrency(concurrency);
         self
