@@ -15,7 +15,8 @@
 //!
 //! `BENCH_RUNS` (default 3) rounds run every row once; the table shows medians, and each ratio
 //! is the median over rounds of a run against the same round's bare loop in the same mode.
-//! `BENCH_ONLY=<text>` runs only the rows whose name contains it (and the bare rows).
+//! `BENCH_ONLY=<text>` runs only the rows whose name contains it (and the bare rows, unless
+//! `BENCH_NO_BARE` is set: for profiling one row).
 //!
 //! Both systems get the same client tuning (`linger.ms=1`, `retry.backoff.ms=5`, idempotence,
 //! `acks=all`), the same transaction size (1,000 messages or 100 ms), and the same commit
@@ -100,6 +101,9 @@ const ROWS: &[Row] = &[
 #[derive(Debug, Clone, Copy, Default)]
 struct Measured {
     rate: f64,
+    /// CPU time of this process (the system under test, the reader, the producer idle) per
+    /// backlog message, µs: unlike msgs/s, it barely moves when other work shares the machine.
+    cpu_us: f64,
     p50_ms: f64,
     p99_ms: f64,
     /// Outputs beyond one per input (0 in a run without faults).
@@ -155,15 +159,18 @@ fn main() {
         let only = std::env::var("BENCH_ONLY").unwrap_or_default();
         let rows: Vec<&Row> = ROWS
             .iter()
-            .filter(|row| row.system == System::Bare || row.name.contains(&only))
+            .filter(|row| {
+                (row.system == System::Bare && std::env::var_os("BENCH_NO_BARE").is_none())
+                    || row.name.contains(&only)
+            })
             .collect();
         let mut measured: Vec<Vec<Measured>> = rows.iter().map(|_| Vec::new()).collect();
         for round in 1..=rounds {
             for (row, runs) in rows.iter().zip(&mut measured) {
                 let run = measure(row, &settings).await;
                 eprintln!(
-                    "  round {round}, {}: {:.0} msgs/s, p50 {:.1} ms, p99 {:.1} ms, {} extra",
-                    row.name, run.rate, run.p50_ms, run.p99_ms, run.extra
+                    "  round {round}, {}: {:.0} msgs/s, {:.1} CPU µs/msg, p50 {:.1} ms, p99 {:.1} ms, {} extra",
+                    row.name, run.rate, run.cpu_us, run.p50_ms, run.p99_ms, run.extra
                 );
                 runs.push(run);
             }
@@ -179,6 +186,7 @@ fn print_table(rows: &[&Row], measured: &mut [Vec<Measured>]) {
         "p99 ms",
         "× msgs/s",
         "× p99",
+        "CPU µs/msg",
         "extra",
         "log drop %",
     ];
@@ -211,6 +219,7 @@ fn print_table(rows: &[&Row], measured: &mut [Vec<Measured>]) {
             format!("{:.1}", pick(|r| r.p99_ms)),
             format!("{:.2}", ratio(|r| r.rate)),
             format!("{:.2}", ratio(|r| r.p99_ms)),
+            format!("{:.1}", pick(|r| r.cpu_us)),
             runs.iter().map(|r| r.extra).sum::<usize>().to_string(),
             if dropped.is_empty() {
                 "-".to_owned()
@@ -230,6 +239,9 @@ fn print_table(rows: &[&Row], measured: &mut [Vec<Measured>]) {
     println!(
         "log off: metrics and charts on, no prediction log; log on: also the PredictionLog writing \
          JSON-lines segments to a temporary directory"
+    );
+    println!(
+        "CPU µs/msg: this process's CPU (system under test, reader) per backlog message; the broker's is not counted"
     );
     println!("extra: outputs beyond one per input, summed over rounds (expected 0)");
 }
@@ -254,6 +266,7 @@ async fn measure(row: &Row, settings: &Settings) -> Measured {
     let producer = producer(brokers, "5");
     produce_backlog(&producer, &input, settings.messages).await;
     let reader = Reader::start(brokers, &output);
+    let cpu_before = cpu_secs();
 
     let (stop, stopped) = oneshot::channel::<()>();
     let stopped = async move {
@@ -312,6 +325,7 @@ async fn measure(row: &Row, settings: &Settings) -> Measured {
     // The backlog.
     let n = settings.messages;
     reader.wait_for(n, &row.name).await;
+    let cpu_us = (cpu_secs() - cpu_before) * 1e6 / n as f64;
     let times = reader.received_at(n);
     let (low, high) = (times[n / 10], times[n * 9 / 10]);
     let rate = (n * 8 / 10) as f64 / ((high - low).max(1) as f64 / 1e6);
@@ -342,6 +356,7 @@ async fn measure(row: &Row, settings: &Settings) -> Measured {
     drop(log_dir);
     Measured {
         rate,
+        cpu_us,
         p50_ms: percentile(&mut latencies, 0.50),
         p99_ms: percentile(&mut latencies, 0.99),
         extra: samples.len() - (n + sent),
@@ -414,9 +429,7 @@ async fn bare_loop(
             }
         }
         if exactly_once {
-            let metadata = consumer
-                .group_metadata()
-                .ok_or(KafkaError::Canceled)?;
+            let metadata = consumer.group_metadata().ok_or(KafkaError::Canceled)?;
             let p = producer.clone();
             blocking(move || {
                 p.send_offsets_to_transaction(&list, &metadata, Duration::from_secs(30))?;
@@ -627,7 +640,12 @@ async fn produce_backlog(producer: &FutureProducer, topic: &str, n: usize) {
 }
 
 /// Produces `rate` messages a second for `secs`; returns how many.
-async fn produce_paced(producer: &FutureProducer, topic: &str, rate: usize, secs: Duration) -> usize {
+async fn produce_paced(
+    producer: &FutureProducer,
+    topic: &str,
+    rate: usize,
+    secs: Duration,
+) -> usize {
     let total = (rate as f64 * secs.as_secs_f64()) as usize;
     let start = Instant::now();
     let mut sent = 0;
@@ -719,6 +737,24 @@ fn check_broker(brokers: &str) {
             "no Kafka broker at {brokers} ({error}): run `scripts/components/kafka start` and set SERVING_TEST_KAFKA"
         );
     }
+}
+
+/// CPU time this process has used so far (user + system, all threads), in seconds.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name; utime and stime are the 12th and 13th.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // Linux reports in USER_HZ, 100 per second on every mainstream architecture.
+    ticks as f64 / 100.0
 }
 
 fn now_us() -> u64 {
