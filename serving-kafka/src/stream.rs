@@ -1,6 +1,5 @@
 //! [`KafkaStream`]: consumer → [`Runner`] → producer, committed exactly once (or at least once).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -336,8 +335,15 @@ struct Transaction {
     messages: usize,
     dead_letters: u64,
     deliveries: Vec<DeliveryFuture>,
-    offsets: HashMap<(String, i32), i64>,
+    /// The next offset of each `(topic, partition)` in the transaction: few, so a list.
+    offsets: Vec<(String, i32, i64)>,
     summary: StreamSummary,
+    /// The dead-letter topic, computed once.
+    dead_letter_topic: String,
+    /// Reused for every output's value and headers, so that producing allocates nothing
+    /// (librdkafka copies them).
+    payload: Vec<u8>,
+    text: String,
 }
 
 impl Transaction {
@@ -347,7 +353,6 @@ impl Transaction {
         producer: FutureProducer,
     ) -> Self {
         Transaction {
-            stream,
             consumer,
             producer,
             open: false,
@@ -355,8 +360,12 @@ impl Transaction {
             messages: 0,
             dead_letters: 0,
             deliveries: Vec::new(),
-            offsets: HashMap::new(),
+            offsets: Vec::new(),
             summary: StreamSummary::default(),
+            dead_letter_topic: stream.config.dead_letter_topic(),
+            stream,
+            payload: Vec::new(),
+            text: String::new(),
         }
     }
 
@@ -444,10 +453,11 @@ impl Transaction {
 
     /// Produces one message's prediction (or dead letter) into the open transaction.
     async fn produce(&mut self, processed: Processed<Arc<Consumed>>) -> Result<()> {
+        use std::fmt::Write as _;
+
         self.begin().await?;
         let message = &processed.meta.message;
-        let source = message.source();
-        let mut headers = OwnedHeaders::new();
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 6);
         for (key, value) in message
             .headers
             .iter()
@@ -465,29 +475,41 @@ impl Transaction {
             })
         };
         headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
-        headers = header(headers, SOURCE_HEADER, &source);
-        let (topic, payload) = match &processed.result {
+        let text = &mut self.text;
+        text.clear();
+        let _ = write!(
+            text,
+            "{}/{}/{}",
+            message.topic, message.partition, message.offset
+        );
+        headers = header(headers, SOURCE_HEADER, text);
+        self.payload.clear();
+        let stream = &self.stream;
+        let topic = match &processed.result {
             Ok(prediction) => {
                 headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
-                let latency = prediction.elapsed.as_secs_f64() * 1000.0;
-                headers = header(headers, LATENCY_HEADER, &format!("{latency:.3}"));
-                let value = serde_json::to_vec(&prediction.output)
+                text.clear();
+                let _ = write!(text, "{:.3}", prediction.elapsed.as_secs_f64() * 1000.0);
+                headers = header(headers, LATENCY_HEADER, text);
+                serde_json::to_writer(&mut self.payload, &prediction.output)
                     .map_err(|e| failure("kafka", e.to_string()))?;
-                (self.stream.config.output_topic.clone(), value)
+                &stream.config.output_topic
             }
             Err(error) => {
-                let version = self.stream.runner.endpoint().spec().model.version.clone();
-                headers = header(headers, MODEL_VERSION_HEADER, &version);
-                headers = header(headers, ERROR_HEADER, &error.to_string());
+                let version = &stream.runner.endpoint().spec().model.version;
+                headers = header(headers, MODEL_VERSION_HEADER, version);
+                text.clear();
+                let _ = write!(text, "{error}");
+                headers = header(headers, ERROR_HEADER, text);
                 headers = header(headers, STATUS_HEADER, error.outcome().as_str());
                 self.dead_letters += 1;
-                (
-                    self.stream.config.dead_letter_topic(),
-                    processed.meta.value.to_vec(),
-                )
+                self.payload.extend_from_slice(&processed.meta.value);
+                &self.dead_letter_topic
             }
         };
-        let mut record = FutureRecord::to(&topic).payload(&payload).headers(headers);
+        let mut record = FutureRecord::to(topic)
+            .payload(&self.payload)
+            .headers(headers);
         if let Some(key) = &message.key {
             record = record.key(key.as_ref());
         }
@@ -505,10 +527,17 @@ impl Transaction {
             }
         };
         self.deliveries.push(delivery);
-        self.offsets.insert(
-            (message.topic.clone(), message.partition),
-            message.offset + 1,
-        );
+        let next = message.offset + 1;
+        match self
+            .offsets
+            .iter_mut()
+            .find(|(t, p, _)| *p == message.partition && *t == message.topic)
+        {
+            Some((_, _, offset)) => *offset = next,
+            None => self
+                .offsets
+                .push((message.topic.clone(), message.partition, next)),
+        }
         self.messages += 1;
         Ok(())
     }
@@ -533,7 +562,7 @@ impl Transaction {
             }
         }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.offsets {
+        for (topic, partition, offset) in &self.offsets {
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(storage)?;
