@@ -31,7 +31,7 @@ use serving::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicR
 use serving::kafka::rdkafka::client::DefaultClientContext;
 use serving::kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use serving::kafka::rdkafka::error::KafkaError;
-use serving::kafka::rdkafka::message::Message as _;
+use serving::kafka::rdkafka::message::{Header, Message as _, OwnedHeaders};
 use serving::kafka::rdkafka::producer::{
     DeliveryFuture, FutureProducer, FutureRecord, Producer as _,
 };
@@ -55,7 +55,12 @@ const STUCK: Duration = Duration::from_secs(180);
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum System {
     Bare,
-    Serving { log: bool },
+    /// The bare loop writing the four headers our outputs carry (request id, source, model
+    /// version, latency): what those alone cost, to read the distance from bare by.
+    BareHeaders,
+    Serving {
+        log: bool,
+    },
 }
 
 struct Row {
@@ -71,6 +76,11 @@ const ROWS: &[Row] = &[
         mode: DeliveryMode::AtLeastOnce,
     },
     Row {
+        name: "bare loop + our 4 headers, at least once",
+        system: System::BareHeaders,
+        mode: DeliveryMode::AtLeastOnce,
+    },
+    Row {
         name: "KafkaStream, at least once, log off",
         system: System::Serving { log: false },
         mode: DeliveryMode::AtLeastOnce,
@@ -83,6 +93,11 @@ const ROWS: &[Row] = &[
     Row {
         name: "bare rdkafka loop, exactly once",
         system: System::Bare,
+        mode: DeliveryMode::ExactlyOnce,
+    },
+    Row {
+        name: "bare loop + our 4 headers, exactly once",
+        system: System::BareHeaders,
         mode: DeliveryMode::ExactlyOnce,
     },
     Row {
@@ -275,7 +290,8 @@ async fn measure(row: &Row, settings: &Settings) -> Measured {
     let mut log_dir = None;
     let mut observability = None;
     let task = match row.system {
-        System::Bare => {
+        System::Bare | System::BareHeaders => {
+            let headers = row.system == System::BareHeaders;
             let (brokers, input, output, group, mode) = (
                 brokers.to_owned(),
                 input.clone(),
@@ -284,7 +300,7 @@ async fn measure(row: &Row, settings: &Settings) -> Measured {
                 row.mode,
             );
             tokio::spawn(async move {
-                bare_loop(&brokers, &input, &output, &group, mode, stopped)
+                bare_loop(&brokers, &input, &output, &group, mode, headers, stopped)
                     .await
                     .map_err(|e| e.to_string())
             })
@@ -324,7 +340,7 @@ async fn measure(row: &Row, settings: &Settings) -> Measured {
 
     // The backlog.
     let n = settings.messages;
-    reader.wait_for(n, &row.name).await;
+    reader.wait_for(n, row.name).await;
     let cpu_us = (cpu_secs() - cpu_before) * 1e6 / n as f64;
     let times = reader.received_at(n);
     let (low, high) = (times[n / 10], times[n * 9 / 10]);
@@ -332,7 +348,7 @@ async fn measure(row: &Row, settings: &Settings) -> Measured {
 
     // Latency at a steady rate under capacity.
     let sent = produce_paced(&producer, &input, settings.rate, settings.secs).await;
-    reader.wait_for(n + sent, &row.name).await;
+    reader.wait_for(n + sent, row.name).await;
     let _ = stop.send(());
     let processed = tokio::time::timeout(STUCK, task)
         .await
@@ -372,8 +388,10 @@ async fn bare_loop(
     output: &str,
     group: &str,
     mode: DeliveryMode,
+    headers: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::result::Result<u64, KafkaError> {
+    use std::fmt::Write as _;
     let exactly_once = mode == DeliveryMode::ExactlyOnce;
     let consumer: Arc<StreamConsumer> = Arc::new(
         ClientConfig::new()
@@ -411,6 +429,7 @@ async fn bare_loop(
     let mut offsets: Vec<Option<i64>> = vec![None; PARTITIONS as usize];
     let mut committed = 0u64;
     let mut stop = std::pin::pin!(stop);
+    let mut text = String::new();
 
     // Acknowledged outputs first, then the offsets, in the transaction or alone.
     let commit = async |deliveries: &mut Vec<DeliveryFuture>,
@@ -457,6 +476,22 @@ async fn bare_loop(
                     .payload(message.payload().unwrap_or_default());
                 if let Some(key) = message.key() {
                     record = record.key(key);
+                }
+                if headers {
+                    let header = |h: OwnedHeaders, key, value: &str| {
+                        h.insert(Header { key, value: Some(value.as_bytes()) })
+                    };
+                    text.clear();
+                    let _ = write!(text, "{:032x}", committed as usize + deliveries.len());
+                    let mut h = header(OwnedHeaders::new_with_capacity(4), "serving-request-id", &text);
+                    text.clear();
+                    let _ = write!(text, "{input}/{}/{}", message.partition(), message.offset());
+                    h = header(h, "serving-source", &text);
+                    h = header(h, "serving-model-version", "1");
+                    text.clear();
+                    let _ = write!(text, "{:.3}", opened.elapsed().as_secs_f64());
+                    h = header(h, "serving-latency-ms", &text);
+                    record = record.headers(h);
                 }
                 let delivery = loop {
                     match producer.send_result(record) {
