@@ -20,7 +20,7 @@ use serving::{Context, Error, ModelEndpoint, ModelUpdate, Result, predictor_fn};
 use tokio::sync::oneshot;
 
 /// Held shared by every Kafka test and exclusively by the one that restarts the broker.
-static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+pub(crate) static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The broker's address; the Kafka tests fail (never skip) without one.
 fn brokers() -> String {

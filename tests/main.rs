@@ -8,6 +8,8 @@ mod feedback;
 mod hostile;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kafka")]
+mod kafka_fault;
 mod lifecycle;
 mod observability;
 mod oip;

@@ -1,6 +1,5 @@
 //! [`KafkaStream`]: consumer → [`Runner`] → producer, committed exactly once (or at least once).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +44,12 @@ pub const STATUS_HEADER: &str = "serving-status";
 /// Timeout of the blocking transactional calls; a broker outage longer than this aborts the
 /// transaction and the stream rewinds to its last commit.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Messages in the runner at once by default (taken and not yet produced), unless the
+/// endpoint admits fewer: with the runner's default (one per core) each message waited for
+/// the one before it to come back from its task, which capped a trivial model at a fifth of
+/// a bare consume→produce loop. Outputs still come out in input order.
+const DEFAULT_WINDOW: usize = 256;
 
 /// One consumed message, as the predictor reads it with
 /// [`Context::resource`](serving_core::Context::resource).
@@ -157,7 +162,9 @@ impl KafkaStream {
         }
         tracing::info!(endpoint = %name, delivery = config.delivery.as_str(), "kafka stream delivery mode");
         Ok(KafkaStream {
-            runner: Runner::new(endpoint).with_order(OutputOrder::PerKey),
+            runner: Runner::new(endpoint)
+                .with_order(OutputOrder::PerKey)
+                .with_concurrency(DEFAULT_WINDOW),
             config,
             name,
             ready: watch::channel(false).0,
@@ -188,7 +195,8 @@ impl KafkaStream {
         &self.metrics
     }
 
-    /// At most `concurrency` messages predicted at once (see [`Runner::with_concurrency`]).
+    /// At most `concurrency` messages in flight at once, taken and not yet produced (see
+    /// [`Runner::with_concurrency`]); 256 by default, at most the endpoint's `concurrency`.
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.runner = self.runner.with_concurrency(concurrency);
         self
@@ -546,8 +554,15 @@ struct Transaction {
     messages: usize,
     dead_letters: u64,
     deliveries: Vec<DeliveryFuture>,
-    offsets: HashMap<(String, i32), i64>,
+    /// The next offset of each `(topic, partition)` in the transaction: few, so a list.
+    offsets: Vec<(String, i32, i64)>,
     summary: StreamSummary,
+    /// The dead-letter topic, computed once.
+    dead_letter_topic: String,
+    /// Reused for every output's value and headers, so that producing allocates nothing
+    /// (librdkafka copies them).
+    payload: Vec<u8>,
+    text: String,
 }
 
 impl Transaction {
@@ -555,7 +570,6 @@ impl Transaction {
         Transaction {
             runner: stream.runner.clone(),
             revoked: Arc::default(),
-            stream,
             consumer,
             producer,
             open: false,
@@ -563,8 +577,12 @@ impl Transaction {
             messages: 0,
             dead_letters: 0,
             deliveries: Vec::new(),
-            offsets: HashMap::new(),
+            offsets: Vec::new(),
             summary: StreamSummary::default(),
+            dead_letter_topic: stream.config.dead_letter_topic(),
+            stream,
+            payload: Vec::new(),
+            text: String::new(),
         }
     }
 
@@ -661,10 +679,11 @@ impl Transaction {
 
     /// Produces one message's prediction (or dead letter) into the open transaction.
     async fn produce(&mut self, processed: Processed<Arc<Consumed>>) -> Result<()> {
+        use std::fmt::Write as _;
+
         self.begin().await?;
         let message = &processed.meta.message;
-        let source = message.source();
-        let mut headers = OwnedHeaders::new();
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 6);
         for (key, value) in message
             .headers
             .iter()
@@ -682,38 +701,53 @@ impl Transaction {
             })
         };
         headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
-        headers = header(headers, SOURCE_HEADER, &source);
-        let (topic, payload) = match &processed.result {
+        let text = &mut self.text;
+        text.clear();
+        let _ = write!(
+            text,
+            "{}/{}/{}",
+            message.topic, message.partition, message.offset
+        );
+        headers = header(headers, SOURCE_HEADER, text);
+        self.payload.clear();
+        let stream = &self.stream;
+        let topic = match &processed.result {
             Ok(prediction) => {
                 headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
-                let latency = prediction.elapsed.as_secs_f64() * 1000.0;
-                headers = header(headers, LATENCY_HEADER, &format!("{latency:.3}"));
-                match output_value(self.stream.config.output_format, &prediction.output) {
-                    Ok(value) => (self.stream.config.output_topic.clone(), value),
+                text.clear();
+                let _ = write!(text, "{:.3}", prediction.elapsed.as_secs_f64() * 1000.0);
+                headers = header(headers, LATENCY_HEADER, text);
+                match write_output(
+                    stream.config.output_format,
+                    &prediction.output,
+                    &mut self.payload,
+                ) {
+                    Ok(()) => &stream.config.output_topic,
                     Err(error) => {
                         headers = header(headers, ERROR_HEADER, &error);
                         headers = header(headers, STATUS_HEADER, "model_failure");
                         self.dead_letters += 1;
-                        (
-                            self.stream.config.dead_letter_topic(),
-                            processed.meta.value.to_vec(),
-                        )
+                        self.payload.clear();
+                        self.payload.extend_from_slice(&processed.meta.value);
+                        &self.dead_letter_topic
                     }
                 }
             }
             Err(error) => {
-                let version = self.stream.runner.endpoint().spec().model.version.clone();
-                headers = header(headers, MODEL_VERSION_HEADER, &version);
-                headers = header(headers, ERROR_HEADER, &error.to_string());
+                let version = &stream.runner.endpoint().spec().model.version;
+                headers = header(headers, MODEL_VERSION_HEADER, version);
+                text.clear();
+                let _ = write!(text, "{error}");
+                headers = header(headers, ERROR_HEADER, text);
                 headers = header(headers, STATUS_HEADER, error.outcome().as_str());
                 self.dead_letters += 1;
-                (
-                    self.stream.config.dead_letter_topic(),
-                    processed.meta.value.to_vec(),
-                )
+                self.payload.extend_from_slice(&processed.meta.value);
+                &self.dead_letter_topic
             }
         };
-        let mut record = FutureRecord::to(&topic).payload(&payload).headers(headers);
+        let mut record = FutureRecord::to(topic)
+            .payload(&self.payload)
+            .headers(headers);
         if let Some(key) = &message.key {
             record = record.key(key.as_ref());
         }
@@ -731,10 +765,17 @@ impl Transaction {
             }
         };
         self.deliveries.push(delivery);
-        self.offsets.insert(
-            (message.topic.clone(), message.partition),
-            message.offset + 1,
-        );
+        let next = message.offset + 1;
+        match self
+            .offsets
+            .iter_mut()
+            .find(|(t, p, _)| *p == message.partition && *t == message.topic)
+        {
+            Some((_, _, offset)) => *offset = next,
+            None => self
+                .offsets
+                .push((message.topic.clone(), message.partition, next)),
+        }
         self.messages += 1;
         Ok(())
     }
@@ -759,7 +800,7 @@ impl Transaction {
             }
         }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.offsets {
+        for (topic, partition, offset) in &self.offsets {
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(storage)?;
@@ -902,15 +943,29 @@ fn item_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Item<Arc<Consumed
 }
 
 /// An output message's value: the prediction as JSON, or its raw bytes.
-fn output_value(format: OutputFormat, output: &Value) -> std::result::Result<Vec<u8>, String> {
+/// Writes the prediction as the output's value into `into` (cleared by the caller).
+fn write_output(
+    format: OutputFormat,
+    output: &Value,
+    into: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     match (format, output) {
-        (OutputFormat::Json, output) => serde_json::to_vec(output).map_err(|e| e.to_string()),
-        (OutputFormat::Bytes, Value::String(text)) => Ok(text.as_bytes().to_vec()),
-        (OutputFormat::Bytes, Value::Array(items)) => items
-            .iter()
-            .map(|item| item.as_u64().and_then(|b| u8::try_from(b).ok()))
-            .collect::<Option<Vec<u8>>>()
-            .ok_or_else(|| "output_format is bytes: the prediction is an array, but not of bytes (integers 0 to 255)".into()),
+        (OutputFormat::Json, output) => {
+            serde_json::to_writer(&mut *into, output).map_err(|e| e.to_string())
+        }
+        (OutputFormat::Bytes, Value::String(text)) => {
+            into.extend_from_slice(text.as_bytes());
+            Ok(())
+        }
+        (OutputFormat::Bytes, Value::Array(items)) => {
+            for item in items {
+                let byte = item.as_u64().and_then(|b| u8::try_from(b).ok()).ok_or_else(|| {
+                    "output_format is bytes: the prediction is an array, but not of bytes (integers 0 to 255)".to_owned()
+                })?;
+                into.push(byte);
+            }
+            Ok(())
+        }
         (OutputFormat::Bytes, other) => Err(format!(
             "output_format is bytes: expected bytes or a string from the predictor, got {}",
             match other {
