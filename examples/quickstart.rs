@@ -14,9 +14,11 @@
 #[path = "models/iris.rs"]
 mod iris;
 
+use serving::ActionSettings;
 use serving::http::{Observability, shutdown_signal};
 use serving::prediction_log::PredictionLogBuilder;
 use serving::prelude::*;
+use serving::setting::Settings as _;
 use tokio::net::TcpListener;
 
 const ENDPOINT: &str = "iris";
@@ -49,6 +51,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let endpoint = observability
         .instrument(model.endpoint(ENDPOINT).token_env("SERVING_TOKEN"))
         .build()?;
+    let lifecycle = endpoint.lifecycle().clone();
     let service = WebService::builder()
         .config(WebServiceConfig::from_env()?)
         .observability(observability)
@@ -65,6 +68,12 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(service.config().addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let url = format!("{base}/api/v1/endpoints/{ENDPOINT}");
+    // Alert emails link to this dashboard unless $SERVING_DASHBOARD_URL names another.
+    let mut actions = ActionSettings::from_env()?;
+    if actions.dashboard_url.is_none() {
+        actions.set("dashboard_url", &base)?;
+    }
+    lifecycle.set_action_settings(actions);
     println!("Endpoint: {url}");
     println!("Token:    {token}");
     let admin = service.admin_token().expose().to_owned();

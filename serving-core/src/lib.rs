@@ -55,6 +55,7 @@
 //! | `email` | the email action of triggers, `EmailTrigger` (`lettre`, SMTP without TLS) | no (the `serving` facade's `http` turns it on) |
 //! | `email-tls` | `smtps://` servers for the email action (rustls) | no |
 //! | `webhook` | the webhook action of triggers, `WebhookTrigger` (`reqwest`, HMAC-SHA256 signature) | no (the `serving` facade's `http` turns it on) |
+//! | `webhook-tls` | `https://` URLs for the webhook action (rustls) | no |
 //!
 //! # Shared by every transport
 //! What a web service, a Kafka worker and a batch runner do alike lives here, not in a

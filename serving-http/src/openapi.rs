@@ -621,8 +621,8 @@ pub(crate) struct TriggerBody {
     comparison: Comparison,
     /// The value compared against.
     threshold: f64,
-    /// How often the condition is polled, in seconds.
-    #[schema(minimum = 1)]
+    /// How often the condition is polled, in seconds (at most a year).
+    #[schema(minimum = 1, maximum = 31_536_000)]
     every_secs: u64,
     /// Samples (or, for a built-in measurement, requests) one poll needs; 1 by default.
     #[serde(default)]
@@ -632,9 +632,9 @@ pub(crate) struct TriggerBody {
     #[serde(default)]
     #[schema(min_length = 1)]
     model_version: Option<String>,
-    /// Re-arm this long after firing, instead of when the condition clears.
+    /// Re-arm this long after firing (at most a year), instead of when the condition clears.
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 31_536_000)]
     cooldown_secs: Option<u64>,
     /// What it does when it fires.
     action: TriggerActionBody,

@@ -68,6 +68,9 @@ fn one() -> u32 {
     1
 }
 
+/// The longest polling interval and cooldown: a year, in seconds.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
 impl TriggerRule {
     /// A rule with severity `info`, one event, every version, re-armed when it clears.
     pub fn new(
@@ -145,14 +148,23 @@ impl TriggerRule {
         if !self.threshold.is_finite() {
             return wrong("threshold", "must be a finite number".to_owned());
         }
-        if self.every_secs == 0 {
-            return wrong("every_secs", "must be at least 1".to_owned());
+        if self.every_secs == 0 || self.every_secs > MAX_SECS {
+            return wrong(
+                "every_secs",
+                format!("must be from 1 to {MAX_SECS} (a year)"),
+            );
         }
         if self.min_events == 0 {
             return wrong("min_events", "must be at least 1".to_owned());
         }
-        if self.cooldown_secs == Some(0) {
-            return wrong("cooldown_secs", "must be at least 1 when set".to_owned());
+        if self
+            .cooldown_secs
+            .is_some_and(|secs| secs == 0 || secs > MAX_SECS)
+        {
+            return wrong(
+                "cooldown_secs",
+                format!("must be from 1 to {MAX_SECS} (a year) when set"),
+            );
         }
         if self.model_version.as_deref().is_some_and(str::is_empty) {
             return wrong("model_version", "must not be empty when set".to_owned());
@@ -341,9 +353,12 @@ pub(crate) fn rfc3339(at: SystemTime) -> String {
 ///
 /// # Contract
 /// - `rule` is fixed for the trigger's life.
-/// - `fire` is called once per poll whose samples meet the rule; it runs the action once and
-///   reports its failure as an error (the poller logs it and polls again next interval). It is
-///   never called concurrently for the same trigger.
+/// - `fire` is called once per firing: a poll whose samples meet the rule while the trigger is
+///   armed (see [`TriggerRule`] for re-arming). It runs the action once (retries within it are
+///   its own) and reports its failure as an error: the runner logs and counts it, and fires
+///   again at the next poll that meets the rule. It is never called concurrently for the same
+///   trigger, and it may panic without stopping the runner (that counts as a failure).
+/// - `action` names the action for listings; it does not change.
 #[async_trait]
 pub trait Trigger: Debug + Send + Sync + 'static {
     /// When to fire.

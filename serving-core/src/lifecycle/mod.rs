@@ -472,6 +472,43 @@ impl Lifecycle {
     /// through this lifecycle. Returns its id. Triggers added this way are not part of the
     /// exported spec (code is not a spec); [`Lifecycle::add_trigger_spec`]'s are.
     ///
+    /// A callback that "retrains" when a logged metric drifts and rolls the new version out
+    /// to a fifth of the traffic, with zero downtime (the stable version answers the rest):
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use serving_core::{
+    ///     log_metric, predictor_fn, CallbackTrigger, Comparison, ModelEndpoint, ModelUpdate,
+    ///     Result, TriggerRule,
+    /// };
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+    /// let model = predictor_fn(|x: f64| -> Result<f64> {
+    ///     log_metric("drift", x);
+    ///     Ok(x)
+    /// });
+    /// let endpoint = ModelEndpoint::builder("scorer", model).build()?;
+    /// let lifecycle = endpoint.lifecycle().clone();
+    /// let rule = TriggerRule::new("drift", "drift", Comparison::GreaterThan, 10.0, 60)
+    ///     .with_min_events(100);
+    /// let retrain = CallbackTrigger::new_async(rule, move |alert| {
+    ///     let lifecycle = lifecycle.clone();
+    ///     async move {
+    ///         // Fit a new model here (on the feedback dataset, for example).
+    ///         let shift = alert.last_value;
+    ///         let retrained = predictor_fn(move |x: f64| -> Result<f64> { Ok(x - shift) });
+    ///         lifecycle.update_model(ModelUpdate::new(retrained), Some(20))?;
+    ///         Ok(())
+    ///     }
+    /// });
+    /// let id = endpoint.lifecycle().add_trigger(Arc::new(retrain))?;
+    /// assert_eq!(endpoint.lifecycle().triggers()[0].id, id);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The closure holds the lifecycle, so the endpoint lives as long as the trigger does
+    /// (until [`Lifecycle::remove_trigger`]).
+    ///
     /// # Errors
     /// [`Error::InvalidSpec`] naming the rule's field that is wrong.
     pub fn add_trigger(&self, trigger: Arc<DynTrigger>) -> Result<String> {

@@ -31,10 +31,16 @@ impl WebhookTrigger {
     /// POSTs to `url`, signed with `secret` when given.
     ///
     /// # Errors
-    /// [`Error::InvalidSpec`] naming `url` when it does not parse.
+    /// [`Error::InvalidSpec`] naming `url` when it does not parse, or is `https://` without the
+    /// `webhook-tls` feature.
     pub fn new(rule: TriggerRule, url: &str, secret: Option<&str>) -> Result<Self> {
         let url = reqwest::Url::parse(url)
             .map_err(|e| action_error(format!("`url` `{url}` does not parse: {e}")))?;
+        if url.scheme() == "https" && !cfg!(feature = "webhook-tls") {
+            return Err(action_error(format!(
+                "`url` `{url}`: https:// webhooks need serving-core's `webhook-tls` feature"
+            )));
+        }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -132,6 +138,14 @@ impl Trigger for WebhookTrigger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Comparison;
+
+    #[test]
+    fn https_needs_the_tls_feature() {
+        let rule = TriggerRule::new("t", "m", Comparison::GreaterThan, 1.0, 1);
+        let made = WebhookTrigger::new(rule, "https://127.0.0.1:1/hook", None);
+        assert_eq!(made.is_ok(), cfg!(feature = "webhook-tls"), "{made:?}");
+    }
 
     #[test]
     fn the_signature_is_the_hex_hmac_of_the_body() {
