@@ -223,6 +223,7 @@ impl FeedbackLoops {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let now = SystemTime::now();
         let (stop, stopped) = watch::channel(false);
+        let spec_schedule = spec.schedule.clone();
         let entry = Arc::new(Loop {
             id: id.clone(),
             endpoint: endpoint.to_owned(),
@@ -230,7 +231,13 @@ impl FeedbackLoops {
             lookback: timeout + Duration::from_secs(60),
             created_at: now,
             stop,
-            progress: Mutex::new(Progress::default()),
+            progress: Mutex::new(Progress {
+                next_run: match &spec_schedule {
+                    FeedbackSchedule::Now => Some(now),
+                    schedule => schedule.next_after(now),
+                },
+                ..Progress::default()
+            }),
         });
         self.inner
             .loops
