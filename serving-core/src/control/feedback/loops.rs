@@ -627,6 +627,65 @@ mod tests {
         assert!(mark.contains("through_us"), "{mark}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cron_loop_exports_at_its_times_until_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PredictionLog::builder()
+            .with_dir(dir.path().join("log"))
+            .with_setting("flush_interval_ms", "50")
+            .unwrap()
+            .build()
+            .unwrap();
+        let endpoint =
+            ModelEndpoint::builder("e", predictor_fn(|x: f64| -> crate::Result<f64> { Ok(x) }))
+                .record_sink(Arc::new(log.clone()))
+                .build()
+                .unwrap();
+        let datasets = Datasets::from_url("memory://").unwrap();
+        let loops = FeedbackLoops::new(log, datasets.clone())
+            .with_settle_margin(Duration::from_millis(100));
+        let every_second = FeedbackSchedule::Cron("* * * * * *".into());
+        let id = loops
+            .start(
+                "e",
+                Duration::from_secs(1),
+                FeedbackLoopSpec::new("c", every_second),
+            )
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut sent = 0;
+        while loops.get("e", &id).unwrap().exports.len() < 2 {
+            assert!(std::time::Instant::now() < deadline);
+            endpoint
+                .predict(PredictRequest::new(serde_json::json!(1.0)))
+                .await
+                .unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = loops.stop("e", &id).unwrap();
+        assert_eq!(status.state, LoopState::Stopped);
+        assert!(status.next_run.is_none());
+        // Each export is cut on a whole second, as the expression says.
+        for export in &status.exports {
+            assert!(export.to.ends_with(".000000Z"), "{export:?}");
+        }
+        assert!(status.exported_records <= sent);
+        let files = datasets.dataset("c").unwrap().list().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            datasets.dataset("c").unwrap().list().await.unwrap(),
+            files,
+            "stopped"
+        );
+        assert_eq!(loops.get("e", &id).unwrap().state, LoopState::Stopped);
+        assert!(
+            loops.specs("e").is_empty(),
+            "a stopped loop leaves the spec"
+        );
+    }
+
     #[tokio::test]
     async fn an_unreachable_dataset_is_refused_naming_the_field() {
         let dir = tempfile::tempdir().unwrap();
