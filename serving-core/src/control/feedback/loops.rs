@@ -2,6 +2,7 @@
 //! log into a dataset now or on a schedule, incrementally.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +55,8 @@ pub struct FeedbackLoops {
 struct Inner {
     log: PredictionLog,
     datasets: Datasets,
-    settle_margin: Duration,
+    /// Microseconds past the log's flush interval that an export waits.
+    settle_margin_us: AtomicU64,
     loops: Mutex<BTreeMap<String, Arc<Loop>>>,
     /// One lock and watermark per (dataset, endpoint): exports into it run one at a time.
     cursors: Mutex<HashMap<(String, String), Cursor>>,
@@ -160,7 +162,7 @@ impl FeedbackLoops {
             inner: Arc::new(Inner {
                 log,
                 datasets,
-                settle_margin: Duration::from_secs(2),
+                settle_margin_us: AtomicU64::new(2_000_000),
                 loops: Mutex::new(BTreeMap::new()),
                 cursors: Mutex::new(HashMap::new()),
             }),
@@ -168,22 +170,17 @@ impl FeedbackLoops {
     }
 
     /// How long past the log's flush interval an export waits for records to become visible
-    /// (2 s by default); call before starting loops.
+    /// (2 s by default); loops started after it use it, those of every clone included.
     pub fn with_settle_margin(self, margin: Duration) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.settle_margin = margin;
-                FeedbackLoops {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(inner) => FeedbackLoops { inner },
-        }
+        let micros = u64::try_from(margin.as_micros()).unwrap_or(u64::MAX);
+        self.inner.settle_margin_us.store(micros, Ordering::Relaxed);
+        self
     }
 
     /// How long after an export's cut it runs: the log's flush interval and the margin.
     pub fn settle(&self) -> Duration {
-        self.inner.log.config().flush_interval() + self.inner.settle_margin
+        let margin = Duration::from_micros(self.inner.settle_margin_us.load(Ordering::Relaxed));
+        self.inner.log.config().flush_interval() + margin
     }
 
     /// The datasets it exports into.
