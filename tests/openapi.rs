@@ -38,6 +38,11 @@ fn service(dir: &std::path::Path) -> WebService {
         .unwrap()
         .build()
         .unwrap();
+    // Feedback loops, so that the fuzzer reaches their routes too.
+    let feedback = serving::FeedbackLoops::new(
+        log.clone(),
+        serving::datasets::Datasets::local(dir.join("datasets")).unwrap(),
+    );
     let observability = Observability::new().with_prediction_log(log);
     // Registered versions, so that the admin API's rollouts and shadows can succeed.
     let registry = Arc::new(ModelRegistry::new());
@@ -56,6 +61,7 @@ fn service(dir: &std::path::Path) -> WebService {
         .endpoint_with_token(Arc::new(echo), Token::new(TOKEN))
         .admin_token(Token::new(ADMIN_TOKEN))
         .observability(observability)
+        .feedback_loops(feedback)
         .build()
         .unwrap()
 }

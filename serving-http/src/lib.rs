@@ -84,6 +84,14 @@
 //! `action`, and `before` and `after`: the stable version, candidate, shadow, canary policy and
 //! autoscale bounds as JSON.
 //!
+//! With [`WebServiceBuilder::feedback_loops`], the admin API also starts, lists and stops each
+//! endpoint's feedback loops (exports of its prediction log into a dataset, now or on a schedule):
+//! `POST /feedback` with `{"dataset", "schedule": "now" | {"every_secs": N} | {"cron": "…"},
+//! "format"?: "csv" | "jsonl"}` answers `201` with the loop and its `id`; `GET /feedback` lists them
+//! with their exports (file, records, time range); `GET` and `DELETE /feedback/{id}` read and stop
+//! one. A bad field is a 400 naming it. `GET /api/v1/endpoints/{name}/feedback`, with the
+//! endpoint's token, is the list the dashboard's Logs tab shows.
+//!
 //! ## Open Inference Protocol
 //!
 //! | Method | Path | Auth |

@@ -223,6 +223,33 @@ impl FeedbackSink for DatasetFeedback {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_feedback_sink_suite_passes_on_local_and_in_memory_datasets() {
+        use crate::datasets::Datasets;
+        let dir = tempfile::tempdir().unwrap();
+        for datasets in [
+            Datasets::local(dir.path()).unwrap(),
+            Datasets::from_url("memory://").unwrap(),
+        ] {
+            for format in [ExportFormat::Csv, ExportFormat::Jsonl] {
+                let sink =
+                    DatasetFeedback::new(datasets.dataset("feedback").unwrap()).with_format(format);
+                crate::conformance::feedback_sink(&sink).await;
+            }
+            let files = datasets.dataset("feedback").unwrap().list().await.unwrap();
+            assert_eq!(files.len(), 4, "{files:?}");
+            let csv = files.iter().find(|f| f.path.ends_with(".csv")).unwrap();
+            let bytes = datasets
+                .dataset("feedback")
+                .unwrap()
+                .get(&csv.path)
+                .await
+                .unwrap();
+            let rows = crate::prediction_log::read_csv(bytes.as_ref()).unwrap();
+            assert!(!rows.is_empty() && rows[0].endpoint == "e");
+        }
+    }
+
     #[test]
     fn interval_names_parse_back() {
         let name = format!("iris-{:016}-{:016}.csv", 5, 1_800_000_000_000_000i64);

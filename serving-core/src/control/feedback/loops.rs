@@ -2,6 +2,7 @@
 //! log into a dataset now or on a schedule, incrementally.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +55,8 @@ pub struct FeedbackLoops {
 struct Inner {
     log: PredictionLog,
     datasets: Datasets,
-    settle_margin: Duration,
+    /// Microseconds past the log's flush interval that an export waits.
+    settle_margin_us: AtomicU64,
     loops: Mutex<BTreeMap<String, Arc<Loop>>>,
     /// One lock and watermark per (dataset, endpoint): exports into it run one at a time.
     cursors: Mutex<HashMap<(String, String), Cursor>>,
@@ -160,7 +162,7 @@ impl FeedbackLoops {
             inner: Arc::new(Inner {
                 log,
                 datasets,
-                settle_margin: Duration::from_secs(2),
+                settle_margin_us: AtomicU64::new(2_000_000),
                 loops: Mutex::new(BTreeMap::new()),
                 cursors: Mutex::new(HashMap::new()),
             }),
@@ -168,22 +170,17 @@ impl FeedbackLoops {
     }
 
     /// How long past the log's flush interval an export waits for records to become visible
-    /// (2 s by default); call before starting loops.
+    /// (2 s by default); loops started after it use it, those of every clone included.
     pub fn with_settle_margin(self, margin: Duration) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.settle_margin = margin;
-                FeedbackLoops {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(inner) => FeedbackLoops { inner },
-        }
+        let micros = u64::try_from(margin.as_micros()).unwrap_or(u64::MAX);
+        self.inner.settle_margin_us.store(micros, Ordering::Relaxed);
+        self
     }
 
     /// How long after an export's cut it runs: the log's flush interval and the margin.
     pub fn settle(&self) -> Duration {
-        self.inner.log.config().flush_interval() + self.inner.settle_margin
+        let margin = Duration::from_micros(self.inner.settle_margin_us.load(Ordering::Relaxed));
+        self.inner.log.config().flush_interval() + margin
     }
 
     /// The datasets it exports into.
@@ -223,6 +220,7 @@ impl FeedbackLoops {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let now = SystemTime::now();
         let (stop, stopped) = watch::channel(false);
+        let spec_schedule = spec.schedule.clone();
         let entry = Arc::new(Loop {
             id: id.clone(),
             endpoint: endpoint.to_owned(),
@@ -230,7 +228,13 @@ impl FeedbackLoops {
             lookback: timeout + Duration::from_secs(60),
             created_at: now,
             stop,
-            progress: Mutex::new(Progress::default()),
+            progress: Mutex::new(Progress {
+                next_run: match &spec_schedule {
+                    FeedbackSchedule::Now => Some(now),
+                    schedule => schedule.next_after(now),
+                },
+                ..Progress::default()
+            }),
         });
         self.inner
             .loops
@@ -618,6 +622,65 @@ mod tests {
         let mark = std::fs::read_to_string(dir.path().join("datasets/sets/fb/_feedback/slow.json"))
             .unwrap();
         assert!(mark.contains("through_us"), "{mark}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cron_loop_exports_at_its_times_until_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PredictionLog::builder()
+            .with_dir(dir.path().join("log"))
+            .with_setting("flush_interval_ms", "50")
+            .unwrap()
+            .build()
+            .unwrap();
+        let endpoint =
+            ModelEndpoint::builder("e", predictor_fn(|x: f64| -> crate::Result<f64> { Ok(x) }))
+                .record_sink(Arc::new(log.clone()))
+                .build()
+                .unwrap();
+        let datasets = Datasets::from_url("memory://").unwrap();
+        let loops = FeedbackLoops::new(log, datasets.clone())
+            .with_settle_margin(Duration::from_millis(100));
+        let every_second = FeedbackSchedule::Cron("* * * * * *".into());
+        let id = loops
+            .start(
+                "e",
+                Duration::from_secs(1),
+                FeedbackLoopSpec::new("c", every_second),
+            )
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut sent = 0;
+        while loops.get("e", &id).unwrap().exports.len() < 2 {
+            assert!(std::time::Instant::now() < deadline);
+            endpoint
+                .predict(PredictRequest::new(serde_json::json!(1.0)))
+                .await
+                .unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = loops.stop("e", &id).unwrap();
+        assert_eq!(status.state, LoopState::Stopped);
+        assert!(status.next_run.is_none());
+        // Each export is cut on a whole second, as the expression says.
+        for export in &status.exports {
+            assert!(export.to.ends_with(".000000Z"), "{export:?}");
+        }
+        assert!(status.exported_records <= sent);
+        let files = datasets.dataset("c").unwrap().list().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            datasets.dataset("c").unwrap().list().await.unwrap(),
+            files,
+            "stopped"
+        );
+        assert_eq!(loops.get("e", &id).unwrap().state, LoopState::Stopped);
+        assert!(
+            loops.specs("e").is_empty(),
+            "a stopped loop leaves the spec"
+        );
     }
 
     #[tokio::test]

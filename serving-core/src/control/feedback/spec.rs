@@ -233,10 +233,16 @@ impl FeedbackSchedule {
             FeedbackSchedule::EverySecs(secs) => after.checked_add(Duration::from_secs(*secs)),
             FeedbackSchedule::Cron(expression) => {
                 let cron = parse_cron(expression).ok()?;
-                let after = chrono::DateTime::<chrono::Utc>::from(after);
+                // Whole seconds: croner keeps the fraction of the time it starts from.
+                let whole = after
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs()))?;
+                let after = chrono::DateTime::<chrono::Utc>::from(whole);
                 cron.find_next_occurrence(&after, false)
                     .ok()
                     .map(SystemTime::from)
+                    .filter(|next| *next > whole)
             }
         }
     }
@@ -363,6 +369,11 @@ mod tests {
         assert_eq!(
             minute.next_after(at),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_060))
+        );
+        let fraction = at + Duration::from_millis(300);
+        assert_eq!(
+            FeedbackSchedule::Cron("* * * * * *".into()).next_after(fraction),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_008))
         );
         let seconds = FeedbackSchedule::Cron("*/5 * * * * *".into());
         assert_eq!(
