@@ -515,4 +515,31 @@ mod tests {
         assert_eq!(read.delivery, DeliveryMode::AtLeastOnce);
         assert_eq!(read.properties["client.id"], "x");
     }
+
+    #[test]
+    fn input_and_output_formats() {
+        let mut config = KafkaStreamConfig::new(["b:1"], ["in"], "out");
+        assert_eq!(
+            (config.input_format, config.output_format),
+            (InputFormat::Bytes, OutputFormat::Json)
+        );
+        config
+            .apply([("input_format", "json"), ("output_format", "bytes")])
+            .unwrap();
+        assert_eq!(
+            (config.input_format, config.output_format),
+            (InputFormat::Json, OutputFormat::Bytes)
+        );
+        let error = config.set("output_format", "avro").unwrap_err().to_string();
+        assert!(error.contains("expected json or bytes"), "{error}");
+        let spec = EndpointSpec::from_yaml(&SAVED.replace(
+            "output_topic: scores\n",
+            "output_topic: scores\n  output_format: bytes\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            KafkaStreamConfig::from_spec(&spec).unwrap().output_format,
+            OutputFormat::Bytes
+        );
+    }
 }
