@@ -257,10 +257,11 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let base = format!("http://{}", listener.local_addr()?);
     let started = start(settings.clone(), observability, listener, shutdown_signal()).await?;
     let token = started.admin_token.expose();
-    let (input, output) = (settings.input_topics.join(","), &settings.output_topic);
+    let (inputs, output) = (settings.input_topics.join(","), &settings.output_topic);
+    let input = settings.input_topics.first().map_or("", String::as_str);
     let brokers = &settings.brokers;
     println!(
-        "Streaming {input} -> {output} on {brokers} ({}, group {})",
+        "Streaming {inputs} -> {output} on {brokers} ({}, group {})",
         settings.delivery, settings.group
     );
     println!("Try it:");

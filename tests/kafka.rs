@@ -829,6 +829,11 @@ impl Collector {
         self.seen.lock().unwrap().clone()
     }
 
+    fn stop_reading(&self) {
+        self.reading
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Waits until `done` holds of what was read (a minute at most).
     async fn wait_for(&self, what: &str, done: impl Fn(&[Read]) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -842,7 +847,7 @@ impl Collector {
     }
 
     /// Everything read once `count` messages came and `settle` passed without another.
-    async fn finish(self, count: usize, settle: Duration) -> Vec<Read> {
+    async fn finish(mut self, count: usize, settle: Duration) -> Vec<Read> {
         self.wait_for(&format!("{count} outputs"), |r| r.len() >= count)
             .await;
         let mut last = self.seen.lock().unwrap().len();
@@ -854,10 +859,16 @@ impl Collector {
             }
             last = now;
         }
-        self.reading
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.task.await.unwrap();
+        self.stop_reading();
+        (&mut self.task).await.unwrap();
         std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+// A test that fails must not hang on a reader that never stops.
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop_reading();
     }
 }
 
@@ -1745,4 +1756,161 @@ async fn the_example_predicts_iris_rows_and_rolls_over_through_the_admin_api() {
         .expect("the example stops")
         .unwrap()
         .unwrap();
+}
+
+/// The transport suite's harness over a running Kafka stream: each submission is a message on
+/// a one-partition input topic (its request id as the `serving-request-id` header, its routing
+/// key as the message key, an undecodable one as a value that is not JSON), each delivery an
+/// output or a dead letter read back with `read_committed`.
+struct KafkaHarness {
+    brokers: String,
+    input: String,
+    producer: FutureProducer,
+    outputs: Collector,
+    letters: Collector,
+    seen: (usize, usize),
+    running: Option<Running>,
+}
+
+impl KafkaHarness {
+    async fn start(kit: &serving::conformance::transport::TransportKit) -> Self {
+        let brokers = brokers();
+        let (input, out) = (unique("in"), unique("out"));
+        let dlq = format!("{out}.dlq");
+        create_topics(&brokers, &[(&input, 1), (&out, 1), (&dlq, 1)]).await;
+        let mut config = config(&brokers, &[&input], &out, &unique("group"));
+        config.input_format = serving::kafka::InputFormat::Json;
+        let running = start(KafkaStream::new(kit.endpoint(), config).unwrap()).await;
+        KafkaHarness {
+            producer: producer(&brokers),
+            outputs: Collector::start(&brokers, &out),
+            letters: Collector::start(&brokers, &dlq),
+            brokers,
+            input,
+            seen: (0, 0),
+            running: Some(running),
+        }
+    }
+
+    fn produce(&self, items: Vec<serving::conformance::transport::Submission>) {
+        use serving::conformance::transport::Payload;
+        for submission in items {
+            let value = match &submission.payload {
+                Payload::Json(value) => value.to_string(),
+                _ => "not json {".to_owned(),
+            };
+            let mut headers = OwnedHeaders::new();
+            if let Some(id) = &submission.request_id {
+                headers = headers.insert(Header {
+                    key: "serving-request-id",
+                    value: Some(id),
+                });
+            }
+            let mut record = FutureRecord::to(&self.input)
+                .payload(&value)
+                .headers(headers);
+            if let Some(key) = &submission.routing_key {
+                record = record.key(key);
+            }
+            drop(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .unwrap(),
+            );
+        }
+        self.producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    fn unseen(&self) -> usize {
+        self.outputs.snapshot().len() - self.seen.0 + self.letters.snapshot().len() - self.seen.1
+    }
+
+    /// What came out since the last call: predictions, then dead letters.
+    async fn delivered(
+        &mut self,
+        settle: Duration,
+    ) -> Vec<serving::conformance::transport::Delivered> {
+        use serving::conformance::transport::Delivered;
+        tokio::time::sleep(settle).await;
+        let (outputs, letters) = (self.outputs.snapshot(), self.letters.snapshot());
+        let delivered = outputs[self.seen.0..]
+            .iter()
+            .map(|r| {
+                Delivered::new(
+                    r.headers.get("serving-request-id").cloned(),
+                    Some(r.value.clone()),
+                )
+            })
+            .chain(
+                letters[self.seen.1..]
+                    .iter()
+                    .map(|r| Delivered::new(r.headers.get("serving-request-id").cloned(), None)),
+            )
+            .collect();
+        self.seen = (outputs.len(), letters.len());
+        delivered
+    }
+}
+
+#[async_trait::async_trait]
+impl serving::conformance::transport::TransportHarness for KafkaHarness {
+    fn order(&self) -> serving::runner::OutputOrder {
+        // One input partition: its order is the input order.
+        serving::runner::OutputOrder::Input
+    }
+
+    async fn submit(
+        &mut self,
+        items: Vec<serving::conformance::transport::Submission>,
+    ) -> Vec<serving::conformance::transport::Delivered> {
+        let count = items.len();
+        self.produce(items);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.unseen() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} delivered",
+                self.unseen()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.delivered(Duration::from_millis(300)).await
+    }
+
+    async fn submit_then_shut_down(
+        &mut self,
+        items: Vec<serving::conformance::transport::Submission>,
+        busy: futures::future::BoxFuture<'static, ()>,
+    ) -> Vec<serving::conformance::transport::Delivered> {
+        self.produce(items);
+        busy.await;
+        self.running.take().expect("running").stop().await;
+        // What it committed before it stopped is readable now.
+        self.delivered(Duration::from_secs(1)).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kafka_stream_passes_the_refusal_order_and_drain_parts_of_the_transport_suite() {
+    use serving::conformance::transport::{self, TransportKit};
+    let _broker = BROKER.read().await;
+    let kit = TransportKit::new();
+    let mut kafka = KafkaHarness::start(&kit).await;
+    let _ = &kafka.brokers;
+    let patience = Duration::from_secs(120);
+    // Not `records`: it asserts that latency counts the time an item waited for capacity,
+    // while the stream takes a message from librdkafka's queue only when a slot is free, so
+    // its arrival (stamped when polled, as the runner's contract says) excludes that wait.
+    tokio::time::timeout(patience, transport::refusals(&mut kafka, &kit))
+        .await
+        .expect("refusals");
+    eprintln!("transport suite: refusals passed");
+    tokio::time::timeout(patience, transport::order(&mut kafka, &kit))
+        .await
+        .expect("order");
+    eprintln!("transport suite: order passed");
+    tokio::time::timeout(patience, transport::drain(&mut kafka, &kit))
+        .await
+        .expect("drain");
 }

@@ -28,6 +28,35 @@ setting_keys! {
         InstanceId = "instance_id",
         /// [`KafkaStreamConfig::output_format`]: `json` or `bytes`.
         OutputFormat = "output_format",
+        /// [`KafkaStreamConfig::input_format`]: `bytes` or `json`.
+        InputFormat = "input_format",
+    }
+}
+
+/// How a message's value reaches the predictor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InputFormat {
+    /// The value's bytes, as [`Input::Bytes`](serving_core::Input::Bytes) (a typed predictor
+    /// reads JSON from them).
+    #[default]
+    Bytes,
+    /// The value parsed as JSON, as [`Input::Json`](serving_core::Input::Json); a value that
+    /// is not JSON is refused before the model (recorded as a 400, dead-lettered with status
+    /// `invalid_request`).
+    Json,
+}
+
+impl std::str::FromStr for InputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "bytes" => Ok(InputFormat::Bytes),
+            "json" => Ok(InputFormat::Json),
+            _ => Err("expected bytes or json".into()),
+        }
     }
 }
 
@@ -157,6 +186,10 @@ pub struct KafkaStreamConfig {
     /// predictor's raw bytes.
     #[serde(skip_serializing_if = "is_default")]
     pub output_format: OutputFormat,
+    /// [`InputFormat`] of the input values (`input_format`): the raw bytes by default, or
+    /// JSON, refusing a value that is not.
+    #[serde(skip_serializing_if = "is_default")]
+    pub input_format: InputFormat,
 }
 
 impl KafkaStreamConfig {
@@ -333,6 +366,7 @@ impl Settings for KafkaStreamConfig {
                 self.instance_id = Some(value.non_empty("expected an instance name")?.to_owned());
             }
             KafkaStreamKey::OutputFormat => self.output_format = value.parse()?,
+            KafkaStreamKey::InputFormat => self.input_format = value.parse()?,
         }
         Ok(())
     }
@@ -480,5 +514,32 @@ mod tests {
         let read = KafkaStreamConfig::from_spec(&spec).unwrap();
         assert_eq!(read.delivery, DeliveryMode::AtLeastOnce);
         assert_eq!(read.properties["client.id"], "x");
+    }
+
+    #[test]
+    fn input_and_output_formats() {
+        let mut config = KafkaStreamConfig::new(["b:1"], ["in"], "out");
+        assert_eq!(
+            (config.input_format, config.output_format),
+            (InputFormat::Bytes, OutputFormat::Json)
+        );
+        config
+            .apply([("input_format", "json"), ("output_format", "bytes")])
+            .unwrap();
+        assert_eq!(
+            (config.input_format, config.output_format),
+            (InputFormat::Json, OutputFormat::Bytes)
+        );
+        let error = config.set("output_format", "avro").unwrap_err().to_string();
+        assert!(error.contains("expected json or bytes"), "{error}");
+        let spec = EndpointSpec::from_yaml(&SAVED.replace(
+            "output_topic: scores\n",
+            "output_topic: scores\n  output_format: bytes\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            KafkaStreamConfig::from_spec(&spec).unwrap().output_format,
+            OutputFormat::Bytes
+        );
     }
 }

@@ -30,8 +30,8 @@ mod scaling;
 mod stream;
 
 pub use config::{
-    DEFAULT_TRANSACTION_MESSAGES, DEFAULT_TRANSACTION_MS, DeliveryMode, KafkaStreamConfig,
-    KafkaStreamKey, OutputFormat,
+    DEFAULT_TRANSACTION_MESSAGES, DEFAULT_TRANSACTION_MS, DeliveryMode, InputFormat,
+    KafkaStreamConfig, KafkaStreamKey, OutputFormat,
 };
 pub use metrics::KafkaMetrics;
 /// The Kafka client this crate is built on, for callers that create topics or read outputs.

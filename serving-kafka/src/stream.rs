@@ -17,7 +17,7 @@ use serving_core::{
 };
 use tokio::sync::watch;
 
-use crate::config::{DeliveryMode, KafkaStreamConfig, OutputFormat};
+use crate::config::{DeliveryMode, InputFormat, KafkaStreamConfig, OutputFormat};
 use crate::metrics::{KafkaMetrics, StreamContext};
 use crate::scaling::{WorkerScaler, replica_bounds};
 
@@ -598,11 +598,12 @@ impl Transaction {
         mut workers: watch::Receiver<u32>,
     ) -> Result<Session> {
         let consumer = Arc::clone(&self.consumer);
-        let source = futures::stream::unfold(consumer, |consumer| async move {
+        let format = self.stream.config.input_format;
+        let source = futures::stream::unfold(consumer, move |consumer| async move {
             loop {
                 match consumer.recv().await {
                     Ok(message) => {
-                        let item = item_of(&message);
+                        let item = item_of(&message, format);
                         return Some((item, consumer));
                     }
                     // A broker outage: the consumer reconnects by itself.
@@ -914,11 +915,23 @@ struct Consumed {
     value: Bytes,
 }
 
-fn item_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Item<Arc<Consumed>> {
+fn item_of(
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    format: InputFormat,
+) -> Item<Arc<Consumed>> {
     let arrival = serving_core::Arrival::now();
     let info = KafkaMessage::of(message);
     let value = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-    let mut item = Item::new(Input::Bytes(value.clone()))
+    let item = match format {
+        InputFormat::Bytes => Item::new(Input::Bytes(value.clone())),
+        InputFormat::Json => match serde_json::from_slice::<Value>(&value) {
+            Ok(json) => Item::new(Input::Json(json)),
+            Err(error) => Item::refused(Error::invalid_request(format!(
+                "the message's value is not JSON: {error}"
+            ))),
+        },
+    };
+    let mut item = item
         .with_arrival(arrival)
         .with_order_key(format!("{}/{}", info.topic, info.partition))
         .with_param("source", info.source());
