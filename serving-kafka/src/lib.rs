@@ -10,6 +10,33 @@
 //! environment variables. This crate owns that section: a new Kafka setting is a field here,
 //! never a change to the core.
 //!
+//! A stream runs an endpoint as the web service does: versions, canary (sticky by message
+//! key), shadow, metrics and the prediction log work unchanged, and a rollover switches between
+//! two messages of each partition. Its own counters ([`KafkaMetrics`]) go to `/metrics` with
+//! [`KafkaStream::with_observability`] and to the admin status under `kafka`; its workers scale
+//! on consumer lag ([`desired_workers`]) within the autoscale bounds capped by the input
+//! partitions ([`replica_bounds`]); [`JoinedEndpoint`] makes a web side's `/readyz` wait until
+//! the stream holds its starting offsets. `examples/kafka_stream.rs` puts it all together.
+//!
+//! ```no_run
+//! use serving_core::{ModelEndpoint, Observability, Result, predictor_fn, shutdown_signal};
+//! use serving_kafka::{KafkaStream, KafkaStreamConfig};
+//!
+//! # #[tokio::main] async fn main() -> Result<()> {
+//! let observability = Observability::new();
+//! let model = predictor_fn(|amount: f64| -> Result<bool> { Ok(amount > 1000.0) });
+//! let endpoint = observability
+//!     .instrument(ModelEndpoint::builder("fraud", model))
+//!     .build()?;
+//! let config = KafkaStreamConfig::new(["127.0.0.1:9092"], ["payments"], "fraud-scores");
+//! let summary = KafkaStream::new(endpoint, config)?
+//!     .with_observability(&observability)
+//!     .run(shutdown_signal())
+//!     .await?;
+//! println!("{} messages predicted exactly once", summary.committed);
+//! # Ok(()) }
+//! ```
+//!
 //! ```
 //! use serving_core::EndpointSpec;
 //! use serving_kafka::KafkaStreamConfig;
