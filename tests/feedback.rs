@@ -715,3 +715,56 @@ async fn the_dashboards_logs_tab_lists_loops_with_their_last_export_and_stops_on
     client.close().await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_specs_loops_run_at_once_and_the_exported_spec_keeps_the_running_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(&dir.path().join("log"));
+    let datasets = Datasets::local(dir.path().join("datasets")).unwrap();
+    let hourly = FeedbackLoopSpec::new("hourly", FeedbackSchedule::EverySecs(3600));
+    let server =
+        TestServer::start(service(&log, loops(&log, datasets), vec![hourly.clone()])).await;
+    let (_, list) = admin(reqwest::Method::GET, feedback_url(&server), None).await;
+    let listed = list["feedback"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{list}");
+    assert_eq!(listed[0]["state"], "running");
+    assert_eq!(listed[0]["schedule"], json!({"every_secs": 3600}));
+    let spec_url = server.url(&format!("/api/v1/admin/endpoints/{ENDPOINT}/spec"));
+    let (_, spec) = admin(reqwest::Method::GET, spec_url.clone(), None).await;
+    let spec = EndpointSpec::from_json(&spec.to_string()).unwrap();
+    assert_eq!(spec.feedback, vec![hourly]);
+    // One started at run time joins the spec; a stopped one leaves it.
+    let cron = start_loop(
+        &server,
+        r#"{"dataset": "nightly", "schedule": {"cron": "0 2 * * *"}}"#,
+    )
+    .await;
+    let id = listed[0]["id"].as_str().unwrap();
+    let (status, _) = admin(
+        reqwest::Method::DELETE,
+        format!("{}/{id}", feedback_url(&server)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, spec) = admin(reqwest::Method::GET, spec_url, None).await;
+    assert_eq!(
+        spec["feedback"],
+        json!([{"dataset": "nightly", "schedule": {"cron": "0 2 * * *"}, "format": "csv"}]),
+        "{spec}"
+    );
+    let (_, nightly) = admin(
+        reqwest::Method::GET,
+        format!("{}/{cron}", feedback_url(&server)),
+        None,
+    )
+    .await;
+    assert!(
+        nightly["next_run"]
+            .as_str()
+            .unwrap()
+            .ends_with("T02:00:00.000000Z"),
+        "{nightly}"
+    );
+    server.stop().await;
+}

@@ -64,18 +64,9 @@ pub(crate) fn start_spec_loops(
                 ),
             });
         };
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Action {
-            action: "starting the feedback loops of the spec".to_owned(),
-            source: Box::new(e),
-        })?;
         let timeout = spec.server.workers.timeout();
         for feedback in spec.feedback.clone() {
-            let (loops, name) = (loops.clone(), name.clone());
-            runtime.spawn(async move {
-                if let Err(error) = loops.start(&name, timeout, feedback).await {
-                    tracing::error!(endpoint = %name, %error, "a feedback loop of the spec did not start");
-                }
-            });
+            loops.start_unchecked(name, timeout, feedback)?;
         }
     }
     Ok(())

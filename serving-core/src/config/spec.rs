@@ -596,6 +596,15 @@ mod tests {
         ];
         assert_eq!(EndpointSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
         assert_eq!(EndpointSpec::from_json(&spec.to_json()).unwrap(), spec);
+        let written = "name: iris\nmodel: {name: tree, version: '2'}\nfeedback:\n  - {dataset: fb, schedule: {every_secs: 60}}\n  - {dataset: fb, schedule: now, format: jsonl}\n  - {dataset: fb, schedule: {cron: '0 * * * *'}}\n";
+        let read = EndpointSpec::from_yaml(written).unwrap();
+        assert_eq!(read.feedback[0].schedule, FeedbackSchedule::EverySecs(60));
+        assert_eq!(read.feedback[1].format, ExportFormat::Jsonl);
+        assert_eq!(
+            read.feedback[2].schedule,
+            FeedbackSchedule::Cron("0 * * * *".into())
+        );
+        assert_eq!(EndpointSpec::from_yaml(&read.to_yaml()).unwrap(), read);
         spec.feedback[0].schedule = FeedbackSchedule::EverySecs(0);
         let error = EndpointSpec::from_json(&spec.to_json())
             .unwrap_err()

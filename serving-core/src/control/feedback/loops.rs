@@ -211,8 +211,26 @@ impl FeedbackLoops {
         spec: FeedbackLoopSpec,
     ) -> Result<String> {
         spec.validate()?;
+        self.dataset(&spec.dataset, spec.format)?.check().await?;
+        self.start_unchecked(endpoint, timeout, spec)
+    }
+
+    /// Starts a loop as [`FeedbackLoops::start`] does without first checking that the
+    /// dataset's store answers: how a spec's loops start when the service is built, so that
+    /// they run (and are listed, and stay in the spec) at once. A store that cannot be reached
+    /// shows in the loop's `last_error`, and each export tries again.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] naming the field for an invalid spec; [`Error::Action`]
+    /// outside a tokio runtime.
+    pub fn start_unchecked(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        spec: FeedbackLoopSpec,
+    ) -> Result<String> {
+        spec.validate()?;
         let dataset = self.dataset(&spec.dataset, spec.format)?;
-        dataset.check().await?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Action {
             action: "starting a feedback loop".to_owned(),
             source: Box::new(e),

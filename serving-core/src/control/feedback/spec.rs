@@ -31,7 +31,11 @@ pub struct FeedbackLoopSpec {
 /// When a feedback loop exports.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(
+    rename_all = "snake_case",
+    from = "ScheduleForm",
+    into = "ScheduleForm"
+)]
 pub enum FeedbackSchedule {
     /// Once, now.
     Now,
@@ -40,6 +44,42 @@ pub enum FeedbackSchedule {
     /// At the times of a cron expression, in UTC: five fields (minute to weekday), or six with
     /// seconds first.
     Cron(String),
+}
+
+/// How a schedule is written, in JSON and YAML alike: `now`, `{every_secs: N}` or
+/// `{cron: "…"}` (a derived enum would want YAML tags such as `!every_secs 60`).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+enum ScheduleForm {
+    Word(NowWord),
+    EverySecs { every_secs: u64 },
+    Cron { cron: String },
+}
+
+#[derive(Serialize, Deserialize)]
+enum NowWord {
+    #[serde(rename = "now")]
+    Now,
+}
+
+impl From<ScheduleForm> for FeedbackSchedule {
+    fn from(form: ScheduleForm) -> Self {
+        match form {
+            ScheduleForm::Word(NowWord::Now) => FeedbackSchedule::Now,
+            ScheduleForm::EverySecs { every_secs } => FeedbackSchedule::EverySecs(every_secs),
+            ScheduleForm::Cron { cron } => FeedbackSchedule::Cron(cron),
+        }
+    }
+}
+
+impl From<FeedbackSchedule> for ScheduleForm {
+    fn from(schedule: FeedbackSchedule) -> Self {
+        match schedule {
+            FeedbackSchedule::Now => ScheduleForm::Word(NowWord::Now),
+            FeedbackSchedule::EverySecs(every_secs) => ScheduleForm::EverySecs { every_secs },
+            FeedbackSchedule::Cron(cron) => ScheduleForm::Cron { cron },
+        }
+    }
 }
 
 /// The file format of a feedback export.
