@@ -3,6 +3,8 @@
 
 mod connections;
 mod hostile;
+#[cfg(feature = "k8s")]
+mod k8s;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod lifecycle;
