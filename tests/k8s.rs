@@ -140,7 +140,10 @@ where
     Api::namespaced(deployer.client().clone(), deployer.namespace())
 }
 
-/// The `resourceVersion` of every object of `name`, in a fixed order (`None` when absent).
+/// What changes only when something writes an object of `name` (not its status): the
+/// `resourceVersion` of the ConfigMap, Secret and Service, and the `generation` of the
+/// Deployment, HPA and PDB, whose status controllers write; `None` for an absent object.
+/// With it, the labels and annotations of the Deployment, which no generation counts.
 async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
     let config_map = api::<ConfigMap>(deployer)
         .get_opt(&format!("{name}-spec"))
@@ -160,13 +163,15 @@ async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
         .get_opt(name)
         .await
         .unwrap();
+    let generation = |meta: &ObjectMeta| meta.generation.map(|g| g.to_string());
     vec![
         config_map.and_then(|o| o.resource_version()),
         secret.and_then(|o| o.resource_version()),
-        deployment.and_then(|o| o.resource_version()),
+        deployment.as_ref().and_then(|o| generation(&o.metadata)),
         service.and_then(|o| o.resource_version()),
-        hpa.and_then(|o| o.resource_version()),
-        pdb.and_then(|o| o.resource_version()),
+        hpa.and_then(|o| generation(&o.metadata)),
+        pdb.and_then(|o| generation(&o.metadata)),
+        deployment.map(|o| format!("{:?} {:?}", o.metadata.labels, o.metadata.annotations)),
     ]
 }
 
@@ -284,7 +289,7 @@ async fn all_three_kinds_are_applied_and_read_back() {
 
     let deleted = deployer.delete("web").await.unwrap();
     assert_eq!(deleted.len(), 6, "{deleted:?}");
-    assert_eq!(versions(&deployer, "web").await, vec![None; 6]);
+    assert_eq!(versions(&deployer, "web").await, vec![None; 7]);
     assert!(
         deployer.delete("web").await.unwrap().is_empty(),
         "deleting twice is fine"
@@ -301,7 +306,16 @@ async fn a_second_apply_changes_nothing_and_a_changed_spec_only_what_changed() {
     let deployer = deployer("noop").await;
     let spec = endpoint("web", EndpointKind::WebService, 1, 2);
     deployer.apply(&spec, None).await.unwrap();
+    deployer
+        .wait_ready("web", 1, Duration::from_secs(90))
+        .await
+        .unwrap();
     let before = versions(&deployer, "web").await;
+    let settled = api::<Deployment>(&deployer)
+        .get("web")
+        .await
+        .unwrap()
+        .resource_version();
     let generation = api::<Deployment>(&deployer)
         .get("web")
         .await
@@ -315,6 +329,7 @@ async fn a_second_apply_changes_nothing_and_a_changed_spec_only_what_changed() {
     assert_eq!(versions(&deployer, "web").await, before);
     let after = api::<Deployment>(&deployer).get("web").await.unwrap();
     assert_eq!(after.metadata.generation, generation);
+    assert_eq!(after.resource_version(), settled, "no new resourceVersion");
 
     // A new image: only the Deployment changes (the spec in the ConfigMap is the same).
     let mut newer = spec.clone();
@@ -595,7 +610,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert!(error.to_string().contains("4..2"), "{error}");
     assert_eq!(
         versions(&deployer, "web").await,
-        vec![None; 6],
+        vec![None; 7],
         "nothing was written"
     );
 
@@ -625,7 +640,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert!(error.unwrap_err().to_string().contains("refused"));
     assert_eq!(
         versions(&deployer, "web").await,
-        vec![None; 6],
+        vec![None; 7],
         "nothing was written"
     );
 

@@ -292,7 +292,9 @@ impl Deployer {
         Ok(())
     }
 
-    /// Applies one object; records it in `changed` when its `resourceVersion` moved.
+    /// Applies one object; records it in `changed` when what `serving` declares of it (its
+    /// spec or data, labels, annotations, owners) differs afterwards. Not the bare
+    /// `resourceVersion`, which controllers also move when they write the status.
     async fn write<K>(
         &self,
         object: &K,
@@ -309,7 +311,7 @@ impl Deployer {
             .get_opt(&object.name_any())
             .await
             .map_err(|e| K8sError::from_kube(e, "read", &label, &self.namespace))?
-            .and_then(|current| current.resource_version());
+            .map(|current| declared(&current));
         let after = api
             .patch(
                 &object.name_any(),
@@ -317,9 +319,8 @@ impl Deployer {
                 &Patch::Apply(object),
             )
             .await
-            .map_err(|e| K8sError::from_kube(e, "apply", &label, &self.namespace))?
-            .resource_version();
-        if before != after {
+            .map_err(|e| K8sError::from_kube(e, "apply", &label, &self.namespace))?;
+        if before != Some(declared(&after)) {
             changed.push(label);
         }
         Ok(())
@@ -542,6 +543,32 @@ impl Plan {
             Err(error) => Err(fail(error)),
         }
     }
+}
+
+/// An object without what the server and controllers write: status, versions, managed fields.
+fn declared<K: Serialize>(object: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+        // A Deployment's replicas are the autoscaler's, not declared by `serving`.
+        if map.get("kind").and_then(|kind| kind.as_str()) == Some("Deployment")
+            && let Some(spec) = map.get_mut("spec").and_then(|s| s.as_object_mut())
+        {
+            spec.remove("replicas");
+        }
+        if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            for key in [
+                "resourceVersion",
+                "managedFields",
+                "generation",
+                "creationTimestamp",
+                "uid",
+            ] {
+                meta.remove(key);
+            }
+        }
+    }
+    value
 }
 
 /// Server-side apply by `manager` with strict field validation: an unknown or duplicate
