@@ -617,6 +617,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let spec = endpoint("web", EndpointKind::WebService, 1, 2);
     let nowhere = Deployer::new(deployer.client().clone(), "no-such-namespace");
     let error = nowhere.apply(&spec, None).await.unwrap_err().to_string();
+    eprintln!("a namespace that does not exist: {error}");
     assert!(
         error.contains("namespace `no-such-namespace` does not exist"),
         "{error}"
@@ -630,6 +631,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .await
         .unwrap();
     let error = refused.apply(&spec, None).await.unwrap_err().to_string();
+    eprintln!("a user without rights: {error}");
     assert!(error.contains("the API server refused to"), "{error}");
     assert!(error.contains("forbidden"), "{error}");
     assert!(error.contains(deployer.namespace()), "{error}");
@@ -669,6 +671,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let error = deployer.apply(&changed, None).await.unwrap_err();
     assert!(matches!(error, Error::Conflict { .. }), "{error}");
     let message = error.to_string();
+    eprintln!("another field manager: {message}");
     assert!(message.contains("`gitops`"), "{message}");
     assert!(
         message.contains("app.kubernetes.io/managed-by"),
