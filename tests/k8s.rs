@@ -447,18 +447,20 @@ async fn scaling_stays_within_the_bounds() {
             .replicas,
         Some(2)
     );
-    // Scaling again to the same count changes nothing.
+    // Scaling again to the same count changes nothing (the status may still move).
     let version = api::<Deployment>(&deployer)
         .get("web")
         .await
         .unwrap()
-        .resource_version();
+        .metadata
+        .generation;
     assert_eq!(autoscaler.scale("web", bounds, 2).await.unwrap(), 2);
     let same = api::<Deployment>(&deployer)
         .get("web")
         .await
         .unwrap()
-        .resource_version();
+        .metadata
+        .generation;
     assert_eq!(same, version);
     // Bounds that do not validate, and an endpoint never deployed.
     let inverted = AutoscaleBounds {
@@ -737,6 +739,43 @@ async fn every_manifest_passes_strict_server_side_validation() {
             .count(),
         16,
         "{stdout}"
+    );
+    cleanup(&deployer).await;
+}
+
+#[tokio::test]
+async fn a_new_image_rolls_out_without_losing_a_ready_pod() {
+    let deployer = deployer("rollout").await;
+    let spec = endpoint("web", EndpointKind::WebService, 2, 4);
+    deployer.apply(&spec, None).await.unwrap();
+    deployer
+        .wait_ready("web", 2, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let mut newer = spec.clone();
+    newer.image = "registry.test/iris:2".into();
+    deployer.apply(&newer, None).await.unwrap();
+    // maxUnavailable 0: every poll during the rollout still sees two ready pods.
+    let start = Instant::now();
+    let mut polls = 0;
+    loop {
+        let status = deployer.status("web").await.unwrap();
+        assert!(status.ready_replicas >= 2, "{status:?} after {polls} polls");
+        polls += 1;
+        if status.is_ready() && status.replicas == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deployment = api::<Deployment>(&deployer).get("web").await.unwrap();
+    let status = deployment.status.unwrap();
+    assert_eq!(status.updated_replicas, Some(2));
+    assert_eq!(
+        deployment.spec.template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("registry.test/iris:2")
     );
     cleanup(&deployer).await;
 }
