@@ -6,6 +6,8 @@ mod connections;
 mod datasets;
 mod feedback;
 mod hostile;
+#[cfg(feature = "k8s")]
+mod k8s;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]

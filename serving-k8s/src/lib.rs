@@ -1,4 +1,53 @@
-//! The Kubernetes backend of `serving` (planned; nothing here works yet).
+//! The Kubernetes backend of `serving`: each endpoint kind deployed to a cluster, built on
+//! [`kube`] and [`k8s_openapi`].
 //!
-//! It will deploy endpoint specs to a cluster through `kube` and implement
-//! [`serving_core::Autoscaler`] on a Deployment's scale.
+//! From a [`ServingEndpointSpec`] (an [`EndpointSpec`](serving_core::EndpointSpec) plus the
+//! container image of the user's binary that embeds `serving`), [`Manifests`] builds typed
+//! objects, never YAML templates: a Deployment (readiness on `/readyz`, liveness on
+//! `/healthz`, a termination grace longer than the drain, rolling updates with
+//! `maxUnavailable: 0`, Prometheus scrape annotations), a Service for the web service and batch
+//! kinds, an autoscaling/v2 HorizontalPodAutoscaler within the spec's bounds (not for batch,
+//! which sits at zero pods), a ConfigMap with the spec mounted at [`SPEC_PATH`], a Secret with
+//! the prediction token, and a PodDisruptionBudget. Every object carries the endpoint's
+//! [`labels`] and, when given, an owner reference.
+//!
+//! [`Deployer`] applies them by server-side apply with the field manager [`FIELD_MANAGER`]
+//! (the same spec twice changes nothing; drift made by hand is put back), and scales, reads
+//! the status of and deletes endpoints. [`KubeAutoscaler`] implements
+//! [`serving_core::Autoscaler`] on a Deployment's scale subresource.
+//!
+//! ```no_run
+//! # async fn run() -> serving_core::Result<()> {
+//! use serving_core::{EndpointSpec, ModelRef};
+//! use serving_k8s::{Deployer, ServingEndpointSpec};
+//!
+//! let endpoint = ServingEndpointSpec::new(
+//!     EndpointSpec::new("iris", ModelRef::new("iris-tree", "1")),
+//!     "registry.example/iris:1",
+//! );
+//! let deployer = Deployer::from_kubeconfig("kubeconfig".as_ref(), "default").await?;
+//! let applied = deployer.apply(&endpoint, None).await?;
+//! println!("changed: {:?}", applied.changed);
+//! deployer.scale("iris", 1).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod autoscaler;
+mod config;
+mod deployer;
+mod error;
+mod manifests;
+
+pub use autoscaler::KubeAutoscaler;
+pub use config::{
+    DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_PORT, PodResources, ServingEndpointSpec,
+    TERMINATION_MARGIN_SECS,
+};
+pub use deployer::{Applied, Deployer, EndpointStatus, client_from_kubeconfig};
+pub use manifests::{
+    BOUNDS_ANNOTATION, CONTAINER, DEFAULT_TOKEN_ENV, ENDPOINT_LABEL, FIELD_MANAGER, Manifests,
+    PredictionToken, SPEC_DIGEST_ANNOTATION, SPEC_KEY, SPEC_PATH, TOKEN_KEY, config_map_name,
+    labels, secret_name,
+};
+pub use {k8s_openapi, kube};
