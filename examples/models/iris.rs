@@ -62,6 +62,12 @@ impl Scaler {
 impl Iris {
     /// Trains on the whole dataset (150 samples) and measures the training accuracy.
     pub fn train() -> Result<Self, smartcore::error::Failed> {
+        Self::train_with_k(5)
+    }
+
+    /// As [`Iris::train`], voting among the `k` nearest neighbours (two values of `k` are two
+    /// versions of the model).
+    pub fn train_with_k(k: usize) -> Result<Self, smartcore::error::Failed> {
         let dataset = smartcore::dataset::iris::load_dataset();
         let rows: Vec<[f64; 4]> = dataset
             .data
@@ -74,7 +80,7 @@ impl Iris {
         let knn = Knn::fit(
             &x,
             &dataset.target,
-            KNNClassifierParameters::default().with_k(5),
+            KNNClassifierParameters::default().with_k(k),
         )?;
         let predicted = knn.predict(&x)?;
         let correct = predicted
@@ -87,6 +93,23 @@ impl Iris {
             scaler,
             training_accuracy: correct as f64 / rows.len() as f64,
         })
+    }
+
+    /// The scaling its inputs need.
+    #[allow(dead_code)] // used by the Kafka example, not the quickstart
+    pub fn scaler(&self) -> Scaler {
+        self.scaler
+    }
+
+    /// The species of standardised measurements.
+    #[allow(dead_code)] // used by the Kafka example, not the quickstart
+    pub fn species(&self, scaled: [f64; 4]) -> Result<&'static str> {
+        let x = DenseMatrix::from_2d_vec(&vec![scaled.to_vec()]).map_err(Error::from_predictor)?;
+        let class = self.knn.predict(&x).map_err(Error::from_predictor)?[0];
+        SPECIES
+            .get(class as usize)
+            .copied()
+            .ok_or_else(|| Error::from_predictor(format!("unknown class {class}")))
     }
 
     /// An endpoint named `name`: `input_params` is `[sepal length, sepal width, petal length,
