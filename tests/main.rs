@@ -1,6 +1,8 @@
 //! Integration tests: one test binary, one module per area, each against real servers on
 //! ephemeral loopback ports.
 
+#[cfg(feature = "batch")]
+mod batch;
 mod connections;
 #[cfg(feature = "batch")]
 mod datasets;
