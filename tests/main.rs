@@ -2,6 +2,8 @@
 //! ephemeral loopback ports.
 
 #[cfg(feature = "batch")]
+mod batch;
+#[cfg(feature = "batch")]
 mod batch_example;
 mod connections;
 #[cfg(feature = "batch")]

@@ -446,11 +446,14 @@ impl BatchService {
     }
 }
 
-/// A row's prediction and error, whatever the output's format.
-fn answer(record: &csv::StringRecord, format: OutputFormat) -> (Option<&str>, Option<&str>) {
+/// A row's prediction, or `None` when the row failed, whatever the output's format.
+fn answer(record: &csv::StringRecord, format: OutputFormat) -> Option<&str> {
     let n = record.len();
     match format {
-        OutputFormat::Full if n >= 2 => (record.get(n - 2), record.get(n - 1)),
-        _ => (record.get(n.saturating_sub(1)), None),
+        OutputFormat::Full if n >= 2 => {
+            let failed = record.get(n - 1).is_some_and(|error| !error.is_empty());
+            record.get(n - 2).filter(|_| !failed)
+        }
+        _ => record.get(n.saturating_sub(1)).filter(|p| !p.is_empty()),
     }
 }
