@@ -130,6 +130,7 @@ impl Iris {
     }
 
     /// The preprocess step: checks and standardises the four measurements.
+    #[allow(clippy::type_complexity)] // the closure type is unnameable
     pub fn standardise(
         &self,
     ) -> FnPredictor<
@@ -156,6 +157,7 @@ impl Iris {
     }
 
     /// The classifier: standardised measurements in, the species name out.
+    #[allow(clippy::type_complexity)] // the closure type is unnameable
     pub fn classify(
         &self,
     ) -> FnPredictor<
