@@ -356,3 +356,101 @@ async fn bad_input_ends_with_one_clear_line_and_leaves_no_output() {
     replace.overwrite = true;
     run(&replace, &datasets).await.0.unwrap();
 }
+
+/// The web-service example. It holds its own copy of the iris model's module, as `support`
+/// does.
+#[path = "../examples/batch_service.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod service_example;
+
+/// The README's requests, as written, against `examples/batch_service.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_example_answers_the_readme_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = Datasets::local(dir.path()).unwrap();
+    service_example::iris_dataset(&datasets).await.unwrap();
+    let service =
+        service_example::web_service(datasets, serving::http::WebServiceConfig::default()).unwrap();
+    let token = service.token("flowers").unwrap().expose().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/api/v1/endpoints/flowers/batches",
+        listener.local_addr().unwrap()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(service.serve_on(listener, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let submit = |output: &str| {
+        client
+            .post(&url)
+            .header("Cnvrg-Api-Key", &token)
+            .header("Content-Type", "application/json")
+            .body(format!(
+                r#"{{"input_file": "in/iris.csv", "output_file": "{output}", "dataset": "iris"}}"#
+            ))
+            .send()
+    };
+    let get = |path: String| client.get(path).header("Cnvrg-Api-Key", &token).send();
+    let mut ids = Vec::new();
+    for output in ["out/predictions.csv", "out/again.csv"] {
+        let response = submit(output).await.unwrap();
+        assert_eq!(response.status(), 202);
+        let id = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let run = loop {
+            let run: Value = get(format!("{url}/{id}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if run["status"] != "queued" && run["status"] != "running" {
+                break run;
+            }
+            assert!(std::time::Instant::now() < deadline, "{run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(run["rows_predicted"], 150);
+        assert_eq!(run["progress"], 1.0);
+        ids.push(id);
+    }
+    let listed: Value = get(url.clone()).await.unwrap().json().await.unwrap();
+    let listed: Vec<&str> = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[1].as_str(), ids[0].as_str()], "newest first");
+    let compared: Value = get(format!("{url}/compare?ids={},{}", ids[0], ids[1]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(compared["differences"][0]["rows"], 150);
+    assert_eq!(compared["differences"][0]["differing"], 0, "the same model");
+    let cancelled: Value = client
+        .delete(format!("{url}/{}", ids[0]))
+        .header("Cnvrg-Api-Key", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled["status"], "succeeded",
+        "a finished run is left as it is"
+    );
+    let refused = client.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "the token is required");
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}
