@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serving::prelude::*;
-use serving::{FnPredictor, ModelEndpointBuilder, ModelRegistry};
+use serving::{ModelEndpointBuilder, ModelRegistry};
 use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::neighbors::knn_classifier::{KNNClassifier, KNNClassifierParameters};
 
@@ -122,7 +122,7 @@ impl Iris {
 
     /// Registers the model as `iris-knn` version `1` and its preprocess as `standardise`, for
     /// endpoints built from a spec (a batch endpoint builds its model per run).
-    #[allow(dead_code)] // used by the batch example and tests, not the quickstart
+    #[allow(dead_code, reason = "the batch tests and bench use it, the quickstart does not")]
     pub fn register(&self, registry: &ModelRegistry) {
         let classify = self.classify();
         registry.register("iris-knn", "1", move || Ok(classify.clone()));
@@ -131,13 +131,7 @@ impl Iris {
     }
 
     /// The preprocess step: checks and standardises the four measurements.
-    #[allow(clippy::type_complexity)] // the closure type is unnameable
-    pub fn standardise(
-        &self,
-    ) -> FnPredictor<
-        impl Fn(f64, f64, f64, f64) -> Result<[f64; 4]> + Clone + Send + Sync + 'static,
-        (f64, f64, f64, f64),
-    > {
+    pub fn standardise(&self) -> impl Predictor + Clone {
         let scaler = self.scaler;
         predictor_fn(
             move |sepal_len: f64, sepal_w: f64, petal_len: f64, petal_w: f64| -> Result<[f64; 4]> {
@@ -158,13 +152,7 @@ impl Iris {
     }
 
     /// The classifier: standardised measurements in, the species name out.
-    #[allow(clippy::type_complexity)] // the closure type is unnameable
-    pub fn classify(
-        &self,
-    ) -> FnPredictor<
-        impl Fn(f64, f64, f64, f64) -> Result<&'static str> + Clone + Send + Sync + 'static,
-        (f64, f64, f64, f64),
-    > {
+    pub fn classify(&self) -> impl Predictor + Clone {
         let knn = Arc::clone(&self.knn);
         predictor_fn(
             move |a: f64, b: f64, c: f64, d: f64| -> Result<&'static str> {
