@@ -1,6 +1,10 @@
 //! Integration tests: one test binary, one module per area, each against real servers on
 //! ephemeral loopback ports.
 
+#[cfg(feature = "batch")]
+mod batch;
+#[cfg(feature = "batch")]
+mod batch_example;
 mod connections;
 #[cfg(feature = "batch")]
 mod datasets;

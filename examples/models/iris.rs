@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use serving::ModelEndpointBuilder;
 use serving::prelude::*;
+use serving::{ModelEndpointBuilder, ModelRegistry};
 use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::neighbors::knn_classifier::{KNNClassifier, KNNClassifierParameters};
 
@@ -115,8 +115,25 @@ impl Iris {
     /// An endpoint named `name`: `input_params` is `[sepal length, sepal width, petal length,
     /// petal width]` in cm, the prediction is the species name.
     pub fn endpoint(&self, name: &str) -> ModelEndpointBuilder {
+        ModelEndpoint::builder(name, self.classify())
+            .model("iris-knn", "1")
+            .preprocess("standardise", self.standardise())
+    }
+
+    /// Registers the model as `iris-knn` version `1` and its preprocess as `standardise`, for
+    /// endpoints built from a spec (a batch endpoint builds its model per run).
+    #[allow(dead_code, reason = "the batch tests and bench use it, the quickstart does not")]
+    pub fn register(&self, registry: &ModelRegistry) {
+        let classify = self.classify();
+        registry.register("iris-knn", "1", move || Ok(classify.clone()));
+        let standardise = self.standardise();
+        registry.register_preprocess("standardise", move || Ok(standardise.clone()));
+    }
+
+    /// The preprocess step: checks and standardises the four measurements.
+    pub fn standardise(&self) -> impl Predictor + Clone {
         let scaler = self.scaler;
-        let standardise = predictor_fn(
+        predictor_fn(
             move |sepal_len: f64, sepal_w: f64, petal_len: f64, petal_w: f64| -> Result<[f64; 4]> {
                 let measurements = [sepal_len, sepal_w, petal_len, petal_w];
                 if measurements.iter().any(|m| *m <= 0.0) {
@@ -131,9 +148,13 @@ impl Iris {
         )
         // Both steps answer in microseconds: running them on the request's own thread saves
         // two hops to the blocking pool and back, which cost more than the model.
-        .inline();
+        .inline()
+    }
+
+    /// The classifier: standardised measurements in, the species name out.
+    pub fn classify(&self) -> impl Predictor + Clone {
         let knn = Arc::clone(&self.knn);
-        let classify = predictor_fn(
+        predictor_fn(
             move |a: f64, b: f64, c: f64, d: f64| -> Result<&'static str> {
                 let x = DenseMatrix::from_2d_vec(&vec![vec![a, b, c, d]])
                     .map_err(Error::from_predictor)?;
@@ -144,9 +165,6 @@ impl Iris {
                     .ok_or_else(|| Error::from_predictor(format!("unknown class {class}")))
             },
         )
-        .inline();
-        ModelEndpoint::builder(name, classify)
-            .model("iris-knn", "1")
-            .preprocess("standardise", standardise)
+        .inline()
     }
 }

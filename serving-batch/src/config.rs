@@ -13,6 +13,14 @@ setting_keys! {
         ChunkRows = "chunk_rows",
         /// [`BatchJobConfig::output_prefix`].
         OutputPrefix = "output_prefix",
+        /// [`BatchJobConfig::row_input`].
+        RowInput = "row_input",
+        /// [`BatchJobConfig::id_column`].
+        IdColumn = "id_column",
+        /// [`BatchJobConfig::log_every_row`].
+        LogEveryRow = "log_every_row",
+        /// [`BatchJobConfig::failed_rows_logged`].
+        FailedRowsLogged = "failed_rows_logged",
     }
 }
 
@@ -35,6 +43,30 @@ pub struct BatchJobConfig {
     /// Key prefix of the outputs and run records in the dataset store (`output_prefix`),
     /// `batches` by default.
     pub output_prefix: String,
+    /// How a row reaches the predictor (`row_input`): `positional` (default), its values in
+    /// column order as positional arguments; or `object`, one JSON object keyed by column
+    /// name (for predictors that take a struct).
+    pub row_input: RowInput,
+    /// A column that holds each row's request id (`id_column`), not passed to the predictor;
+    /// empty (default) generates one per row.
+    pub id_column: String,
+    /// Records every row in the prediction log (`log_every_row`), off by default: only failed
+    /// rows are, up to [`BatchJobConfig::failed_rows_logged`].
+    pub log_every_row: bool,
+    /// Failed rows of one run recorded in the prediction log at most (`failed_rows_logged`),
+    /// 1000 by default; every failed row is in the output either way.
+    pub failed_rows_logged: u64,
+}
+
+/// How a CSV row reaches the predictor ([`BatchJobConfig::row_input`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowInput {
+    /// The row's values in column order, as positional arguments (`input_params` as a list).
+    #[default]
+    Positional,
+    /// One JSON object of the row's values keyed by column name.
+    Object,
 }
 
 impl Default for BatchJobConfig {
@@ -43,6 +75,10 @@ impl Default for BatchJobConfig {
             prediction_column: "prediction".to_owned(),
             chunk_rows: 1000,
             output_prefix: "batches".to_owned(),
+            row_input: RowInput::Positional,
+            id_column: String::new(),
+            log_every_row: false,
+            failed_rows_logged: 1000,
         }
     }
 }
@@ -129,6 +165,18 @@ impl Settings for BatchJobConfig {
                 }
                 self.output_prefix = prefix.to_owned();
             }
+            BatchJobKey::RowInput => {
+                self.row_input = match value.value().trim() {
+                    "positional" => RowInput::Positional,
+                    "object" => RowInput::Object,
+                    _ => return Err(value.invalid("expected `positional` or `object`")),
+                };
+            }
+            BatchJobKey::IdColumn => self.id_column = value.value().trim().to_owned(),
+            BatchJobKey::LogEveryRow => self.log_every_row = value.parse()?,
+            BatchJobKey::FailedRowsLogged => {
+                self.failed_rows_logged = value.whole("0 logs no failed row")?;
+            }
         }
         Ok(())
     }
@@ -169,7 +217,7 @@ mod tests {
         let error = BatchJobConfig::from_spec(&spec).unwrap_err().to_string();
         assert!(error.contains("unknown field `chunk_row`"), "{error}");
         assert!(
-            error.contains("`prediction_column`, `chunk_rows`, `output_prefix`"),
+            error.contains("`prediction_column`, `chunk_rows`, `output_prefix`, `row_input`"),
             "{error}"
         );
         let web = EndpointSpec::new("web", ModelRef::new("tree", "1"));
@@ -182,7 +230,7 @@ mod tests {
         let unknown = config.set("rows", "5").unwrap_err().to_string();
         assert!(
             unknown.contains(
-                "valid settings are: prediction_column, output_column, chunk_rows, output_prefix"
+                "valid settings are: prediction_column, output_column, chunk_rows, output_prefix, row_input"
             ),
             "{unknown}"
         );

@@ -1,8 +1,74 @@
-//! The batch endpoint of `serving` (planned: only its configuration exists yet).
+//! The batch endpoint of `serving`: CSV in, predictions out to a dataset, every run tracked
+//! and comparable.
 //!
-//! It will sit at zero replicas until a batch arrives, read an input CSV, write an output CSV
-//! with a `prediction` column beside the input, upload it to a dataset through `object_store`,
-//! and record each batch run so runs can be listed and compared.
+//! A batch endpoint sits at zero replicas until a run arrives. A run ([`BatchRequest`]: an
+//! `input_file`, an `output_file` and a `dataset`) builds the endpoint's model (from the
+//! [`ModelRegistry`](serving_core::ModelRegistry) factory, or a [`ChunkPredictor`] factory),
+//! scales the endpoint 0 → 1, reads the input CSV in chunks of
+//! [`BatchJobConfig::chunk_rows`] rows (memory stays bounded whatever the file's size),
+//! predicts every row, writes the output CSV to the dataset, drops the model and scales back
+//! to 0.
+//!
+//! - **Rows are arguments.** Each row's values, in column order, are the predictor's
+//!   positional arguments (the original script's `input_params`), typed by column: a column
+//!   of numbers reaches an `f64` argument, `true`/`false` a `bool`, anything else a `String`
+//!   ([`BatchJobConfig::row_input`] `object` passes one object keyed by column name). With
+//!   the spec's `files` on, Base64 cells are decoded before predict, as the web service does.
+//! - **Output.** The input's columns, then `prediction`, then `error` (empty for good rows);
+//!   [`OutputFormat::Original`] writes the original script's `input,prediction`. A row whose
+//!   cell does not parse, whose cell count is wrong, or whose prediction fails (a panic
+//!   included) is written with its error and counted; the run goes on.
+//! - **Two paths, declared.** Any [`Predictor`](serving_core::Predictor) runs row-wise on the
+//!   shared [`Runner`](serving_core::runner::Runner), on all cores, in input order (it passes
+//!   the transport suite). A [`ChunkPredictor`] is called once per chunk with a polars
+//!   `DataFrame`.
+//! - **Atomic output.** The output appears in the dataset only once complete (one write, or a
+//!   multipart upload completed at the end); a run that fails, is cancelled or crashes leaves
+//!   nothing, and running it again completes it. An existing output is kept unless the
+//!   request asks to overwrite it.
+//! - **Tracked.** Each run's [`BatchRun`] record (status, rows read, predicted and failed,
+//!   rows/s, cold start, custom metrics, the distribution of predictions) is stored under
+//!   `<datasets root>/.serving/batch-runs/<endpoint>/<id>.json` and survives restarts;
+//!   [`BatchService`] implements [`BatchRuns`] (submit, list, get, cancel, compare), which the
+//!   web service serves over REST.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use serving_batch::{BatchJobConfig, BatchService};
+//! use serving_core::datasets::{Datasets, Overwrite};
+//! use serving_core::{
+//!     predictor_fn, BatchRequest, BatchStatus, Bytes, EndpointSpec, ModelRef, ModelRegistry,
+//!     Result,
+//! };
+//!
+//! # #[tokio::main] async fn main() -> Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let datasets = Datasets::local(dir.path())?; // or Datasets::from_env()
+//! datasets
+//!     .dataset("flowers")?
+//!     .put("in.csv", Bytes::from("a,b\n1,2\n3,4.5\n"), Overwrite::Refuse)
+//!     .await?;
+//!
+//! let registry = Arc::new(ModelRegistry::new());
+//! registry.register("adder", "1", || {
+//!     Ok(predictor_fn(|a: f64, b: f64| -> Result<f64> { Ok(a + b) }))
+//! });
+//! let mut spec = EndpointSpec::new("nightly", ModelRef::new("adder", "1"));
+//! spec.kind = BatchJobConfig::default().into();
+//! let service = BatchService::builder(datasets.clone())
+//!     .registry(registry)
+//!     .endpoint(spec)?
+//!     .build()?;
+//!
+//! let run = service
+//!     .run("nightly", BatchRequest::new("in.csv", "out/predictions.csv", "flowers"))
+//!     .await?;
+//! assert_eq!(run.status, BatchStatus::Succeeded);
+//! assert_eq!((run.rows_predicted, run.rows_failed), (2, 0));
+//! let output = datasets.dataset("flowers")?.get("out/predictions.csv").await?;
+//! assert_eq!(output, "a,b,prediction,error\n1,2,3.0,\n3,4.5,7.5,\n");
+//! # Ok(()) }
+//! ```
 //!
 //! Its settings are [`BatchJobConfig`]: the `batch` section of an
 //! [`EndpointSpec`](serving_core::EndpointSpec), KEY-VALUE pairs, or `SERVING_BATCH_*`
@@ -22,6 +88,22 @@
 //! # Ok::<(), serving_core::Error>(())
 //! ```
 
+mod chunk;
 mod config;
+mod output;
+mod run;
+mod service;
+mod source;
+mod stats;
+mod store;
 
-pub use config::{BatchJobConfig, BatchJobKey};
+pub use chunk::{ChunkPredictor, DynChunkPredictor, polars_error, sum_columns};
+pub use config::{BatchJobConfig, BatchJobKey, RowInput};
+/// The polars crate the [`ChunkPredictor`] chunks come from, to build and read them with the
+/// same version.
+pub use polars;
+pub use service::{BatchService, BatchServiceBuilder};
+pub use serving_core::{BatchRequest, BatchRun, BatchRuns, BatchStatus, OutputFormat};
+
+#[cfg(test)]
+mod tests;

@@ -177,6 +177,14 @@ pub enum Error {
         /// The file's path inside it, when a file is missing.
         file: Option<String>,
     },
+    /// No batch run with this id on this endpoint.
+    #[error("endpoint `{endpoint}` has no batch run `{id}`")]
+    BatchRunNotFound {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The id asked for.
+        id: String,
+    },
     /// A write that would replace an existing file without being asked to.
     #[error("`{location}` already exists; ask to overwrite it to replace it")]
     AlreadyExists {
@@ -231,7 +239,8 @@ impl Error {
             Error::EndpointNotFound { .. }
             | Error::VersionNotFound { .. }
             | Error::DatasetNotFound { .. }
-            | Error::TriggerNotFound { .. } => Outcome::NotFound,
+            | Error::TriggerNotFound { .. }
+            | Error::BatchRunNotFound { .. } => Outcome::NotFound,
             Error::Conflict { .. } | Error::AlreadyExists { .. } => Outcome::Conflict,
             Error::Unauthorized => Outcome::Unauthenticated,
             Error::PayloadTooLarge { .. } => Outcome::TooLarge,

@@ -21,6 +21,10 @@
 //! filesystem by default, S3 with the `s3` feature): batch runs and feedback loops read and
 //! write files there, atomically.
 //!
+//! The [`batch_runs`] module holds what batch runs are to every transport: [`BatchRun`], its
+//! [`BatchRequest`], and the [`BatchRuns`] trait (submit, list, get, cancel, compare) that
+//! `serving-batch` implements and `serving-http` serves.
+//!
 //! The [`runner`] module is the one path from a stream or a batch to `predict` (bounded,
 //! back-pressured, ordered, drained on shutdown) and writes down what every transport owes
 //! the endpoint, in [`runner::Runner`]'s `# Contract`.
@@ -69,6 +73,7 @@
 // (`endpoint`, with the shared runner), how versions change under traffic (`lifecycle`), how it
 // is seen (`observe`), what acts on it (`control`: scaling, triggers, feedback), how it is
 // configured (`config`), and the wire format every transport reads (`wire`).
+pub mod batch_runs;
 mod config;
 mod control;
 pub mod datasets;
@@ -88,6 +93,10 @@ pub use observe::prediction_log;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use batch_runs::{
+    BatchComparison, BatchRequest, BatchRun, BatchRuns, BatchStatus, DynBatchRuns, MetricSummary,
+    OutputFormat, PredictionDiff, PredictionDistribution,
+};
 pub use config::setting::{Setting, SettingKey, Settings};
 pub use config::spec::{
     AuthSpec, BackendSection, EndpointKind, EndpointSpec, FileInput, LoggingSpec, ModelRef,

@@ -145,6 +145,7 @@
 //!   holding its JSON text.
 
 mod auth;
+mod batches;
 mod config;
 mod control;
 mod dashboard;

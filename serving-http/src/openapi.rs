@@ -229,6 +229,11 @@ pub(crate) fn routes(service: &WebService) -> Router<Arc<ServiceState>> {
         paths::admin_triggers,
         paths::admin_remove_trigger,
         paths::triggers,
+        paths::batch_submit,
+        paths::batch_list,
+        paths::batch_compare,
+        paths::batch_get,
+        paths::batch_cancel,
     ),
     components(schemas(ErrorBody, PredictionBody, PredictionResponse, TensorData, Timestamp)),
     modifiers(&Security),
@@ -238,6 +243,7 @@ pub(crate) fn routes(service: &WebService) -> Router<Arc<ServiceState>> {
         (name = "ops", description = "Health, readiness, metrics and this document."),
         (name = "observability", description = "The dashboard and its charts and logs APIs."),
         (name = "admin", description = "Each endpoint's model lifecycle, behind the admin token."),
+        (name = "batch", description = "A batch endpoint's runs, behind its prediction token."),
     )
 )]
 struct ApiDoc;
@@ -540,6 +546,20 @@ pub(crate) struct CandidateShare {
     version: String,
     /// Its share, in percent.
     percent: u8,
+}
+
+/// `{"id": ...}`: the id of a batch run just submitted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchId {
+    /// The run's id.
+    id: String,
+}
+
+/// `{"runs": [...]}`: a batch endpoint's runs, newest first, each with its `progress`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchList {
+    /// The runs.
+    runs: Vec<serving_core::BatchRun>,
 }
 
 /// `{"endpoints": [...]}`, by name.
@@ -1281,6 +1301,80 @@ mod paths {
         ),
         security(("adminToken" = [])))]
     fn admin_autoscale() {}
+
+    /// Submits a batch run: the input CSV predicted row by row into the output file of the
+    /// dataset.
+    #[utoipa::path(post, path = "/api/v1/endpoints/{name}/batches", tag = "batch",
+        operation_id = "batch_submit",
+        params(("name" = String, Path, description = "The batch endpoint.")),
+        request_body(content = serving_core::BatchRequest, content_type = "application/json"),
+        responses(
+            (status = 202, description = "Accepted; the run goes on in the background.", body = super::BatchId),
+            (status = 400, description = "Not a batch request, or an output path outside the dataset.", body = ErrorBody),
+            (status = 401, description = "Missing or wrong token.", body = ErrorBody),
+            (status = 404, description = "No batch endpoint or no dataset of that name.", body = ErrorBody),
+            (status = 409, description = "The output exists and `overwrite` is not set.", body = ErrorBody),
+        ),
+        security(("predictionToken" = [])))]
+    fn batch_submit() {}
+
+    /// The endpoint's batch runs, newest first.
+    #[utoipa::path(get, path = "/api/v1/endpoints/{name}/batches", tag = "batch",
+        operation_id = "batch_list",
+        params(("name" = String, Path, description = "The batch endpoint.")),
+        responses(
+            (status = 200, description = "The runs.", body = super::BatchList),
+            (status = 401, description = "Missing or wrong token.", body = ErrorBody),
+            (status = 404, description = "No batch endpoint of that name.", body = ErrorBody),
+        ),
+        security(("predictionToken" = [])))]
+    fn batch_list() {}
+
+    /// Runs side by side, and for pairs over the same input how many predictions differ.
+    #[utoipa::path(get, path = "/api/v1/endpoints/{name}/batches/compare", tag = "batch",
+        operation_id = "batch_compare",
+        params(
+            ("name" = String, Path, description = "The batch endpoint."),
+            ("ids" = String, Query, description = "The runs' ids, comma-separated."),
+        ),
+        responses(
+            (status = 200, description = "The runs and their differences.", body = serving_core::BatchComparison),
+            (status = 400, description = "No ids.", body = ErrorBody),
+            (status = 401, description = "Missing or wrong token.", body = ErrorBody),
+            (status = 404, description = "No batch endpoint or no run of that id.", body = ErrorBody),
+        ),
+        security(("predictionToken" = [])))]
+    fn batch_compare() {}
+
+    /// One batch run, with its `progress` (0 to 1) while it runs.
+    #[utoipa::path(get, path = "/api/v1/endpoints/{name}/batches/{id}", tag = "batch",
+        operation_id = "batch_get",
+        params(
+            ("name" = String, Path, description = "The batch endpoint."),
+            ("id" = String, Path, description = "The run."),
+        ),
+        responses(
+            (status = 200, description = "The run.", body = serving_core::BatchRun),
+            (status = 401, description = "Missing or wrong token.", body = ErrorBody),
+            (status = 404, description = "No batch endpoint or no run of that id.", body = ErrorBody),
+        ),
+        security(("predictionToken" = [])))]
+    fn batch_get() {}
+
+    /// Cancels a batch run: it stops, and writes no output.
+    #[utoipa::path(delete, path = "/api/v1/endpoints/{name}/batches/{id}", tag = "batch",
+        operation_id = "batch_cancel",
+        params(
+            ("name" = String, Path, description = "The batch endpoint."),
+            ("id" = String, Path, description = "The run."),
+        ),
+        responses(
+            (status = 200, description = "The run, cancelled (or as it ended).", body = serving_core::BatchRun),
+            (status = 401, description = "Missing or wrong token.", body = ErrorBody),
+            (status = 404, description = "No batch endpoint or no run of that id.", body = ErrorBody),
+        ),
+        security(("predictionToken" = [])))]
+    fn batch_cancel() {}
 
     /// Sets the replica bounds.
     #[utoipa::path(put, path = "/api/v1/admin/endpoints/{name}/autoscale", tag = "admin",

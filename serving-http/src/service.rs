@@ -15,7 +15,8 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use serving_core::{
-    Arrival, Drain, DynEndpoint, Endpoint, Error, PredictRequest, Refused, Result, new_request_id,
+    Arrival, Drain, DynBatchRuns, DynEndpoint, Endpoint, EndpointSpec, Error, PredictRequest,
+    Refused, Result, new_request_id,
 };
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -36,7 +37,7 @@ pub const MODEL_VERSION_HEADER: &str = "x-model-version";
 const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const MODEL_VERSION: HeaderName = HeaderName::from_static(MODEL_VERSION_HEADER);
 const ROUTING_KEY: HeaderName = HeaderName::from_static(ROUTING_KEY_HEADER);
-const TOKEN: HeaderName = HeaderName::from_static("cnvrg-api-key");
+pub(crate) const TOKEN: HeaderName = HeaderName::from_static("cnvrg-api-key");
 /// The header whose value makes the canary split sticky: the same key reaches the same version.
 pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 /// The environment variable that holds the admin token, when the builder is not given one.
@@ -64,6 +65,8 @@ pub(crate) struct ServiceState {
     pub(crate) observability: Option<crate::observability::Observability>,
     /// Runs the endpoints' feedback loops, when the builder was given them.
     pub(crate) feedback: Option<serving_core::FeedbackLoops>,
+    /// Batch endpoints whose runs are served under `/api/v1/endpoints/{name}/batches`.
+    pub(crate) batches: HashMap<String, crate::batches::BatchRoute>,
 }
 
 /// One served endpoint and its token.
@@ -81,7 +84,10 @@ impl WebService {
 
     /// The token that authorizes calls to `endpoint`, if it requires one.
     pub fn token(&self, endpoint: &str) -> Option<&Token> {
-        self.state.endpoints.get(endpoint)?.token.as_ref()
+        match self.state.endpoints.get(endpoint) {
+            Some(route) => route.token.as_ref(),
+            None => self.state.batches.get(endpoint)?.token.as_ref(),
+        }
     }
 
     /// The token that authorizes the admin API (`/api/v1/admin/...`), sent as
@@ -123,6 +129,7 @@ impl WebService {
         self.part(
             router
                 .route("/api/v1/endpoints/{name}", post(predict_unknown))
+                .merge(crate::batches::routes())
                 .merge(crate::oip::routes()),
         )
     }
@@ -220,9 +227,38 @@ pub struct WebServiceBuilder {
     admin_token: Option<Token>,
     pub(crate) observability: Option<crate::observability::Observability>,
     pub(crate) feedback: Option<serving_core::FeedbackLoops>,
+    batches: Vec<(String, Arc<DynBatchRuns>, Option<Token>, bool)>,
 }
 
 impl WebServiceBuilder {
+    /// Serves the batch runs of the batch endpoint `spec` names from `runs` (a
+    /// `serving_batch::BatchService`) under `/api/v1/endpoints/{name}/batches` (see the
+    /// routes in the [crate docs](crate)): submit, list, get, cancel, compare. Its token is
+    /// found as a web endpoint's is, from `auth` in `spec`; see [`WebService::token`].
+    pub fn batch_endpoint(mut self, spec: &EndpointSpec, runs: Arc<DynBatchRuns>) -> Self {
+        let token = spec
+            .auth
+            .token_env
+            .as_deref()
+            .and_then(|var| std::env::var(var).ok())
+            .filter(|secret| !secret.is_empty())
+            .map(Token::new);
+        self.batches
+            .push((spec.name.clone(), runs, token, spec.auth.required));
+        self
+    }
+
+    /// As [`WebServiceBuilder::batch_endpoint`], behind the given token.
+    pub fn batch_endpoint_with_token(
+        mut self,
+        name: impl Into<String>,
+        runs: Arc<DynBatchRuns>,
+        token: Token,
+    ) -> Self {
+        self.batches.push((name.into(), runs, Some(token), true));
+        self
+    }
+
     /// Serves `endpoint` (pass an `Arc` to keep a handle on it). Its token comes from the
     /// environment variable its spec names (`auth.token_env`), or is generated; see
     /// [`WebService::token`].
@@ -276,6 +312,16 @@ impl WebServiceBuilder {
                 });
             }
         }
+        let mut batches = HashMap::new();
+        for (name, runs, token, required) in self.batches {
+            let token = required.then(|| token.unwrap_or_else(Token::generate));
+            let route = crate::batches::BatchRoute { runs, token };
+            if batches.insert(name.clone(), route).is_some() {
+                return Err(Error::InvalidSpec {
+                    reason: format!("two batch endpoints are named `{name}`"),
+                });
+            }
+        }
         let admin_token = self.admin_token.unwrap_or_else(|| {
             std::env::var(ADMIN_TOKEN_ENV)
                 .ok()
@@ -285,6 +331,7 @@ impl WebServiceBuilder {
         if endpoints
             .values()
             .filter_map(|route| route.token.as_ref())
+            .chain(batches.values().filter_map(|route| route.token.as_ref()))
             .any(|token| token.matches(admin_token.expose().as_bytes()))
         {
             return Err(Error::InvalidSpec {
@@ -300,6 +347,7 @@ impl WebServiceBuilder {
                 admin_token,
                 observability: self.observability,
                 feedback: self.feedback,
+                batches,
             }),
             config: self.config,
         })

@@ -13,6 +13,9 @@ use serving::prediction_log::{PredictionQuery, read_csv};
 
 use super::{Running, TOKEN, doubler_endpoint, log_in, service};
 
+#[cfg(feature = "batch")]
+mod batch;
+
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 

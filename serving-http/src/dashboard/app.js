@@ -423,3 +423,218 @@ document.addEventListener('DOMContentLoaded', () => {
   const initial = new URLSearchParams(location.search).get('view');
   showView(['charts', 'logs', 'batch', 'triggers'].includes(initial) ? initial : 'charts');
 });
+
+// ---- batch runs -------------------------------------------------------------------------
+
+// The Batch runs tab: the endpoint's runs (GET …/batches, newest first), the progress of
+// running ones (GET …/batches/{id} every second) and a side-by-side comparison of the selected
+// runs (GET …/batches/compare?ids=a,b). It hooks into the page through its own listeners.
+const BATCH_POLL_MS = 1000;
+const batch = { runs: [], selected: new Set(), timer: null, compared: [] };
+
+function batchRuns(body) {
+  return Array.isArray(body) ? body : (body.runs || []);
+}
+
+function formatSeconds(value) {
+  return value === null || value === undefined ? '' : `${formatNumber(value)} s`;
+}
+
+function formatTime(value) {
+  return value ? new Date(value).toLocaleString() : '';
+}
+
+function formatPercent(run) {
+  const progress = run.progress !== undefined ? run.progress : batchProgress(run);
+  return progress === null || progress === undefined ? '' : `${Math.round(progress * 100)}%`;
+}
+
+// The share of the input read, as BatchRun::progress computes it.
+function batchProgress(run) {
+  if (run.status === 'succeeded') return 1;
+  if (!run.input_bytes) return null;
+  return Math.min(1, run.bytes_read / run.input_bytes);
+}
+
+function distribution(predictions) {
+  if (!predictions || predictions.kind === 'empty') return '';
+  if (predictions.kind === 'numeric') {
+    const q = predictions.quantiles || {};
+    const median = q.p50 === undefined ? '' : `, p50 ${formatNumber(q.p50)}`;
+    return `mean ${formatNumber(predictions.mean)}, min ${formatNumber(predictions.min)}, max ${formatNumber(predictions.max)}${median}`;
+  }
+  const counts = Object.entries(predictions.counts || {}).sort((a, b) => b[1] - a[1]);
+  const text = counts.map(([value, count]) => `${value} ${count}`).join(' · ');
+  return predictions.other ? `${text} · other ${predictions.other}` : text;
+}
+
+function metricsText(metrics) {
+  return Object.entries(metrics || {})
+    .map(([key, m]) => `${key}: mean ${formatNumber(m.mean)} (${m.count})`)
+    .join(' · ');
+}
+
+function statusCell(run) {
+  const cell = el('td', { class: `batch-status batch-${run.status}`, title: run.error || '' });
+  cell.append(el('span', {}, run.status));
+  if (run.status === 'running' || run.status === 'queued') {
+    const progress = batchProgress(run);
+    const bar = el('progress', { max: 1 });
+    if (progress !== null) bar.value = progress;
+    cell.append(' ', bar, el('span', { class: 'batch-percent' }, ` ${formatPercent(run)}`));
+  } else if (run.error) {
+    cell.append(el('div', { class: 'bad' }, run.error));
+  }
+  return cell;
+}
+
+function batchRow(run) {
+  const row = el('tr', { 'data-run-id': run.id, 'data-status': run.status });
+  const check = el('input', { type: 'checkbox', 'aria-label': `select run ${run.id}` });
+  check.checked = batch.selected.has(run.id);
+  check.addEventListener('change', () => {
+    if (check.checked) batch.selected.add(run.id); else batch.selected.delete(run.id);
+    $('batch-compare').disabled = batch.selected.size < 2;
+  });
+  const pick = el('td');
+  pick.append(check);
+  const request = run.request || {};
+  row.append(
+    pick,
+    statusCell(run),
+    el('td', { class: 'json', title: request.input_file }, request.input_file || ''),
+    el('td', { class: 'json', title: run.output_location || '' }, `${request.dataset}/${request.output_file}`),
+    el('td', {}, run.model_version),
+    el('td', { class: 'batch-rows' }, String(run.rows_read)),
+    el('td', { class: run.rows_failed ? 'bad' : '' }, String(run.rows_failed)),
+    el('td', {}, formatNumber(run.rows_per_second || 0)),
+    el('td', {}, formatSeconds(run.cold_start_seconds)),
+    el('td', {}, formatTime(run.started_at || run.submitted_at)),
+  );
+  return row;
+}
+
+async function loadBatches() {
+  clearTimeout(batch.timer);
+  const runs = batchRuns(await (await api('batches')).json());
+  batch.runs = runs;
+  const ids = new Set(runs.map((run) => run.id));
+  for (const id of [...batch.selected]) if (!ids.has(id)) batch.selected.delete(id);
+  $('batch-table').querySelector('tbody').replaceChildren(...runs.map(batchRow));
+  $('batch-compare').disabled = batch.selected.size < 2;
+  const running = runs.filter((run) => !isFinished(run)).length;
+  $('batch-summary').textContent = runs.length === 0
+    ? 'No batch runs on this endpoint yet.'
+    : `${runs.length} run${runs.length === 1 ? '' : 's'}, newest first${running ? `, ${running} running` : ''}.`;
+  if (running) batch.timer = setTimeout(pollBatches, BATCH_POLL_MS);
+}
+
+function isFinished(run) {
+  return ['succeeded', 'failed', 'cancelled'].includes(run.status);
+}
+
+// Each running run's progress, in place; the list again once one has ended.
+async function pollBatches() {
+  if (state.view !== 'batch') return;
+  try {
+    let ended = false;
+    for (const run of batch.runs.filter((r) => !isFinished(r))) {
+      const now = await (await api(`batches/${encodeURIComponent(run.id)}`)).json();
+      Object.assign(run, now);
+      const old = $('batch-table').querySelector(`tr[data-run-id="${CSS.escape(run.id)}"]`);
+      if (old) old.replaceWith(batchRow(now));
+      ended = ended || isFinished(now);
+    }
+    if (ended) {
+      await loadBatches();
+    } else {
+      batch.timer = setTimeout(pollBatches, BATCH_POLL_MS);
+    }
+  } catch (error) {
+    setStatus(`${state.endpoint}: ${error.message}`, true);
+    batch.timer = setTimeout(pollBatches, BATCH_POLL_MS * 5);
+  }
+}
+
+async function compareBatches() {
+  const ids = batch.runs.map((run) => run.id).filter((id) => batch.selected.has(id));
+  if (ids.length < 2) return;
+  try {
+    const comparison = await (await api('batches/compare', { ids: ids.join(',') })).json();
+    showComparison(comparison);
+  } catch (error) {
+    setStatus(`${state.endpoint}: compare failed: ${error.message}`, true);
+  }
+}
+
+function showComparison(comparison) {
+  const runs = comparison.runs || [];
+  const head = el('tr');
+  head.append(el('th', {}, 'Run'), ...runs.map((run) => el('th', { 'data-run-id': run.id }, run.id)));
+  const figures = [
+    ['Status', (r) => r.status],
+    ['Model', (r) => `${r.model} v${r.model_version}`],
+    ['Input', (r) => `${r.request.input_file}`],
+    ['Output', (r) => `${r.request.dataset}/${r.request.output_file}`],
+    ['Rows read', (r) => String(r.rows_read)],
+    ['Predicted', (r) => String(r.rows_predicted)],
+    ['Failed', (r) => String(r.rows_failed)],
+    ['Rows/s', (r) => formatNumber(r.rows_per_second || 0)],
+    ['Cold start', (r) => formatSeconds(r.cold_start_seconds)],
+    ['Started', (r) => formatTime(r.started_at)],
+    ['Finished', (r) => formatTime(r.finished_at)],
+    ['Predictions', (r) => distribution(r.predictions)],
+    ['Custom metrics', (r) => metricsText(r.metrics)],
+  ];
+  const rows = figures.map(([label, value]) => {
+    const row = el('tr', { 'data-figure': label });
+    const cells = runs.map((run) => value(run));
+    const differ = new Set(cells).size > 1;
+    row.append(el('th', {}, label), ...cells.map((text) => el('td', { class: differ ? 'differs' : '' }, text)));
+    return row;
+  });
+  $('batch-compare-table').querySelector('thead').replaceChildren(head);
+  $('batch-compare-table').querySelector('tbody').replaceChildren(...rows);
+
+  const differences = comparison.differences || [];
+  $('batch-diff-table').querySelector('tbody').replaceChildren(...differences.map((d) => {
+    const row = el('tr', { 'data-a': d.a, 'data-b': d.b });
+    const share = d.rows ? `${formatNumber((100 * d.differing) / d.rows)}%` : '';
+    row.append(
+      el('td', {}, d.a), el('td', {}, d.b), el('td', {}, String(d.rows)),
+      el('td', { class: d.differing ? 'bad batch-differing' : 'batch-differing' }, String(d.differing)),
+      el('td', {}, share),
+    );
+    return row;
+  }));
+  $('batch-diff-summary').textContent = differences.length === 0
+    ? 'No pair of these runs succeeded over the same input: predictions are not compared.'
+    : 'Rows compared one to one between the outputs of runs over the same input.';
+  $('batch-comparison').hidden = false;
+}
+
+async function showBatches() {
+  if (state.view !== 'batch' || !state.endpoint) return;
+  try {
+    await loadBatches();
+  } catch (error) {
+    setStatus(`${state.endpoint}: ${error.message}`, true);
+  }
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  for (const button of document.querySelectorAll('#tabs button')) {
+    button.addEventListener('click', () => {
+      clearTimeout(batch.timer);
+      showBatches();
+    });
+  }
+  $('connect').addEventListener('submit', () => {
+    batch.selected.clear();
+    $('batch-comparison').hidden = true;
+    showBatches();
+  });
+  $('batch-refresh').addEventListener('click', showBatches);
+  $('batch-compare').addEventListener('click', compareBatches);
+  showBatches();
+});

@@ -1,0 +1,428 @@
+//! Reading the input CSV in chunks on a blocking thread, with each column's type inferred
+//! from the first chunk, so memory stays bounded whatever the file's size.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use serde_json::{Map, Number, Value};
+use serving_core::{Arrival, Error, Result};
+use tokio::sync::mpsc;
+
+use crate::config::RowInput;
+
+/// The type of a column, inferred from the cells of the first chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// Every cell is an integer (or empty).
+    Integer,
+    /// Every cell is a number (or empty): it reaches the predictor as `f64`.
+    Float,
+    /// Every cell is `true` or `false` (or empty).
+    Boolean,
+    /// Anything else.
+    Text,
+}
+
+impl ColumnType {
+    fn fits(self, cell: &str) -> bool {
+        match self {
+            ColumnType::Integer => cell.parse::<i64>().is_ok(),
+            ColumnType::Float => parse_float(cell).is_some(),
+            ColumnType::Boolean => matches!(cell, "true" | "false" | "True" | "False"),
+            ColumnType::Text => true,
+        }
+    }
+}
+
+/// The types a column may have besides text, narrowest first.
+const TYPED: [ColumnType; 3] = [ColumnType::Integer, ColumnType::Float, ColumnType::Boolean];
+
+fn parse_float(cell: &str) -> Option<f64> {
+    cell.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// The input's columns: names and inferred types.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    /// Column names, from the header.
+    pub names: Vec<String>,
+    /// Their types.
+    pub types: Vec<ColumnType>,
+    /// The position of the request-id column, when one is named.
+    pub id: Option<usize>,
+}
+
+impl Schema {
+    fn infer(names: Vec<String>, rows: &[RawRow], id: Option<usize>) -> Schema {
+        let types = (0..names.len())
+            .map(|column| {
+                let cells = rows
+                    .iter()
+                    .filter(|row| row.error.is_none())
+                    .map(|row| &row.cells)
+                    .filter_map(|cells| cells.get(column))
+                    .map(|cell| cell.trim())
+                    .filter(|cell| !cell.is_empty());
+                // A type wins when most cells fit it: the others are then errors of their
+                // rows, rather than every row failing for a few bad cells.
+                let mut fits = [0_usize; 3];
+                let mut total = 0_usize;
+                for cell in cells {
+                    total += 1;
+                    for (count, ty) in fits.iter_mut().zip(TYPED) {
+                        *count += usize::from(ty.fits(cell));
+                    }
+                }
+                TYPED
+                    .into_iter()
+                    .zip(fits)
+                    .find(|&(_, count)| total > 0 && count * 2 > total)
+                    .map_or(ColumnType::Text, |(ty, _)| ty)
+            })
+            .collect();
+        Schema { names, types, id }
+    }
+
+    /// The typed value of `cell` in `column`; an empty cell is `null`.
+    pub fn value(&self, column: usize, cell: &str) -> Result<Value, String> {
+        let ty = self.types[column];
+        let trimmed = cell.trim();
+        if trimmed.is_empty() && ty != ColumnType::Text {
+            return Ok(Value::Null);
+        }
+        let not = || {
+            format!(
+                "column `{}`: `{cell}` is not {} like the rest of the column",
+                self.names[column],
+                match ty {
+                    ColumnType::Integer | ColumnType::Float => "a number",
+                    ColumnType::Boolean => "true or false",
+                    ColumnType::Text => "text",
+                }
+            )
+        };
+        Ok(match ty {
+            ColumnType::Integer => match trimmed.parse::<i64>() {
+                Ok(v) => Value::from(v),
+                Err(_) => parse_float(trimmed)
+                    .and_then(Number::from_f64)
+                    .map(Value::Number)
+                    .ok_or_else(not)?,
+            },
+            ColumnType::Float => parse_float(trimmed)
+                .and_then(Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(not)?,
+            ColumnType::Boolean => match trimmed {
+                "true" | "True" => Value::Bool(true),
+                "false" | "False" => Value::Bool(false),
+                _ => return Err(not()),
+            },
+            ColumnType::Text => Value::String(cell.to_owned()),
+        })
+    }
+
+    /// The predictor's input for a row: its values (the id column left out) positionally or
+    /// as an object.
+    pub fn input(&self, cells: &[String], mode: RowInput) -> Result<Value, String> {
+        let mut values = Vec::with_capacity(cells.len());
+        let mut object = Map::new();
+        for (column, cell) in cells.iter().enumerate() {
+            if Some(column) == self.id {
+                continue;
+            }
+            let value = self.value(column, cell)?;
+            match mode {
+                RowInput::Positional => values.push(value),
+                RowInput::Object => {
+                    object.insert(self.names[column].clone(), value);
+                }
+            }
+        }
+        Ok(match mode {
+            RowInput::Positional => Value::Array(values),
+            RowInput::Object => Value::Object(object),
+        })
+    }
+}
+
+/// One row as read: its number (1 for the first row after the header), its cells, and why it
+/// cannot be used when it cannot (ragged, not UTF-8).
+#[derive(Debug)]
+pub struct RawRow {
+    /// One-based row number, header excluded.
+    pub number: u64,
+    /// The cells as read (lossily decoded when not UTF-8).
+    pub cells: Vec<String>,
+    /// Why the row is unusable, when it is.
+    pub error: Option<String>,
+    /// When it was read: its latency counts from here.
+    pub arrival: Arrival,
+}
+
+/// What the reading thread sends.
+#[derive(Debug)]
+pub enum Read {
+    /// The columns, once, before the first chunk.
+    Schema(Arc<Schema>),
+    /// Up to `chunk_rows` rows.
+    Chunk(Vec<RawRow>),
+}
+
+/// Bytes of the input consumed so far, for progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes read from the input.
+    pub bytes: AtomicU64,
+}
+
+struct Counting<R> {
+    inner: R,
+    progress: Arc<Progress>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A synchronous reader over chunks arriving from an async stream (a dataset file).
+pub struct ChannelReader {
+    chunks: mpsc::Receiver<Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    /// Reads what `chunks` delivers until it closes.
+    pub fn new(chunks: mpsc::Receiver<Result<Bytes>>) -> Self {
+        ChannelReader {
+            chunks,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(error)) => return Err(std::io::Error::other(error)),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Reads `input` (named `name` in errors) on the current (blocking) thread and sends the
+/// schema, then chunks of `chunk_rows` rows, to `out`; at most `out`'s capacity chunks wait.
+/// Stops early when `out` closes.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] for an empty file, a header-only file, an unreadable header or
+/// an unknown id column; [`Error::Storage`] when the input cannot be read.
+pub fn read_csv(
+    input: Box<dyn std::io::Read + Send>,
+    name: &str,
+    chunk_rows: usize,
+    id_column: &str,
+    progress: Arc<Progress>,
+    out: mpsc::Sender<Read>,
+) -> Result<u64> {
+    let counting = Counting {
+        inner: input,
+        progress,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, counting));
+    let storage = |error: csv::Error| match error.kind() {
+        csv::ErrorKind::Io(_) => Error::Storage {
+            location: name.to_owned(),
+            source: Box::new(error),
+        },
+        _ => Error::invalid_request(format!("input file `{name}`: {error}")),
+    };
+    let mut record = csv::ByteRecord::new();
+    if !reader.read_byte_record(&mut record).map_err(storage)? {
+        return Err(Error::invalid_request(format!(
+            "input file `{name}` is empty: expected a header line, then one row per prediction"
+        )));
+    }
+    let names: Vec<String> = record
+        .iter()
+        .map(|cell| String::from_utf8_lossy(cell).trim().to_owned())
+        .collect();
+    if names.iter().all(String::is_empty) {
+        return Err(Error::invalid_request(format!(
+            "input file `{name}` has an empty header line"
+        )));
+    }
+    let id = if id_column.is_empty() {
+        None
+    } else {
+        Some(names.iter().position(|n| n == id_column).ok_or_else(|| {
+            Error::invalid_request(format!(
+                "input file `{name}` has no id column `{id_column}`; its columns are {}",
+                names.join(", ")
+            ))
+        })?)
+    };
+    let width = names.len();
+    let mut number = 0_u64;
+    let mut schema: Option<Arc<Schema>> = None;
+    let mut pending = Some(names);
+    loop {
+        let mut rows = Vec::with_capacity(chunk_rows.min(100_000));
+        while rows.len() < chunk_rows {
+            let more = match reader.read_byte_record(&mut record) {
+                Ok(more) => more,
+                Err(error) if matches!(error.kind(), csv::ErrorKind::Io(_)) => {
+                    return Err(storage(error));
+                }
+                Err(error) => {
+                    number += 1;
+                    rows.push(RawRow {
+                        number,
+                        cells: Vec::new(),
+                        error: Some(format!("row {number} does not parse: {error}")),
+                        arrival: Arrival::now(),
+                    });
+                    continue;
+                }
+            };
+            if !more {
+                break;
+            }
+            number += 1;
+            let mut utf8 = true;
+            let cells: Vec<String> = record
+                .iter()
+                .map(|cell| match std::str::from_utf8(cell) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => {
+                        utf8 = false;
+                        String::from_utf8_lossy(cell).into_owned()
+                    }
+                })
+                .collect();
+            let error = if cells.len() != width {
+                // The whole row goes in the message: the output has room for `width` cells.
+                Some(format!(
+                    "row {number} has {} cells; the header has {width} columns: {}",
+                    cells.len(),
+                    cells.join(",")
+                ))
+            } else if !utf8 {
+                Some(format!("row {number} is not UTF-8 text"))
+            } else {
+                None
+            };
+            rows.push(RawRow {
+                number,
+                cells,
+                error,
+                arrival: Arrival::now(),
+            });
+        }
+        let done = rows.len() < chunk_rows;
+        if let Some(names) = pending.take() {
+            if rows.is_empty() {
+                return Err(Error::invalid_request(format!(
+                    "input file `{name}` has a header but no rows"
+                )));
+            }
+            let inferred = Arc::new(Schema::infer(names, &rows, id));
+            schema = Some(Arc::clone(&inferred));
+            if out.blocking_send(Read::Schema(inferred)).is_err() {
+                return Ok(number);
+            }
+        }
+        debug_assert!(schema.is_some());
+        if !rows.is_empty() && out.blocking_send(Read::Chunk(rows)).is_err() {
+            return Ok(number);
+        }
+        if done {
+            return Ok(number);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str, chunk_rows: usize) -> Result<(Arc<Schema>, Vec<RawRow>)> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        read_csv(
+            Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+            "in.csv",
+            chunk_rows,
+            "",
+            Arc::default(),
+            tx,
+        )?;
+        let mut schema = None;
+        let mut rows = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            match message {
+                Read::Schema(s) => schema = Some(s),
+                Read::Chunk(chunk) => rows.extend(chunk),
+            }
+        }
+        Ok((schema.unwrap(), rows))
+    }
+
+    #[test]
+    fn types_are_inferred_and_cells_typed() {
+        let (schema, rows) = read("a,b,c,d\n1,2.5,x,true\n3,4,y,false\n", 1).unwrap();
+        assert_eq!(
+            schema.types,
+            [
+                ColumnType::Integer,
+                ColumnType::Float,
+                ColumnType::Text,
+                ColumnType::Boolean
+            ]
+        );
+        assert_eq!(rows.len(), 2);
+        let cells = &rows[1].cells;
+        assert_eq!(
+            schema.input(cells, RowInput::Positional).unwrap(),
+            serde_json::json!([3, 4.0, "y", false])
+        );
+        assert_eq!(
+            schema.input(cells, RowInput::Object).unwrap(),
+            serde_json::json!({"a": 3, "b": 4.0, "c": "y", "d": false})
+        );
+        let bad = schema.value(1, "abc").unwrap_err();
+        assert_eq!(
+            bad,
+            "column `b`: `abc` is not a number like the rest of the column"
+        );
+    }
+
+    #[test]
+    fn bad_files_and_rows_are_named() {
+        let empty = read("", 10).unwrap_err().to_string();
+        assert!(empty.contains("`in.csv` is empty"), "{empty}");
+        let header = read("a,b\n", 10).unwrap_err().to_string();
+        assert!(header.contains("has a header but no rows"), "{header}");
+        let (_, rows) = read("a,b\n1,2\n1\n1,2,3\n4,5\n", 10).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            rows[1].error.as_deref(),
+            Some("row 2 has 1 cells; the header has 2 columns: 1")
+        );
+        assert!(rows[2].error.is_some() && rows[3].error.is_none());
+    }
+}
