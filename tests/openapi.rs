@@ -133,6 +133,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404",
 include-path-regex = "/triggers$"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
+
 "#
     )
 }
@@ -157,6 +158,11 @@ async fn every_answer_the_fuzzer_draws_out_matches_the_document() {
             .arg(&config)
             .args(["run", &url])
             .args(["--checks", "all"])
+            // A prediction (`POST /api/v1/endpoints/{name}`) creates nothing, yet the stateful
+            // phase takes it for the creation of everything under its path, and a web-service
+            // endpoint's batch runs (`…/{name}/batches`: 404, it is no batch endpoint) for a
+            // created resource gone missing; this check cannot be limited to those operations.
+            .args(["--exclude-checks", "ensure_resource_availability"])
             .args(["--max-examples", "20"])
             .args(["--seed", "18"])
             // One worker: Python 3.11's parser is not safe across the threads of several.

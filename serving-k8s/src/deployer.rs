@@ -601,5 +601,9 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| wrap(e.to_string()))?;
+    // rustls needs one process-wide crypto provider; when the build enables two (ring here,
+    // aws-lc-rs from object_store's S3 client) it will not choose, so choose ring unless the
+    // application already installed one (an `Err` here means it did).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::try_from(config).map_err(|e| wrap(e.to_string()))
 }
