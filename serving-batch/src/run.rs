@@ -254,25 +254,28 @@ async fn run(inner: &Arc<Inner>, endpoint: &Arc<BatchEndpoint>, live: &Arc<Live>
             let stop = Arc::clone(live).cancelled();
             runner.run_into(items, &mut output, stop).await.map(drop)
         }
-        Built::Chunks(predictor) => {
-            chunked(&mut chunks, &schema, predictor, &mut output, live).await
-        }
+        // Takes the receiver: once it is dropped, the reading thread stops.
+        Built::Chunks(predictor) => chunked(chunks, &schema, predictor, &mut output, live).await,
     };
     let read = reader.await.map_err(join_error).and_then(|read| read);
-    let finish = async {
-        predicted?;
-        read?;
-        let Target::Dataset(writer) = output.into_target().await? else {
-            unreachable!("a run writes to its dataset")
-        };
-        if live.is_cancelled() {
-            writer.abort().await?;
-            return Ok(Ended::Cancelled);
+    let outcome = predicted.and(read.map(drop));
+    let target = output.into_target().await;
+    let writer = match (outcome, target) {
+        (Ok(()), Ok(Target::Dataset(writer))) => writer,
+        (Err(error), Ok(Target::Dataset(writer))) => {
+            // Nothing of a failed run stays in the store, staged parts included.
+            let _ = writer.abort().await;
+            return Err(error);
         }
-        writer.finish().await?;
-        Ok(Ended::Written(location.to_string()))
+        (Err(error), _) | (Ok(()), Err(error)) => return Err(error),
+        (Ok(()), Ok(Target::Memory(_))) => unreachable!("a run writes to its dataset"),
     };
-    finish.await
+    if live.is_cancelled() {
+        writer.abort().await?;
+        return Ok(Ended::Cancelled);
+    }
+    writer.finish().await?;
+    Ok(Ended::Written(location.to_string()))
 }
 
 fn join_error(error: tokio::task::JoinError) -> Error {
@@ -431,7 +434,7 @@ pub(crate) fn item(
 
 /// The vectorised path: one call of the predictor per chunk.
 async fn chunked(
-    chunks: &mut mpsc::Receiver<Read>,
+    mut chunks: mpsc::Receiver<Read>,
     schema: &Arc<Schema>,
     predictor: Arc<DynChunkPredictor>,
     output: &mut CsvOutput,

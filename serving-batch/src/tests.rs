@@ -125,6 +125,11 @@ impl Fixture {
                 Ok(Sum::default())
             })
             .unwrap()
+            .chunk_endpoint(
+                spec("vector-slow", "sum", "v", &[("chunk_rows", "100")]),
+                || Ok(SlowSum),
+            )
+            .unwrap()
             .build()
             .unwrap()
     }
@@ -172,6 +177,47 @@ impl ChunkPredictor for Sum {
         assert!(first.get(0) != Some(-1.0), "a chunk with -1 panics");
         sum_columns(chunk)
     }
+}
+
+#[derive(Debug)]
+struct SlowSum;
+
+impl ChunkPredictor for SlowSum {
+    fn predict_chunk(&self, chunk: &DataFrame) -> Result<Series> {
+        std::thread::sleep(Duration::from_millis(20));
+        sum_columns(chunk)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_vectorised_run_stops_and_writes_nothing() {
+    let fx = Fixture::new();
+    let service = fx.service(vec![]);
+    fx.put("slow.csv", &numbers(20_000)).await;
+    let id = service
+        .submit(
+            "vector-slow",
+            BatchRequest::new("slow.csv", "slow-out.csv", "data"),
+        )
+        .await
+        .unwrap();
+    while service
+        .get("vector-slow", &id)
+        .await
+        .unwrap()
+        .rows_predicted
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cancelled =
+        tokio::time::timeout(Duration::from_secs(10), service.cancel("vector-slow", &id))
+            .await
+            .expect("the run stops promptly")
+            .unwrap();
+    assert_eq!(cancelled.status, BatchStatus::Cancelled);
+    assert!(cancelled.rows_predicted < 20_000, "{cancelled:?}");
+    assert!(!fx.exists("slow-out.csv").await);
 }
 
 fn numbers(rows: usize) -> String {
