@@ -91,11 +91,20 @@ pub(crate) fn frame(schema: &Schema, rows: &[Vec<Value>]) -> Result<DataFrame> {
         }
         let cell = |row: &Vec<Value>| row.get(position).cloned().unwrap_or(Value::Null);
         let column = match schema.types[index] {
-            ColumnType::Integer => Column::new(
-                name.as_str().into(),
-                rows.iter().map(|r| cell(r).as_i64()).collect::<Vec<_>>(),
-            ),
-            ColumnType::Float => Column::new(
+            // A later chunk may hold a float in a column typed integer by the first: the
+            // chunk's column is then float, never a silently dropped cell.
+            ColumnType::Integer
+                if rows.iter().all(|r| {
+                    let value = cell(r);
+                    value.is_null() || value.is_i64()
+                }) =>
+            {
+                Column::new(
+                    name.as_str().into(),
+                    rows.iter().map(|r| cell(r).as_i64()).collect::<Vec<_>>(),
+                )
+            }
+            ColumnType::Integer | ColumnType::Float => Column::new(
                 name.as_str().into(),
                 rows.iter().map(|r| cell(r).as_f64()).collect::<Vec<_>>(),
             ),

@@ -74,11 +74,18 @@ impl Schema {
                         *count += usize::from(ty.fits(cell));
                     }
                 }
-                TYPED
+                let ty = TYPED
                     .into_iter()
                     .zip(fits)
                     .find(|&(_, count)| total > 0 && count * 2 > total)
-                    .map_or(ColumnType::Text, |(ty, _)| ty)
+                    .map_or(ColumnType::Text, |(ty, _)| ty);
+                // Every integer is a float: one cell that is only a float makes the column
+                // float, so `0.25` among integers is never narrowed.
+                if ty == ColumnType::Integer && fits[1] > fits[0] {
+                    ColumnType::Float
+                } else {
+                    ty
+                }
             })
             .collect();
         Schema { names, types, id }
@@ -380,6 +387,28 @@ mod tests {
             }
         }
         Ok((schema.unwrap(), rows))
+    }
+
+    #[test]
+    fn a_float_among_integers_makes_the_column_float_in_every_chunk() {
+        // Found by the example's tests: `0.5,0.25,0.25` among integer rows reached a
+        // vectorised predictor as nulls, which summed to 0.5 instead of 1.0.
+        let (schema, rows) = read("a,b,c\n1,2,3\n0.5,0.25,0.25\n4,5,6\n", 10).unwrap();
+        assert_eq!(schema.types, [ColumnType::Float; 3]);
+        // A column typed integer by its first chunk still carries a later chunk's float.
+        let (schema, rows_later) = read("a\n1\n2\n3\n0.25\n", 1).unwrap();
+        assert_eq!(schema.types, [ColumnType::Integer]);
+        let values: Vec<Vec<Value>> = rows_later
+            .iter()
+            .map(|row| vec![schema.value(0, &row.cells[0]).unwrap()])
+            .collect();
+        let frame = crate::chunk::frame(&schema, &values).unwrap();
+        let sums = crate::chunk::sum_columns(&frame).unwrap();
+        assert_eq!(
+            crate::chunk::values(&sums),
+            [1.0, 2.0, 3.0, 0.25].map(|v| Some(serde_json::json!(v)))
+        );
+        assert_eq!(rows.len(), 3);
     }
 
     #[test]
