@@ -122,7 +122,10 @@ impl Iris {
 
     /// Registers the model as `iris-knn` version `1` and its preprocess as `standardise`, for
     /// endpoints built from a spec (a batch endpoint builds its model per run).
-    #[allow(dead_code, reason = "the batch tests and bench use it, the quickstart does not")]
+    #[allow(
+        dead_code,
+        reason = "the batch tests and bench use it, the quickstart does not"
+    )]
     pub fn register(&self, registry: &ModelRegistry) {
         let classify = self.classify();
         registry.register("iris-knn", "1", move || Ok(classify.clone()));
