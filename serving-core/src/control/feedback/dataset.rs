@@ -17,8 +17,10 @@ use crate::observe::record::PredictionRecord;
 
 /// Exports into one [`Dataset`] (a folder of the dataset store: the local filesystem, S3, …).
 ///
-/// Each export is one new file, written in one atomic object write that never replaces an
-/// existing file: a reader sees the whole file or none. A feedback loop's export of the
+/// Each export is one new file that never replaces an existing one, and that a reader sees
+/// whole or not at all: one atomic object write for [`FeedbackSink::export`]; for a feedback
+/// loop's export, a [`DatasetWriter`] fed as the log's query reads (streamed in parts past
+/// 8 MiB, completed only once the query succeeded). A feedback loop's export of the
 /// records that ended in `[from, to)` is named `{endpoint}-{from µs}-{to µs}.{csv|jsonl}` (16
 /// digits each, so names sort by time); an export through [`FeedbackSink::export`]
 /// `{endpoint}-export-{µs}-{random}.{ext}`. The loop's watermark is

@@ -46,6 +46,14 @@ const KEPT_EXPORTS: usize = 100;
 /// one process.
 ///
 /// An interval with no record writes no file and leaves the watermark where it was.
+///
+/// # Memory
+/// An export is streamed, whatever the length of its interval: the log's query
+/// ([`PredictionLog::query_each`]) hands the records in batches of 512 over a channel of two
+/// batches to the dataset's file writer ([`Dataset::writer`](crate::datasets::Dataset::writer)),
+/// which uploads in parts past 8 MiB and shows the file only once it is complete (never
+/// replacing one). So an export holds at most 2,048 records, the writer's few parts, and the
+/// query's own lookahead (about one log segment); a query that fails part-way leaves no file.
 #[derive(Debug, Clone)]
 pub struct FeedbackLoops {
     inner: Arc<Inner>,
