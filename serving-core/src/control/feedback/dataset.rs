@@ -1,22 +1,26 @@
 //! [`DatasetFeedback`]: the [`FeedbackSink`] that writes exports as files of a dataset.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::loops::end_micros;
 use super::spec::ExportFormat;
 use super::{ExportReceipt, FeedbackExport, FeedbackSink};
-use crate::datasets::{Dataset, Overwrite};
+use crate::datasets::{Dataset, DatasetWriter, Overwrite};
 use crate::error::{Error, Result};
-use crate::observe::prediction_log::{PredictionRow, format_time, write_csv};
+use crate::observe::prediction_log::{PredictionRow, format_time, write_csv, write_row};
 use crate::observe::record::PredictionRecord;
 
 /// Exports into one [`Dataset`] (a folder of the dataset store: the local filesystem, S3, …).
 ///
-/// Each export is one new file, written in one atomic object write that never replaces an
-/// existing file: a reader sees the whole file or none. A feedback loop's export of the
+/// Each export is one new file that never replaces an existing one, and that a reader sees
+/// whole or not at all: one atomic object write for [`FeedbackSink::export`]; for a feedback
+/// loop's export, a [`DatasetWriter`] fed as the log's query reads (streamed in parts past
+/// 8 MiB, completed only once the query succeeded). A feedback loop's export of the
 /// records that ended in `[from, to)` is named `{endpoint}-{from µs}-{to µs}.{csv|jsonl}` (16
 /// digits each, so names sort by time); an export through [`FeedbackSink::export`]
 /// `{endpoint}-export-{µs}-{random}.{ext}`. The loop's watermark is
@@ -73,10 +77,24 @@ impl DatasetFeedback {
         })
     }
 
-    fn encode(&self, records: &[PredictionRecord]) -> Result<Bytes> {
+    /// `records` in the dataset's format; in CSV with the header line when `header`, so that
+    /// batches encoded one after another make one file.
+    fn encode(&self, records: &[PredictionRecord], header: bool) -> Result<Bytes> {
         let mut out = Vec::with_capacity(records.len() * 256);
         match self.format {
-            ExportFormat::Csv => write_csv(records, &mut out)?,
+            ExportFormat::Csv if header => write_csv(records, &mut out)?,
+            ExportFormat::Csv => {
+                let mut writer = csv::WriterBuilder::new()
+                    .has_headers(false)
+                    .from_writer(&mut out);
+                for record in records {
+                    write_row(&mut writer, record)?;
+                }
+                writer.flush().map_err(|e| Error::Action {
+                    action: "encoding a feedback export".to_owned(),
+                    source: Box::new(e),
+                })?;
+            }
             ExportFormat::Jsonl => {
                 for record in records {
                     serde_json::to_writer(&mut out, &PredictionRow::from(record)).map_err(|e| {
@@ -94,7 +112,7 @@ impl DatasetFeedback {
 
     async fn write_new(&self, name: &str, records: &[PredictionRecord]) -> Result<ExportReceipt> {
         self.dataset
-            .put(name, self.encode(records)?, Overwrite::Refuse)
+            .put(name, self.encode(records, true)?, Overwrite::Refuse)
             .await?;
         Ok(ExportReceipt {
             location: self.dataset.location(name)?.to_string(),
@@ -102,20 +120,56 @@ impl DatasetFeedback {
         })
     }
 
-    /// Writes the records that ended in `[from_us, to_us)` as one new file; the name says the
-    /// interval (see the type's docs).
-    pub(crate) async fn export_interval(
+    /// Streams the batches of the records that ended in `[from_us, to_us)` into one new file
+    /// named for the interval (see the type's docs), as they come: `None`, and nothing
+    /// written, when the channel closes before a first batch. The file stays staged
+    /// (invisible) until [`StagedExport::finish`], so that the caller finishes it only once
+    /// the query that fed the batches succeeded; an error aborts it here.
+    pub(crate) async fn stage_interval(
         &self,
         endpoint: &str,
-        records: &[PredictionRecord],
         from_us: i64,
         to_us: i64,
-    ) -> Result<ExportReceipt> {
+        batches: &mut tokio::sync::mpsc::Receiver<Vec<PredictionRecord>>,
+        held: &Held,
+    ) -> Result<Option<StagedExport>> {
+        // Peek the first batch before opening the writer: an empty interval writes nothing.
+        let Some(first) = batches.recv().await else {
+            return Ok(None);
+        };
         let name = format!(
             "{endpoint}-{from_us:016}-{to_us:016}.{}",
             self.format.extension()
         );
-        self.write_new(&name, records).await
+        let writer = self.dataset.writer(&name, Overwrite::Refuse).await?;
+        let mut staged = StagedExport {
+            writer,
+            records: 0,
+            ended: None,
+        };
+        let mut batch = Some(first);
+        while let Some(records) = batch {
+            let written = match self.encode(&records, staged.records == 0) {
+                Ok(bytes) => staged.writer.write(bytes).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
+                let _ = staged.abort().await;
+                return Err(error);
+            }
+            staged.records += records.len();
+            for record in &records {
+                let end = end_micros(record);
+                staged.ended = Some(
+                    staged
+                        .ended
+                        .map_or((end, end), |(first, last)| (first.min(end), last.max(end))),
+                );
+            }
+            held.release(records.len());
+            batch = batches.recv().await;
+        }
+        Ok(Some(staged))
     }
 
     fn watermark_path(endpoint: &str) -> String {
@@ -174,6 +228,72 @@ impl DatasetFeedback {
                 Overwrite::Replace,
             )
             .await
+    }
+}
+
+/// Records pass from the prediction log's query to an export file in batches of this many…
+pub(crate) const BATCH_RECORDS: usize = 512;
+
+/// …and at most this many full batches wait between the two. With the batch the query fills
+/// and the one being written, an export holds at most
+/// `(BATCHES_IN_FLIGHT + 2) * BATCH_RECORDS` records whatever the size of its interval (and
+/// the file writer a few parts of 8 MiB).
+pub(crate) const BATCHES_IN_FLIGHT: usize = 2;
+
+/// How many records an export holds between the query and the file, and the most it held.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Held {
+    /// One more record taken from the query.
+    pub(crate) fn take(&self) {
+        let now = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// `records` written to the file.
+    fn release(&self, records: usize) {
+        self.now.fetch_sub(records, Ordering::Relaxed);
+    }
+
+    /// The most records held at once.
+    #[cfg(test)]
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// An interval file written but not yet visible; see [`DatasetFeedback::stage_interval`].
+#[derive(Debug)]
+pub(crate) struct StagedExport {
+    writer: DatasetWriter,
+    records: usize,
+    /// The earliest and latest end (µs) of its records.
+    ended: Option<(i64, i64)>,
+}
+
+impl StagedExport {
+    /// The earliest and latest end time of its records, µs.
+    pub(crate) fn ended(&self) -> Option<(i64, i64)> {
+        self.ended
+    }
+
+    /// Makes the file visible, whole; it never replaces an existing one.
+    pub(crate) async fn finish(self) -> Result<ExportReceipt> {
+        let location = self.writer.location().to_string();
+        self.writer.finish().await?;
+        Ok(ExportReceipt {
+            location,
+            records: self.records,
+        })
+    }
+
+    /// Discards it: nothing appears.
+    pub(crate) async fn abort(self) -> Result<()> {
+        self.writer.abort().await
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::dataset::{DatasetFeedback, from_micros};
+use super::dataset::{BATCH_RECORDS, BATCHES_IN_FLIGHT, DatasetFeedback, Held, from_micros};
 use super::spec::{ExportFormat, FeedbackLoopSpec, FeedbackSchedule};
 use crate::datasets::Datasets;
 use crate::error::{Error, Result};
@@ -46,6 +46,14 @@ const KEPT_EXPORTS: usize = 100;
 /// one process.
 ///
 /// An interval with no record writes no file and leaves the watermark where it was.
+///
+/// # Memory
+/// An export is streamed, whatever the length of its interval: the log's query
+/// ([`PredictionLog::query_each`]) hands the records in batches of 512 over a channel of two
+/// batches to the dataset's file writer ([`Dataset::writer`](crate::datasets::Dataset::writer)),
+/// which uploads in parts past 8 MiB and shows the file only once it is complete (never
+/// replacing one). So an export holds at most 2,048 records, the writer's few parts, and the
+/// query's own lookahead (about one log segment); a query that fails part-way leaves no file.
 #[derive(Debug, Clone)]
 pub struct FeedbackLoops {
     inner: Arc<Inner>,
@@ -60,6 +68,8 @@ struct Inner {
     loops: Mutex<BTreeMap<String, Arc<Loop>>>,
     /// One lock and watermark per (dataset, endpoint): exports into it run one at a time.
     cursors: Mutex<HashMap<(String, String), Cursor>>,
+    /// Records its exports hold between the log and the files (and the most they held).
+    held: Arc<Held>,
 }
 
 impl Drop for Inner {
@@ -165,6 +175,7 @@ impl FeedbackLoops {
                 settle_margin_us: AtomicU64::new(2_000_000),
                 loops: Mutex::new(BTreeMap::new()),
                 cursors: Mutex::new(HashMap::new()),
+                held: Arc::default(),
             }),
         }
     }
@@ -360,24 +371,70 @@ impl FeedbackLoops {
                 from_micros(cut_us),
             )
             .page(0, usize::MAX);
-        let picked = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&picked);
-        self.inner
-            .log
-            .query_each(&query, move |record| {
-                if (from_us..cut_us).contains(&end_micros(&record)) {
-                    sink.locked().push(record);
+        // The query streams the interval's records to the file in small batches over a
+        // bounded channel: however long the interval, an export holds a few batches (see
+        // `BATCHES_IN_FLIGHT`), never the interval.
+        let (batches, mut received) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
+        let batch = Arc::new(Mutex::new(Vec::with_capacity(BATCH_RECORDS)));
+        let read = async {
+            let (filling, sender) = (Arc::clone(&batch), batches.clone());
+            let held = Arc::clone(&self.inner.held);
+            self.inner
+                .log
+                .query_each(&query, move |record| {
+                    if !(from_us..cut_us).contains(&end_micros(&record)) {
+                        return Ok(());
+                    }
+                    held.take();
+                    let full = {
+                        let mut batch = filling.locked();
+                        batch.push(record);
+                        (batch.len() >= BATCH_RECORDS).then(|| std::mem::take(&mut *batch))
+                    };
+                    match full {
+                        // On the query's blocking thread: waiting for room blocks only it.
+                        Some(full) => {
+                            futures::executor::block_on(sender.send(full)).map_err(|_| file_gone())
+                        }
+                        None => Ok(()),
+                    }
+                })
+                .await?;
+            let rest = std::mem::take(&mut *batch.locked());
+            if !rest.is_empty() {
+                batches.send(rest).await.map_err(|_| file_gone())?;
+            }
+            // The last sender goes: the file side sees the end.
+            drop(batches);
+            Ok::<_, Error>(())
+        };
+        let staged = dataset.stage_interval(
+            &entry.endpoint,
+            from_us,
+            cut_us,
+            &mut received,
+            &self.inner.held,
+        );
+        let (read, staged) = tokio::join!(read, staged);
+        let staged = match (read, staged) {
+            (Ok(_), Ok(None)) => return Ok(None),
+            (Ok(_), Ok(Some(staged))) => staged,
+            // The query failed part-way: the staged file is dropped, never shown.
+            (Err(error), Ok(staged)) => {
+                if let Some(staged) = staged {
+                    let _ = staged.abort().await;
                 }
-                Ok(())
-            })
-            .await?;
-        let records = std::mem::take(&mut *picked.locked());
-        if records.is_empty() {
-            return Ok(None);
-        }
-        let receipt = dataset
-            .export_interval(&entry.endpoint, &records, from_us, cut_us)
-            .await?;
+                return Err(error);
+            }
+            (_, Err(error)) => return Err(error),
+        };
+        let ended = staged.ended().map(|(first, last)| {
+            (
+                format_time(from_micros(first)),
+                format_time(from_micros(last)),
+            )
+        });
+        let receipt = staged.finish().await?;
         // The file is written: its name carries the watermark even if the object below fails.
         *through = Some(cut_us);
         if let Err(error) = dataset
@@ -386,7 +443,7 @@ impl FeedbackLoops {
         {
             tracing::warn!(%error, "writing a feedback watermark failed; the export file's name keeps it");
         }
-        tracing::info!(endpoint = %entry.endpoint, dataset = %entry.spec.dataset, file = %receipt.location, records = receipt.records, "feedback export written");
+        tracing::info!(endpoint = %entry.endpoint, dataset = %entry.spec.dataset, file = %receipt.location, records = receipt.records, ?ended, "feedback export written");
         Ok(Some(ExportSummary {
             file: receipt.location,
             records: receipt.records,
@@ -489,9 +546,18 @@ fn micros(time: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// The error a query stops with once the export file's side has failed (its error is the one
+/// reported).
+fn file_gone() -> Error {
+    Error::Action {
+        action: "streaming a feedback export".to_owned(),
+        source: "the export file stopped taking records".into(),
+    }
+}
+
 /// When a record's prediction ended, in µs: its start plus its duration. Computed from the
 /// stored values only, so every read of a record gives the same answer.
-fn end_micros(record: &PredictionRecord) -> i64 {
+pub(crate) fn end_micros(record: &PredictionRecord) -> i64 {
     let elapsed_us = (record.elapsed_ms.max(0.0) * 1000.0) as i64;
     micros(record.start_time).saturating_add(elapsed_us)
 }
@@ -699,6 +765,71 @@ mod tests {
             loops.specs("e").is_empty(),
             "a stopped loop leaves the spec"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_interval_is_streamed_holding_a_few_batches() {
+        use crate::RecordSink as _;
+        const RECORDS: usize = 50_000;
+        let dir = tempfile::tempdir().unwrap();
+        let log = PredictionLog::builder()
+            .with_dir(dir.path().join("log"))
+            .with_setting("queue_capacity", "100000")
+            .unwrap()
+            .build()
+            .unwrap();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // About 200 bytes a row: the file passes 8 MiB, so the writer streams it in parts.
+        let pad = "x".repeat(160);
+        for i in 0..RECORDS {
+            log.record(PredictionRecord {
+                request_id: format!("r{i:06}"),
+                endpoint: "big".into(),
+                model: "m".into(),
+                model_version: "1".into(),
+                input: Some(serde_json::json!(pad)),
+                output: Some(serde_json::json!(i)),
+                error: None,
+                status: 200,
+                start_time: start + Duration::from_millis(i as u64),
+                elapsed_ms: 1.0,
+                metrics: Default::default(),
+                params: Default::default(),
+            });
+        }
+        log.flush().await.unwrap();
+        let datasets = Datasets::local(dir.path().join("datasets")).unwrap();
+        let loops =
+            FeedbackLoops::new(log, datasets.clone()).with_settle_margin(Duration::from_millis(10));
+        let id = loops
+            .start(
+                "big",
+                Duration::from_secs(1),
+                FeedbackLoopSpec::new("big", FeedbackSchedule::Now),
+            )
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while loops.get("big", &id).unwrap().state == LoopState::Running {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = loops.get("big", &id).unwrap();
+        assert_eq!(status.state, LoopState::Done, "{status:?}");
+        assert_eq!(status.exports.len(), 1, "{status:?}");
+        assert_eq!(status.exports[0].records, RECORDS);
+        // The old export collected the whole interval (50,000 records) before writing.
+        let peak = loops.inner.held.peak();
+        assert!(
+            peak > 0 && peak <= (BATCHES_IN_FLIGHT + 2) * BATCH_RECORDS,
+            "held {peak} records at once"
+        );
+        let files = datasets.dataset("big").unwrap().list().await.unwrap();
+        let file = files.iter().find(|f| f.path.ends_with(".csv")).unwrap();
+        assert!(file.size > 8 * 1024 * 1024, "{file:?}");
+        let ids = exported(&dir.path().join("datasets/big"));
+        assert_eq!(ids.len(), RECORDS);
+        assert!(ids.values().all(|n| *n == 1));
     }
 
     #[tokio::test]

@@ -1,6 +1,12 @@
 //! The [`FeedbackSink`] trait: where feedback loops export endpoint data; [`DatasetFeedback`]
 //! writes exports as files of a dataset, and [`FeedbackLoops`] runs an endpoint's loops
 //! ([`FeedbackLoopSpec`]) now or on a schedule, incrementally (see its docs).
+//!
+//! A loop's export is streamed: the interval's records go from the prediction log's query to
+//! the dataset file in small batches, so an export holds a few thousand records whatever the
+//! length of its interval, never the interval. [`FeedbackSink::export`] takes its records
+//! whole ([`FeedbackExport::records`]); it is for callers that already hold them (and for
+//! tests, with [`InMemoryFeedback`]), and the loops do not go through it.
 
 mod dataset;
 mod loops;
@@ -28,7 +34,9 @@ pub struct FeedbackExport {
     pub endpoint: String,
     /// The dataset they go to.
     pub dataset: String,
-    /// The records: queries, predictions and metadata.
+    /// The records: queries, predictions and metadata. Held whole, so that a sink can refuse
+    /// an empty export before writing and count what it stores; feedback loops, which export
+    /// intervals of any length, stream into [`DatasetFeedback`] instead.
     pub records: Vec<PredictionRecord>,
     /// When the export was made.
     pub exported_at: SystemTime,

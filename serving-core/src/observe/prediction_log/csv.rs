@@ -46,7 +46,7 @@ pub fn write_csv<'a>(
 }
 
 /// Writes one record as a CSV line, every cell neutralised.
-pub(super) fn write_row<W: io::Write>(
+pub(crate) fn write_row<W: io::Write>(
     writer: &mut csv::Writer<W>,
     record: &PredictionRecord,
 ) -> Result<()> {

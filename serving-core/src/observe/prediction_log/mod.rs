@@ -91,6 +91,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
 pub use self::config::{PredictionLogConfig, PredictionLogKey};
+pub(crate) use self::csv::write_row;
 pub use self::csv::{CSV_COLUMNS, read_csv, write_csv};
 pub use self::query::{Order, PredictionPage, PredictionQuery, QueryTotal, StatusFilter};
 pub use self::retention::RetentionPass;
