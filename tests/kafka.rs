@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 pub(crate) static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The broker's address; the Kafka tests fail (never skip) without one.
-fn brokers() -> String {
+pub(crate) fn brokers() -> String {
     let brokers = std::env::var("SERVING_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:39092".into());
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -38,7 +38,7 @@ fn brokers() -> String {
 }
 
 /// A name no other run used.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid_like())
 }
 
@@ -50,7 +50,7 @@ fn uuid_like() -> String {
     format!("{nanos:x}{:x}", std::process::id())
 }
 
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+pub(crate) async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()

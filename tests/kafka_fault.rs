@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use serving::http::{Token, WebService};
-use serving::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use serving::kafka::rdkafka::client::DefaultClientContext;
 use serving::kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serving::kafka::rdkafka::message::{Headers as _, Message as _};
 use serving::kafka::rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -21,7 +19,7 @@ use serving::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serving::kafka::{DeliveryMode, KafkaStream, KafkaStreamConfig, MODEL_VERSION_HEADER};
 use serving::{EndpointSpec, ModelEndpoint, ModelRef, ModelRegistry, Result, predictor_fn};
 
-use crate::kafka::BROKER;
+use crate::kafka::{BROKER, brokers, create_topics, unique};
 
 /// Inputs produced per mode.
 const COUNT: usize = 100_000;
@@ -31,70 +29,6 @@ const PARTITIONS: i32 = 3;
 const VERSIONS: [&str; 3] = ["1", "2", "3"];
 const ADMIN_TOKEN: &str = "fault-admin-token-0123456789abcdef";
 const CHILD_ENV: &str = "SERVING_KAFKA_FAULT_CHILD";
-
-/// The broker's address; the test fails (never skips) without one.
-fn brokers() -> String {
-    let brokers = std::env::var("SERVING_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:39092".into());
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    if let Err(error) = probe.fetch_metadata(None, Duration::from_secs(10)) {
-        panic!(
-            "no Kafka broker at {brokers} ({error}): run `scripts/components/kafka start` (scripts/test-setup does)"
-        );
-    }
-    brokers
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{nanos:x}{:x}", std::process::id())
-}
-
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    for (name, partitions) in topics {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let metadata = probe
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .unwrap();
-            let t = &metadata.topics()[0];
-            if t.error().is_none()
-                && t.partitions().len() == *partitions as usize
-                && t.partitions()
-                    .iter()
-                    .all(|p| p.leader() >= 0 && p.error().is_none())
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "topic {name} has no leaders");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 /// Version `k` of the model: echoes its input with its own number, so the output's version
 /// header can be checked against the code that answered.
