@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use axum::http::{HeaderMap, HeaderValue};
 use subtle::ConstantTimeEq as _;
 
 /// The header that carries the token, as in the original product.
@@ -33,6 +34,15 @@ impl Token {
     pub fn matches(&self, given: &[u8]) -> bool {
         self.0.as_bytes().ct_eq(given).into()
     }
+}
+
+/// Whether `headers` carry `token` in [`TOKEN_HEADER`]; a route without a token admits every
+/// request.
+pub(crate) fn carries(token: Option<&Token>, headers: &HeaderMap) -> bool {
+    token.is_none_or(|token| {
+        let given = headers.get(TOKEN_HEADER).map(HeaderValue::as_bytes);
+        token.matches(given.unwrap_or_default())
+    })
 }
 
 impl fmt::Debug for Token {

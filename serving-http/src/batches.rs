@@ -23,7 +23,7 @@ use serving_core::{Arrival, BatchRequest, BatchRun, DynBatchRuns, Error};
 
 use crate::auth::Token;
 use crate::error::ApiError;
-use crate::service::{ServiceState, TOKEN, read_body};
+use crate::service::{ServiceState, read_body};
 
 /// Largest batch request body: three paths and two flags.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -60,14 +60,8 @@ fn authorized<'a>(
         .ok_or_else(|| Error::EndpointNotFound {
             endpoint: name.to_owned(),
         })?;
-    if let Some(token) = &route.token {
-        let given = headers
-            .get(&TOKEN)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if !token.matches(given) {
-            return Err(Error::Unauthorized.into());
-        }
+    if !crate::auth::carries(route.token.as_ref(), headers) {
+        return Err(Error::Unauthorized.into());
     }
     Ok(route)
 }

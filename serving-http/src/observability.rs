@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -53,7 +53,6 @@ use serving_core::prediction_log::{
 };
 use serving_core::{Charts, Error, PredictionRecord};
 
-use crate::auth::TOKEN_HEADER;
 use crate::dashboard;
 use crate::error::ApiError;
 use crate::service::{Route, ServiceState, WebService, WebServiceBuilder};
@@ -106,14 +105,8 @@ pub(crate) fn authorize<'a>(
         .ok_or_else(|| Error::EndpointNotFound {
             endpoint: name.to_owned(),
         })?;
-    if let Some(token) = &route.token {
-        let given = headers
-            .get(TOKEN_HEADER)
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
-        if !token.matches(given) {
-            return Err(Error::Unauthorized.into());
-        }
+    if !crate::auth::carries(route.token.as_ref(), headers) {
+        return Err(Error::Unauthorized.into());
     }
     Ok(route)
 }
