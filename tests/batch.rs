@@ -354,7 +354,17 @@ impl Rest {
         let token = Token::new("batch-token-123");
         let web = WebService::builder()
             .batch_endpoint_with_token("sums", Arc::clone(&runs), token.clone())
-            .batch_endpoint_with_token("padded", runs, token)
+            .batch_endpoint_with_token("padded", runs, token.clone())
+            // A web service beside them: it has no batch runs.
+            .endpoint_with_token(
+                serving::ModelEndpoint::builder(
+                    "adder",
+                    predictor_fn(|a: f64, b: f64| -> Result<f64> { Ok(a + b) }),
+                )
+                .build()
+                .unwrap(),
+                token,
+            )
             .build()
             .unwrap();
         Rest {
@@ -518,6 +528,22 @@ async fn batch_runs_over_rest() {
         .call(Method::GET, "/api/v1/endpoints/nothing/batches", None)
         .await;
     assert_eq!(status, 404);
+    let (status, answer) = rest
+        .call(Method::GET, "/api/v1/endpoints/adder/batches", None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        answer["error"], "endpoint `adder` is no batch endpoint: it has no batch runs",
+        "{answer}"
+    );
+    // Its kind is told only to a caller with its token.
+    let anonymous = rest
+        .client
+        .get(rest.server.url("/api/v1/endpoints/adder/batches"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
 
     // Cancel a running run: no output.
     let (_, answer) = rest

@@ -185,6 +185,12 @@ pub enum Error {
         /// The id asked for.
         id: String,
     },
+    /// An endpoint asked for batch runs that is of another kind (a web service or a stream).
+    #[error("endpoint `{endpoint}` is no batch endpoint: it has no batch runs")]
+    NotBatchEndpoint {
+        /// The endpoint's name.
+        endpoint: String,
+    },
     /// A write that would replace an existing file without being asked to.
     #[error("`{location}` already exists; ask to overwrite it to replace it")]
     AlreadyExists {
@@ -240,7 +246,8 @@ impl Error {
             | Error::VersionNotFound { .. }
             | Error::DatasetNotFound { .. }
             | Error::TriggerNotFound { .. }
-            | Error::BatchRunNotFound { .. } => Outcome::NotFound,
+            | Error::BatchRunNotFound { .. }
+            | Error::NotBatchEndpoint { .. } => Outcome::NotFound,
             Error::Conflict { .. } | Error::AlreadyExists { .. } => Outcome::Conflict,
             Error::Unauthorized => Outcome::Unauthenticated,
             Error::PayloadTooLarge { .. } => Outcome::TooLarge,

@@ -208,6 +208,13 @@ mod tests {
                 404,
             ),
             (
+                Error::NotBatchEndpoint {
+                    endpoint: "e".into(),
+                },
+                Outcome::NotFound,
+                404,
+            ),
+            (
                 Error::VersionNotFound {
                     endpoint: "e".into(),
                     version: "v".into(),

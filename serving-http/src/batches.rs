@@ -54,12 +54,22 @@ fn authorized<'a>(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<&'a BatchRoute, ApiError> {
-    let route = state
-        .batches
-        .get(name)
-        .ok_or_else(|| Error::EndpointNotFound {
-            endpoint: name.to_owned(),
-        })?;
+    let Some(route) = state.batches.get(name) else {
+        // Another kind of endpoint of that name: its own token is checked first, so the
+        // answer tells its kind only to a caller who may call it.
+        return Err(match state.endpoints.get(name) {
+            Some(other) if !crate::auth::carries(other.token.as_ref(), headers) => {
+                Error::Unauthorized
+            }
+            Some(_) => Error::NotBatchEndpoint {
+                endpoint: name.to_owned(),
+            },
+            None => Error::EndpointNotFound {
+                endpoint: name.to_owned(),
+            },
+        }
+        .into());
+    };
     if !crate::auth::carries(route.token.as_ref(), headers) {
         return Err(Error::Unauthorized.into());
     }
