@@ -51,6 +51,7 @@ pub enum LagScaling {
     version = "v1alpha1",
     kind = "ScaledObject",
     namespaced,
+    derive = "PartialEq",
     schema = "disabled",
     doc = "KEDA's ScaledObject: scales a Deployment on event sources such as Kafka lag."
 )]

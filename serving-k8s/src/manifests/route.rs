@@ -14,7 +14,8 @@ pub(crate) const GATEWAY_API: (&str, &str) = ("gateway.networking.k8s.io/v1", "h
     group = "gateway.networking.k8s.io",
     version = "v1",
     kind = "HTTPRoute",
-    struct = "HttpRoute",
+    root = "HttpRoute",
+    derive = "PartialEq",
     namespaced,
     schema = "disabled",
     doc = "A Gateway API HTTPRoute: here, the weighted split of an endpoint's traffic."
