@@ -18,8 +18,8 @@ use serving::k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, O
 use serving::k8s::kube::api::{Api, PostParams};
 use serving::k8s::kube::{Client, ResourceExt};
 use serving::k8s::{
-    BOUNDS_ANNOTATION, Deployer, ENDPOINT_LABEL, LagScaling, Manifests, PredictionToken,
-    SPEC_KEY, ServingEndpointSpec, client_from_kubeconfig,
+    BOUNDS_ANNOTATION, Deployer, ENDPOINT_LABEL, LagScaling, Manifests, PredictionToken, SPEC_KEY,
+    ServingEndpointSpec, client_from_kubeconfig,
 };
 use serving::{
     AutoscaleBounds, Autoscaler, BackendSection, EndpointKind, EndpointSpec, Error, ModelRef,

@@ -199,8 +199,14 @@ async fn a_canary_takes_its_weight_on_the_route_and_is_promoted() {
         .await
         .unwrap();
     let spec = EndpointSpec::from_yaml(&config_map.data.unwrap()[SPEC_KEY]).unwrap();
-    assert_eq!((spec.name.as_str(), spec.model.version.as_str()), ("web", "2"));
-    let deployment = api::<Deployment>(&deployer).get("web-canary").await.unwrap();
+    assert_eq!(
+        (spec.name.as_str(), spec.model.version.as_str()),
+        ("web", "2")
+    );
+    let deployment = api::<Deployment>(&deployer)
+        .get("web-canary")
+        .await
+        .unwrap();
     assert_eq!(deployment.labels()[TRACK_LABEL], "canary");
     assert_eq!(deployment.labels()[CANARY_OF_LABEL], "web");
     assert_eq!(image(&deployment), CANDIDATE);
@@ -231,7 +237,11 @@ async fn a_canary_takes_its_weight_on_the_route_and_is_promoted() {
 
     // Raising the share: the route and the canary's replicas follow.
     let raised = deployer.set_canary_weight("web", 60).await.unwrap();
-    assert_eq!((raised.weight, raised.replicas), (60, 2), "60% of 2, rounded up");
+    assert_eq!(
+        (raised.weight, raised.replicas),
+        (60, 2),
+        "60% of 2, rounded up"
+    );
     let split = route(&deployer, "web").await.unwrap();
     assert_eq!(
         (split.weight_of("web"), split.weight_of("web-canary")),
@@ -267,7 +277,11 @@ async fn a_canary_takes_its_weight_on_the_route_and_is_promoted() {
         (settled.weight_of("web"), settled.weight_of("web-canary")),
         (100, 0)
     );
-    assert_eq!(settled.spec.rules[0].backend_refs.len(), 1, "no dangling backend");
+    assert_eq!(
+        settled.spec.rules[0].backend_refs.len(),
+        1,
+        "no dangling backend"
+    );
 
     // Deleting the endpoint takes the route with it.
     let deleted = deployer.delete("web").await.unwrap();
@@ -295,7 +309,10 @@ async fn a_rollback_leaves_the_stable_untouched_and_serving_everything() {
     assert_eq!(status.canary, None);
     assert_eq!(canary_objects_exist(&deployer, "web").await, [false; 3]);
     let after = api::<Deployment>(&deployer).get("web").await.unwrap();
-    assert_eq!(after.metadata.generation, before.metadata.generation, "not touched");
+    assert_eq!(
+        after.metadata.generation, before.metadata.generation,
+        "not touched"
+    );
     assert_eq!(image(&after), IMAGE);
     assert_eq!(status.model.as_deref(), Some("iris-tree@1"));
     assert_eq!(status.ready_replicas, 1);
@@ -332,15 +349,25 @@ async fn a_streams_canary_takes_partitions_within_the_cap() {
         .unwrap();
     assert_eq!(quarter.replicas, 1, "a quarter of 4 consumers");
     assert_eq!(replicas(&deployer, "stream").await, 3);
-    assert_eq!(hpa_max(deployer.clone()).await, 3, "the cap minus the canary's");
-    assert!(route(&deployer, "stream").await.is_none(), "no HTTPRoute for a stream");
+    assert_eq!(
+        hpa_max(deployer.clone()).await,
+        3,
+        "the cap minus the canary's"
+    );
+    assert!(
+        route(&deployer, "stream").await.is_none(),
+        "no HTTPRoute for a stream"
+    );
     assert!(!exists::<Service>(&deployer, "stream-canary").await);
     let config_map = api::<ConfigMap>(&deployer)
         .get("stream-canary-spec")
         .await
         .unwrap();
     let spec = EndpointSpec::from_yaml(&config_map.data.unwrap()[SPEC_KEY]).unwrap();
-    assert_eq!(spec.name, "stream", "the same name, so the same consumer group");
+    assert_eq!(
+        spec.name, "stream",
+        "the same name, so the same consumer group"
+    );
     assert_eq!(spec.kind, stable.endpoint.kind);
     // The stable cannot be scaled past the cap minus the canary's consumers.
     assert_eq!(deployer.scale("stream", 8).await.unwrap(), 3);
@@ -432,7 +459,14 @@ async fn a_stream_scales_on_lag_through_keda_where_installed_else_an_external_me
     let external = metric.external.as_ref().unwrap();
     assert_eq!(external.metric.name, LAG_METRIC);
     assert_eq!(
-        external.metric.selector.as_ref().unwrap().match_labels.as_ref().unwrap()["endpoint"],
+        external
+            .metric
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["endpoint"],
         "stream"
     );
     assert_eq!(external.target.type_, "AverageValue");
@@ -443,7 +477,10 @@ async fn a_stream_scales_on_lag_through_keda_where_installed_else_an_external_me
     assert!(!exists::<HorizontalPodAutoscaler>(&deployer, "stream").await);
     assert!(exists::<ScaledObject>(&deployer, "stream").await);
     let deleted = deployer.delete("stream").await.unwrap();
-    assert!(deleted.contains(&"ScaledObject/stream".to_owned()), "{deleted:?}");
+    assert!(
+        deleted.contains(&"ScaledObject/stream".to_owned()),
+        "{deleted:?}"
+    );
     cleanup(&deployer).await;
 }
 
@@ -468,7 +505,10 @@ async fn a_batch_run_scales_from_zero_and_back_whatever_the_run_does() {
         })
         .await
         .unwrap();
-    eprintln!("batch cold start on the fake node (run_batch): {:?}", done.cold_start);
+    eprintln!(
+        "batch cold start on the fake node (run_batch): {:?}",
+        done.cold_start
+    );
     assert_eq!(done.output, (1, 1), "one ready pod during the run");
     assert!(done.cold_start > Duration::ZERO);
     assert_eq!(deployer.status("nightly").await.unwrap().replicas, 0);
@@ -497,7 +537,10 @@ async fn a_batch_run_scales_from_zero_and_back_whatever_the_run_does() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(panicked.contains("the batch run panicked: the model fell over"), "{panicked}");
+    assert!(
+        panicked.contains("the batch run panicked: the model fell over"),
+        "{panicked}"
+    );
     assert_eq!(deployer.status("nightly").await.unwrap().replicas, 0);
     deployer.wait_ready("nightly", 0, READY).await.unwrap();
 
@@ -511,7 +554,10 @@ async fn a_batch_run_scales_from_zero_and_back_whatever_the_run_does() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::InvalidRequest { .. }), "{error}");
-    assert!(error.to_string().contains("is a web-service endpoint"), "{error}");
+    assert!(
+        error.to_string().contains("is a web-service endpoint"),
+        "{error}"
+    );
     assert_eq!(replicas(&deployer, "web").await, 1);
     let error = deployer
         .run_batch("missing", |_| async { Ok(()) })
@@ -549,7 +595,12 @@ async fn bad_canary_input_gets_a_clear_error_and_changes_nothing() {
         .canary(&stable, &Canary::new(10), None)
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("neither an image nor a model version"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("neither an image nor a model version"),
+        "{error}"
+    );
     let error = deployer
         .canary(&stable, &Canary::new(10).with_image("bad image"), None)
         .await
@@ -563,13 +614,19 @@ async fn bad_canary_input_gets_a_clear_error_and_changes_nothing() {
         };
         assert!(matches!(error, Error::Conflict { .. }), "{error}");
         let message = error.to_string();
-        assert!(message.contains(&format!("cannot {verb} the canary")), "{message}");
+        assert!(
+            message.contains(&format!("cannot {verb} the canary")),
+            "{message}"
+        );
         assert!(message.contains("no canary runs"), "{message}");
     }
     let error = deployer.set_canary_weight("web", 150).await.unwrap_err();
     assert!(matches!(error, Error::InvalidSetting { .. }), "{error}");
     assert_eq!(canary_objects_exist(&deployer, "web").await, [false; 3]);
-    assert!(route(&deployer, "web").await.is_none(), "nothing was written");
+    assert!(
+        route(&deployer, "web").await.is_none(),
+        "nothing was written"
+    );
 
     // A stream of one partition has nothing to share.
     let narrow = endpoint("stream", kafka_kind(), 1, 4).with_partitions(1);
@@ -583,7 +640,10 @@ async fn bad_canary_input_gets_a_clear_error_and_changes_nothing() {
         .canary(&narrow, &Canary::new(50).with_model_version("2"), None)
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("at least 2 partitions"), "{error}");
+    assert!(
+        error.to_string().contains("at least 2 partitions"),
+        "{error}"
+    );
     assert!(!exists::<Deployment>(&deployer, "stream-canary").await);
     assert_eq!(replicas(&deployer, "stream").await, 1);
     cleanup(&deployer).await;
@@ -606,11 +666,19 @@ async fn every_rollout_manifest_passes_strict_server_side_validation() {
         let objects = CanaryManifests::build(spec, &canary, namespace, &token, None, 1).unwrap();
         items.push(serde_json::to_value(&objects.deployment).unwrap());
         items.push(serde_json::to_value(&objects.config_map).unwrap());
-        items.extend(objects.service.iter().map(|o| serde_json::to_value(o).unwrap()));
+        items.extend(
+            objects
+                .service
+                .iter()
+                .map(|o| serde_json::to_value(o).unwrap()),
+        );
     }
     for (spec, parent) in [
         (&web, ParentReference::service("web", 80)),
-        (&batch, ParentReference::gateway("public", Some("ingress".into()))),
+        (
+            &batch,
+            ParentReference::gateway("public", Some("ingress".into())),
+        ),
     ] {
         for weight in [Some(20), None] {
             let route = HttpRoute::for_endpoint(spec, namespace, None, parent.clone(), weight);

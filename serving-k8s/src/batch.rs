@@ -132,9 +132,7 @@ impl Deployer {
         let requested = Instant::now();
         let outcome = async {
             autoscaler.set_replicas(endpoint, 1).await.map_err(fail)?;
-            let status = self
-                .wait_ready(endpoint, 1, self.rollout_timeout)
-                .await?;
+            let status = self.wait_ready(endpoint, 1, self.rollout_timeout).await?;
             let cold_start = requested.elapsed();
             tracing::info!(endpoint, ?cold_start, "batch pod ready");
             // Its own task, so that a panic in the run is caught and the pod still goes.
@@ -149,8 +147,10 @@ impl Deployer {
                             .unwrap_or_else(|| "a panic without a message".to_owned()),
                         Err(join) => join.to_string(),
                     };
-                    return Err(K8sError::Other(format!("the batch run panicked: {message}"))
-                        .into_core(action.clone()));
+                    return Err(
+                        K8sError::Other(format!("the batch run panicked: {message}"))
+                            .into_core(action.clone()),
+                    );
                 }
             };
             Ok(BatchOnCluster {

@@ -209,15 +209,16 @@ impl Deployer {
     ) -> Result<Applied> {
         endpoint.validate()?;
         let narrowed;
-        let endpoint = if reserved > 0 && matches!(endpoint.endpoint.kind, EndpointKind::KafkaStream(_)) {
-            let cap = endpoint.bounds().max_replicas;
-            narrowed = endpoint
-                .clone()
-                .with_partitions(cap.saturating_sub(reserved).max(1));
-            &narrowed
-        } else {
-            endpoint
-        };
+        let endpoint =
+            if reserved > 0 && matches!(endpoint.endpoint.kind, EndpointKind::KafkaStream(_)) {
+                let cap = endpoint.bounds().max_replicas;
+                narrowed = endpoint
+                    .clone()
+                    .with_partitions(cap.saturating_sub(reserved).max(1));
+                &narrowed
+            } else {
+                endpoint
+            };
         let name = endpoint.name();
         let action = format!("apply endpoint `{name}` in namespace `{}`", self.namespace);
         let fail = |error: K8sError| error.into_core(action.clone());

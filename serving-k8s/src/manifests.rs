@@ -408,16 +408,16 @@ impl Manifests {
                         // A stream scales on how far behind it is, not on its CPU.
                         EndpointKind::KafkaStream(_) => crate::scaling::lag_metric(endpoint),
                         _ => MetricSpec {
-                        type_: "Resource".to_owned(),
-                        resource: Some(ResourceMetricSource {
-                            name: "cpu".to_owned(),
-                            target: MetricTarget {
-                                type_: "Utilization".to_owned(),
-                                average_utilization: Some(80),
-                                ..MetricTarget::default()
-                            },
-                        }),
-                        ..MetricSpec::default()
+                            type_: "Resource".to_owned(),
+                            resource: Some(ResourceMetricSource {
+                                name: "cpu".to_owned(),
+                                target: MetricTarget {
+                                    type_: "Utilization".to_owned(),
+                                    average_utilization: Some(80),
+                                    ..MetricTarget::default()
+                                },
+                            }),
+                            ..MetricSpec::default()
                         },
                     }]),
                     ..HorizontalPodAutoscalerSpec::default()

@@ -169,7 +169,9 @@ pub(crate) fn stream_split(total: u32, cap: u32, weight: u8) -> Result<(u32, u32
         ));
     }
     let total = total.clamp(2, cap);
-    let canary = (total * u32::from(weight)).div_ceil(100).clamp(1, total - 1);
+    let canary = (total * u32::from(weight))
+        .div_ceil(100)
+        .clamp(1, total - 1);
     Ok((total - canary, canary))
 }
 
@@ -425,9 +427,11 @@ impl Deployer {
             .unwrap_or(0);
         let (stable_target, replicas) = if is_stream {
             let cap = stable.bounds().max_replicas;
-            let (stable_part, canary_part) = stream_split(stable_now + canary_now, cap, canary.weight)
-                .map_err(|reason| Error::InvalidSpec {
-                    reason: format!("endpoint `{name}`: {reason}"),
+            let (stable_part, canary_part) =
+                stream_split(stable_now + canary_now, cap, canary.weight).map_err(|reason| {
+                    Error::InvalidSpec {
+                        reason: format!("endpoint `{name}`: {reason}"),
+                    }
                 })?;
             (Some(stable_part), canary_part)
         } else {
@@ -500,11 +504,14 @@ impl Deployer {
             ?changed,
             "canary applied"
         );
-        self.canary_status(name).await.map_err(fail)?.ok_or_else(|| {
-            fail(K8sError::Other(
-                "the canary Deployment vanished as it was written".into(),
-            ))
-        })
+        self.canary_status(name)
+            .await
+            .map_err(fail)?
+            .ok_or_else(|| {
+                fail(K8sError::Other(
+                    "the canary Deployment vanished as it was written".into(),
+                ))
+            })
     }
 
     /// Gives the running canary of `endpoint` `weight` percent of the traffic (and, for a
@@ -582,9 +589,7 @@ impl Deployer {
         let autoscaler = self.autoscaler();
         let consumers = autoscaler.current(name).await.map_err(fail)? + running.replicas();
         let mut removed = Vec::new();
-        self.remove_canary(name, &mut removed)
-            .await
-            .map_err(fail)?;
+        self.remove_canary(name, &mut removed).await.map_err(fail)?;
         if running.is_stream() {
             self.apply_reserving(stable, owner, 0).await?;
             autoscaler
@@ -605,19 +610,31 @@ impl Deployer {
     /// and no pod of an older one is left.
     async fn wait_rolled(&self, endpoint: &str) -> Result<()> {
         let start = Instant::now();
-        let action = format!("promote endpoint `{endpoint}` in namespace `{}`", self.namespace);
+        let action = format!(
+            "promote endpoint `{endpoint}` in namespace `{}`",
+            self.namespace
+        );
         loop {
             let deployment = self.api::<Deployment>().get(endpoint).await.map_err(|e| {
-                K8sError::from_kube(e, "read", &format!("Deployment/{endpoint}"), &self.namespace)
-                    .into_core(action.clone())
+                K8sError::from_kube(
+                    e,
+                    "read",
+                    &format!("Deployment/{endpoint}"),
+                    &self.namespace,
+                )
+                .into_core(action.clone())
             })?;
             let status = deployment.status.unwrap_or_default();
             let wanted = deployment.spec.replicas.unwrap_or(0);
             let rolled = status.observed_generation.is_some()
                 && status.observed_generation == deployment.metadata.generation
-                && [status.replicas, status.updated_replicas, status.ready_replicas]
-                    .iter()
-                    .all(|n| n.unwrap_or(0) == wanted);
+                && [
+                    status.replicas,
+                    status.updated_replicas,
+                    status.ready_replicas,
+                ]
+                .iter()
+                .all(|n| n.unwrap_or(0) == wanted);
             if rolled {
                 return Ok(());
             }
@@ -683,8 +700,7 @@ impl Deployer {
                 .into_core(action.clone())
         })?;
         let canary = serde_json::from_str(&annotation(CANARY_ANNOTATION)?).map_err(|e| {
-            K8sError::Other(format!("{object}: {CANARY_ANNOTATION}: {e}"))
-                .into_core(action.clone())
+            K8sError::Other(format!("{object}: {CANARY_ANNOTATION}: {e}")).into_core(action.clone())
         })?;
         let owner = deployment.owner_references().first().cloned();
         Ok(Running {
@@ -738,14 +754,10 @@ impl Deployer {
             return Ok(0);
         }
         let name = canary_name(endpoint.name());
-        let deployment = self
-            .api::<Deployment>()
-            .get_opt(&name)
-            .await
-            .map_err(|e| {
-                K8sError::from_kube(e, "read", &format!("Deployment/{name}"), &self.namespace)
-                    .into_core(format!("apply endpoint `{}`", endpoint.name()))
-            })?;
+        let deployment = self.api::<Deployment>().get_opt(&name).await.map_err(|e| {
+            K8sError::from_kube(e, "read", &format!("Deployment/{name}"), &self.namespace)
+                .into_core(format!("apply endpoint `{}`", endpoint.name()))
+        })?;
         Ok(deployment
             .and_then(|d| d.spec.replicas)
             .and_then(|n| u32::try_from(n).ok())
@@ -801,19 +813,28 @@ mod tests {
             "{error:?}"
         );
         let same = Canary::new(10).validate("iris").unwrap_err().to_string();
-        assert!(same.contains("neither an image nor a model version"), "{same}");
+        assert!(
+            same.contains("neither an image nor a model version"),
+            "{same}"
+        );
         let empty = Canary::new(10).with_model_version(" ").validate("iris");
-        assert!(empty.unwrap_err().to_string().contains("model version is empty"));
+        assert!(
+            empty
+                .unwrap_err()
+                .to_string()
+                .contains("model version is empty")
+        );
         assert!(Canary::new(100).with_image("i:2").validate("iris").is_ok());
     }
 
     #[test]
     fn the_candidate_is_the_stable_spec_with_its_image_and_version() {
         let stable = web();
-        let candidate = Canary::new(10)
-            .with_model_version("2")
-            .candidate(&stable);
-        assert_eq!(candidate.image, stable.image, "the stable image when absent");
+        let candidate = Canary::new(10).with_model_version("2").candidate(&stable);
+        assert_eq!(
+            candidate.image, stable.image,
+            "the stable image when absent"
+        );
         assert_eq!(candidate.endpoint.model.version, "2");
         assert_eq!(candidate.name(), "iris", "the endpoint's own name");
     }
@@ -862,17 +883,31 @@ mod tests {
         let pod_labels = template.labels.as_ref().unwrap();
         assert_eq!(pod_labels[TRACK_LABEL], "canary");
         assert_eq!(pod_labels[CANARY_OF_LABEL], "iris");
-        assert_eq!(image_of(deployment).as_deref(), Some("registry.test/iris:2"));
+        assert_eq!(
+            image_of(deployment).as_deref(),
+            Some("registry.test/iris:2")
+        );
         let pod = deployment.spec.template.spec.as_ref().unwrap();
-        let volume = pod.volumes.as_ref().unwrap()[0].config_map.as_ref().unwrap();
+        let volume = pod.volumes.as_ref().unwrap()[0]
+            .config_map
+            .as_ref()
+            .unwrap();
         assert_eq!(volume.name, "iris-canary-spec");
-        let token_ref = pod.containers[0].env.as_ref().unwrap().iter().find_map(|env| {
-            env.value_from
-                .as_ref()
-                .and_then(|from| from.secret_key_ref.as_ref())
-        });
+        let token_ref = pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find_map(|env| {
+                env.value_from
+                    .as_ref()
+                    .and_then(|from| from.secret_key_ref.as_ref())
+            });
         assert_eq!(token_ref.unwrap().name, "iris-token", "the stable's token");
-        assert_eq!(objects.config_map.metadata.name.as_deref(), Some("iris-canary-spec"));
+        assert_eq!(
+            objects.config_map.metadata.name.as_deref(),
+            Some("iris-canary-spec")
+        );
         let spec_yaml = &objects.config_map.data.as_ref().unwrap()[crate::SPEC_KEY];
         assert_eq!(
             EndpointSpec::from_yaml(spec_yaml).unwrap(),
@@ -895,7 +930,8 @@ mod tests {
     fn a_streams_canary_has_no_service_and_joins_the_group() {
         let mut stable = web();
         let section = serde_json::json!({"brokers": ["k:9092"], "input_topics": ["in"], "output_topic": "out"});
-        stable.endpoint.kind = EndpointKind::KafkaStream(BackendSection::from_config(&section).unwrap());
+        stable.endpoint.kind =
+            EndpointKind::KafkaStream(BackendSection::from_config(&section).unwrap());
         let objects = CanaryManifests::build(
             &stable,
             &Canary::new(50).with_model_version("2"),
@@ -908,13 +944,22 @@ mod tests {
         assert!(objects.service.is_none());
         let yaml = &objects.config_map.data.as_ref().unwrap()[crate::SPEC_KEY];
         let spec = EndpointSpec::from_yaml(yaml).unwrap();
-        assert_eq!(spec.name, "iris", "so its default group is serving-iris, the stable's");
+        assert_eq!(
+            spec.name, "iris",
+            "so its default group is serving-iris, the stable's"
+        );
     }
 
     #[test]
     fn the_route_splits_by_weight_and_settles_on_the_stable() {
         let stable = web();
-        let split = route(&stable, "ml", None, ParentReference::service("iris", 80), Some(30));
+        let split = route(
+            &stable,
+            "ml",
+            None,
+            ParentReference::service("iris", 80),
+            Some(30),
+        );
         assert_eq!(split.weight_of("iris"), 70);
         assert_eq!(split.weight_of("iris-canary"), 30);
         let json = serde_json::to_value(&split).unwrap();
@@ -922,7 +967,13 @@ mod tests {
         assert_eq!(json["kind"], "HTTPRoute");
         assert_eq!(json["spec"]["parentRefs"][0]["kind"], "Service");
         assert_eq!(json["spec"]["rules"][0]["backendRefs"][1]["port"], 80);
-        let settled = route(&stable, "ml", None, ParentReference::gateway("public", None), None);
+        let settled = route(
+            &stable,
+            "ml",
+            None,
+            ParentReference::gateway("public", None),
+            None,
+        );
         assert_eq!(settled.spec.rules[0].backend_refs.len(), 1);
         assert_eq!(settled.weight_of("iris"), 100);
         assert_eq!(settled.spec.parent_refs[0].kind.as_deref(), Some("Gateway"));

@@ -332,10 +332,17 @@ mod tests {
 
     #[test]
     fn a_section_without_brokers_or_topics_is_refused_by_name() {
-        let error = scaled_object(&stream(serde_json::json!({"input_topics": ["in"]})), "ml", None)
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("needs the Kafka section's brokers"), "{error}");
+        let error = scaled_object(
+            &stream(serde_json::json!({"input_topics": ["in"]})),
+            "ml",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("needs the Kafka section's brokers"),
+            "{error}"
+        );
         let error = KafkaSource::of(&stream(serde_json::json!({"brokers": ["k:1"]})))
             .unwrap_err()
             .to_string();
