@@ -716,3 +716,91 @@ async fn every_rollout_manifest_passes_strict_server_side_validation() {
     );
     cleanup(&deployer).await;
 }
+
+/// [`submit_batch`](serving::k8s::submit_batch), the runner of real use, against a real batch
+/// endpoint's REST API while the cluster runs its pod: the API is served here by a local web
+/// service (tests/batch.rs), as no pod answers HTTP on the fake node.
+#[cfg(feature = "batch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_goes_over_rest_while_its_pod_is_up() {
+    use serving::k8s::submit_batch;
+    use serving::{BatchRequest, BatchStatus};
+
+    let rest = crate::batch::Rest::start().await;
+    let deployer = deployer("batchrest").await;
+    deployer
+        .apply(&endpoint("sums", batch_kind(), 1, 1), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        deployer.service_url("sums"),
+        format!("http://sums.{}.svc", deployer.namespace())
+    );
+    assert_eq!(deployer.token("sums").await.unwrap().expose().len(), 43);
+    let run = |request: BatchRequest, token: String| {
+        let url = rest.server.url("");
+        move |status: serving::k8s::EndpointStatus| async move {
+            assert_eq!(status.ready_replicas, 1, "the pod is up for the run");
+            let client = reqwest::Client::new();
+            let token = PredictionToken::new(token);
+            submit_batch(
+                &client,
+                &url,
+                "sums",
+                &token,
+                &request,
+                Duration::from_millis(20),
+            )
+            .await
+        }
+    };
+
+    let done = deployer
+        .run_batch(
+            "sums",
+            run(
+                BatchRequest::new("in.csv", "k8s.csv", "data"),
+                rest.token.clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "batch over REST on the fake node: cold start {:?}, {} rows",
+        done.cold_start, done.output.rows_predicted
+    );
+    assert_eq!(done.output.status, BatchStatus::Succeeded);
+    assert_eq!(done.output.rows_predicted, 10);
+    assert_eq!(deployer.status("sums").await.unwrap().replicas, 0);
+
+    // A run that fails on the endpoint, and one it refuses: errors that say so, back at zero.
+    let failed = deployer
+        .run_batch(
+            "sums",
+            run(
+                BatchRequest::new("missing.csv", "k8s-2.csv", "data"),
+                rest.token.clone(),
+            ),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("a failed run over REST: {failed}");
+    assert!(failed.contains("missing.csv"), "{failed}");
+    assert_eq!(deployer.status("sums").await.unwrap().replicas, 0);
+    let refused = deployer
+        .run_batch(
+            "sums",
+            run(
+                BatchRequest::new("in.csv", "k8s-3.csv", "data"),
+                "wrong".into(),
+            ),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("401"), "{refused}");
+    assert_eq!(deployer.status("sums").await.unwrap().replicas, 0);
+    deployer.wait_ready("sums", 0, READY).await.unwrap();
+    cleanup(&deployer).await;
+}

@@ -5,12 +5,106 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use serving_core::{Error, Result};
+use serving_core::{BatchRequest, BatchRun, BatchStatus, Error, Result};
 
 use crate::autoscaler::KubeAutoscaler;
 use crate::deployer::{Deployer, EndpointStatus};
 use crate::error::K8sError;
+use crate::manifests::{PredictionToken, secret_name};
+
+/// The header that carries the prediction token (`serving-http`'s `TOKEN_HEADER`).
+pub const TOKEN_HEADER: &str = "Cnvrg-Api-Key";
+
+/// Submits `request` to the batch endpoint `endpoint` served at `base_url` (the pod's
+/// Service, [`Deployer::service_url`]) and polls the run every `poll` until it ends: the
+/// runner [`Deployer::run_batch`] takes in real use.
+///
+/// ```no_run
+/// # async fn run(deployer: serving_k8s::Deployer) -> serving_core::Result<()> {
+/// use std::time::Duration;
+/// use serving_core::BatchRequest;
+///
+/// let (url, token) = (deployer.service_url("nightly"), deployer.token("nightly").await?);
+/// let request = BatchRequest::new("in.csv", "out.csv", "data");
+/// let done = deployer
+///     .run_batch("nightly", move |_| async move {
+///         let client = reqwest::Client::new();
+///         serving_k8s::submit_batch(&client, &url, "nightly", &token, &request, Duration::from_secs(1)).await
+///     })
+///     .await?;
+/// println!("{} rows after a cold start of {:?}", done.output.rows_predicted, done.cold_start);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Error::Action`] when the endpoint cannot be reached or refuses the request (its status
+/// and body in the message), or when the run ends failed or cancelled (its error).
+pub async fn submit_batch(
+    client: &reqwest::Client,
+    base_url: &str,
+    endpoint: &str,
+    token: &PredictionToken,
+    request: &BatchRequest,
+    poll: Duration,
+) -> Result<BatchRun> {
+    let action = format!("run a batch on endpoint `{endpoint}` at {base_url}");
+    let fail = |message: String| K8sError::Other(message).into_core(action.clone());
+    let runs = format!(
+        "{}/api/v1/endpoints/{endpoint}/batches",
+        base_url.trim_end_matches('/')
+    );
+    let answer = |response: reqwest::Response| async {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    };
+    let submitted = client
+        .post(&runs)
+        .header(TOKEN_HEADER, token.expose())
+        .json(request)
+        .send()
+        .await
+        .map_err(|e| fail(format!("POST {runs}: {e}")))?;
+    let body = answer(submitted)
+        .await
+        .map_err(|e| fail(format!("POST {runs}: {e}")))?;
+    let id = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .ok_or_else(|| fail(format!("POST {runs}: no run id in `{body}`")))?;
+    let url = format!("{runs}/{id}");
+    loop {
+        let response = client
+            .get(&url)
+            .header(TOKEN_HEADER, token.expose())
+            .send()
+            .await
+            .map_err(|e| fail(format!("GET {url}: {e}")))?;
+        let body = answer(response)
+            .await
+            .map_err(|e| fail(format!("GET {url}: {e}")))?;
+        let run: BatchRun =
+            serde_json::from_str(&body).map_err(|e| fail(format!("GET {url}: {e} in `{body}`")))?;
+        match run.status {
+            BatchStatus::Succeeded => return Ok(run),
+            BatchStatus::Failed | BatchStatus::Cancelled => {
+                return Err(fail(format!(
+                    "run `{id}` ended {:?}: {}",
+                    run.status,
+                    run.error.as_deref().unwrap_or("no error given")
+                )));
+            }
+            _ => tokio::time::sleep(poll).await,
+        }
+    }
+}
 
 /// What a batch run on the cluster gave: the cold start and the run's own output.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,15 +145,41 @@ impl Drop for BackToZero {
 }
 
 impl Deployer {
+    /// The URL of `endpoint`'s Service inside the cluster: `http://<endpoint>.<namespace>.svc`.
+    pub fn service_url(&self, endpoint: &str) -> String {
+        format!("http://{endpoint}.{}.svc", self.namespace)
+    }
+
+    /// The prediction token of `endpoint`, from its Secret.
+    ///
+    /// # Errors
+    /// [`Error::EndpointNotFound`] when it has no Secret holding a token; [`Error::Action`]
+    /// when the API server refuses.
+    pub async fn token(&self, endpoint: &str) -> Result<PredictionToken> {
+        let name = secret_name(endpoint);
+        self.api::<Secret>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| {
+                K8sError::from_kube(e, "read", &format!("Secret/{name}"), &self.namespace)
+                    .into_core(format!("read the token of endpoint `{endpoint}`"))
+            })?
+            .as_ref()
+            .and_then(PredictionToken::from_secret)
+            .ok_or_else(|| Error::EndpointNotFound {
+                endpoint: endpoint.to_owned(),
+            })
+    }
+
     /// Runs one batch on the batch endpoint `endpoint`: scales its Deployment from 0 to 1,
     /// waits until the pod is ready (up to [`with_rollout_timeout`](Self::with_rollout_timeout)),
     /// runs `run` with the endpoint's status, and scales back to 0, also when the run fails or
     /// panics (and, from a task spawned then, when this future is dropped mid-run).
     ///
-    /// `run` does the batch. In real use it posts the batch to the pod through the endpoint's
-    /// Service (`POST http://<endpoint>.<namespace>.svc/api/v1/endpoints/<endpoint>/batches`
-    /// with the prediction token, then polls `GET …/batches/{id}` until the run ends), with the
-    /// HTTP client of the caller's choice:
+    /// `run` does the batch. In real use it is [`submit_batch`]: it posts the batch to the
+    /// pod through the endpoint's Service (`POST <service_url>/api/v1/endpoints/<endpoint>/batches`
+    /// with the prediction token) and polls `GET …/batches/{id}` until the run ends. Any other
+    /// future will do:
     ///
     /// ```no_run
     /// # async fn run(deployer: serving_k8s::Deployer) -> serving_core::Result<()> {

@@ -53,7 +53,7 @@ mod rollout;
 mod scaling;
 
 pub use autoscaler::KubeAutoscaler;
-pub use batch::BatchOnCluster;
+pub use batch::{BatchOnCluster, TOKEN_HEADER, submit_batch};
 pub use config::{
     DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_PORT, PodResources, ServingEndpointSpec,
     TERMINATION_MARGIN_SECS,
