@@ -298,12 +298,30 @@ async fn a_rollback_leaves_the_stable_untouched_and_serving_everything() {
     deployer.wait_ready("web", 1, READY).await.unwrap();
     let before = api::<Deployment>(&deployer).get("web").await.unwrap();
 
-    deployer
-        .canary(&stable, &Canary::new(30).with_model_version("2"), None)
-        .await
-        .unwrap();
+    let canary = Canary::new(30).with_model_version("2");
+    deployer.canary(&stable, &canary, None).await.unwrap();
     deployer.wait_ready("web-canary", 1, READY).await.unwrap();
     assert_eq!(canary_objects_exist(&deployer, "web").await, [true; 3]);
+    // The same canary again (a reconcile) writes nothing.
+    let versions = |deployer: Deployer| async move {
+        let deployment = api::<Deployment>(&deployer)
+            .get("web-canary")
+            .await
+            .unwrap();
+        let config_map = api::<ConfigMap>(&deployer)
+            .get("web-canary-spec")
+            .await
+            .unwrap();
+        let route = route(&deployer, "web").await.unwrap();
+        (
+            deployment.metadata.generation,
+            config_map.resource_version(),
+            route.resource_version(),
+        )
+    };
+    let first = versions(deployer.clone()).await;
+    deployer.canary(&stable, &canary, None).await.unwrap();
+    assert_eq!(versions(deployer.clone()).await, first, "nothing changed");
 
     let status = deployer.rollback("web").await.unwrap();
     assert_eq!(status.canary, None);

@@ -35,6 +35,9 @@ pub const STABLE_SPEC_ANNOTATION: &str = "serving.dev/stable-spec";
 /// The canary Deployment's annotation with its [`Canary`] (JSON).
 pub const CANARY_ANNOTATION: &str = "serving.dev/canary";
 
+/// Why a canary needs `HTTPRoute`, for the error when the cluster lacks it.
+const WHY_ROUTES: &str = "a web service's or batch endpoint's canary splits its traffic on one: install the Gateway API CRDs";
+
 /// The port of the Services (and of the route's backends).
 const SERVICE_PORT: i32 = 80;
 
@@ -663,7 +666,7 @@ impl Deployer {
             Err(K8sError::MissingApi {
                 kind: "HTTPRoute",
                 group_version,
-                why: "a web service's or batch endpoint's canary splits its traffic on one: install the Gateway API CRDs",
+                why: WHY_ROUTES,
             })
         }
     }
@@ -825,6 +828,23 @@ mod tests {
                 .contains("model version is empty")
         );
         assert!(Canary::new(100).with_image("i:2").validate("iris").is_ok());
+    }
+
+    #[test]
+    fn a_cluster_without_routes_is_a_clear_error() {
+        let error = K8sError::MissingApi {
+            kind: "HTTPRoute",
+            group_version: GATEWAY_API.0,
+            why: WHY_ROUTES,
+        }
+        .into_core("run a canary of endpoint `iris` in namespace `ml`")
+        .to_string();
+        assert_eq!(
+            error,
+            "run a canary of endpoint `iris` in namespace `ml` failed: the cluster does not serve \
+             HTTPRoute (gateway.networking.k8s.io/v1): a web service's or batch endpoint's canary \
+             splits its traffic on one: install the Gateway API CRDs"
+        );
     }
 
     #[test]
