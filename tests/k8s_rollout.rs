@@ -804,6 +804,7 @@ async fn a_batch_goes_over_rest_while_its_pod_is_up() {
         .unwrap_err()
         .to_string();
     eprintln!("a failed run over REST: {failed}");
+    assert!(failed.contains("ended failed"), "{failed}");
     assert!(failed.contains("missing.csv"), "{failed}");
     assert_eq!(deployer.status("sums").await.unwrap().replicas, 0);
     let refused = deployer

@@ -95,9 +95,13 @@ pub async fn submit_batch(
         match run.status {
             BatchStatus::Succeeded => return Ok(run),
             BatchStatus::Failed | BatchStatus::Cancelled => {
+                // The status as the API writes it (`failed`, `cancelled`).
+                let status = serde_json::to_value(run.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
                 return Err(fail(format!(
-                    "run `{id}` ended {:?}: {}",
-                    run.status,
+                    "run `{id}` ended {status}: {}",
                     run.error.as_deref().unwrap_or("no error given")
                 )));
             }
