@@ -494,6 +494,27 @@ async fn a_stream_scales_on_lag_through_keda_where_installed_else_an_external_me
     deployer.apply(&stream, None).await.unwrap();
     assert!(!exists::<HorizontalPodAutoscaler>(&deployer, "stream").await);
     assert!(exists::<ScaledObject>(&deployer, "stream").await);
+    // A canary's consumers come out of the ScaledObject's maximum, and go back after.
+    let max = |deployer: Deployer| async move {
+        api::<ScaledObject>(&deployer)
+            .get("stream")
+            .await
+            .unwrap()
+            .spec
+            .max_replica_count
+    };
+    let canary = deployer
+        .canary(&stream, &Canary::new(50).with_model_version("2"), None)
+        .await
+        .unwrap();
+    assert_eq!(canary.replicas, 1);
+    assert_eq!(
+        max(deployer.clone()).await,
+        Some(1),
+        "2 partitions, 1 for the canary"
+    );
+    deployer.rollback("stream").await.unwrap();
+    assert_eq!(max(deployer.clone()).await, Some(2));
     let deleted = deployer.delete("stream").await.unwrap();
     assert!(
         deleted.contains(&"ScaledObject/stream".to_owned()),
@@ -821,5 +842,46 @@ async fn a_batch_goes_over_rest_while_its_pod_is_up() {
     assert!(refused.contains("401"), "{refused}");
     assert_eq!(deployer.status("sums").await.unwrap().replicas, 0);
     deployer.wait_ready("sums", 0, READY).await.unwrap();
+    cleanup(&deployer).await;
+}
+
+#[tokio::test]
+async fn a_batch_endpoints_canary_splits_on_a_gateways_route() {
+    let gateway = ParentReference::gateway("public", Some("ingress".into()));
+    let deployer = deployer("batchcanary").await.with_gateway(gateway.clone());
+    let batch = endpoint("nightly", batch_kind(), 1, 2);
+    deployer.apply(&batch, None).await.unwrap();
+    let started = deployer
+        .canary(&batch, &Canary::new(20).with_image(CANDIDATE), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        started.replicas, 1,
+        "at least one, though the stable sits at zero"
+    );
+    let split = route(&deployer, "nightly").await.unwrap();
+    assert_eq!(split.spec.parent_refs, [gateway]);
+    assert_eq!(
+        (
+            split.weight_of("nightly"),
+            split.weight_of("nightly-canary")
+        ),
+        (80, 20)
+    );
+    assert!(exists::<Service>(&deployer, "nightly-canary").await);
+    let status = deployer.rollback("nightly").await.unwrap();
+    assert_eq!(
+        (status.replicas, status.canary),
+        (0, None),
+        "the stable still at zero"
+    );
+    assert_eq!(
+        route(&deployer, "nightly")
+            .await
+            .unwrap()
+            .weight_of("nightly"),
+        100
+    );
+    assert_eq!(canary_objects_exist(&deployer, "nightly").await, [false; 3]);
     cleanup(&deployer).await;
 }
