@@ -305,15 +305,17 @@ async fn a_killed_run_leaves_no_partial_output_and_its_rerun_completes() {
     );
 }
 
-struct Rest {
-    server: TestServer,
+/// A web service with the batch endpoints `sums` (10 rows of `data/in.csv`) and `padded`,
+/// behind the token `token` (tests/k8s_rollout.rs runs a batch on it too).
+pub(crate) struct Rest {
+    pub(crate) server: TestServer,
     client: reqwest::Client,
-    token: String,
+    pub(crate) token: String,
     _dir: tempfile::TempDir,
 }
 
 impl Rest {
-    async fn start() -> Rest {
+    pub(crate) async fn start() -> Rest {
         let dir = tempfile::tempdir().unwrap();
         let datasets = Datasets::local(dir.path()).unwrap();
         let registry = slow_registry();

@@ -18,17 +18,17 @@ use serving::k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, O
 use serving::k8s::kube::api::{Api, PostParams};
 use serving::k8s::kube::{Client, ResourceExt};
 use serving::k8s::{
-    BOUNDS_ANNOTATION, Deployer, ENDPOINT_LABEL, Manifests, PredictionToken, SPEC_KEY,
+    BOUNDS_ANNOTATION, Deployer, ENDPOINT_LABEL, LagScaling, Manifests, PredictionToken, SPEC_KEY,
     ServingEndpointSpec, client_from_kubeconfig,
 };
 use serving::{
     AutoscaleBounds, Autoscaler, BackendSection, EndpointKind, EndpointSpec, Error, ModelRef,
 };
 
-const IMAGE: &str = "registry.test/iris:1";
+pub(crate) const IMAGE: &str = "registry.test/iris:1";
 
 /// The admin kubeconfig; the tests fail (never skip) without a cluster.
-fn kubeconfig() -> PathBuf {
+pub(crate) fn kubeconfig() -> PathBuf {
     match std::env::var_os("SERVING_TEST_KUBECONFIG") {
         Some(path) => PathBuf::from(path),
         None => panic!(
@@ -37,7 +37,7 @@ fn kubeconfig() -> PathBuf {
     }
 }
 
-fn kubectl_path() -> PathBuf {
+pub(crate) fn kubectl_path() -> PathBuf {
     match std::env::var_os("SERVING_TEST_KUBECTL") {
         Some(path) => PathBuf::from(path),
         None => panic!("SERVING_TEST_KUBECTL is not set: see `scripts/components/kube env`"),
@@ -45,7 +45,7 @@ fn kubectl_path() -> PathBuf {
 }
 
 /// Runs kubectl as admin with `stdin`; returns its status, stdout and stderr.
-fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+pub(crate) fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(kubectl_path())
         .arg("--kubeconfig")
         .arg(kubeconfig())
@@ -73,7 +73,7 @@ fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     )
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -84,7 +84,7 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn admin() -> Client {
+pub(crate) async fn admin() -> Client {
     let path = kubeconfig();
     let client = client_from_kubeconfig(&path).await.unwrap();
     if let Err(error) = client.apiserver_version().await {
@@ -97,7 +97,7 @@ async fn admin() -> Client {
 }
 
 /// A deployer into a new namespace of its own.
-async fn deployer(prefix: &str) -> Deployer {
+pub(crate) async fn deployer(prefix: &str) -> Deployer {
     let client = admin().await;
     let namespace = unique(prefix);
     let object = Namespace {
@@ -114,25 +114,25 @@ async fn deployer(prefix: &str) -> Deployer {
     Deployer::new(client, namespace)
 }
 
-fn endpoint(name: &str, kind: EndpointKind, min: u32, max: u32) -> ServingEndpointSpec {
+pub(crate) fn endpoint(name: &str, kind: EndpointKind, min: u32, max: u32) -> ServingEndpointSpec {
     let mut spec = EndpointSpec::new(name, ModelRef::new("iris-tree", "1"));
     spec.kind = kind;
     spec.autoscale = AutoscaleBounds::new(min, max).unwrap();
     ServingEndpointSpec::new(spec, IMAGE)
 }
 
-fn kafka_kind() -> EndpointKind {
+pub(crate) fn kafka_kind() -> EndpointKind {
     let section = serde_json::json!({
         "brokers": ["127.0.0.1:9092"], "input_topics": ["in"], "output_topic": "out",
     });
     EndpointKind::KafkaStream(BackendSection::from_config(&section).unwrap())
 }
 
-fn batch_kind() -> EndpointKind {
+pub(crate) fn batch_kind() -> EndpointKind {
     EndpointKind::Batch(BackendSection::new())
 }
 
-fn api<K>(deployer: &Deployer) -> Api<K>
+pub(crate) fn api<K>(deployer: &Deployer) -> Api<K>
 where
     K: serving::k8s::kube::Resource<Scope = serving::k8s::k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -175,7 +175,7 @@ async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
     ]
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -187,7 +187,7 @@ where
     }
 }
 
-async fn cleanup(deployer: &Deployer) {
+pub(crate) async fn cleanup(deployer: &Deployer) {
     let _ = Api::<Namespace>::all(deployer.client().clone())
         .delete(deployer.namespace(), &Default::default())
         .await;
@@ -195,7 +195,8 @@ async fn cleanup(deployer: &Deployer) {
 
 #[tokio::test]
 async fn all_three_kinds_are_applied_and_read_back() {
-    let deployer = deployer("kinds").await;
+    // The HPA, whether or not KEDA's CRD is installed (tests/k8s_rollout.rs installs it).
+    let deployer = deployer("kinds").await.with_lag_scaling(LagScaling::Hpa);
     let web = endpoint("web", EndpointKind::WebService, 1, 3);
     let stream = endpoint("stream", kafka_kind(), 1, 4).with_partitions(2);
     let batch = endpoint("nightly", batch_kind(), 1, 2);
@@ -481,7 +482,7 @@ async fn scaling_stays_within_the_bounds() {
 
 #[tokio::test]
 async fn a_streams_replicas_are_capped_by_its_partitions() {
-    let deployer = deployer("cap").await;
+    let deployer = deployer("cap").await.with_lag_scaling(LagScaling::Hpa);
     let stream = endpoint("stream", kafka_kind(), 1, 8).with_partitions(3);
     deployer.apply(&stream, None).await.unwrap();
     let autoscaler = deployer.autoscaler();

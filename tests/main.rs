@@ -12,6 +12,8 @@ mod feedback;
 mod hostile;
 #[cfg(feature = "k8s")]
 mod k8s;
+#[cfg(feature = "k8s")]
+mod k8s_rollout;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]

@@ -16,12 +16,15 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serving_core::{AutoscaleBounds, Error, Result};
+use serving_core::{AutoscaleBounds, EndpointKind, Error, Result};
 
 use crate::autoscaler::{KubeAutoscaler, deployed_bounds};
 use crate::config::ServingEndpointSpec;
 use crate::error::{K8sError, conflict_causes, is_conflict, is_not_found};
+use crate::manifests::route::{GATEWAY_API, HttpRoute, ParentReference};
 use crate::manifests::{FIELD_MANAGER, Manifests, PredictionToken, secret_name};
+use crate::rollout::CanaryStatus;
+use crate::scaling::{self, KEDA_API, LagScaling, ScaledObject};
 
 /// The field manager that owns a Deployment's `replicas` from its creation, so that the
 /// `serving` manager's applies (which leave `replicas` to the autoscaler) never reset it.
@@ -34,14 +37,23 @@ const REPLICAS_MANAGER: &str = "serving-replicas";
 /// field validation, tried first as a dry run for every object: bad input changes nothing.
 #[derive(Clone)]
 pub struct Deployer {
-    client: Client,
-    namespace: String,
+    pub(crate) client: Client,
+    pub(crate) namespace: String,
+    pub(crate) lag_scaling: LagScaling,
+    pub(crate) gateway: Option<ParentReference>,
+    pub(crate) rollout_timeout: Duration,
 }
+
+/// How long [`Deployer::promote`] waits for the stable Deployment to roll by default.
+pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Debug for Deployer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deployer")
             .field("namespace", &self.namespace)
+            .field("lag_scaling", &self.lag_scaling)
+            .field("gateway", &self.gateway)
+            .field("rollout_timeout", &self.rollout_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -61,7 +73,7 @@ pub struct Applied {
     pub replicas: u32,
 }
 
-/// An endpoint's state on the cluster, from its Deployment.
+/// An endpoint's state on the cluster, from its Deployment (and its canary's, when one runs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStatus {
@@ -77,6 +89,10 @@ pub struct EndpointStatus {
     pub bounds: Option<AutoscaleBounds>,
     /// `name@version` of the model.
     pub model: Option<String>,
+    /// The stable Deployment's container image.
+    pub image: Option<String>,
+    /// The candidate running beside it, with its share of the traffic.
+    pub canary: Option<CanaryStatus>,
 }
 
 impl EndpointStatus {
@@ -94,7 +110,30 @@ impl Deployer {
         Deployer {
             client,
             namespace: namespace.into(),
+            lag_scaling: LagScaling::default(),
+            gateway: None,
+            rollout_timeout: DEFAULT_ROLLOUT_TIMEOUT,
         }
+    }
+
+    /// With how Kafka streams scale on their lag ([`LagScaling::Auto`] by default).
+    pub fn with_lag_scaling(mut self, lag_scaling: LagScaling) -> Self {
+        self.lag_scaling = lag_scaling;
+        self
+    }
+
+    /// With the Gateway that canary routes attach to. Without one, a route attaches to the
+    /// endpoint's stable Service (GAMMA: a service mesh splits the calls made to it).
+    pub fn with_gateway(mut self, gateway: ParentReference) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// With how long a promotion waits for the stable Deployment to roll
+    /// ([`DEFAULT_ROLLOUT_TIMEOUT`] by default).
+    pub fn with_rollout_timeout(mut self, timeout: Duration) -> Self {
+        self.rollout_timeout = timeout;
+        self
     }
 
     /// A deployer through the kubeconfig file at `path` (its current context).
@@ -120,7 +159,7 @@ impl Deployer {
         KubeAutoscaler::new(self.client.clone(), self.namespace.clone())
     }
 
-    fn api<K>(&self) -> Api<K>
+    pub(crate) fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope>,
         K::DynamicType: Default,
@@ -134,6 +173,11 @@ impl Deployer {
     /// owns and that was changed by hand (`kubectl edit`, `kubectl patch`) is put back.
     /// Replicas are the autoscaler's: a new Deployment starts at the minimum (zero for a
     /// batch endpoint) and an existing one is only brought back within the bounds.
+    ///
+    /// A Kafka stream scales on its lag by [`LagScaling`]: a KEDA `ScaledObject` in place of
+    /// the HPA where KEDA's CRD is installed (the other one is removed on a switch). While a
+    /// [canary](Self::canary) of it runs, the stable's maximum leaves the canary's consumers
+    /// out of the partition cap.
     ///
     /// The Secret's token is kept when the Secret exists, and generated otherwise.
     ///
@@ -150,6 +194,31 @@ impl Deployer {
         owner: Option<&OwnerReference>,
     ) -> Result<Applied> {
         endpoint.validate()?;
+        let reserved = self.canary_consumers(endpoint).await?;
+        self.apply_reserving(endpoint, owner, reserved).await
+    }
+
+    /// [`apply`](Self::apply), with `reserved` of a Kafka stream's partitions left to its
+    /// canary: the stable's maximum (HPA, ScaledObject, scale cap) is the partition cap minus
+    /// them, so stable and canary consumers together never outnumber the partitions.
+    pub(crate) async fn apply_reserving(
+        &self,
+        endpoint: &ServingEndpointSpec,
+        owner: Option<&OwnerReference>,
+        reserved: u32,
+    ) -> Result<Applied> {
+        endpoint.validate()?;
+        let narrowed;
+        let endpoint =
+            if reserved > 0 && matches!(endpoint.endpoint.kind, EndpointKind::KafkaStream(_)) {
+                let cap = endpoint.bounds().max_replicas;
+                narrowed = endpoint
+                    .clone()
+                    .with_partitions(cap.saturating_sub(reserved).max(1));
+                &narrowed
+            } else {
+                endpoint
+            };
         let name = endpoint.name();
         let action = format!("apply endpoint `{name}` in namespace `{}`", self.namespace);
         let fail = |error: K8sError| error.into_core(action.clone());
@@ -165,7 +234,15 @@ impl Deployer {
             Some(token) => token,
             None => PredictionToken::generate()?,
         };
-        let manifests = Manifests::build(endpoint, &self.namespace, &token, owner)?;
+        let mut manifests = Manifests::build(endpoint, &self.namespace, &token, owner)?;
+        // A stream where KEDA runs: a ScaledObject in place of the HPA (KEDA makes its own).
+        let scaled_object = match self.uses_keda(endpoint).await.map_err(fail)? {
+            true => {
+                manifests.autoscaler = None;
+                scaling::scaled_object(endpoint, &self.namespace, owner)?
+            }
+            false => None,
+        };
         let deployments = self.api::<Deployment>();
         let current = deployments
             .get_opt(name)
@@ -185,6 +262,9 @@ impl Deployer {
         }
         if let Some(autoscaler) = &manifests.autoscaler {
             plan.check(self, autoscaler, endpoint).await?;
+        }
+        if let Some(scaled_object) = &scaled_object {
+            plan.check(self, scaled_object, endpoint).await?;
         }
         plan.check(self, &manifests.disruption_budget, endpoint)
             .await?;
@@ -216,9 +296,29 @@ impl Deployer {
                 .await
                 .map_err(fail)?;
         }
+        if let Some(scaled_object) = &scaled_object {
+            self.write(scaled_object, next_force(), &mut changed)
+                .await
+                .map_err(fail)?;
+        }
         self.write(&manifests.disruption_budget, next_force(), &mut changed)
             .await
             .map_err(fail)?;
+        // A stream switched between KEDA and the HPA: the other one goes, so that two
+        // autoscalers never fight over its replicas.
+        if matches!(endpoint.endpoint.kind, EndpointKind::KafkaStream(_)) {
+            let mut removed = Vec::new();
+            if scaled_object.is_some() {
+                self.remove::<HorizontalPodAutoscaler>(name, &mut removed)
+                    .await
+                    .map_err(fail)?;
+            } else if self.keda_installed().await.map_err(fail)? {
+                self.remove::<ScaledObject>(name, &mut removed)
+                    .await
+                    .map_err(fail)?;
+            }
+            changed.extend(removed);
+        }
         if created
             && !changed
                 .iter()
@@ -295,7 +395,7 @@ impl Deployer {
     /// Applies one object; records it in `changed` when what `serving` declares of it (its
     /// spec or data, labels, annotations, owners) differs afterwards. Not the bare
     /// `resourceVersion`, which controllers also move when they write the status.
-    async fn write<K>(
+    pub(crate) async fn write<K>(
         &self,
         object: &K,
         force: bool,
@@ -364,6 +464,10 @@ impl Deployer {
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
         let status = deployment.status.clone().unwrap_or_default();
         let spec_replicas = deployment.spec.replicas;
+        let canary = self
+            .canary_status(endpoint)
+            .await
+            .map_err(|e| e.into_core(action.clone()))?;
         Ok(EndpointStatus {
             replicas: count(spec_replicas),
             ready_replicas: count(status.ready_replicas),
@@ -372,6 +476,8 @@ impl Deployer {
                 && status.observed_generation == deployment.metadata.generation,
             bounds: deployed_bounds(&deployment),
             model: deployment.annotations().get("serving.dev/model").cloned(),
+            image: image_of(&deployment),
+            canary,
         })
     }
 
@@ -398,8 +504,9 @@ impl Deployer {
         }
     }
 
-    /// Deletes every object of `endpoint`; its pods go with the Deployment. Returns the
-    /// objects (`Kind/name`) that existed.
+    /// Deletes every object of `endpoint`, its canary's and its route and ScaledObject
+    /// included; its pods go with the Deployments. Returns the objects (`Kind/name`) that
+    /// existed.
     ///
     /// # Errors
     /// [`Error::Action`] when the API server refuses.
@@ -415,6 +522,15 @@ impl Deployer {
             secret_name(endpoint),
         ];
         let fail = |e: K8sError| e.into_core(action.clone());
+        self.remove_canary(endpoint, &mut deleted)
+            .await
+            .map_err(fail)?;
+        self.remove_optional::<HttpRoute>(&names[0], GATEWAY_API, &mut deleted)
+            .await
+            .map_err(fail)?;
+        self.remove_optional::<ScaledObject>(&names[0], KEDA_API, &mut deleted)
+            .await
+            .map_err(fail)?;
         self.remove::<HorizontalPodAutoscaler>(&names[0], &mut deleted)
             .await
             .map_err(fail)?;
@@ -436,7 +552,47 @@ impl Deployer {
         Ok(deleted)
     }
 
-    async fn remove<K>(&self, name: &str, deleted: &mut Vec<String>) -> Result<(), K8sError>
+    /// [`remove`](Self::remove) of a custom resource, skipped when the cluster does not serve
+    /// its kind (`api` = group/version and plural).
+    pub(crate) async fn remove_optional<K>(
+        &self,
+        name: &str,
+        api: (&str, &str),
+        deleted: &mut Vec<String>,
+    ) -> Result<(), K8sError>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        if scaling::serves(&self.client, api.0, api.1, &self.namespace).await? {
+            self.remove::<K>(name, deleted).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the cluster has KEDA's `ScaledObject` CRD.
+    pub(crate) async fn keda_installed(&self) -> Result<bool, K8sError> {
+        scaling::serves(&self.client, KEDA_API.0, KEDA_API.1, &self.namespace).await
+    }
+
+    /// Whether `endpoint` scales on its lag through KEDA: a Kafka stream, by
+    /// [`LagScaling`].
+    async fn uses_keda(&self, endpoint: &ServingEndpointSpec) -> Result<bool, K8sError> {
+        if !matches!(endpoint.endpoint.kind, EndpointKind::KafkaStream(_)) {
+            return Ok(false);
+        }
+        match self.lag_scaling {
+            LagScaling::Keda => Ok(true),
+            LagScaling::Hpa => Ok(false),
+            LagScaling::Auto => self.keda_installed().await,
+        }
+    }
+
+    pub(crate) async fn remove<K>(
+        &self,
+        name: &str,
+        deleted: &mut Vec<String>,
+    ) -> Result<(), K8sError>
     where
         K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
         K::DynamicType: Default,
@@ -459,15 +615,15 @@ impl Deployer {
 
 /// Which objects need `force` to take back fields changed by hand; filled by the dry run.
 #[derive(Default)]
-struct Plan {
-    forced: Vec<bool>,
+pub(crate) struct Plan {
+    pub(crate) forced: Vec<bool>,
 }
 
 impl Plan {
     /// Applies `object` as a dry run. A conflict with changes made by hand (`Update`
     /// operations: `kubectl edit`, `patch`, `scale`) is drift, taken back by force; one with
     /// another manager's apply is the user's to settle and an error.
-    async fn check<K>(
+    pub(crate) async fn check<K>(
         &mut self,
         deployer: &Deployer,
         object: &K,
@@ -573,13 +729,27 @@ fn declared<K: Serialize>(object: &K) -> serde_json::Value {
 
 /// Server-side apply by `manager` with strict field validation: an unknown or duplicate
 /// field is an error, not silently dropped.
-fn strict(manager: &str, force: bool) -> PatchParams {
+pub(crate) fn strict(manager: &str, force: bool) -> PatchParams {
     let mut params = PatchParams::apply(manager).validation(ValidationDirective::Strict);
     params.force = force;
     params
 }
 
-fn object_label<K: Resource>(object: &K) -> String
+/// The container image of a Deployment built by [`Manifests`].
+pub(crate) fn image_of(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|container| container.name == crate::manifests::CONTAINER)?
+        .image
+        .clone()
+}
+
+pub(crate) fn object_label<K: Resource>(object: &K) -> String
 where
     K::DynamicType: Default,
 {

@@ -16,6 +16,14 @@ pub(crate) enum K8sError {
     },
     #[error("endpoint `{endpoint}` is not deployed in namespace `{namespace}`")]
     NotDeployed { endpoint: String, namespace: String },
+    #[error("no canary of endpoint `{endpoint}` runs in namespace `{namespace}`: start one first")]
+    NoCanary { endpoint: String, namespace: String },
+    #[error("the cluster does not serve {kind} ({group_version}): {why}")]
+    MissingApi {
+        kind: &'static str,
+        group_version: &'static str,
+        why: &'static str,
+    },
     #[error("the API server rejected {object}: {message}")]
     Invalid { object: String, message: String },
     #[error("{verb} {object} failed: {source}")]
@@ -76,6 +84,14 @@ impl K8sError {
     pub(crate) fn into_core(self, action: impl Into<String>) -> Error {
         match self {
             K8sError::NotDeployed { endpoint, .. } => Error::EndpointNotFound { endpoint },
+            // The action names the namespace.
+            K8sError::NoCanary { endpoint, .. } => Error::Conflict {
+                reason: format!(
+                    "cannot {}: no canary runs; start one with `Deployer::canary`",
+                    action.into()
+                ),
+                endpoint,
+            },
             other => Error::Action {
                 action: action.into(),
                 source: Box::new(other),

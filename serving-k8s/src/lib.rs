@@ -16,6 +16,16 @@
 //! the status of and deletes endpoints. [`KubeAutoscaler`] implements
 //! [`serving_core::Autoscaler`] on a Deployment's scale subresource.
 //!
+//! A Kafka stream scales on its consumer lag: through a KEDA [`ScaledObject`] where KEDA's CRD
+//! is installed, else an HPA on the [`LAG_METRIC`] external metric ([`LagScaling`]). A batch
+//! endpoint runs a batch with [`Deployer::run_batch`]: 0 → 1 pod, the run, back to 0.
+//!
+//! A new image or model version rolls out with `maxUnavailable: 0`. A [`Canary`] runs a
+//! candidate beside the stable version ([`Deployer::canary`]) with a share of the traffic: by
+//! weight on a Gateway API [`HttpRoute`] for web services and batch endpoints, by partitions
+//! in the consumer group for streams; [`Deployer::set_canary_weight`], [`Deployer::promote`]
+//! and [`Deployer::rollback`] move it on.
+//!
 //! ```no_run
 //! # async fn run() -> serving_core::Result<()> {
 //! use serving_core::{EndpointSpec, ModelRef};
@@ -34,20 +44,37 @@
 //! ```
 
 mod autoscaler;
+mod batch;
 mod config;
 mod deployer;
 mod error;
 mod manifests;
+mod rollout;
+mod scaling;
 
 pub use autoscaler::KubeAutoscaler;
+pub use batch::{BatchOnCluster, TOKEN_HEADER, submit_batch};
 pub use config::{
     DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_PORT, PodResources, ServingEndpointSpec,
     TERMINATION_MARGIN_SECS,
 };
-pub use deployer::{Applied, Deployer, EndpointStatus, client_from_kubeconfig};
+pub use deployer::{
+    Applied, DEFAULT_ROLLOUT_TIMEOUT, Deployer, EndpointStatus, client_from_kubeconfig,
+};
+pub use manifests::route::{
+    HttpBackendRef, HttpRoute, HttpRouteRule, HttpRouteSpec, ParentReference,
+};
 pub use manifests::{
     BOUNDS_ANNOTATION, CONTAINER, DEFAULT_TOKEN_ENV, ENDPOINT_LABEL, FIELD_MANAGER, Manifests,
-    PredictionToken, SPEC_DIGEST_ANNOTATION, SPEC_KEY, SPEC_PATH, TOKEN_KEY, config_map_name,
-    labels, secret_name,
+    PredictionToken, SPEC_DIGEST_ANNOTATION, SPEC_KEY, SPEC_PATH, TOKEN_KEY, TRACK_LABEL,
+    config_map_name, labels, secret_name,
+};
+pub use rollout::{
+    CANARY_ANNOTATION, CANARY_OF_LABEL, Canary, CanaryManifests, CanaryStatus,
+    STABLE_SPEC_ANNOTATION, canary_name,
+};
+pub use scaling::{
+    DEFAULT_LAG_THRESHOLD, LAG_METRIC, LagScaling, ScaleTargetRef, ScaleTrigger, ScaledObject,
+    ScaledObjectSpec, scaled_object,
 };
 pub use {k8s_openapi, kube};

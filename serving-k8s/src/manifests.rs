@@ -28,6 +28,9 @@ use crate::config::ServingEndpointSpec;
 
 /// The label every object of an endpoint carries, and the pods' selector.
 pub const ENDPOINT_LABEL: &str = "serving.dev/endpoint";
+/// The label that tells an endpoint's stable objects (`stable`) from those of a candidate
+/// running beside them (`canary`, see [`Canary`](crate::Canary)).
+pub const TRACK_LABEL: &str = "serving.dev/track";
 /// The annotation of a Deployment that holds the replica bounds that run (`min..max`), read
 /// by [`KubeAutoscaler`](crate::KubeAutoscaler).
 pub const BOUNDS_ANNOTATION: &str = "serving.dev/replica-bounds";
@@ -107,8 +110,10 @@ pub struct Manifests {
     pub deployment: Deployment,
     /// The web service's and the batch endpoint's Service; a Kafka stream has none.
     pub service: Option<Service>,
-    /// The autoscaling/v2 HorizontalPodAutoscaler within the bounds; none for a batch
-    /// endpoint, which [`KubeAutoscaler`](crate::KubeAutoscaler) scales from zero.
+    /// The autoscaling/v2 HorizontalPodAutoscaler within the bounds: on CPU, and for a Kafka
+    /// stream on its consumer lag ([`LAG_METRIC`](crate::LAG_METRIC)); none for a batch
+    /// endpoint, which [`KubeAutoscaler`](crate::KubeAutoscaler) scales from zero. A stream
+    /// applied where KEDA runs gets a [`ScaledObject`](crate::ScaledObject) instead.
     pub autoscaler: Option<HorizontalPodAutoscaler>,
     /// The endpoint spec as YAML, mounted at [`SPEC_PATH`].
     pub config_map: ConfigMap,
@@ -135,7 +140,8 @@ impl fmt::Debug for Manifests {
     }
 }
 
-/// The labels of every object of `endpoint`: its name, kind and model, and who manages it.
+/// The labels of every object of `endpoint`: its name, kind and model, who manages it, and
+/// its [`TRACK_LABEL`] (`stable`).
 pub fn labels(endpoint: &ServingEndpointSpec) -> BTreeMap<String, String> {
     let spec = &endpoint.endpoint;
     let mut labels = BTreeMap::from([
@@ -149,6 +155,7 @@ pub fn labels(endpoint: &ServingEndpointSpec) -> BTreeMap<String, String> {
             "app.kubernetes.io/managed-by".to_owned(),
             "serving".to_owned(),
         ),
+        (TRACK_LABEL.to_owned(), "stable".to_owned()),
     ]);
     // Only when it is a valid label value; the annotation always has it.
     if is_label_value(&spec.model.version) {
@@ -397,17 +404,21 @@ impl Manifests {
                     },
                     min_replicas: Some(replicas(bounds.min_replicas.max(1))),
                     max_replicas: replicas(bounds.max_replicas),
-                    metrics: Some(vec![MetricSpec {
-                        type_: "Resource".to_owned(),
-                        resource: Some(ResourceMetricSource {
-                            name: "cpu".to_owned(),
-                            target: MetricTarget {
-                                type_: "Utilization".to_owned(),
-                                average_utilization: Some(80),
-                                ..MetricTarget::default()
-                            },
-                        }),
-                        ..MetricSpec::default()
+                    metrics: Some(vec![match spec.kind {
+                        // A stream scales on how far behind it is, not on its CPU.
+                        EndpointKind::KafkaStream(_) => crate::scaling::lag_metric(endpoint),
+                        _ => MetricSpec {
+                            type_: "Resource".to_owned(),
+                            resource: Some(ResourceMetricSource {
+                                name: "cpu".to_owned(),
+                                target: MetricTarget {
+                                    type_: "Utilization".to_owned(),
+                                    average_utilization: Some(80),
+                                    ..MetricTarget::default()
+                                },
+                            }),
+                            ..MetricSpec::default()
+                        },
                     }]),
                     ..HorizontalPodAutoscalerSpec::default()
                 },
@@ -465,5 +476,6 @@ fn replicas(count: u32) -> i32 {
     i32::try_from(count).unwrap_or(i32::MAX)
 }
 
+pub mod route;
 #[cfg(test)]
 mod tests;

@@ -141,6 +141,12 @@ fn a_stream_has_no_service_and_its_maximum_is_the_partitions() {
     assert!(manifests.service.is_none());
     let hpa = &manifests.autoscaler.as_ref().unwrap().spec;
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 3));
+    let metric = &hpa.metrics.as_ref().unwrap()[0];
+    assert_eq!(metric.type_, "External", "on its lag, not its CPU");
+    assert_eq!(
+        metric.external.as_ref().unwrap().metric.name,
+        crate::LAG_METRIC
+    );
     let annotations = manifests.deployment.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations[BOUNDS_ANNOTATION], "2..3");
     assert_eq!(
