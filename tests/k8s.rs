@@ -28,7 +28,7 @@ use serving::{
 const IMAGE: &str = "registry.test/iris:1";
 
 /// The admin kubeconfig; the tests fail (never skip) without a cluster.
-fn kubeconfig() -> PathBuf {
+pub(crate) fn kubeconfig() -> PathBuf {
     match std::env::var_os("SERVING_TEST_KUBECONFIG") {
         Some(path) => PathBuf::from(path),
         None => panic!(
@@ -37,7 +37,7 @@ fn kubeconfig() -> PathBuf {
     }
 }
 
-fn kubectl_path() -> PathBuf {
+pub(crate) fn kubectl_path() -> PathBuf {
     match std::env::var_os("SERVING_TEST_KUBECTL") {
         Some(path) => PathBuf::from(path),
         None => panic!("SERVING_TEST_KUBECTL is not set: see `scripts/components/kube env`"),
@@ -45,7 +45,7 @@ fn kubectl_path() -> PathBuf {
 }
 
 /// Runs kubectl as admin with `stdin`; returns its status, stdout and stderr.
-fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+pub(crate) fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(kubectl_path())
         .arg("--kubeconfig")
         .arg(kubeconfig())
@@ -73,7 +73,7 @@ fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     )
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -84,7 +84,7 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn admin() -> Client {
+pub(crate) async fn admin() -> Client {
     let path = kubeconfig();
     let client = client_from_kubeconfig(&path).await.unwrap();
     if let Err(error) = client.apiserver_version().await {
@@ -97,7 +97,7 @@ async fn admin() -> Client {
 }
 
 /// A deployer into a new namespace of its own.
-async fn deployer(prefix: &str) -> Deployer {
+pub(crate) async fn deployer(prefix: &str) -> Deployer {
     let client = admin().await;
     let namespace = unique(prefix);
     let object = Namespace {
@@ -132,7 +132,7 @@ fn batch_kind() -> EndpointKind {
     EndpointKind::Batch(BackendSection::new())
 }
 
-fn api<K>(deployer: &Deployer) -> Api<K>
+pub(crate) fn api<K>(deployer: &Deployer) -> Api<K>
 where
     K: serving::k8s::kube::Resource<Scope = serving::k8s::k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -144,7 +144,7 @@ where
 /// `resourceVersion` of the ConfigMap, Secret and Service, and the `generation` of the
 /// Deployment, HPA and PDB, whose status controllers write; `None` for an absent object.
 /// With it, the labels and annotations of the Deployment, which no generation counts.
-async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
+pub(crate) async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
     let config_map = api::<ConfigMap>(deployer)
         .get_opt(&format!("{name}-spec"))
         .await
@@ -175,7 +175,7 @@ async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
     ]
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -187,7 +187,7 @@ where
     }
 }
 
-async fn cleanup(deployer: &Deployer) {
+pub(crate) async fn cleanup(deployer: &Deployer) {
     let _ = Api::<Namespace>::all(deployer.client().clone())
         .delete(deployer.namespace(), &Default::default())
         .await;

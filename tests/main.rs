@@ -12,6 +12,8 @@ mod feedback;
 mod hostile;
 #[cfg(feature = "k8s")]
 mod k8s;
+#[cfg(feature = "k8s")]
+mod k8s_operator;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]
@@ -20,6 +22,8 @@ mod lifecycle;
 mod observability;
 mod oip;
 mod openapi;
+#[cfg(feature = "http")]
+mod pod;
 mod routers;
 mod shedding;
 mod support;

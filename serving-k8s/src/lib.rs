@@ -16,6 +16,13 @@
 //! the status of and deletes endpoints. [`KubeAutoscaler`] implements
 //! [`serving_core::Autoscaler`] on a Deployment's scale subresource.
 //!
+//! The [`ServingEndpoint`] custom resource says what should run (its CRD generated from the
+//! Rust types, installed by [`install_crd`]); the [`Operator`], a controller on
+//! `kube::runtime`, reconciles each into the objects above with the same [`Deployer`] steps,
+//! reports the status (ready replicas, versions and weights, URL, conditions `Ready` and
+//! `Reconciled` with [`reason`]s), retries with backoff and cleans up through the finalizer
+//! [`FINALIZER`]. `examples/k8s_operator.rs` runs it against `$KUBECONFIG`.
+//!
 //! ```no_run
 //! # async fn run() -> serving_core::Result<()> {
 //! use serving_core::{EndpointSpec, ModelRef};
@@ -35,14 +42,21 @@
 
 mod autoscaler;
 mod config;
+mod crd;
 mod deployer;
 mod error;
 mod manifests;
+mod operator;
+mod rollout;
 
 pub use autoscaler::KubeAutoscaler;
 pub use config::{
     DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_PORT, PodResources, ServingEndpointSpec,
     TERMINATION_MARGIN_SECS,
+};
+pub use crd::{
+    FINALIZER, GROUP, SERVICE_PORT, ServingEndpoint, ServingEndpointResourceSpec,
+    ServingEndpointStatus, VERSION, VersionStatus, install_crd,
 };
 pub use deployer::{Applied, Deployer, EndpointStatus, client_from_kubeconfig};
 pub use manifests::{
@@ -50,4 +64,6 @@ pub use manifests::{
     PredictionToken, SPEC_DIGEST_ANNOTATION, SPEC_KEY, SPEC_PATH, TOKEN_KEY, config_map_name,
     labels, secret_name,
 };
+pub use operator::{Operator, READY, RECONCILED, ReconcileError, reason};
+pub use rollout::Canary;
 pub use {k8s_openapi, kube};

@@ -1,0 +1,162 @@
+//! The pod side (`serving::pod`): the logic of `examples/k8s_pod.rs` run in-process against a
+//! spec file and a token as a pod deployed by serving-k8s sees them: ready on `/readyz`, a
+//! prediction with the token, refusal without it, and a drain on shutdown that finishes the
+//! request in flight.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use serving::http::{Token, WebServiceConfig};
+use serving::pod::Pod;
+use serving::prelude::*;
+use serving::{ModelRef, ModelRegistry};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::support::{PATIENCE, client, post_json};
+
+#[path = "../examples/k8s_pod.rs"]
+#[allow(dead_code)]
+mod k8s_pod_example;
+
+const TOKEN: &str = "pod-token-from-the-secret";
+
+/// The spec as the ConfigMap holds it (`EndpointSpec::to_yaml`, what the manifests mount).
+fn write_spec(dir: &Path, preprocess: &str) -> std::path::PathBuf {
+    let mut spec = EndpointSpec::new("iris", ModelRef::new("iris-knn", "1"));
+    spec.preprocess = Some(preprocess.into());
+    let path = dir.join("spec.yaml");
+    std::fs::write(&path, spec.to_yaml()).unwrap();
+    path
+}
+
+struct Running {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<serving::Result<()>>,
+}
+
+async fn start(pod: Pod, registry: Arc<ModelRegistry>) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = WebServiceConfig::default();
+    config.drain_timeout_secs = 10;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(pod.serve_on(registry, config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        base,
+        stop: Some(stop),
+        task,
+    }
+}
+
+#[tokio::test]
+async fn a_pod_serves_its_mounted_spec_behind_the_secrets_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_spec(dir.path(), "standardise");
+    let pod = Pod::from_file(&path, Some(Token::new(TOKEN))).unwrap();
+    assert_eq!(pod.spec().name, "iris");
+    let registry = k8s_pod_example::registry().unwrap();
+    let mut running = start(pod, registry).await;
+
+    let ready = client()
+        .get(format!("{}/readyz", running.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let url = format!("{}/api/v1/endpoints/iris", running.base);
+    let body = json!({"input_params": [5.1, 3.5, 1.4, 0.2]});
+    let (status, answer) = post_json(&url, Some(TOKEN), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["prediction"], "setosa");
+    let (status, _) = post_json(&url, Some("another-token"), &body).await;
+    assert_eq!(status, 401);
+    let (status, _) = post_json(&url, None, &body).await;
+    assert_eq!(status, 401);
+
+    running.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(PATIENCE, running.task)
+        .await
+        .expect("the pod stops")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_request_in_flight_then_the_pod_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_spec(dir.path(), "slow-standardise");
+    let registry = k8s_pod_example::registry().unwrap();
+    // The quickstart's preprocess behind a second of work, so a request is in flight when
+    // the signal comes.
+    let scaler = crate::support::iris::Iris::train().unwrap().scaler();
+    registry.register_preprocess("slow-standardise", move || {
+        Ok(predictor_fn(
+            move |a: f64, b: f64, c: f64, d: f64| -> Result<[f64; 4]> {
+                std::thread::sleep(Duration::from_secs(1));
+                Ok(scaler.apply([a, b, c, d]))
+            },
+        ))
+    });
+    let pod = Pod::from_file(&path, Some(Token::new(TOKEN))).unwrap();
+    let mut running = start(pod, registry).await;
+    let url = format!("{}/api/v1/endpoints/iris", running.base);
+    let in_flight = tokio::spawn(async move {
+        post_json(&url, Some(TOKEN), &json!({"input_params": [5.1, 3.5, 1.4, 0.2]})).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    running.stop.take().unwrap().send(()).unwrap();
+
+    let (status, answer) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the request in flight finishes: {answer}");
+    assert!(answer["prediction"].is_string(), "{answer}");
+    tokio::time::timeout(PATIENCE, running.task)
+        .await
+        .expect("the pod exits after the drain")
+        .unwrap()
+        .unwrap();
+    assert!(signalled.elapsed() < Duration::from_secs(10), "well within the drain timeout");
+    let refused = client().get(format!("{}/readyz", running.base)).send().await;
+    assert!(refused.is_err(), "nothing listens after the drain");
+}
+
+#[tokio::test]
+async fn a_pod_without_its_token_or_with_a_bad_spec_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_spec(dir.path(), "standardise");
+    let error = Pod::from_file(&path, None).unwrap_err().to_string();
+    assert!(error.contains("endpoint `iris` requires a token"), "{error}");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: iris\nmodel: {name: m, version: '1'}\ncolour: red\n").unwrap();
+    let error = Pod::from_file(&bad, Some(Token::new(TOKEN)))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("bad.yaml") && error.contains("unknown field `colour`"), "{error}");
+    let missing = Pod::from_file(&dir.path().join("absent.yaml"), Some(Token::new(TOKEN)))
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("read the endpoint spec"), "{missing}");
+    // A model the binary did not register: a clear error before anything listens.
+    let mut spec = EndpointSpec::new("iris", ModelRef::new("unknown-model", "1"));
+    spec.preprocess = None;
+    std::fs::write(&path, spec.to_yaml()).unwrap();
+    let pod = Pod::from_file(&path, Some(Token::new(TOKEN))).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = pod
+        .serve_on(
+            k8s_pod_example::registry().unwrap(),
+            WebServiceConfig::default(),
+            listener,
+            async {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unknown-model"), "{error}");
+}
