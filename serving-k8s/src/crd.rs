@@ -45,14 +45,13 @@ pub const FINALIZER: &str = "serving.dev/cleanup";
 /// The port of an endpoint's Service (it forwards to the pod's named port `http`).
 pub const SERVICE_PORT: u16 = 80;
 
-/// The `spec` of a [`ServingEndpoint`]: a [`ServingEndpointSpec`] (the endpoint spec, the
-/// image and the pod's settings) plus an optional [`Canary`].
-///
-/// `endpoint` is kept as written and read into an [`EndpointSpec`] by
-/// [`endpoint_spec`](Self::endpoint_spec) when the operator reconciles: a spec that the
-/// schema admits but serving refuses (a trigger whose interval is zero, an unknown key in a
-/// Kafka section) then becomes the condition `Ready=False` with reason `InvalidSpec` on that
-/// resource, instead of a value the controller's watch cannot read at all.
+/// What should run: the endpoint's spec, the container image of the user's binary, the pod's
+/// settings and an optional canary (a [`ServingEndpointSpec`] plus a [`Canary`]).
+// `endpoint` is kept as written and read into an `EndpointSpec` by `endpoint_spec` when the
+// operator reconciles: a spec that the schema admits but serving refuses (a trigger whose
+// interval is zero, an unknown key in a Kafka section) then becomes the condition
+// `Ready=False` with reason `InvalidSpec` on that resource, instead of a value the
+// controller's watch cannot read at all.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "serving.dev",
@@ -149,8 +148,8 @@ fn without_defaults(schema: &mut schemars::Schema) {
     }
 }
 
-/// What the operator last saw of a [`ServingEndpoint`]: replicas, versions and weights, the
-/// URL, and the conditions `Ready` and `Reconciled` with their reasons.
+/// What the operator last saw: replicas, versions and weights, the URL, and the conditions
+/// `Ready` and `Reconciled` with their reasons.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServingEndpointStatus {

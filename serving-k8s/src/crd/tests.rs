@@ -126,7 +126,7 @@ fn the_schema_types_the_spec_and_the_status() {
     assert_eq!(kind["x-kubernetes-preserve-unknown-fields"], true);
     let autoscale = &endpoint["properties"]["autoscale"]["properties"];
     assert_eq!(autoscale["max_replicas"]["type"], "integer");
-    assert_eq!(autoscale["max_replicas"]["minimum"], 1);
+    assert_eq!(autoscale["max_replicas"]["minimum"], 1.0);
     assert_eq!(
         endpoint["properties"]["server"]["properties"]["env"]["additionalProperties"]["type"],
         "string"
@@ -135,7 +135,7 @@ fn the_schema_types_the_spec_and_the_status() {
         endpoint["properties"]["files"]["enum"],
         json!(["off", "bytes", "temp_file"])
     );
-    assert_eq!(spec["properties"]["port"]["maximum"], 65535);
+    assert_eq!(spec["properties"]["port"]["maximum"], 65535.0);
     assert_eq!(spec["properties"]["image"]["minLength"], 1);
     let canary = &spec["properties"]["canary"];
     assert_eq!(required(canary), ["weight"]);
@@ -208,4 +208,10 @@ fn a_bad_resource_spec_says_what_is_wrong() {
     });
     let error = empty.endpoint_spec("iris").unwrap_err().to_string();
     assert!(error.contains("names neither an image nor a model_version"), "{error}");
+}
+
+#[test]
+#[ignore = "prints the CRD: cargo test -p serving-k8s print_the_crd -- --ignored --nocapture"]
+fn print_the_crd() {
+    println!("{}", serde_norway::to_string(&ServingEndpoint::crd()).unwrap());
 }

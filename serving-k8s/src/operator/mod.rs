@@ -134,8 +134,7 @@ impl Operator {
 
     fn api<K>(&self) -> Api<K>
     where
-        K: Resource<DynamicType = ()>,
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
     {
         match &self.namespace {
             Some(namespace) => Api::namespaced(self.client.clone(), namespace),
@@ -148,7 +147,7 @@ impl Operator {
     ///
     /// # Errors
     /// [`Error::Action`] when the `ServingEndpoint` CRD is not installed or cannot be listed.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let endpoints = self.api::<ServingEndpoint>();
         // Fails early and clearly instead of a watch that retries forever.
         endpoints
@@ -169,6 +168,12 @@ impl Operator {
             client: self.client.clone(),
             failures: Mutex::new(HashMap::new()),
         });
+        // The controller wants a `Sync` trigger; a signal future need not be one.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(());
+        });
         tracing::info!(namespace = ?self.namespace, "operator started");
         Controller::new(endpoints, watcher::Config::default())
             .owns(self.api::<Deployment>(), owned.clone())
@@ -177,7 +182,9 @@ impl Operator {
             .owns(self.api::<ConfigMap>(), owned.clone())
             .owns(self.api::<Secret>(), owned.clone())
             .owns(self.api::<PodDisruptionBudget>(), owned)
-            .graceful_shutdown_on(shutdown)
+            .graceful_shutdown_on(async move {
+                let _ = stopped.await;
+            })
             .run(reconcile, error_policy, context)
             .for_each(|result| async move {
                 match result {
@@ -199,10 +206,11 @@ async fn reconcile(
     let api: Api<ServingEndpoint> = Api::namespaced(context.client.clone(), &namespace);
     let deployer = Deployer::new(context.client.clone(), namespace);
     let key = Context::key(&endpoint);
-    let action = finalizer(&api, FINALIZER, endpoint, |event| async {
+    let (resources, steps) = (&api, &deployer);
+    let action = finalizer(&api, FINALIZER, endpoint, |event| async move {
         match event {
-            Event::Apply(endpoint) => apply(&api, &deployer, &endpoint).await,
-            Event::Cleanup(endpoint) => cleanup(&deployer, &endpoint).await,
+            Event::Apply(endpoint) => apply(resources, steps, &endpoint).await,
+            Event::Cleanup(endpoint) => cleanup(steps, &endpoint).await,
         }
     })
     .await?;

@@ -56,6 +56,7 @@ pub(crate) fn reason_of(error: &Error) -> &'static str {
 
 /// Sets the condition `type_` in `conditions`, keeping its `lastTransitionTime` when its
 /// status does not change (so an unchanged status patches nothing and triggers no reconcile).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn set_condition(
     conditions: &mut Vec<Condition>,
     previous: &[Condition],
