@@ -16,7 +16,7 @@ use serving::k8s::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serving::k8s::k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use serving::k8s::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serving::k8s::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serving::k8s::kube::api::{Api, PostParams};
+use serving::k8s::kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serving::k8s::kube::config::{KubeConfigOptions, Kubeconfig};
 use serving::k8s::kube::{Client, Config, ResourceExt};
 use serving::k8s::{
@@ -57,6 +57,23 @@ impl Running {
             .expect("the operator stops")
             .expect("no panic")
             .expect("the operator returns without error");
+    }
+}
+
+impl Running {
+    /// Deletes the namespace's resources while this operator runs (their finalizer is its to
+    /// remove), stops it, and deletes the namespace.
+    async fn finish(self, deployer: &Deployer) {
+        let api = resources(deployer);
+        api.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .unwrap();
+        wait_for("the resources gone", PATIENCE, || async {
+            api.list(&ListParams::default()).await.unwrap().items.is_empty()
+        })
+        .await;
+        self.stop().await;
+        cleanup(deployer).await;
     }
 }
 
@@ -173,7 +190,7 @@ async fn hpa_max(deployer: &Deployer, name: &str) -> Option<i32> {
         .map(|hpa| hpa.spec.max_replicas)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_crd_is_installed_idempotently_and_established() {
     let client = admin().await;
     let first = install_crd(&client).await.unwrap();
@@ -201,7 +218,7 @@ async fn the_crd_is_installed_idempotently_and_established() {
     assert!(ok, "{out} {err}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_deleted() {
     let deployer = deployer("op-life").await;
     let ns = deployer.namespace().to_owned();
@@ -264,7 +281,7 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
         deployment.annotations().get("serving.dev/model").map(String::as_str),
         Some("iris-knn@2")
     );
-    let image = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+    let image = deployment.spec.template.spec.unwrap().containers[0]
         .image
         .clone();
     assert_eq!(image.as_deref(), Some("registry.test/iris:2"));
@@ -295,11 +312,10 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
             && objects(&deployer, "iris").await.is_empty()
     })
     .await;
-    operator.stop().await;
-    cleanup(&deployer).await;
+    operator.finish(&deployer).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_spec_is_reported_and_changes_nothing() {
     let deployer = deployer("op-invalid").await;
     let ns = deployer.namespace().to_owned();
@@ -344,11 +360,10 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
     // Fixed: ready again.
     applied(&ns, &resource_yaml("iris", "1", 1, 2));
     wait_status(&deployer, "iris", "Ready=True again", is_ready).await;
-    operator.stop().await;
-    cleanup(&deployer).await;
+    operator.finish(&deployer).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_refuses_unknown_and_mistyped_fields_with_a_clear_message() {
     let deployer = deployer("op-schema").await;
     let ns = deployer.namespace().to_owned();
@@ -385,7 +400,7 @@ async fn the_schema_refuses_unknown_and_mistyped_fields_with_a_clear_message() {
     cleanup(&deployer).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_with_another_manager_is_reported_with_its_reason() {
     let deployer = deployer("op-conflict").await;
     let ns = deployer.namespace().to_owned();
@@ -408,8 +423,7 @@ async fn a_conflict_with_another_manager_is_reported_with_its_reason() {
     let (_, _, message) = condition(&conflicted, RECONCILED).unwrap();
     assert!(message.contains("`platform`"), "{message}");
     assert_eq!(hpa_max(&deployer, "iris").await, Some(7), "the other manager's value stands");
-    operator.stop().await;
-    cleanup(&deployer).await;
+    operator.finish(&deployer).await;
 }
 
 /// A client that acts as `user` (impersonated by the admin), who holds only the rights given.
@@ -426,7 +440,7 @@ async fn impersonating(user: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_the_api_server_refuses_reports_forbidden() {
     let deployer = deployer("op-rbac").await;
     let ns = deployer.namespace().to_owned();
@@ -460,7 +474,7 @@ async fn an_operator_the_api_server_refuses_reports_forbidden() {
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "Role".into(),
             name: "operator".into(),
         },
@@ -503,8 +517,7 @@ async fn an_operator_the_api_server_refuses_reports_forbidden() {
         resources(&deployer).get_opt("iris").await.unwrap().is_none()
     })
     .await;
-    admin_operator.stop().await;
-    cleanup(&deployer).await;
+    admin_operator.finish(&deployer).await;
 }
 
 impl Running {
@@ -539,7 +552,7 @@ fn readme_yaml() -> String {
     heredoc.to_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_deploys_the_quickstart_as_written() {
     let deployer = deployer("op-readme").await;
     let ns = deployer.namespace().to_owned();
@@ -554,12 +567,16 @@ async fn the_readme_deploys_the_quickstart_as_written() {
     assert_eq!(stable.model_version, "1");
     let (ok, table, err) = kubectl(&["get", "servingendpoints", "-n", &ns], None);
     assert!(ok && table.contains("True"), "{table} {err}");
-    let (ok, _, err) = kubectl(&["delete", "servingendpoint", name, "-n", &ns], None);
+    // `--wait=false`: kubectl blocks this test's thread, which the operator's task shares.
+    let (ok, _, err) = kubectl(
+        &["delete", "servingendpoint", name, "-n", &ns, "--wait=false"],
+        None,
+    );
     assert!(ok, "{err}");
     wait_for("the README's endpoint gone", PATIENCE, || async {
-        objects(&deployer, name).await.is_empty()
+        resources(&deployer).get_opt(name).await.unwrap().is_none()
+            && objects(&deployer, name).await.is_empty()
     })
     .await;
-    operator.stop().await;
-    cleanup(&deployer).await;
+    operator.finish(&deployer).await;
 }
