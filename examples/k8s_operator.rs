@@ -30,8 +30,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "CRD {} established; watching {}",
         serving::k8s::kube::ResourceExt::name_any(&crd),
-        std::env::var("SERVING_OPERATOR_NAMESPACE")
-            .map_or_else(|_| "every namespace".to_owned(), |ns| format!("namespace {ns}"))
+        std::env::var("SERVING_OPERATOR_NAMESPACE").map_or_else(
+            |_| "every namespace".to_owned(),
+            |ns| format!("namespace {ns}")
+        )
     );
     let operator = match std::env::var("SERVING_OPERATOR_NAMESPACE") {
         Ok(namespace) if !namespace.is_empty() => Operator::namespaced(client, namespace),

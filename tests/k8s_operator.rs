@@ -69,7 +69,11 @@ impl Running {
             .await
             .unwrap();
         wait_for("the resources gone", PATIENCE, || async {
-            api.list(&ListParams::default()).await.unwrap().items.is_empty()
+            api.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
         })
         .await;
         self.stop().await;
@@ -129,7 +133,10 @@ async fn wait_status(
     }
 }
 
-fn condition<'a>(resource: &'a ServingEndpoint, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
+fn condition<'a>(
+    resource: &'a ServingEndpoint,
+    type_: &str,
+) -> Option<(&'a str, &'a str, &'a str)> {
     let condition = resource.status.as_ref()?.condition(type_)?;
     Some((
         condition.status.as_str(),
@@ -149,10 +156,20 @@ async fn objects(deployer: &Deployer, name: &str) -> Vec<String> {
     let mut found = Vec::new();
     let token = format!("{name}-token");
     let spec = format!("{name}-spec");
-    if api::<Deployment>(deployer).get_opt(name).await.unwrap().is_some() {
+    if api::<Deployment>(deployer)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+    {
         found.push(format!("Deployment/{name}"));
     }
-    if api::<Service>(deployer).get_opt(name).await.unwrap().is_some() {
+    if api::<Service>(deployer)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+    {
         found.push(format!("Service/{name}"));
     }
     if api::<HorizontalPodAutoscaler>(deployer)
@@ -171,10 +188,20 @@ async fn objects(deployer: &Deployer, name: &str) -> Vec<String> {
     {
         found.push(format!("PodDisruptionBudget/{name}"));
     }
-    if api::<ConfigMap>(deployer).get_opt(&spec).await.unwrap().is_some() {
+    if api::<ConfigMap>(deployer)
+        .get_opt(&spec)
+        .await
+        .unwrap()
+        .is_some()
+    {
         found.push(format!("ConfigMap/{spec}"));
     }
-    if api::<Secret>(deployer).get_opt(&token).await.unwrap().is_some() {
+    if api::<Secret>(deployer)
+        .get_opt(&token)
+        .await
+        .unwrap()
+        .is_some()
+    {
         found.push(format!("Secret/{token}"));
     }
     found
@@ -231,10 +258,17 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
     .await;
     let status = resource.status.clone().unwrap();
     assert_eq!((status.replicas, status.ready_replicas), (2, 2));
-    assert_eq!(status.url.as_deref(), Some(format!("http://iris.{ns}.svc:80").as_str()));
+    assert_eq!(
+        status.url.as_deref(),
+        Some(format!("http://iris.{ns}.svc:80").as_str())
+    );
     let stable = status.stable.clone().unwrap();
     assert_eq!(
-        (stable.image.as_str(), stable.model_version.as_str(), stable.weight),
+        (
+            stable.image.as_str(),
+            stable.model_version.as_str(),
+            stable.weight
+        ),
         ("registry.test/iris:1", "1", 100)
     );
     assert_eq!(status.canary, None);
@@ -260,7 +294,9 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
     assert!(ok, "{err}");
     let row = table.lines().nth(1).unwrap_or_default();
     assert!(
-        row.starts_with("iris") && row.contains("True") && row.contains(&format!("http://iris.{ns}.svc:80")),
+        row.starts_with("iris")
+            && row.contains("True")
+            && row.contains(&format!("http://iris.{ns}.svc:80")),
         "{table}"
     );
 
@@ -278,7 +314,10 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
     assert_eq!(hpa_max(&deployer, "iris").await, Some(4));
     let deployment = api::<Deployment>(&deployer).get("iris").await.unwrap();
     assert_eq!(
-        deployment.annotations().get("serving.dev/model").map(String::as_str),
+        deployment
+            .annotations()
+            .get("serving.dev/model")
+            .map(String::as_str),
         Some("iris-knn@2")
     );
     let image = deployment.spec.template.spec.unwrap().containers[0]
@@ -288,7 +327,16 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
 
     // Drift by hand: an edited bound and a deleted ConfigMap are put back by the operator.
     let (ok, _, err) = kubectl(
-        &["patch", "hpa", "iris", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"maxReplicas":9}}"#],
+        &[
+            "patch",
+            "hpa",
+            "iris",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"maxReplicas":9}}"#,
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -305,10 +353,24 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
     .await;
 
     // Deleting the resource removes everything, then the resource (the finalizer).
-    let (ok, _, err) = kubectl(&["delete", "servingendpoint", "iris", "-n", &ns, "--wait=false"], None);
+    let (ok, _, err) = kubectl(
+        &[
+            "delete",
+            "servingendpoint",
+            "iris",
+            "-n",
+            &ns,
+            "--wait=false",
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     wait_for("the resource and its objects gone", PATIENCE, || async {
-        resources(&deployer).get_opt("iris").await.unwrap().is_none()
+        resources(&deployer)
+            .get_opt("iris")
+            .await
+            .unwrap()
+            .is_none()
             && objects(&deployer, "iris").await.is_empty()
     })
     .await;
@@ -324,7 +386,8 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
     // New and invalid: min above max passes the schema, not serving.
     applied(&ns, &resource_yaml("bad", "1", 5, 2));
     let bad = wait_status(&deployer, "bad", "Ready=False/InvalidSpec", |r| {
-        condition(r, READY).is_some_and(|(s, reason, _)| s == "False" && reason == reason::INVALID_SPEC)
+        condition(r, READY)
+            .is_some_and(|(s, reason, _)| s == "False" && reason == reason::INVALID_SPEC)
     })
     .await;
     let (_, _, message) = condition(&bad, READY).unwrap();
@@ -333,7 +396,10 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
         condition(&bad, RECONCILED).map(|(s, r, _)| (s, r)),
         Some(("False", reason::INVALID_SPEC))
     );
-    assert!(objects(&deployer, "bad").await.is_empty(), "nothing was created");
+    assert!(
+        objects(&deployer, "bad").await.is_empty(),
+        "nothing was created"
+    );
 
     // Running, then made invalid: its objects stay as they were.
     applied(&ns, &resource_yaml("iris", "1", 1, 2));
@@ -341,19 +407,28 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
     let before = crate::k8s::versions(&deployer, "iris").await;
     let renamed = resource_yaml("iris", "1", 1, 2).replace("    name: iris\n", "    name: other\n");
     applied(&ns, &renamed);
-    let invalid = wait_status(&deployer, "iris", "InvalidSpec for the new generation", |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| s.observed_generation == r.metadata.generation)
-            && condition(r, READY).is_some_and(|(_, reason, _)| reason == reason::INVALID_SPEC)
-    })
+    let invalid = wait_status(
+        &deployer,
+        "iris",
+        "InvalidSpec for the new generation",
+        |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == r.metadata.generation)
+                && condition(r, READY).is_some_and(|(_, reason, _)| reason == reason::INVALID_SPEC)
+        },
+    )
     .await;
     let (_, _, message) = condition(&invalid, READY).unwrap();
     assert!(
         message.contains("spec.endpoint.name `other` must be the resource's name `iris`"),
         "{message}"
     );
-    assert_eq!(crate::k8s::versions(&deployer, "iris").await, before, "no object changed");
+    assert_eq!(
+        crate::k8s::versions(&deployer, "iris").await,
+        before,
+        "no object changed"
+    );
     // The last good figures stay in the status.
     assert_eq!(invalid.status.as_ref().unwrap().replicas, 1);
 
@@ -371,19 +446,31 @@ async fn the_schema_refuses_unknown_and_mistyped_fields_with_a_clear_message() {
     let good = resource_yaml("iris", "1", 1, 2);
     let cases = [
         (
-            good.replace("    preprocess: standardise\n", "    preprocess: standardise\n    colour: red\n"),
+            good.replace(
+                "    preprocess: standardise\n",
+                "    preprocess: standardise\n    colour: red\n",
+            ),
             r#"unknown field "spec.endpoint.colour""#,
         ),
         (
-            good.replace("  image: registry.test/iris:1\n", "  image: registry.test/iris:1\n  replicas: 3\n"),
+            good.replace(
+                "  image: registry.test/iris:1\n",
+                "  image: registry.test/iris:1\n  replicas: 3\n",
+            ),
             r#"unknown field "spec.replicas""#,
         ),
         (
-            good.replace("  image: registry.test/iris:1\n", "  image: registry.test/iris:1\n  port: http\n"),
+            good.replace(
+                "  image: registry.test/iris:1\n",
+                "  image: registry.test/iris:1\n  port: http\n",
+            ),
             "spec.port",
         ),
         (
-            good.replace("    preprocess: standardise\n", "    preprocess: standardise\n    kind: {type: ftp}\n"),
+            good.replace(
+                "    preprocess: standardise\n",
+                "    preprocess: standardise\n    kind: {type: ftp}\n",
+            ),
             r#"Unsupported value: "ftp""#,
         ),
         (
@@ -396,7 +483,13 @@ async fn the_schema_refuses_unknown_and_mistyped_fields_with_a_clear_message() {
         assert!(!ok, "refused: {out}");
         assert!(err.contains(expected), "`{expected}` in: {err}");
     }
-    assert!(resources(&deployer).get_opt("iris").await.unwrap().is_none());
+    assert!(
+        resources(&deployer)
+            .get_opt("iris")
+            .await
+            .unwrap()
+            .is_none()
+    );
     cleanup(&deployer).await;
 }
 
@@ -411,18 +504,37 @@ async fn a_conflict_with_another_manager_is_reported_with_its_reason() {
     // Another platform takes the HPA's bound with its own server-side apply.
     let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: iris\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: iris}\n  maxReplicas: 7\n";
     let (ok, out, err) = kubectl(
-        &["apply", "--server-side", "--field-manager=platform", "--force-conflicts", "-n", &ns, "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=platform",
+            "--force-conflicts",
+            "-n",
+            &ns,
+            "-f",
+            "-",
+        ],
         Some(hpa),
     );
     assert!(ok, "{out} {err}");
-    let conflicted = wait_status(&deployer, "iris", "Reconciled=False/FieldManagerConflict", |r| {
-        condition(r, RECONCILED)
-            .is_some_and(|(s, reason, _)| s == "False" && reason == reason::FIELD_MANAGER_CONFLICT)
-    })
+    let conflicted = wait_status(
+        &deployer,
+        "iris",
+        "Reconciled=False/FieldManagerConflict",
+        |r| {
+            condition(r, RECONCILED).is_some_and(|(s, reason, _)| {
+                s == "False" && reason == reason::FIELD_MANAGER_CONFLICT
+            })
+        },
+    )
     .await;
     let (_, _, message) = condition(&conflicted, RECONCILED).unwrap();
     assert!(message.contains("`platform`"), "{message}");
-    assert_eq!(hpa_max(&deployer, "iris").await, Some(7), "the other manager's value stands");
+    assert_eq!(
+        hpa_max(&deployer, "iris").await,
+        Some(7),
+        "the other manager's value stands"
+    );
     operator.finish(&deployer).await;
 }
 
@@ -485,7 +597,10 @@ async fn an_operator_the_api_server_refuses_reports_forbidden() {
             ..Subject::default()
         }]),
     };
-    api::<Role>(&deployer).create(&PostParams::default(), &role).await.unwrap();
+    api::<Role>(&deployer)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
     api::<RoleBinding>(&deployer)
         .create(&PostParams::default(), &binding)
         .await
@@ -494,12 +609,16 @@ async fn an_operator_the_api_server_refuses_reports_forbidden() {
     let operator = Running::start_without_install(impersonating(&user).await, &ns);
     applied(&ns, &resource_yaml("iris", "1", 1, 2));
     let refused = wait_status(&deployer, "iris", "Reconciled=False/Forbidden", |r| {
-        condition(r, RECONCILED).is_some_and(|(s, reason, _)| s == "False" && reason == reason::FORBIDDEN)
+        condition(r, RECONCILED)
+            .is_some_and(|(s, reason, _)| s == "False" && reason == reason::FORBIDDEN)
     })
     .await;
     let (_, _, message) = condition(&refused, RECONCILED).unwrap();
     assert!(message.contains("refused"), "{message}");
-    assert!(objects(&deployer, "iris").await.is_empty(), "nothing was created");
+    assert!(
+        objects(&deployer, "iris").await.is_empty(),
+        "nothing was created"
+    );
     operator.stop().await;
 
     // Without even the right to list its resources, the operator does not start, and says so.
@@ -511,10 +630,24 @@ async fn an_operator_the_api_server_refuses_reports_forbidden() {
     assert!(stranger.contains("is the CRD installed"), "{stranger}");
     // The finalizer is the operator's: remove the resource with the admin's operator.
     let admin_operator = Running::start(deployer.client().clone(), &ns).await;
-    let (ok, _, err) = kubectl(&["delete", "servingendpoint", "iris", "-n", &ns, "--wait=false"], None);
+    let (ok, _, err) = kubectl(
+        &[
+            "delete",
+            "servingendpoint",
+            "iris",
+            "-n",
+            &ns,
+            "--wait=false",
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     wait_for("the resource gone", PATIENCE, || async {
-        resources(&deployer).get_opt("iris").await.unwrap().is_none()
+        resources(&deployer)
+            .get_opt("iris")
+            .await
+            .unwrap()
+            .is_none()
     })
     .await;
     admin_operator.finish(&deployer).await;
@@ -536,7 +669,8 @@ impl Running {
 
 /// The YAML between the README's markers, as `kubectl apply -f - <<'EOF' ... EOF` gives it.
 fn readme_yaml() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = "<!-- k8s-operator-yaml:start -->";
     let end = "<!-- k8s-operator-yaml:end -->";
     let block = readme

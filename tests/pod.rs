@@ -17,8 +17,10 @@ use tokio::sync::oneshot;
 
 use crate::support::{PATIENCE, client, post_json};
 
+/// The pod example, run as the pod runs it. It holds its own copy of the iris model's module,
+/// as `support` does.
 #[path = "../examples/k8s_pod.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 mod k8s_pod_example;
 
 const TOKEN: &str = "pod-token-from-the-secret";
@@ -107,7 +109,12 @@ async fn shutdown_drains_the_request_in_flight_then_the_pod_exits() {
     let mut running = start(pod, registry).await;
     let url = format!("{}/api/v1/endpoints/iris", running.base);
     let in_flight = tokio::spawn(async move {
-        post_json(&url, Some(TOKEN), &json!({"input_params": [5.1, 3.5, 1.4, 0.2]})).await
+        post_json(
+            &url,
+            Some(TOKEN),
+            &json!({"input_params": [5.1, 3.5, 1.4, 0.2]}),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let signalled = Instant::now();
@@ -121,8 +128,14 @@ async fn shutdown_drains_the_request_in_flight_then_the_pod_exits() {
         .expect("the pod exits after the drain")
         .unwrap()
         .unwrap();
-    assert!(signalled.elapsed() < Duration::from_secs(10), "well within the drain timeout");
-    let refused = client().get(format!("{}/readyz", running.base)).send().await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "well within the drain timeout"
+    );
+    let refused = client()
+        .get(format!("{}/readyz", running.base))
+        .send()
+        .await;
     assert!(refused.is_err(), "nothing listens after the drain");
 }
 
@@ -131,13 +144,23 @@ async fn a_pod_without_its_token_or_with_a_bad_spec_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_spec(dir.path(), "standardise");
     let error = Pod::from_file(&path, None).unwrap_err().to_string();
-    assert!(error.contains("endpoint `iris` requires a token"), "{error}");
+    assert!(
+        error.contains("endpoint `iris` requires a token"),
+        "{error}"
+    );
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "name: iris\nmodel: {name: m, version: '1'}\ncolour: red\n").unwrap();
+    std::fs::write(
+        &bad,
+        "name: iris\nmodel: {name: m, version: '1'}\ncolour: red\n",
+    )
+    .unwrap();
     let error = Pod::from_file(&bad, Some(Token::new(TOKEN)))
         .unwrap_err()
         .to_string();
-    assert!(error.contains("bad.yaml") && error.contains("unknown field `colour`"), "{error}");
+    assert!(
+        error.contains("bad.yaml") && error.contains("unknown field `colour`"),
+        "{error}"
+    );
     let missing = Pod::from_file(&dir.path().join("absent.yaml"), Some(Token::new(TOKEN)))
         .unwrap_err()
         .to_string();

@@ -28,9 +28,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serving_core::{EndpointSpec, Error, Result};
 
-use crate::config::{
-    DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_PORT, PodResources, ServingEndpointSpec,
-};
+use crate::config::{DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_PORT, PodResources, ServingEndpointSpec};
 use crate::error::K8sError;
 use crate::manifests::FIELD_MANAGER;
 use crate::rollout::Canary;
@@ -52,6 +50,8 @@ pub const SERVICE_PORT: u16 = 80;
 // interval is zero, an unknown key in a Kafka section) then becomes the condition
 // `Ready=False` with reason `InvalidSpec` on that resource, instead of a value the
 // controller's watch cannot read at all.
+// clippy reads the printer columns' repeated `type_` as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "serving.dev",
@@ -67,7 +67,11 @@ pub const SERVICE_PORT: u16 = 80;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(
         name = "Model",
@@ -75,7 +79,11 @@ pub const SERVICE_PORT: u16 = 80;
         json_path = ".status.stable.modelVersion"
     ),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct ServingEndpointResourceSpec {
     /// The endpoint's whole specification (serving's `EndpointSpec`, as in a spec file); its

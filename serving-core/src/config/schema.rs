@@ -89,7 +89,15 @@ mod tests {
     fn the_spec_has_a_schema_with_its_fields_and_docs() {
         let schema = schema_for!(EndpointSpec).to_value();
         let properties = &schema["properties"];
-        for field in ["name", "kind", "model", "auth", "server", "autoscale", "triggers"] {
+        for field in [
+            "name",
+            "kind",
+            "model",
+            "auth",
+            "server",
+            "autoscale",
+            "triggers",
+        ] {
             assert!(properties.get(field).is_some(), "{field}: {schema}");
         }
         assert_eq!(schema["additionalProperties"], false, "deny_unknown_fields");

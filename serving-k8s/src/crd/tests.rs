@@ -18,8 +18,17 @@ fn assert_structural(node: &Value, path: &str, in_junction: bool) {
     let escaped = object.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true))
         || object.get("x-kubernetes-int-or-string") == Some(&json!(true));
     if in_junction {
-        for forbidden in ["type", "properties", "additionalProperties", "items", "default"] {
-            assert!(!object.contains_key(forbidden), "{path}: `{forbidden}` in a junction");
+        for forbidden in [
+            "type",
+            "properties",
+            "additionalProperties",
+            "items",
+            "default",
+        ] {
+            assert!(
+                !object.contains_key(forbidden),
+                "{path}: `{forbidden}` in a junction"
+            );
         }
     } else {
         assert!(
@@ -82,7 +91,10 @@ fn the_crd_names_group_version_scope_and_subresources() {
     assert_eq!(crd.spec.names.kind, "ServingEndpoint");
     assert_eq!(crd.spec.names.short_names, Some(vec!["sep".to_owned()]));
     let version = &crd.spec.versions[0];
-    assert_eq!((version.name.as_str(), version.served, version.storage), (VERSION, true, true));
+    assert_eq!(
+        (version.name.as_str(), version.served, version.storage),
+        (VERSION, true, true)
+    );
     assert!(version.subresources.as_ref().unwrap().status.is_some());
     let columns: Vec<&str> = version
         .additional_printer_columns
@@ -90,7 +102,10 @@ fn the_crd_names_group_version_scope_and_subresources() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Ready", "Replicas", "Desired", "Model", "URL", "Age"]);
+    assert_eq!(
+        columns,
+        ["Ready", "Replicas", "Desired", "Model", "URL", "Age"]
+    );
 }
 
 #[test]
@@ -143,18 +158,32 @@ fn the_schema_types_the_spec_and_the_status() {
     assert_eq!(canary["properties"]["model_version"]["type"], "string");
 
     let status = &schema["properties"]["status"]["properties"];
-    for field in ["observedGeneration", "replicas", "readyReplicas", "url", "stable", "canary"] {
+    for field in [
+        "observedGeneration",
+        "replicas",
+        "readyReplicas",
+        "url",
+        "stable",
+        "canary",
+    ] {
         assert!(status.get(field).is_some(), "status.{field}");
     }
     let condition = &status["conditions"]["items"];
-    assert_eq!(required(condition), ["lastTransitionTime", "message", "reason", "status", "type"]);
+    assert_eq!(
+        required(condition),
+        ["lastTransitionTime", "message", "reason", "status", "type"]
+    );
     assert_eq!(status["stable"]["properties"]["weight"]["type"], "integer");
 }
 
 #[test]
 fn the_endpoint_carries_no_defaults_for_the_api_server_to_freeze() {
     let mut found = Vec::new();
-    find_defaults(&schema()["properties"]["spec"]["properties"]["endpoint"], "", &mut found);
+    find_defaults(
+        &schema()["properties"]["spec"]["properties"]["endpoint"],
+        "",
+        &mut found,
+    );
     assert!(found.is_empty(), "defaults at {found:?}");
 }
 
@@ -180,12 +209,18 @@ fn a_resource_reads_back_into_the_spec_it_was_made_from() {
 fn a_bad_resource_spec_says_what_is_wrong() {
     let spec = ServingEndpointResourceSpec::new(&sample());
     let error = spec.endpoint_spec("other").unwrap_err().to_string();
-    assert!(error.contains("spec.endpoint.name `iris` must be the resource's name `other`"), "{error}");
+    assert!(
+        error.contains("spec.endpoint.name `iris` must be the resource's name `other`"),
+        "{error}"
+    );
 
     let mut typo = spec.clone();
     typo.endpoint["autoscale"] = json!({"min_replicas": 1, "max_replicas": 3, "maximum": 4});
     let error = typo.endpoint_spec("iris").unwrap_err().to_string();
-    assert!(error.contains("spec.endpoint: unknown field `maximum`"), "{error}");
+    assert!(
+        error.contains("spec.endpoint: unknown field `maximum`"),
+        "{error}"
+    );
 
     let mut inverted = spec.clone();
     inverted.endpoint["autoscale"] = json!({"min_replicas": 5, "max_replicas": 2});
@@ -200,18 +235,27 @@ fn a_bad_resource_spec_says_what_is_wrong() {
         weight: 150,
     });
     let error = heavy.endpoint_spec("iris").unwrap_err().to_string();
-    assert!(error.contains("spec.canary.weight 150 is a percentage"), "{error}");
+    assert!(
+        error.contains("spec.canary.weight 150 is a percentage"),
+        "{error}"
+    );
     let empty = spec.with_canary(Canary {
         image: None,
         model_version: None,
         weight: 10,
     });
     let error = empty.endpoint_spec("iris").unwrap_err().to_string();
-    assert!(error.contains("names neither an image nor a model_version"), "{error}");
+    assert!(
+        error.contains("names neither an image nor a model_version"),
+        "{error}"
+    );
 }
 
 #[test]
 #[ignore = "prints the CRD: cargo test -p serving-k8s print_the_crd -- --ignored --nocapture"]
 fn print_the_crd() {
-    println!("{}", serde_norway::to_string(&ServingEndpoint::crd()).unwrap());
+    println!(
+        "{}",
+        serde_norway::to_string(&ServingEndpoint::crd()).unwrap()
+    );
 }

@@ -248,16 +248,20 @@ async fn apply(
         Err(error) => {
             // Nothing is changed; a new spec (a new generation) is the only way forward.
             tracing::info!(endpoint = %name, %error, "invalid spec");
-            patch_status(api, endpoint, &status::failed(&previous, generation, &error, &now))
-                .await?;
+            patch_status(
+                api,
+                endpoint,
+                &status::failed(&previous, generation, &error, &now),
+            )
+            .await?;
             return Ok(Action::await_change());
         }
     };
-    let owner = endpoint
-        .controller_owner_ref(&())
-        .ok_or_else(|| ReconcileError(Error::InvalidSpec {
+    let owner = endpoint.controller_owner_ref(&()).ok_or_else(|| {
+        ReconcileError(Error::InvalidSpec {
             reason: format!("resource `{name}` has no uid yet"),
-        }))?;
+        })
+    })?;
     let applied = match deployer.apply(&spec, Some(&owner)).await {
         Ok(applied) => applied,
         Err(error) => {
@@ -284,7 +288,11 @@ async fn apply(
     );
     let ready = deployed.is_ready();
     patch_status(api, endpoint, &status).await?;
-    Ok(Action::requeue(if ready { RESYNC } else { NOT_READY_RECHECK }))
+    Ok(Action::requeue(if ready {
+        RESYNC
+    } else {
+        NOT_READY_RECHECK
+    }))
 }
 
 /// The canary's step of a reconcile: the versions and weights to report.
@@ -354,7 +362,9 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_per_failure_up_to_its_cap() {
-        let waits: Vec<u64> = (1..=12).map(|n| backoff_after(n).as_millis() as u64).collect();
+        let waits: Vec<u64> = (1..=12)
+            .map(|n| backoff_after(n).as_millis() as u64)
+            .collect();
         assert_eq!(&waits[..5], [500, 1000, 2000, 4000, 8000]);
         assert_eq!(waits[11], 300_000);
         assert_eq!(backoff_after(u32::MAX), BACKOFF_MAX);

@@ -153,7 +153,10 @@ pub(crate) fn reconciled(
         (
             true,
             reason::ALL_REPLICAS_READY,
-            format!("{} of {} replicas ready", deployed.ready_replicas, deployed.replicas),
+            format!(
+                "{} of {} replicas ready",
+                deployed.ready_replicas, deployed.replicas
+            ),
         )
     };
     set_condition(
@@ -184,7 +187,9 @@ pub(crate) fn reconciled(
     let keep_message = previous
         .condition(RECONCILED)
         .filter(|c| {
-            c.status == "True" && applied.changed.is_empty() && previous.observed_generation == generation
+            c.status == "True"
+                && applied.changed.is_empty()
+                && previous.observed_generation == generation
         })
         .map(|c| c.message.clone());
     set_condition(
@@ -295,12 +300,20 @@ mod tests {
         assert_eq!(status.observed_generation, Some(3));
         let stable = status.stable.as_ref().unwrap();
         assert_eq!(
-            (stable.image.as_str(), stable.model_version.as_str(), stable.weight),
+            (
+                stable.image.as_str(),
+                stable.model_version.as_str(),
+                stable.weight
+            ),
             ("registry.test/iris:1", "1", 100)
         );
         let ready = status.condition(READY).unwrap();
         assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str(), ready.message.as_str()),
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
             ("True", reason::ALL_REPLICAS_READY, "2 of 2 replicas ready")
         );
         let reconciled = status.condition(RECONCILED).unwrap();
@@ -370,7 +383,11 @@ mod tests {
         assert_eq!(stable.weight, 80);
         let canary = canary.unwrap();
         assert_eq!(
-            (canary.image.as_str(), canary.model_version.as_str(), canary.weight),
+            (
+                canary.image.as_str(),
+                canary.model_version.as_str(),
+                canary.weight
+            ),
             ("registry.test/iris:1", "2", 20)
         );
     }
@@ -391,7 +408,10 @@ mod tests {
             &deployed(0, 0),
             &time(1),
         );
-        assert_eq!(status.condition(READY).unwrap().reason, reason::SCALED_TO_ZERO);
+        assert_eq!(
+            status.condition(READY).unwrap().reason,
+            reason::SCALED_TO_ZERO
+        );
         spec.endpoint.kind = EndpointKind::KafkaStream(BackendSection::new());
         assert_eq!(url(&spec, "ns"), None);
     }
