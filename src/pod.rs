@@ -53,6 +53,8 @@ pub const DEFAULT_TOKEN_ENV: &str = "SERVING_TOKEN";
 pub struct Pod {
     spec: EndpointSpec,
     token: Option<Token>,
+    #[cfg_attr(not(feature = "batch"), allow(dead_code))]
+    datasets: Option<serving_core::datasets::Datasets>,
 }
 
 fn failed(action: String, source: impl Into<serving_core::BoxError>) -> Error {
@@ -86,6 +88,7 @@ impl Pod {
         Ok(Pod {
             spec,
             token: token.map(Token::new),
+            datasets: None,
         })
     }
 
@@ -102,7 +105,18 @@ impl Pod {
                 reason: format!("endpoint `{}` requires a token", spec.name),
             });
         }
-        Ok(Pod { spec, token })
+        Ok(Pod {
+            spec,
+            token,
+            datasets: None,
+        })
+    }
+
+    /// A batch endpoint's datasets; [`Datasets::from_env`](serving_core::datasets::Datasets::from_env)
+    /// (`$SERVING_DATASETS`) when not given.
+    pub fn with_datasets(mut self, datasets: serving_core::datasets::Datasets) -> Self {
+        self.datasets = Some(datasets);
+        self
     }
 
     /// The endpoint's spec.
@@ -162,7 +176,10 @@ impl Pod {
             }
             #[cfg(feature = "batch")]
             EndpointKind::Batch(_) => {
-                let datasets = serving_core::datasets::Datasets::from_env()?;
+                let datasets = match self.datasets {
+                    Some(datasets) => datasets,
+                    None => serving_core::datasets::Datasets::from_env()?,
+                };
                 let batches = serving_batch::BatchService::builder(datasets)
                     .registry(registry)
                     .endpoint(self.spec.clone())?

@@ -183,3 +183,62 @@ async fn a_pod_without_its_token_or_with_a_bad_spec_says_why() {
         .to_string();
     assert!(error.contains("unknown-model"), "{error}");
 }
+
+/// A batch endpoint's pod: its runs' REST API over the datasets, the model from the registry.
+#[cfg(feature = "batch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_pod_serves_its_runs_over_the_datasets() {
+    use serving::batch::BatchJobConfig;
+    use serving::datasets::{Datasets, Overwrite};
+    let dir = tempfile::tempdir().unwrap();
+    let datasets = Datasets::local(dir.path().join("datasets")).unwrap();
+    let csv = "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,3.0,4.2,1.5\n";
+    datasets
+        .dataset("iris")
+        .unwrap()
+        .put("in/iris.csv", csv.into(), Overwrite::Refuse)
+        .await
+        .unwrap();
+    let mut spec = EndpointSpec::new("flowers", ModelRef::new("iris-knn", "1"));
+    spec.preprocess = Some("standardise".into());
+    spec.kind = BatchJobConfig::default().into();
+    let path = dir.path().join("spec.yaml");
+    std::fs::write(&path, spec.to_yaml()).unwrap();
+    let pod = Pod::from_file(&path, Some(Token::new(TOKEN)))
+        .unwrap()
+        .with_datasets(datasets);
+    let mut running = start(pod, k8s_pod_example::registry().unwrap()).await;
+
+    let url = format!("{}/api/v1/endpoints/flowers/batches", running.base);
+    let body = json!({"input_file": "in/iris.csv", "output_file": "out/p.csv", "dataset": "iris"});
+    let (status, submitted) = post_json(&url, Some(TOKEN), &body).await;
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let run = loop {
+        let run: Value = client()
+            .get(format!("{url}/{id}"))
+            .header(serving::http::TOKEN_HEADER, TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if run["status"] != "queued" && run["status"] != "running" {
+            break run;
+        }
+        assert!(started.elapsed() < PATIENCE, "{run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["rows_predicted"], 3);
+    let (status, _) = post_json(&url, None, &body).await;
+    assert_eq!(status, 401, "the token is required");
+    running.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(PATIENCE, running.task)
+        .await
+        .expect("the pod stops")
+        .unwrap()
+        .unwrap();
+}

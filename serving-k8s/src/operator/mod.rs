@@ -22,7 +22,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Controller, Error as ControllerError};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -189,6 +189,10 @@ impl Operator {
             .for_each(|result| async move {
                 match result {
                     Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                    // A retry that fired after the resource was deleted: nothing to do.
+                    Err(ControllerError::ObjectNotFound(object)) => {
+                        tracing::debug!(%object, "gone before its retry");
+                    }
                     Err(error) => tracing::warn!(%error, "reconcile failed"),
                 }
             })
