@@ -242,3 +242,72 @@ async fn a_batch_pod_serves_its_runs_over_the_datasets() {
         .unwrap()
         .unwrap();
 }
+
+/// A Kafka stream's pod: it joins its group (then `/readyz` answers 200), predicts each message
+/// of its input onto its output, and on shutdown drains and commits.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_pod_predicts_its_input_topic_onto_its_output() {
+    use crate::kafka::{BROKER, brokers, create_topics, produce, producer, read_committed, unique};
+    use serving::kafka::KafkaStreamConfig;
+    let _broker = BROKER.read().await;
+    let brokers = brokers();
+    let (input, output) = (unique("pod-in"), unique("pod-out"));
+    create_topics(
+        &brokers,
+        &[(&input, 1), (&output, 1), (&format!("{output}.dlq"), 1)],
+    )
+    .await;
+    let mut kafka = KafkaStreamConfig::new(brokers.split(','), vec![input.clone()], output.clone());
+    kafka.group_id = Some(unique("pod-group"));
+    let mut spec = EndpointSpec::new("iris", ModelRef::new("iris-knn", "1"));
+    spec.preprocess = Some("measurements".into());
+    spec.kind = kafka.into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spec.yaml");
+    std::fs::write(&path, spec.to_yaml()).unwrap();
+    let pod = Pod::from_file(&path, Some(Token::new(TOKEN))).unwrap();
+    let mut running = start(pod, k8s_pod_example::registry().unwrap()).await;
+
+    let started = Instant::now();
+    loop {
+        let ready = client()
+            .get(format!("{}/readyz", running.base))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if ready.ok() == Some(200) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "joined its group"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce(
+        &producer(&brokers),
+        &input,
+        "a",
+        "[5.1, 3.5, 1.4, 0.2]",
+        "t",
+    )
+    .await;
+    let read = read_committed(
+        &brokers,
+        &output,
+        1,
+        Duration::from_millis(300),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0].key.as_deref(), Some("a"));
+    assert_eq!(read[0].value, json!("setosa"), "{read:?}");
+    running.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(PATIENCE, running.task)
+        .await
+        .expect("the pod stops")
+        .unwrap()
+        .unwrap();
+}
