@@ -243,6 +243,16 @@ async fn the_crd_is_installed_idempotently_and_established() {
     // kubectl knows the kind, its short name and columns.
     let (ok, out, err) = kubectl(&["get", "sep", "-A"], None);
     assert!(ok, "{out} {err}");
+    // The schema is published with the docs of the Rust types (once the API server's OpenAPI
+    // aggregation has caught up).
+    wait_for("kubectl explain of the spec", PATIENCE, || async {
+        let (ok, out, _) = kubectl(
+            &["explain", "servingendpoints.spec.endpoint.autoscale"],
+            None,
+        );
+        ok && out.contains("max_replicas") && out.contains("Most replicas")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
