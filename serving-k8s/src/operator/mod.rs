@@ -48,6 +48,15 @@ const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
 /// The operator: watches [`ServingEndpoint`] resources (in every namespace, or one) and the
 /// objects they own, and makes the cluster match them.
 ///
+/// # RBAC
+/// Its identity needs, in the namespaces it serves: `get`, `list`, `watch`, `patch` and
+/// `update` on `servingendpoints` and `servingendpoints/status` (group `serving.dev`; the
+/// finalizer and the status), and `get`, `list`, `watch`, `patch` and `delete` on
+/// `deployments`, `deployments/scale`, `services`, `horizontalpodautoscalers`, `configmaps`,
+/// `secrets` and `poddisruptionbudgets`; [`install_crd`](crate::install_crd) also needs
+/// `get` and `patch` on `customresourcedefinitions`. A refusal is reported on the resource
+/// as the reason [`FORBIDDEN`](reason::FORBIDDEN).
+///
 /// ```no_run
 /// # async fn run() -> serving_core::Result<()> {
 /// let client = serving_k8s::client_from_kubeconfig("kubeconfig".as_ref()).await?;
