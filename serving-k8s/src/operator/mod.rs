@@ -51,7 +51,7 @@ const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
 /// # RBAC
 /// Its identity needs, in the namespaces it serves: `get`, `list`, `watch`, `patch` and
 /// `update` on `servingendpoints` and `servingendpoints/status` (group `serving.dev`; the
-/// finalizer and the status), and `get`, `list`, `watch`, `patch` and `delete` on
+/// finalizer and the status), and `get`, `list`, `watch`, `create`, `patch` and `delete` on
 /// `deployments`, `deployments/scale`, `services`, `horizontalpodautoscalers`, `configmaps`,
 /// `secrets` and `poddisruptionbudgets`; [`install_crd`](crate::install_crd) also needs
 /// `get` and `patch` on `customresourcedefinitions`. A refusal is reported on the resource
