@@ -27,11 +27,16 @@
 //! | `http` | [`http`]: the web-service endpoint (axum) | yes |
 //! | `kafka` | `kafka`: the Kafka-stream endpoint (rdkafka) | no |
 //! | `batch` | `batch`: the batch endpoint (polars, object_store) | no |
-//! | `k8s` | `k8s`: the Kubernetes backend (kube) | no |
+//! | `k8s` | `k8s`: the Kubernetes backend (kube): manifests, server-side apply, the `ServingEndpoint` operator | no |
+//!
+//! Inside a pod deployed on Kubernetes, [`pod::Pod`] reads the mounted spec and token and
+//! serves the endpoint of the spec's kind (`http`).
 
 pub use serving_core::*;
 
 pub mod logging;
+#[cfg(feature = "http")]
+pub mod pod;
 
 /// The web-service endpoint.
 #[cfg(feature = "http")]

@@ -144,7 +144,7 @@ where
 /// `resourceVersion` of the ConfigMap, Secret and Service, and the `generation` of the
 /// Deployment, HPA and PDB, whose status controllers write; `None` for an absent object.
 /// With it, the labels and annotations of the Deployment, which no generation counts.
-async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
+pub(crate) async fn versions(deployer: &Deployer, name: &str) -> Vec<Option<String>> {
     let config_map = api::<ConfigMap>(deployer)
         .get_opt(&format!("{name}-spec"))
         .await

@@ -92,7 +92,7 @@ pub(crate) async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
-fn producer(brokers: &str) -> FutureProducer {
+pub(crate) fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
@@ -100,7 +100,13 @@ fn producer(brokers: &str) -> FutureProducer {
         .unwrap()
 }
 
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &str, trace: &str) {
+pub(crate) async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &str,
+    trace: &str,
+) {
     let headers = OwnedHeaders::new().insert(Header {
         key: "trace",
         value: Some(trace),
@@ -120,15 +126,15 @@ async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &str,
 
 /// One message read back from an output topic.
 #[derive(Debug, Clone)]
-struct Read {
-    key: Option<String>,
-    value: Value,
-    headers: HashMap<String, String>,
+pub(crate) struct Read {
+    pub(crate) key: Option<String>,
+    pub(crate) value: Value,
+    pub(crate) headers: HashMap<String, String>,
 }
 
 /// Reads `topic` from the start with `read_committed` until `count` messages came and
 /// `settle` passed without another one (so extra messages would be seen), or `timeout`.
-async fn read_committed(
+pub(crate) async fn read_committed(
     brokers: &str,
     topic: &str,
     count: usize,

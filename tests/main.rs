@@ -14,6 +14,8 @@ mod hostile;
 mod k8s;
 #[cfg(feature = "k8s")]
 mod k8s_rollout;
+#[cfg(feature = "k8s")]
+mod k8s_operator;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]
@@ -22,6 +24,8 @@ mod lifecycle;
 mod observability;
 mod oip;
 mod openapi;
+#[cfg(feature = "http")]
+mod pod;
 mod routers;
 mod shedding;
 mod support;

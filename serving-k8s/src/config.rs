@@ -17,8 +17,8 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 pub const TERMINATION_MARGIN_SECS: u64 = 15;
 
 /// One endpoint as it runs on Kubernetes: its [`EndpointSpec`], the container image of the
-/// user's binary that embeds `serving`, and the pod's settings. The future `ServingEndpoint`
-/// custom resource's `spec` is this value.
+/// user's binary that embeds `serving`, and the pod's settings: what the
+/// [`ServingEndpoint`](crate::ServingEndpoint) custom resource's `spec` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -54,7 +54,7 @@ fn default_port() -> u16 {
 
 /// A container's resource requests and limits, as Kubernetes quantities (`cpu: 500m`,
 /// `memory: 256Mi`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PodResources {
     /// What the scheduler reserves for the pod.

@@ -26,6 +26,13 @@
 //! in the consumer group for streams; [`Deployer::set_canary_weight`], [`Deployer::promote`]
 //! and [`Deployer::rollback`] move it on.
 //!
+//! The [`ServingEndpoint`] custom resource says what should run (its CRD generated from the
+//! Rust types, installed by [`install_crd`]); the [`Operator`], a controller on
+//! `kube::runtime`, reconciles each into the objects above with the same [`Deployer`] steps,
+//! reports the status (ready replicas, versions and weights, URL, conditions `Ready` and
+//! `Reconciled` with [`reason`]s), retries with backoff and cleans up through the finalizer
+//! [`FINALIZER`]. `examples/k8s_operator.rs` runs it against `$KUBECONFIG`.
+//!
 //! ```no_run
 //! # async fn run() -> serving_core::Result<()> {
 //! use serving_core::{EndpointSpec, ModelRef};
@@ -46,9 +53,11 @@
 mod autoscaler;
 mod batch;
 mod config;
+mod crd;
 mod deployer;
 mod error;
 mod manifests;
+mod operator;
 mod rollout;
 mod scaling;
 
@@ -57,6 +66,10 @@ pub use batch::{BatchOnCluster, TOKEN_HEADER, submit_batch};
 pub use config::{
     DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_PORT, PodResources, ServingEndpointSpec,
     TERMINATION_MARGIN_SECS,
+};
+pub use crd::{
+    FINALIZER, GROUP, SERVICE_PORT, ServingEndpoint, ServingEndpointResourceSpec,
+    ServingEndpointStatus, VERSION, VersionStatus, install_crd,
 };
 pub use deployer::{
     Applied, DEFAULT_ROLLOUT_TIMEOUT, Deployer, EndpointStatus, client_from_kubeconfig,
@@ -77,4 +90,5 @@ pub use scaling::{
     DEFAULT_LAG_THRESHOLD, LAG_METRIC, LagScaling, ScaleTargetRef, ScaleTrigger, ScaledObject,
     ScaledObjectSpec, scaled_object,
 };
+pub use operator::{Operator, READY, RECONCILED, ReconcileError, reason};
 pub use {k8s_openapi, kube};

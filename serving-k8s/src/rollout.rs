@@ -42,7 +42,7 @@ const WHY_ROUTES: &str = "a web service's or batch endpoint's canary splits its 
 const SERVICE_PORT: i32 = 80;
 
 /// A candidate version running beside the stable one and taking `weight` percent of traffic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Canary {
     /// The candidate's container image; the stable image when absent.

@@ -3,5 +3,7 @@
 //! process environment.
 
 pub(crate) mod environment;
+#[cfg(feature = "schema")]
+mod schema;
 pub mod setting;
 pub(crate) mod spec;

@@ -17,6 +17,7 @@ use crate::setting_keys;
 
 /// Everything that defines an endpoint except the model's code, which is referenced by name
 /// and version.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -289,6 +290,7 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for BackendSection {
 
 /// The model an endpoint serves.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {
@@ -310,6 +312,7 @@ impl ModelRef {
 
 /// "Function accepts file as input": the input is Base64 (a string or a list of them), decoded
 /// before predict.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileInput {
@@ -324,6 +327,7 @@ pub enum FileInput {
 }
 
 /// How callers authenticate.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSpec {
@@ -345,6 +349,7 @@ impl Default for AuthSpec {
 }
 
 /// What the prediction log keeps for each prediction.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoggingSpec {
@@ -369,6 +374,7 @@ impl Default for LoggingSpec {
 
 /// Server settings: environment KEY-VALUE pairs (the original "Flask config") and worker
 /// settings (the original "Gunicorn config").
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
@@ -381,6 +387,7 @@ pub struct ServerSettings {
 }
 
 /// Worker settings, settable as KEY-VALUE pairs with [`WorkerSettings::set`].
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

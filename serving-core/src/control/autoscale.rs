@@ -13,6 +13,7 @@ use crate::sync::Locked;
 /// The lower and upper bound of an endpoint's replicas ("Number of Pods"). A minimum of zero
 /// lets a batch endpoint sleep between batches.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoscaleBounds {
@@ -20,6 +21,7 @@ pub struct AutoscaleBounds {
     pub min_replicas: u32,
     /// Most replicas.
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_replicas: u32,
 }
 

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 ///     - {metric: "custom:accuracy", comparison: greater_than, threshold: 0.9, min_events: 20}
 /// ```
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryPolicy {
@@ -114,6 +115,7 @@ fn duration_ms(duration: Duration) -> u64 {
 
 /// One condition a healthy candidate meets, such as "error rate less than 1 %".
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryRule {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// With it, OIP input tensors are passed to the predictor in the declared order (matched by
 /// name), and outputs take the declared names and data types.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSignature {
@@ -24,6 +25,7 @@ pub struct ModelSignature {
 /// One named tensor: its OIP data type (`FP32`, `INT64`, `BYTES`, …) and shape, `-1` for a
 /// dimension of any size.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 /// `schedule` is `"now"`, `{"every_secs": N}` or `{"cron": "0 * * * *"}`, `format` `csv` (the
 /// default) or `jsonl`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -84,6 +85,7 @@ impl From<FeedbackSchedule> for ScheduleForm {
 
 /// The file format of a feedback export.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
