@@ -2,7 +2,8 @@
 //! installed and established, a resource created with kubectl reconciled into every object
 //! with its status, a spec change applied, drift put back, an invalid spec reported without a
 //! change, deletion through the finalizer, the schema refusing bad fields, a conflict and a
-//! refusal reported with their reasons, and the README's YAML applied as written.
+//! refusal reported with their reasons, a canary named in the resource run and rolled back,
+//! and the README's YAML applied as written.
 //!
 //! Each test runs its own operator, limited to a namespace of its own; the CRD is
 //! cluster-wide, installed idempotently and never deleted.
@@ -20,7 +21,8 @@ use serving::k8s::kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serving::k8s::kube::config::{KubeConfigOptions, Kubeconfig};
 use serving::k8s::kube::{Client, Config, ResourceExt};
 use serving::k8s::{
-    Deployer, FINALIZER, Operator, READY, RECONCILED, ServingEndpoint, install_crd, reason,
+    Deployer, FINALIZER, HttpRoute, Operator, READY, RECONCILED, ServingEndpoint, install_crd,
+    reason,
 };
 use tokio::sync::oneshot;
 
@@ -384,6 +386,84 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
             && objects(&deployer, "iris").await.is_empty()
     })
     .await;
+    operator.finish(&deployer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_in_the_resource_runs_beside_the_stable_and_goes_when_removed() {
+    let deployer = deployer("op-canary").await;
+    let ns = deployer.namespace().to_owned();
+    let operator = Running::start(deployer.client().clone(), &ns).await;
+    let stable_yaml = resource_yaml("iris", "1", 2, 4);
+    applied(&ns, &stable_yaml);
+    wait_status(&deployer, "iris", "Ready=True", is_ready).await;
+
+    // The candidate named in the resource: a second Deployment and a 80/20 route.
+    let canary_yaml = format!(
+        "{stable_yaml}  canary: {{image: registry.test/iris:2, model_version: \"2\", weight: 20}}\n"
+    );
+    applied(&ns, &canary_yaml);
+    let resource = wait_status(&deployer, "iris", "the canary in the status", |r| {
+        is_ready(r) && r.status.as_ref().is_some_and(|s| s.canary.is_some())
+    })
+    .await;
+    let status = resource.status.unwrap();
+    let canary = status.canary.unwrap();
+    assert_eq!(
+        (
+            canary.image.as_str(),
+            canary.model_version.as_str(),
+            canary.weight
+        ),
+        ("registry.test/iris:2", "2", 20)
+    );
+    assert_eq!(status.stable.unwrap().weight, 80);
+    let candidate = api::<Deployment>(&deployer)
+        .get("iris-canary")
+        .await
+        .unwrap();
+    assert_eq!(
+        candidate.spec.template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("registry.test/iris:2")
+    );
+    let route = api::<HttpRoute>(&deployer).get("iris").await.unwrap();
+    assert_eq!(
+        (route.weight_of("iris"), route.weight_of("iris-canary")),
+        (80, 20)
+    );
+    let deployed = deployer.status("iris").await.unwrap();
+    assert_eq!(deployed.canary.map(|c| c.weight), Some(20));
+
+    // The canary taken out of the resource: rolled back, the stable serving everything.
+    applied(&ns, &stable_yaml);
+    let resource = wait_status(&deployer, "iris", "no canary in the status", |r| {
+        is_ready(r) && r.status.as_ref().is_some_and(|s| s.canary.is_none())
+    })
+    .await;
+    assert_eq!(resource.status.unwrap().stable.unwrap().weight, 100);
+    wait_for("the canary's Deployment gone", PATIENCE, || async {
+        api::<Deployment>(&deployer)
+            .get_opt("iris-canary")
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    let route = api::<HttpRoute>(&deployer).get("iris").await.unwrap();
+    assert_eq!(
+        (route.weight_of("iris"), route.weight_of("iris-canary")),
+        (100, 0)
+    );
+    let stable = api::<Deployment>(&deployer).get("iris").await.unwrap();
+    assert_eq!(
+        stable.spec.template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("registry.test/iris:1"),
+        "a rollback leaves the stable untouched"
+    );
     operator.finish(&deployer).await;
 }
 

@@ -13,9 +13,9 @@ mod hostile;
 #[cfg(feature = "k8s")]
 mod k8s;
 #[cfg(feature = "k8s")]
-mod k8s_rollout;
-#[cfg(feature = "k8s")]
 mod k8s_operator;
+#[cfg(feature = "k8s")]
+mod k8s_rollout;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]

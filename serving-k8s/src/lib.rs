@@ -82,6 +82,7 @@ pub use manifests::{
     PredictionToken, SPEC_DIGEST_ANNOTATION, SPEC_KEY, SPEC_PATH, TOKEN_KEY, TRACK_LABEL,
     config_map_name, labels, secret_name,
 };
+pub use operator::{Operator, READY, RECONCILED, ReconcileError, reason};
 pub use rollout::{
     CANARY_ANNOTATION, CANARY_OF_LABEL, Canary, CanaryManifests, CanaryStatus,
     STABLE_SPEC_ANNOTATION, canary_name,
@@ -90,5 +91,4 @@ pub use scaling::{
     DEFAULT_LAG_THRESHOLD, LAG_METRIC, LagScaling, ScaleTargetRef, ScaleTrigger, ScaledObject,
     ScaledObjectSpec, scaled_object,
 };
-pub use operator::{Operator, READY, RECONCILED, ReconcileError, reason};
 pub use {k8s_openapi, kube};

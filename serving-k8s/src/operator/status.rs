@@ -268,6 +268,8 @@ mod tests {
             observed: true,
             bounds: None,
             model: None,
+            image: None,
+            canary: None,
         }
     }
 
