@@ -63,6 +63,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -77,7 +78,7 @@ use crate::endpoint::{
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
-use crate::model::context::Resources;
+use crate::model::context::{Resources, panic_message};
 use crate::model::input::Input;
 
 /// One item for a [`Runner`]: what a transport received, before the model.
@@ -243,9 +244,10 @@ pub enum OutputOrder {
 /// give the endpoint a `queue_depth` so that the runner's calls wait there rather than being
 /// shed.
 ///
-/// Each prediction runs in its own Tokio task (a run must be polled inside a Tokio runtime),
-/// so that predictors which answer inline use every core. A dropped [`Run`] does not cancel
-/// the calls it started: they finish and are recorded.
+/// By default each prediction runs in its own Tokio task (a run must be polled inside a Tokio
+/// runtime), so that predictors which answer inline use every core; [`Spawn::WhenPending`]
+/// spares the task for predictions that answer at once. A dropped [`Run`] does not cancel the
+/// calls it started: they finish and are recorded.
 ///
 /// # Contract
 /// What a transport owes the endpoint, and what the runner does of it for the transport that
@@ -276,6 +278,24 @@ pub struct Runner {
     endpoint: Arc<DynEndpoint>,
     concurrency: usize,
     order: OutputOrder,
+    spawn: Spawn,
+}
+
+/// Where a [`Runner`] runs each prediction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Spawn {
+    /// In its own Tokio task, so that predictors which compute inline use every core.
+    #[default]
+    Always,
+    /// Polled once in the run's own task first; only a prediction that does not answer at
+    /// that poll (it waits for the blocking pool, I/O, a timer or a slot) moves to its own
+    /// task. For transports whose cost per item matters as much as the model's (a Kafka
+    /// stream): a model that answers in microseconds then costs no task, no wake-up and no
+    /// hop between threads. An inline predictor that computes for long runs on the run's
+    /// thread, one at a time (a [`predictor_fn`](crate::predictor_fn) that is slow moves
+    /// to the blocking pool by itself, and so to a task).
+    WhenPending,
 }
 
 impl fmt::Debug for Runner {
@@ -284,6 +304,7 @@ impl fmt::Debug for Runner {
             .field("endpoint", &self.endpoint.name())
             .field("concurrency", &self.concurrency)
             .field("order", &self.order)
+            .field("spawn", &self.spawn)
             .finish()
     }
 }
@@ -300,16 +321,30 @@ impl Runner {
             endpoint: Arc::new(endpoint),
             concurrency: 1,
             order: OutputOrder::default(),
+            spawn: Spawn::default(),
         };
         runner.concurrency = runner.clamped(default);
         runner
     }
 
     /// At most `concurrency` items in flight (at least one, at most the endpoint's
-    /// `concurrency` worker setting, beyond which the endpoint would shed them).
+    /// `concurrency` plus `queue_depth` worker settings, beyond which the endpoint would shed
+    /// them). Items beyond `concurrency` wait in the endpoint's queue, where their wait counts
+    /// toward their latency and timeout, as it does for a request queued on the web service.
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = self.clamped(concurrency);
         self
+    }
+
+    /// Runs each prediction as `spawn` says ([`Spawn::Always`] by default).
+    pub fn with_spawn(mut self, spawn: Spawn) -> Self {
+        self.spawn = spawn;
+        self
+    }
+
+    /// Where each prediction runs.
+    pub fn spawn(&self) -> Spawn {
+        self.spawn
     }
 
     /// Delivers results in `order`.
@@ -334,7 +369,8 @@ impl Runner {
     }
 
     fn clamped(&self, concurrency: usize) -> usize {
-        let admitted = self.endpoint.spec().server.workers.concurrency;
+        let workers = &self.endpoint.spec().server.workers;
+        let admitted = workers.concurrency.saturating_add(workers.queue_depth);
         concurrency.min(admitted).max(1)
     }
 
@@ -363,6 +399,7 @@ impl Runner {
             endpoint: Arc::clone(&self.endpoint),
             capacity: self.concurrency,
             order: self.order,
+            spawn: self.spawn,
             source: Some(items.boxed()),
             stop: Some(stop.boxed()),
             running: FuturesUnordered::new(),
@@ -477,6 +514,7 @@ pub struct Run<M> {
     endpoint: Arc<DynEndpoint>,
     capacity: usize,
     order: OutputOrder,
+    spawn: Spawn,
     /// `None` once the input ended or the stop signal came: nothing more is taken.
     source: Option<BoxStream<'static, Item<M>>>,
     stop: Option<BoxFuture<'static, ()>>,
@@ -516,13 +554,19 @@ struct Sequence<M> {
 }
 
 impl<M: Send + 'static> Run<M> {
-    /// The next place in the output order for an item with `routing_key`.
-    fn place(&mut self, routing_key: Option<&String>) -> Option<(Option<String>, u64)> {
-        let key = match self.order {
-            OutputOrder::Input => None,
-            OutputOrder::PerKey => routing_key.cloned(),
-            OutputOrder::Completion => return None,
-        };
+    /// The ordering key of an item (`None` for all of them in [`OutputOrder::Input`]), or no
+    /// key at all in [`OutputOrder::Completion`].
+    fn order_key(&self, key: Option<String>) -> Option<Option<String>> {
+        match self.order {
+            OutputOrder::Input => Some(None),
+            OutputOrder::PerKey => Some(key),
+            OutputOrder::Completion => None,
+        }
+    }
+
+    /// The next place in the output order for an item of `key`.
+    fn place(&mut self, key: Option<Option<String>>) -> Option<(Option<String>, u64)> {
+        let key = key?;
         let sequence = self.sequences.entry(key.clone()).or_insert(Sequence {
             next: 0,
             deliver: 0,
@@ -532,8 +576,21 @@ impl<M: Send + 'static> Run<M> {
         Some((key, sequence.next - 1))
     }
 
-    /// Starts one item: a prediction in its own task, or a refusal recorded at once.
-    fn start(&mut self, item: Item<M>) {
+    /// Delivers an item finished as it was taken: at once when nothing of its key is in
+    /// flight or held (no sequence to keep), else in its place.
+    fn finished_now(&mut self, key: Option<Option<String>>, processed: Processed<M>) {
+        match key {
+            Some(key) if self.sequences.contains_key(&key) => {
+                let place = self.place(Some(key));
+                self.finish(Sequenced { place, processed });
+            }
+            _ => self.deliver(processed),
+        }
+    }
+
+    /// Starts one item: a prediction (polled in place first with [`Spawn::WhenPending`],
+    /// else in its own task), or a refusal recorded at once.
+    fn start(&mut self, item: Item<M>, cx: &mut TaskContext<'_>) {
         let Item {
             request_id,
             input,
@@ -546,46 +603,70 @@ impl<M: Send + 'static> Run<M> {
         } = item;
         let arrival = arrival.unwrap_or_else(Arrival::now);
         let request_id = request_id.unwrap_or_else(new_request_id);
-        let place = self.place(order_key.as_ref().or(routing_key.as_ref()));
+        let key = self.order_key(order_key.or_else(|| routing_key.clone()));
         self.window += 1;
-        let (id, key) = (request_id.clone(), routing_key.clone());
-        let finished = move |result, refused| Sequenced {
-            place,
-            processed: Processed {
-                request_id,
-                routing_key,
-                arrival,
-                refused,
-                result,
-                meta,
-            },
-        };
-        match input {
+        let input = match input {
+            Ok(input) => input,
             Err(error) => {
-                let done = finished(Err(same_error(&error)), true);
-                self.endpoint.refused(Refused::new(id, error, arrival));
-                self.running.push(futures::future::ready(done).boxed());
+                let result = Err(same_error(&error));
+                self.endpoint
+                    .refused(Refused::new(request_id.clone(), error, arrival));
+                let processed = Processed {
+                    request_id,
+                    routing_key,
+                    arrival,
+                    refused: true,
+                    result,
+                    meta,
+                };
+                return self.finished_now(key, processed);
             }
-            Ok(input) => {
-                let mut request = PredictRequest::new(input)
-                    .with_request_id(id)
-                    .with_arrival(arrival);
-                request.routing_key = key;
-                request.resources = resources;
-                request.params = params;
-                // Routed now, in input order: a version switch falls between two items.
-                request.routing = self.endpoint.lifecycle().map(Lifecycle::snapshot);
-                let endpoint = Arc::clone(&self.endpoint);
-                let task = tokio::spawn(async move { endpoint.predict(request).await });
-                self.running.push(
-                    async move {
-                        let result = task.await.unwrap_or_else(|join| Err(join.into()));
-                        finished(result, false)
-                    }
-                    .boxed(),
-                );
+        };
+        let mut request = PredictRequest::new(input)
+            .with_request_id(request_id.clone())
+            .with_arrival(arrival);
+        request.routing_key = routing_key.clone();
+        request.resources = resources;
+        request.params = params;
+        // Routed now, in input order: a version switch falls between two items.
+        request.routing = self.endpoint.lifecycle().map(Lifecycle::snapshot);
+        let endpoint = Arc::clone(&self.endpoint);
+        let mut call: BoxFuture<'static, Result<Prediction>> =
+            Box::pin(async move { endpoint.predict(request).await });
+        let processed = move |result| Processed {
+            request_id,
+            routing_key,
+            arrival,
+            refused: false,
+            result,
+            meta,
+        };
+        if self.spawn == Spawn::WhenPending {
+            // A panic in this poll is the item's failure, as it would be in its own task.
+            let first = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx)));
+            let result = match first {
+                Ok(Poll::Pending) => None,
+                Ok(Poll::Ready(result)) => Some(result),
+                Err(panic) => Some(Err(Error::Panicked {
+                    message: panic_message(&*panic),
+                })),
+            };
+            if let Some(result) = result {
+                return self.finished_now(key, processed(result));
             }
         }
+        let place = self.place(key);
+        let task = tokio::spawn(call);
+        self.running.push(
+            async move {
+                let result = task.await.unwrap_or_else(|join| Err(join.into()));
+                Sequenced {
+                    place,
+                    processed: processed(result),
+                }
+            }
+            .boxed(),
+        );
     }
 
     /// Queues `done` for delivery if its turn has come, with the held results it frees.
@@ -639,16 +720,21 @@ impl<M: Send + 'static> Stream for Run<M> {
                 this.stop = None;
                 this.source = None;
             }
-            // Back-pressure: the source is asked for an item only when there is room for it.
-            while this.window < this.capacity {
+            // Back-pressure: the source is asked for an item only when there is room for it,
+            // and not while results wait to be handed out (items that finish as they are
+            // taken would otherwise drain the whole source first).
+            while this.window < this.capacity && this.ready.is_empty() {
                 let Some(source) = &mut this.source else {
                     break;
                 };
                 match source.poll_next_unpin(cx) {
-                    Poll::Ready(Some(item)) => this.start(item),
+                    Poll::Ready(Some(item)) => this.start(item, cx),
                     Poll::Ready(None) => this.source = None,
                     Poll::Pending => break,
                 }
+            }
+            if !this.ready.is_empty() {
+                continue;
             }
             match this.running.poll_next_unpin(cx) {
                 Poll::Ready(Some(done)) => this.finish(done),
