@@ -800,8 +800,11 @@ mod tests {
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             let value = input.to_json();
+            // No sleep at all for 0: the prediction answers at its first poll.
             let ms = value["sleep_ms"].as_u64().unwrap_or(0);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             self.running.fetch_sub(1, Ordering::SeqCst);
             Ok(value)
         }
@@ -1017,6 +1020,57 @@ mod tests {
         assert_eq!(out[0].routing_key.as_deref(), Some("user-7"));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_place_items_that_answer_at_once_pass_a_waiting_key_and_wait_behind_their_own() {
+        let sleeper = Arc::new(Sleeper::default());
+        let (endpoint, _) = endpoint(&sleeper, "8");
+        let runner = Runner::new(endpoint)
+            .with_concurrency(8)
+            .with_order(OutputOrder::PerKey)
+            .with_spawn(Spawn::WhenPending);
+        // Key "a" starts with an item that waits; the others answer as they are taken.
+        let items = futures::stream::iter(
+            [(0, "a", 60), (1, "b", 0), (2, "a", 0), (3, "b", 0)]
+                .map(|(i, key, ms)| item(i, ms).with_order_key(key)),
+        );
+        let mut run = runner.run(items);
+        let mut order = Vec::new();
+        while let Some(processed) = run.next().await {
+            order.push(output_item(&processed));
+        }
+        assert_eq!(order, [1, 3, 0, 2]);
+        assert!(run.sequences.is_empty(), "nothing held at the end");
+        assert_eq!(sleeper.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn in_place_an_endpoint_that_panics_fails_only_that_item() {
+        let items = futures::stream::iter([json!(1), json!("panic"), json!(3)].map(Item::new));
+        let out: Vec<Processed> = Runner::new(Refusals::default())
+            .with_spawn(Spawn::WhenPending)
+            .run(items)
+            .collect()
+            .await;
+        assert_eq!(out.len(), 3);
+        assert!(out[0].result.is_ok() && out[2].result.is_ok());
+        assert!(
+            matches!(&out[1].result, Err(Error::Panicked { message }) if message.contains("on purpose")),
+            "{:?}",
+            out[1].result
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_depth_adds_to_what_a_runner_takes_at_once() {
+        let sleeper = Arc::new(Sleeper::default());
+        let endpoint = ModelEndpoint::builder("runner", Arc::clone(&sleeper))
+            .worker_setting("concurrency", "2")
+            .and_then(|b| b.worker_setting("queue_depth", "6"))
+            .and_then(|b| b.build())
+            .unwrap();
+        assert_eq!(Runner::new(endpoint).with_concurrency(64).concurrency(), 8);
+    }
+
     #[tokio::test]
     async fn an_endpoint_that_panics_fails_only_that_item() {
         let items = futures::stream::iter([json!(1), json!("panic"), json!(3)].map(Item::new));
@@ -1133,6 +1187,27 @@ mod tests {
             "only the items in flight finish after the failure: {recorded}"
         );
         assert_eq!(sleeper.running.load(Ordering::SeqCst), 0, "drained");
+    }
+}
+
+#[cfg(test)]
+mod in_place_tests {
+    use super::*;
+    use crate::conformance::transport::{self, RunnerHarness, TransportKit};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runner_that_polls_in_place_first_conforms_in_every_order() {
+        for order in [
+            OutputOrder::Input,
+            OutputOrder::PerKey,
+            OutputOrder::Completion,
+        ] {
+            let kit = TransportKit::new();
+            let runner = Runner::new(kit.endpoint())
+                .with_order(order)
+                .with_spawn(Spawn::WhenPending);
+            transport::transport(&mut RunnerHarness::new(runner), &kit).await;
+        }
     }
 }
 
