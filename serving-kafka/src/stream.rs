@@ -652,13 +652,13 @@ impl Transaction {
                     let Some(mut processed) = processed else { break };
                     // What the run has ready is produced without going back through the
                     // select (whose branches cost more than producing a message).
-                    for _ in 0..BURST {
+                    for burst in 1.. {
                         if !rewinding && !self.take(processed, &mut run, &mut early, &mut ended).await? {
                             rewinding = true;
                             early.clear();
                             halt_tx.take().map(|h| h.send(()));
                         }
-                        if ended || !early.is_empty() {
+                        if ended || !early.is_empty() || burst == BURST {
                             break;
                         }
                         match std::future::poll_fn(|cx| Poll::Ready(run.poll_next_unpin(cx))).await {
