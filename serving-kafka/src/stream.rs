@@ -797,11 +797,11 @@ impl Transaction {
         headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
         let text = &mut self.text;
         text.clear();
-        let _ = write!(
-            text,
-            "{}/{}/{}",
-            message.topic, message.partition, message.offset
-        );
+        text.push_str(&message.topic);
+        text.push('/');
+        push_integer(text, message.partition.unsigned_abs().into());
+        text.push('/');
+        push_integer(text, message.offset.unsigned_abs());
         headers = header(headers, SOURCE_HEADER, text);
         self.payload.clear();
         let stream = &self.stream;
@@ -809,10 +809,14 @@ impl Transaction {
             Ok(prediction) => {
                 headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
                 text.clear();
-                // Milliseconds with three decimals, from whole microseconds: cheaper than
-                // formatting a float.
+                // Milliseconds with three decimals, from whole microseconds.
                 let micros = prediction.elapsed.as_micros();
-                let _ = write!(text, "{}.{:03}", micros / 1000, micros % 1000);
+                push_integer(text, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+                text.push('.');
+                let fraction = (micros % 1000) as u16;
+                text.extend([fraction / 100, fraction / 10 % 10, fraction % 10].map(|d| {
+                    char::from(b'0' + d as u8)
+                }));
                 headers = header(headers, LATENCY_HEADER, text);
                 match write_output(
                     stream.config.output_format,
@@ -1044,8 +1048,6 @@ fn item_of(
     format: InputFormat,
     partitions: &mut Partitions,
 ) -> Item<Consumed> {
-    use std::fmt::Write as _;
-
     let arrival = serving_core::Arrival::now();
     let info = KafkaMessage::of(message);
     let value = Bytes::copy_from_slice(message.payload().unwrap_or_default());
@@ -1059,8 +1061,10 @@ fn item_of(
         },
     };
     let (topic, order_key) = partitions.of(&info.topic, info.partition);
-    let mut source = String::with_capacity(order_key.len() + 12);
-    let _ = write!(source, "{order_key}/{}", info.offset);
+    let mut source = String::with_capacity(order_key.len() + 21);
+    source.push_str(order_key);
+    source.push('/');
+    push_integer(&mut source, info.offset.unsigned_abs());
     let mut item = item
         .with_arrival(arrival)
         .with_order_key(order_key.clone())
@@ -1087,6 +1091,22 @@ fn item_of(
         value,
     };
     item.with_resource(info).with_meta(consumed)
+}
+
+/// Appends `n` in decimal: `write!` costs several times more, per message, than the rest of
+/// what builds a header.
+fn push_integer(into: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    into.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// An output message's value: the prediction as JSON, or its raw bytes.
