@@ -638,7 +638,10 @@ impl Transaction {
         let mut ended = false;
         loop {
             while !rewinding && let Some(processed) = early.pop_front() {
-                if !self.take(processed, &mut run, &mut early, &mut ended).await? {
+                if !self
+                    .take(processed, &mut run, &mut early, &mut ended)
+                    .await?
+                {
                     rewinding = true;
                     early.clear();
                     halt_tx.take().map(|h| h.send(()));
@@ -703,8 +706,7 @@ impl Transaction {
                 tracing::warn!(%error, "kafka produce failed; rewinding");
                 return Ok(Session::Rewind);
             }
-            if self.messages >= self.stream.config.transaction_messages() && !self.commit().await?
-            {
+            if self.messages >= self.stream.config.transaction_messages() && !self.commit().await? {
                 return Ok(Session::Rewind);
             }
         }
@@ -814,9 +816,10 @@ impl Transaction {
                 push_integer(text, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
                 text.push('.');
                 let fraction = (micros % 1000) as u16;
-                text.extend([fraction / 100, fraction / 10 % 10, fraction % 10].map(|d| {
-                    char::from(b'0' + d as u8)
-                }));
+                text.extend(
+                    [fraction / 100, fraction / 10 % 10, fraction % 10]
+                        .map(|d| char::from(b'0' + d as u8)),
+                );
                 headers = header(headers, LATENCY_HEADER, text);
                 match write_output(
                     stream.config.output_format,
