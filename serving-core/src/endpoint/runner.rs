@@ -237,12 +237,14 @@ pub enum OutputOrder {
 /// once; the stream is not polled for more until one is delivered. Items wait for capacity
 /// there, in the source (the Kafka consumer, the file being read): a runner never sheds an
 /// item with [`Error::Overloaded`] as HTTP's admission does, because it never has more calls
-/// running than the endpoint's `concurrency` worker setting admits.
+/// running or queued than the endpoint's `concurrency` and `queue_depth` worker settings
+/// admit. Those beyond `concurrency` wait in the endpoint's queue, their wait counted in their
+/// latency and their timeout.
 ///
 /// The endpoint's slots are shared by everything that calls it: when another transport (a
 /// web service on the same endpoint) or a shadow version's mirrored calls also take them,
-/// give the endpoint a `queue_depth` so that the runner's calls wait there rather than being
-/// shed.
+/// give the endpoint a `queue_depth` larger than the runner's concurrency, so that the
+/// runner's calls wait there rather than being shed.
 ///
 /// By default each prediction runs in its own Tokio task (a run must be polled inside a Tokio
 /// runtime), so that predictors which answer inline use every core; [`Spawn::WhenPending`]
