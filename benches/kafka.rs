@@ -170,6 +170,7 @@ fn main() {
             settings.rate,
             settings.secs.as_secs()
         );
+        println!("machine load at start: {}", load_average());
         println!();
         let only = std::env::var("BENCH_ONLY").unwrap_or_default();
         let rows: Vec<&Row> = ROWS
@@ -191,6 +192,7 @@ fn main() {
             }
         }
         print_table(&rows, &mut measured);
+        println!("machine load at end: {}", load_average());
     });
 }
 
@@ -772,6 +774,13 @@ fn check_broker(brokers: &str) {
             "no Kafka broker at {brokers} ({error}): run `scripts/components/kafka start` and set SERVING_TEST_KAFKA"
         );
     }
+}
+
+/// The 1, 5 and 15-minute load averages (other builds and tests may share the machine).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// CPU time this process has used so far (user + system, all threads), in seconds.

@@ -1,6 +1,8 @@
 //! [`KafkaStream`]: consumer → [`Runner`] → producer, committed exactly once (or at least once).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serving_core::runner::{Item, OutputOrder, Processed, Runner};
+use serving_core::runner::{Item, OutputOrder, Processed, Run, Runner, Spawn};
 use serving_core::{
     AutoscaleBounds, DynAutoscaler, Endpoint, Error, InMemoryAutoscaler, Input, Observability,
     Result, Value,
@@ -50,6 +52,10 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// the one before it to come back from its task, which capped a trivial model at a fifth of
 /// a bare consume→produce loop. Outputs still come out in input order.
 const DEFAULT_WINDOW: usize = 256;
+
+/// Messages produced at most in one go, from what the runner has ready, before the session
+/// looks at its timer and signals again.
+const BURST: usize = 256;
 
 /// One consumed message, as the predictor reads it with
 /// [`Context::resource`](serving_core::Context::resource).
@@ -164,6 +170,7 @@ impl KafkaStream {
         Ok(KafkaStream {
             runner: Runner::new(endpoint)
                 .with_order(OutputOrder::PerKey)
+                .with_spawn(Spawn::WhenPending)
                 .with_concurrency(DEFAULT_WINDOW),
             config,
             name,
@@ -554,8 +561,9 @@ struct Transaction {
     messages: usize,
     dead_letters: u64,
     deliveries: Vec<DeliveryFuture>,
-    /// The next offset of each `(topic, partition)` in the transaction: few, so a list.
-    offsets: Vec<(String, i32, i64)>,
+    /// The next offset of each `(topic, partition)` in the transaction: few, so a list (a
+    /// partition's topic is one shared string).
+    offsets: Vec<(Arc<str>, i32, i64)>,
     summary: StreamSummary,
     /// The dead-letter topic, computed once.
     dead_letter_topic: String,
@@ -599,12 +607,14 @@ impl Transaction {
     ) -> Result<Session> {
         let consumer = Arc::clone(&self.consumer);
         let format = self.stream.config.input_format;
-        let source = futures::stream::unfold(consumer, move |consumer| async move {
+        let state = (consumer, Partitions::default());
+        let source = futures::stream::unfold(state, move |(consumer, mut partitions)| async move {
             loop {
                 match consumer.recv().await {
                     Ok(message) => {
-                        let item = item_of(&message, format);
-                        return Some((item, consumer));
+                        let item = item_of(&message, format, &mut partitions);
+                        drop(message);
+                        return Some((item, (consumer, partitions)));
                     }
                     // A broker outage: the consumer reconnects by itself.
                     Err(error) => {
@@ -623,26 +633,57 @@ impl Transaction {
         let mut tick = tokio::time::interval(period.min(Duration::from_millis(50)));
         let mut rewinding = false;
         let mut rescaling = false;
+        // Delivered while a commit ran, for the next transaction.
+        let mut early = VecDeque::new();
+        let mut ended = false;
         loop {
+            while !rewinding && let Some(processed) = early.pop_front() {
+                if !self
+                    .take(processed, &mut run, &mut early, &mut ended)
+                    .await?
+                {
+                    rewinding = true;
+                    early.clear();
+                    halt_tx.take().map(|h| h.send(()));
+                }
+            }
+            if ended {
+                break;
+            }
             tokio::select! {
                 processed = run.next() => {
-                    let Some(processed) = processed else { break };
-                    if rewinding {
-                        continue; // in flight when the transaction aborted: consumed again
+                    let Some(mut processed) = processed else { break };
+                    // What the run has ready is produced without going back through the
+                    // select (whose branches cost more than producing a message).
+                    for burst in 1.. {
+                        if !rewinding && !self.take(processed, &mut run, &mut early, &mut ended).await? {
+                            rewinding = true;
+                            early.clear();
+                            halt_tx.take().map(|h| h.send(()));
+                        }
+                        if ended || !early.is_empty() || burst == BURST {
+                            break;
+                        }
+                        match std::future::poll_fn(|cx| Poll::Ready(run.poll_next_unpin(cx))).await {
+                            Poll::Ready(Some(next)) => processed = next,
+                            Poll::Ready(None) => {
+                                ended = true;
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
                     }
-                    if let Err(error) = self.produce(processed).await {
-                        tracing::warn!(%error, "kafka produce failed; rewinding");
-                        rewinding = true;
-                        halt_tx.take().map(|h| h.send(()));
-                    } else if self.messages >= self.stream.config.transaction_messages()
-                        && !self.commit().await? {
-                        rewinding = true;
-                        halt_tx.take().map(|h| h.send(()));
+                    if ended {
+                        break;
                     }
                 }
                 _ = tick.tick(), if !rewinding => {
-                    if self.messages > 0 && self.opened.elapsed() >= period && !self.commit().await? {
+                    if self.messages > 0
+                        && self.opened.elapsed() >= period
+                        && !self.commit_while(&mut run, &mut early, &mut ended).await?
+                    {
                         rewinding = true;
+                        early.clear();
                         halt_tx.take().map(|h| h.send(()));
                     }
                 }
@@ -658,10 +699,64 @@ impl Transaction {
         if rewinding {
             return Ok(Session::Rewind);
         }
+        // The run ended (stopped or rescaled): what it delivered during the last commit goes
+        // in the final one.
+        while let Some(processed) = early.pop_front() {
+            if let Err(error) = self.produce(processed).await {
+                tracing::warn!(%error, "kafka produce failed; rewinding");
+                return Ok(Session::Rewind);
+            }
+            if self.messages >= self.stream.config.transaction_messages() && !self.commit().await? {
+                return Ok(Session::Rewind);
+            }
+        }
         match self.commit().await? {
             false => Ok(Session::Rewind),
             true if rescaling && !*stop.borrow() => Ok(Session::Rescale),
             true => Ok(Session::Stopped),
+        }
+    }
+
+    /// Produces one delivered message and commits once the transaction is full (while the
+    /// run goes on predicting into `early`). `Ok(false)`: the stream must rewind.
+    async fn take(
+        &mut self,
+        processed: Processed<Consumed>,
+        run: &mut Run<Consumed>,
+        early: &mut VecDeque<Processed<Consumed>>,
+        ended: &mut bool,
+    ) -> Result<bool> {
+        if let Err(error) = self.produce(processed).await {
+            tracing::warn!(%error, "kafka produce failed; rewinding");
+            return Ok(false);
+        }
+        if self.messages >= self.stream.config.transaction_messages() {
+            return self.commit_while(run, early, ended).await;
+        }
+        Ok(true)
+    }
+
+    /// Commits (see [`Transaction::commit`]) while the run keeps predicting: what it delivers
+    /// meanwhile, up to a transaction's worth, waits in `early` for the next transaction, so
+    /// that the model does not idle while the broker commits.
+    async fn commit_while(
+        &mut self,
+        run: &mut Run<Consumed>,
+        early: &mut VecDeque<Processed<Consumed>>,
+        ended: &mut bool,
+    ) -> Result<bool> {
+        let room = self.stream.config.transaction_messages();
+        let commit = self.commit();
+        tokio::pin!(commit);
+        loop {
+            tokio::select! {
+                biased;
+                committed = &mut commit => return committed,
+                processed = run.next(), if !*ended && early.len() < room => match processed {
+                    Some(processed) => early.push_back(processed),
+                    None => *ended = true,
+                },
+            }
         }
     }
 
@@ -679,11 +774,11 @@ impl Transaction {
     }
 
     /// Produces one message's prediction (or dead letter) into the open transaction.
-    async fn produce(&mut self, processed: Processed<Arc<Consumed>>) -> Result<()> {
+    async fn produce(&mut self, processed: Processed<Consumed>) -> Result<()> {
         use std::fmt::Write as _;
 
         self.begin().await?;
-        let message = &processed.meta.message;
+        let message = &processed.meta;
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 6);
         for (key, value) in message
             .headers
@@ -704,11 +799,11 @@ impl Transaction {
         headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
         let text = &mut self.text;
         text.clear();
-        let _ = write!(
-            text,
-            "{}/{}/{}",
-            message.topic, message.partition, message.offset
-        );
+        text.push_str(&message.topic);
+        text.push('/');
+        push_integer(text, message.partition.unsigned_abs().into());
+        text.push('/');
+        push_integer(text, message.offset.unsigned_abs());
         headers = header(headers, SOURCE_HEADER, text);
         self.payload.clear();
         let stream = &self.stream;
@@ -716,7 +811,15 @@ impl Transaction {
             Ok(prediction) => {
                 headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
                 text.clear();
-                let _ = write!(text, "{:.3}", prediction.elapsed.as_secs_f64() * 1000.0);
+                // Milliseconds with three decimals, from whole microseconds.
+                let micros = prediction.elapsed.as_micros();
+                push_integer(text, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+                text.push('.');
+                let fraction = (micros % 1000) as u16;
+                text.extend(
+                    [fraction / 100, fraction / 10 % 10, fraction % 10]
+                        .map(|d| char::from(b'0' + d as u8)),
+                );
                 headers = header(headers, LATENCY_HEADER, text);
                 match write_output(
                     stream.config.output_format,
@@ -729,7 +832,7 @@ impl Transaction {
                         headers = header(headers, STATUS_HEADER, "model_failure");
                         self.dead_letters += 1;
                         self.payload.clear();
-                        self.payload.extend_from_slice(&processed.meta.value);
+                        self.payload.extend_from_slice(&message.value);
                         &self.dead_letter_topic
                     }
                 }
@@ -742,7 +845,7 @@ impl Transaction {
                 headers = header(headers, ERROR_HEADER, text);
                 headers = header(headers, STATUS_HEADER, error.outcome().as_str());
                 self.dead_letters += 1;
-                self.payload.extend_from_slice(&processed.meta.value);
+                self.payload.extend_from_slice(&message.value);
                 &self.dead_letter_topic
             }
         };
@@ -770,12 +873,12 @@ impl Transaction {
         match self
             .offsets
             .iter_mut()
-            .find(|(t, p, _)| *p == message.partition && *t == message.topic)
+            .find(|(t, p, _)| *p == message.partition && **t == *message.topic)
         {
             Some((_, _, offset)) => *offset = next,
             None => self
                 .offsets
-                .push((message.topic.clone(), message.partition, next)),
+                .push((Arc::clone(&message.topic), message.partition, next)),
         }
         self.messages += 1;
         Ok(())
@@ -907,18 +1010,47 @@ impl Transaction {
     }
 }
 
-/// What travels with a message through the runner: its position and metadata, and its value
-/// for a dead letter.
+/// What travels with a message through the runner: its position, key and headers for its
+/// output, and its value for a dead letter.
 #[derive(Debug)]
 struct Consumed {
-    message: KafkaMessage,
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    headers: Vec<(String, Option<Bytes>)>,
     value: Bytes,
+}
+
+/// What every message of one partition repeats, made once: its topic (shared by the
+/// messages' metadata) and its order key (`topic/partition`).
+#[derive(Debug, Default)]
+struct Partitions(Vec<(Arc<str>, i32, String)>);
+
+impl Partitions {
+    fn of(&mut self, topic: &str, partition: i32) -> (&Arc<str>, &String) {
+        let at = match self
+            .0
+            .iter()
+            .position(|(t, p, _)| *p == partition && **t == *topic)
+        {
+            Some(at) => at,
+            None => {
+                let key = format!("{topic}/{partition}");
+                self.0.push((Arc::from(topic), partition, key));
+                self.0.len() - 1
+            }
+        };
+        let (topic, _, key) = &self.0[at];
+        (topic, key)
+    }
 }
 
 fn item_of(
     message: &rdkafka::message::BorrowedMessage<'_>,
     format: InputFormat,
-) -> Item<Arc<Consumed>> {
+    partitions: &mut Partitions,
+) -> Item<Consumed> {
     let arrival = serving_core::Arrival::now();
     let info = KafkaMessage::of(message);
     let value = Bytes::copy_from_slice(message.payload().unwrap_or_default());
@@ -931,10 +1063,15 @@ fn item_of(
             ))),
         },
     };
+    let (topic, order_key) = partitions.of(&info.topic, info.partition);
+    let mut source = String::with_capacity(order_key.len() + 21);
+    source.push_str(order_key);
+    source.push('/');
+    push_integer(&mut source, info.offset.unsigned_abs());
     let mut item = item
         .with_arrival(arrival)
-        .with_order_key(format!("{}/{}", info.topic, info.partition))
-        .with_param("source", info.source());
+        .with_order_key(order_key.clone())
+        .with_param("source", source);
     if let Some(key) = &info.key {
         item = item.with_routing_key(String::from_utf8_lossy(key).into_owned());
     }
@@ -948,11 +1085,31 @@ fn item_of(
     if let Some(id) = id {
         item = item.with_request_id(id);
     }
-    item.with_resource(info.clone())
-        .with_meta(Arc::new(Consumed {
-            message: info,
-            value,
-        }))
+    let consumed = Consumed {
+        topic: Arc::clone(topic),
+        partition: info.partition,
+        offset: info.offset,
+        key: info.key.clone(),
+        headers: info.headers.clone(),
+        value,
+    };
+    item.with_resource(info).with_meta(consumed)
+}
+
+/// Appends `n` in decimal: `write!` costs several times more, per message, than the rest of
+/// what builds a header.
+fn push_integer(into: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    into.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// An output message's value: the prediction as JSON, or its raw bytes.

@@ -366,14 +366,13 @@ impl ModelEndpoint {
             sink: Arc::clone(&self.metrics),
         });
         let prediction = AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
-        let outcome =
-            match tokio::time::timeout_at(deadline, context.clone().scope(prediction)).await {
-                Err(_) => Err(Error::Timeout { after: timeout }),
-                Ok(Err(panic)) => Err(Error::Panicked {
-                    message: panic_message(&*panic),
-                }),
-                Ok(Ok(outcome)) => outcome,
-            };
+        let outcome = match within(deadline, context.clone().scope(prediction)).await {
+            None => Err(Error::Timeout { after: timeout }),
+            Some(Err(panic)) => Err(Error::Panicked {
+                message: panic_message(&*panic),
+            }),
+            Some(Ok(outcome)) => outcome,
+        };
         (outcome, context.take_logged())
     }
 
@@ -388,7 +387,7 @@ impl ModelEndpoint {
     }
 
     /// Logs, measures and records one finished request, the shadow's included.
-    fn finish(&self, request: &Completed<'_>) {
+    fn finish(&self, request: Completed<'_>) {
         if let Err(error) = request.outcome {
             let (request_id, version) = (request.request_id, &**request.version);
             let shadow = request.mirror_of.is_some();
@@ -413,7 +412,7 @@ impl ModelEndpoint {
         self.record(request);
     }
 
-    fn record(&self, request: &Completed<'_>) {
+    fn record(&self, request: Completed<'_>) {
         let Some(records) = &self.records else {
             return;
         };
@@ -439,18 +438,17 @@ impl ModelEndpoint {
                 .model
                 .map_or_else(|| self.spec.model.name.clone(), str::to_owned),
             model_version: request.version.to_string(),
-            input: request.input.cloned(),
+            input: request.input,
             output,
             error,
             status: request.kind.code(),
             start_time: request.at,
             elapsed_ms: request.elapsed.as_secs_f64() * 1000.0,
-            metrics: request.logged.metrics.iter().cloned().collect(),
+            metrics: request.logged.metrics.into_iter().collect(),
             params: request
                 .logged
                 .params
-                .iter()
-                .cloned()
+                .into_iter()
                 .chain(
                     request
                         .mirror_of
@@ -485,15 +483,15 @@ impl ModelEndpoint {
                 return;
             }
             let elapsed = started.elapsed();
-            endpoint.finish(&Completed {
+            endpoint.finish(Completed {
                 request_id: &primary.request_id,
                 version: &shadow.id,
                 model: Some(&shadow.model),
                 mirror_of: Some(&primary.version),
-                input: kept_input.as_ref(),
+                input: kept_input,
                 kind: Outcome::from(&outcome),
                 outcome: &outcome,
-                logged: &logged,
+                logged,
                 at,
                 elapsed,
             });
@@ -508,6 +506,25 @@ impl ModelEndpoint {
             );
         });
     }
+}
+
+/// `future`'s output, or `None` once `deadline` has passed, as `tokio::time::timeout_at`
+/// would; but the timer is made only when the future does not finish at its first poll, so a
+/// prediction that answers at once (an inline model) registers no timer.
+async fn within<F: Future>(deadline: tokio::time::Instant, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)))
+            .as_mut()
+            .poll(cx)
+            .map(|()| None)
+    })
+    .await
 }
 
 /// The answer the caller got, for comparison with a shadow's.
@@ -528,11 +545,12 @@ struct Completed<'a> {
     /// For a shadow's run, the version whose answer was returned.
     mirror_of: Option<&'a str>,
     /// The input as recorded (cropped), when inputs are recorded.
-    input: Option<&'a Value>,
+    input: Option<Value>,
     outcome: &'a Result<Value>,
     /// How it ended, as every sink classifies it.
     kind: Outcome,
-    logged: &'a Logged,
+    /// What the predictor logged, moved into the record.
+    logged: Logged,
     at: SystemTime,
     elapsed: Duration,
 }
@@ -587,20 +605,22 @@ impl Endpoint for ModelEndpoint {
             ),
             Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
         };
-        if !request.params.is_empty() {
+        if logged.params.is_empty() {
+            logged.params = request.params;
+        } else if !request.params.is_empty() {
             logged.params.splice(0..0, request.params);
         }
         let outcome = outcome.map_err(|e| crop_error(e, self.spec.logging.max_value_chars));
         let elapsed = started.elapsed();
-        self.finish(&Completed {
+        self.finish(Completed {
             request_id: &request_id,
             version: &version,
             model: model.as_deref(),
             mirror_of: None,
-            input: kept_input.as_ref(),
+            input: kept_input,
             kind: Outcome::from(&outcome),
             outcome: &outcome,
-            logged: &logged,
+            logged,
             at,
             elapsed,
         });
@@ -628,7 +648,7 @@ impl Endpoint for ModelEndpoint {
     fn refused(&self, refused: Refused) {
         let kind = refused.error.outcome();
         let error = crop_error(refused.error, self.spec.logging.max_value_chars);
-        self.finish(&Completed {
+        self.finish(Completed {
             request_id: &refused.request_id,
             version: &Arc::from(""),
             model: None,
@@ -636,7 +656,7 @@ impl Endpoint for ModelEndpoint {
             input: None,
             kind,
             outcome: &Err(error),
-            logged: &Logged::default(),
+            logged: Logged::default(),
             at: refused.at,
             elapsed: refused.elapsed,
         });

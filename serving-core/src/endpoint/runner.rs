@@ -63,6 +63,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -77,7 +78,7 @@ use crate::endpoint::{
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
-use crate::model::context::Resources;
+use crate::model::context::{Resources, panic_message};
 use crate::model::input::Input;
 
 /// One item for a [`Runner`]: what a transport received, before the model.
@@ -236,16 +237,19 @@ pub enum OutputOrder {
 /// once; the stream is not polled for more until one is delivered. Items wait for capacity
 /// there, in the source (the Kafka consumer, the file being read): a runner never sheds an
 /// item with [`Error::Overloaded`] as HTTP's admission does, because it never has more calls
-/// running than the endpoint's `concurrency` worker setting admits.
+/// running or queued than the endpoint's `concurrency` and `queue_depth` worker settings
+/// admit. Those beyond `concurrency` wait in the endpoint's queue, their wait counted in their
+/// latency and their timeout.
 ///
 /// The endpoint's slots are shared by everything that calls it: when another transport (a
 /// web service on the same endpoint) or a shadow version's mirrored calls also take them,
-/// give the endpoint a `queue_depth` so that the runner's calls wait there rather than being
-/// shed.
+/// give the endpoint a `queue_depth` larger than the runner's concurrency, so that the
+/// runner's calls wait there rather than being shed.
 ///
-/// Each prediction runs in its own Tokio task (a run must be polled inside a Tokio runtime),
-/// so that predictors which answer inline use every core. A dropped [`Run`] does not cancel
-/// the calls it started: they finish and are recorded.
+/// By default each prediction runs in its own Tokio task (a run must be polled inside a Tokio
+/// runtime), so that predictors which answer inline use every core; [`Spawn::WhenPending`]
+/// spares the task for predictions that answer at once. A dropped [`Run`] does not cancel the
+/// calls it started: they finish and are recorded.
 ///
 /// # Contract
 /// What a transport owes the endpoint, and what the runner does of it for the transport that
@@ -276,6 +280,24 @@ pub struct Runner {
     endpoint: Arc<DynEndpoint>,
     concurrency: usize,
     order: OutputOrder,
+    spawn: Spawn,
+}
+
+/// Where a [`Runner`] runs each prediction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Spawn {
+    /// In its own Tokio task, so that predictors which compute inline use every core.
+    #[default]
+    Always,
+    /// Polled once in the run's own task first; only a prediction that does not answer at
+    /// that poll (it waits for the blocking pool, I/O, a timer or a slot) moves to its own
+    /// task. For transports whose cost per item matters as much as the model's (a Kafka
+    /// stream): a model that answers in microseconds then costs no task, no wake-up and no
+    /// hop between threads. An inline predictor that computes for long runs on the run's
+    /// thread, one at a time (a [`predictor_fn`](crate::predictor_fn) that is slow moves
+    /// to the blocking pool by itself, and so to a task).
+    WhenPending,
 }
 
 impl fmt::Debug for Runner {
@@ -284,6 +306,7 @@ impl fmt::Debug for Runner {
             .field("endpoint", &self.endpoint.name())
             .field("concurrency", &self.concurrency)
             .field("order", &self.order)
+            .field("spawn", &self.spawn)
             .finish()
     }
 }
@@ -300,16 +323,30 @@ impl Runner {
             endpoint: Arc::new(endpoint),
             concurrency: 1,
             order: OutputOrder::default(),
+            spawn: Spawn::default(),
         };
         runner.concurrency = runner.clamped(default);
         runner
     }
 
     /// At most `concurrency` items in flight (at least one, at most the endpoint's
-    /// `concurrency` worker setting, beyond which the endpoint would shed them).
+    /// `concurrency` plus `queue_depth` worker settings, beyond which the endpoint would shed
+    /// them). Items beyond `concurrency` wait in the endpoint's queue, where their wait counts
+    /// toward their latency and timeout, as it does for a request queued on the web service.
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = self.clamped(concurrency);
         self
+    }
+
+    /// Runs each prediction as `spawn` says ([`Spawn::Always`] by default).
+    pub fn with_spawn(mut self, spawn: Spawn) -> Self {
+        self.spawn = spawn;
+        self
+    }
+
+    /// Where each prediction runs.
+    pub fn spawn(&self) -> Spawn {
+        self.spawn
     }
 
     /// Delivers results in `order`.
@@ -334,7 +371,8 @@ impl Runner {
     }
 
     fn clamped(&self, concurrency: usize) -> usize {
-        let admitted = self.endpoint.spec().server.workers.concurrency;
+        let workers = &self.endpoint.spec().server.workers;
+        let admitted = workers.concurrency.saturating_add(workers.queue_depth);
         concurrency.min(admitted).max(1)
     }
 
@@ -363,6 +401,7 @@ impl Runner {
             endpoint: Arc::clone(&self.endpoint),
             capacity: self.concurrency,
             order: self.order,
+            spawn: self.spawn,
             source: Some(items.boxed()),
             stop: Some(stop.boxed()),
             running: FuturesUnordered::new(),
@@ -477,6 +516,7 @@ pub struct Run<M> {
     endpoint: Arc<DynEndpoint>,
     capacity: usize,
     order: OutputOrder,
+    spawn: Spawn,
     /// `None` once the input ended or the stop signal came: nothing more is taken.
     source: Option<BoxStream<'static, Item<M>>>,
     stop: Option<BoxFuture<'static, ()>>,
@@ -516,13 +556,19 @@ struct Sequence<M> {
 }
 
 impl<M: Send + 'static> Run<M> {
-    /// The next place in the output order for an item with `routing_key`.
-    fn place(&mut self, routing_key: Option<&String>) -> Option<(Option<String>, u64)> {
-        let key = match self.order {
-            OutputOrder::Input => None,
-            OutputOrder::PerKey => routing_key.cloned(),
-            OutputOrder::Completion => return None,
-        };
+    /// The ordering key of an item (`None` for all of them in [`OutputOrder::Input`]), or no
+    /// key at all in [`OutputOrder::Completion`].
+    fn order_key(&self, key: Option<String>) -> Option<Option<String>> {
+        match self.order {
+            OutputOrder::Input => Some(None),
+            OutputOrder::PerKey => Some(key),
+            OutputOrder::Completion => None,
+        }
+    }
+
+    /// The next place in the output order for an item of `key`.
+    fn place(&mut self, key: Option<Option<String>>) -> Option<(Option<String>, u64)> {
+        let key = key?;
         let sequence = self.sequences.entry(key.clone()).or_insert(Sequence {
             next: 0,
             deliver: 0,
@@ -532,8 +578,21 @@ impl<M: Send + 'static> Run<M> {
         Some((key, sequence.next - 1))
     }
 
-    /// Starts one item: a prediction in its own task, or a refusal recorded at once.
-    fn start(&mut self, item: Item<M>) {
+    /// Delivers an item finished as it was taken: at once when nothing of its key is in
+    /// flight or held (no sequence to keep), else in its place.
+    fn finished_now(&mut self, key: Option<Option<String>>, processed: Processed<M>) {
+        match key {
+            Some(key) if self.sequences.contains_key(&key) => {
+                let place = self.place(Some(key));
+                self.finish(Sequenced { place, processed });
+            }
+            _ => self.deliver(processed),
+        }
+    }
+
+    /// Starts one item: a prediction (polled in place first with [`Spawn::WhenPending`],
+    /// else in its own task), or a refusal recorded at once.
+    fn start(&mut self, item: Item<M>, cx: &mut TaskContext<'_>) {
         let Item {
             request_id,
             input,
@@ -546,46 +605,70 @@ impl<M: Send + 'static> Run<M> {
         } = item;
         let arrival = arrival.unwrap_or_else(Arrival::now);
         let request_id = request_id.unwrap_or_else(new_request_id);
-        let place = self.place(order_key.as_ref().or(routing_key.as_ref()));
+        let key = self.order_key(order_key.or_else(|| routing_key.clone()));
         self.window += 1;
-        let (id, key) = (request_id.clone(), routing_key.clone());
-        let finished = move |result, refused| Sequenced {
-            place,
-            processed: Processed {
-                request_id,
-                routing_key,
-                arrival,
-                refused,
-                result,
-                meta,
-            },
-        };
-        match input {
+        let input = match input {
+            Ok(input) => input,
             Err(error) => {
-                let done = finished(Err(same_error(&error)), true);
-                self.endpoint.refused(Refused::new(id, error, arrival));
-                self.running.push(futures::future::ready(done).boxed());
+                let result = Err(same_error(&error));
+                self.endpoint
+                    .refused(Refused::new(request_id.clone(), error, arrival));
+                let processed = Processed {
+                    request_id,
+                    routing_key,
+                    arrival,
+                    refused: true,
+                    result,
+                    meta,
+                };
+                return self.finished_now(key, processed);
             }
-            Ok(input) => {
-                let mut request = PredictRequest::new(input)
-                    .with_request_id(id)
-                    .with_arrival(arrival);
-                request.routing_key = key;
-                request.resources = resources;
-                request.params = params;
-                // Routed now, in input order: a version switch falls between two items.
-                request.routing = self.endpoint.lifecycle().map(Lifecycle::snapshot);
-                let endpoint = Arc::clone(&self.endpoint);
-                let task = tokio::spawn(async move { endpoint.predict(request).await });
-                self.running.push(
-                    async move {
-                        let result = task.await.unwrap_or_else(|join| Err(join.into()));
-                        finished(result, false)
-                    }
-                    .boxed(),
-                );
+        };
+        let mut request = PredictRequest::new(input)
+            .with_request_id(request_id.clone())
+            .with_arrival(arrival);
+        request.routing_key = routing_key.clone();
+        request.resources = resources;
+        request.params = params;
+        // Routed now, in input order: a version switch falls between two items.
+        request.routing = self.endpoint.lifecycle().map(Lifecycle::snapshot);
+        let endpoint = Arc::clone(&self.endpoint);
+        let mut call: BoxFuture<'static, Result<Prediction>> =
+            Box::pin(async move { endpoint.predict(request).await });
+        let processed = move |result| Processed {
+            request_id,
+            routing_key,
+            arrival,
+            refused: false,
+            result,
+            meta,
+        };
+        if self.spawn == Spawn::WhenPending {
+            // A panic in this poll is the item's failure, as it would be in its own task.
+            let first = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx)));
+            let result = match first {
+                Ok(Poll::Pending) => None,
+                Ok(Poll::Ready(result)) => Some(result),
+                Err(panic) => Some(Err(Error::Panicked {
+                    message: panic_message(&*panic),
+                })),
+            };
+            if let Some(result) = result {
+                return self.finished_now(key, processed(result));
             }
         }
+        let place = self.place(key);
+        let task = tokio::spawn(call);
+        self.running.push(
+            async move {
+                let result = task.await.unwrap_or_else(|join| Err(join.into()));
+                Sequenced {
+                    place,
+                    processed: processed(result),
+                }
+            }
+            .boxed(),
+        );
     }
 
     /// Queues `done` for delivery if its turn has come, with the held results it frees.
@@ -639,16 +722,21 @@ impl<M: Send + 'static> Stream for Run<M> {
                 this.stop = None;
                 this.source = None;
             }
-            // Back-pressure: the source is asked for an item only when there is room for it.
-            while this.window < this.capacity {
+            // Back-pressure: the source is asked for an item only when there is room for it,
+            // and not while results wait to be handed out (items that finish as they are
+            // taken would otherwise drain the whole source first).
+            while this.window < this.capacity && this.ready.is_empty() {
                 let Some(source) = &mut this.source else {
                     break;
                 };
                 match source.poll_next_unpin(cx) {
-                    Poll::Ready(Some(item)) => this.start(item),
+                    Poll::Ready(Some(item)) => this.start(item, cx),
                     Poll::Ready(None) => this.source = None,
                     Poll::Pending => break,
                 }
+            }
+            if !this.ready.is_empty() {
+                continue;
             }
             match this.running.poll_next_unpin(cx) {
                 Poll::Ready(Some(done)) => this.finish(done),
@@ -714,8 +802,11 @@ mod tests {
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             let value = input.to_json();
+            // No sleep at all for 0: the prediction answers at its first poll.
             let ms = value["sleep_ms"].as_u64().unwrap_or(0);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             self.running.fetch_sub(1, Ordering::SeqCst);
             Ok(value)
         }
@@ -931,6 +1022,57 @@ mod tests {
         assert_eq!(out[0].routing_key.as_deref(), Some("user-7"));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_place_items_that_answer_at_once_pass_a_waiting_key_and_wait_behind_their_own() {
+        let sleeper = Arc::new(Sleeper::default());
+        let (endpoint, _) = endpoint(&sleeper, "8");
+        let runner = Runner::new(endpoint)
+            .with_concurrency(8)
+            .with_order(OutputOrder::PerKey)
+            .with_spawn(Spawn::WhenPending);
+        // Key "a" starts with an item that waits; the others answer as they are taken.
+        let items = futures::stream::iter(
+            [(0, "a", 60), (1, "b", 0), (2, "a", 0), (3, "b", 0)]
+                .map(|(i, key, ms)| item(i, ms).with_order_key(key)),
+        );
+        let mut run = runner.run(items);
+        let mut order = Vec::new();
+        while let Some(processed) = run.next().await {
+            order.push(output_item(&processed));
+        }
+        assert_eq!(order, [1, 3, 0, 2]);
+        assert!(run.sequences.is_empty(), "nothing held at the end");
+        assert_eq!(sleeper.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn in_place_an_endpoint_that_panics_fails_only_that_item() {
+        let items = futures::stream::iter([json!(1), json!("panic"), json!(3)].map(Item::new));
+        let out: Vec<Processed> = Runner::new(Refusals::default())
+            .with_spawn(Spawn::WhenPending)
+            .run(items)
+            .collect()
+            .await;
+        assert_eq!(out.len(), 3);
+        assert!(out[0].result.is_ok() && out[2].result.is_ok());
+        assert!(
+            matches!(&out[1].result, Err(Error::Panicked { message }) if message.contains("on purpose")),
+            "{:?}",
+            out[1].result
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_depth_adds_to_what_a_runner_takes_at_once() {
+        let sleeper = Arc::new(Sleeper::default());
+        let endpoint = ModelEndpoint::builder("runner", Arc::clone(&sleeper))
+            .worker_setting("concurrency", "2")
+            .and_then(|b| b.worker_setting("queue_depth", "6"))
+            .and_then(|b| b.build())
+            .unwrap();
+        assert_eq!(Runner::new(endpoint).with_concurrency(64).concurrency(), 8);
+    }
+
     #[tokio::test]
     async fn an_endpoint_that_panics_fails_only_that_item() {
         let items = futures::stream::iter([json!(1), json!("panic"), json!(3)].map(Item::new));
@@ -1047,6 +1189,27 @@ mod tests {
             "only the items in flight finish after the failure: {recorded}"
         );
         assert_eq!(sleeper.running.load(Ordering::SeqCst), 0, "drained");
+    }
+}
+
+#[cfg(test)]
+mod in_place_tests {
+    use super::*;
+    use crate::conformance::transport::{self, RunnerHarness, TransportKit};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runner_that_polls_in_place_first_conforms_in_every_order() {
+        for order in [
+            OutputOrder::Input,
+            OutputOrder::PerKey,
+            OutputOrder::Completion,
+        ] {
+            let kit = TransportKit::new();
+            let runner = Runner::new(kit.endpoint())
+                .with_order(order)
+                .with_spawn(Spawn::WhenPending);
+            transport::transport(&mut RunnerHarness::new(runner), &kit).await;
+        }
     }
 }
 
