@@ -218,6 +218,7 @@ where
 }
 
 /// The predictions of a [`Series`] as JSON values (`None` for nulls).
+#[cfg(test)]
 pub(crate) fn values(series: &Series) -> Vec<Option<Value>> {
     (0..series.len())
         .map(|i| match series.get(i) {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use serving_core::{
     DynMetricSink, DynRecordSink, MetricSample, MetricSink, MetricSummary, PredictionDistribution,
     PredictionRecord, RecordSink, RequestEvent,
@@ -29,11 +28,13 @@ pub(crate) struct Distribution {
 }
 
 impl Distribution {
-    pub(crate) fn add(&mut self, output: &Value) {
+    /// Counts one prediction, whatever its type.
+    #[cfg(test)]
+    pub(crate) fn add(&mut self, output: &serde_json::Value) {
         match output.as_f64() {
             Some(value) if !self.categorical => self.add_number(value),
             _ => match output {
-                Value::String(text) => self.add_category(text),
+                serde_json::Value::String(text) => self.add_category(text),
                 other => self.add_category(&other.to_string()),
             },
         }
