@@ -82,7 +82,7 @@ fn bare_polars(input: &Path, output: &Path) -> u64 {
     let mut sum = sum_columns(&frame).unwrap();
     sum.rename("prediction".into());
     let mut frame = frame;
-    frame.with_column(sum).unwrap();
+    frame.with_column(sum.into()).unwrap();
     let mut file =
         std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(output).unwrap());
     CsvWriter::new(&mut file).finish(&mut frame).unwrap();

@@ -13,7 +13,7 @@ use serving_core::{
 };
 
 use crate::config::RowInput;
-use crate::output::csv_error;
+use crate::output::Rows;
 use crate::stats::RunRecords;
 
 use crate::source::{ColumnType, RawChunk, Schema, Typed};
@@ -509,15 +509,17 @@ impl ChunkJob {
             }
         };
         let failure_text = failure.as_ref().map(ToString::to_string);
-        let mut csv = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(Vec::with_capacity(chunk.len() * 48));
+        let mut csv = Rows::with_capacity(chunk.text_len() + chunk.len() * 24);
+        let plain = chunk.is_plain();
         let width = schema.names.len();
         let mut written = Written::default();
         let mut errors = errors.into_iter().peekable();
         let mut cell = String::new();
         let mut kept = 0_usize;
         written.latency = elapsed;
+        if self.metrics.is_some() {
+            written.outcomes.reserve(chunk.len());
+        }
         written.at = chunk.arrival.at;
         for row in 0..chunk.len() {
             let result: std::result::Result<usize, (String, Outcome)> = match errors
@@ -565,8 +567,7 @@ impl ChunkJob {
                             (Some(id), true) if needs_id => id.as_str(),
                             _ => text,
                         });
-                    csv.write_record(cells.chain([prediction, error]))
-                        .map_err(csv_error)?;
+                    csv.row(cells, plain, &[prediction, error]);
                 }
                 OutputFormat::Original => {
                     let input = match &result {
@@ -579,8 +580,7 @@ impl ChunkJob {
                             .map(|v| v.to_string())
                             .unwrap_or_default(),
                     };
-                    csv.write_record([input.as_str(), prediction])
-                        .map_err(csv_error)?;
+                    csv.row(std::iter::empty(), true, &[input.as_str(), prediction]);
                 }
             }
             match &result {
@@ -608,9 +608,7 @@ impl ChunkJob {
                 ));
             }
         }
-        written.csv = csv
-            .into_inner()
-            .map_err(|error| csv_error(error.into_error().into()))?;
+        written.csv = csv.bytes;
         Ok(written)
     }
 

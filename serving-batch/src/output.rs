@@ -79,6 +79,65 @@ impl CsvOutput {
     }
 }
 
+/// Writes CSV rows by hand: what the `csv` crate writes (quotes only where needed, `\n` at
+/// the end of each row), with no per-field state machine for cells known to need no quotes.
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Rows {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Rows {
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends one row: `cells` (`plain` says none of them needs quoting), then `more`.
+    pub(crate) fn row<'a>(
+        &mut self,
+        cells: impl Iterator<Item = &'a str>,
+        plain: bool,
+        more: &[&str],
+    ) {
+        let mut first = true;
+        for cell in cells {
+            if !first {
+                self.bytes.push(b',');
+            }
+            first = false;
+            self.cell(cell, plain);
+        }
+        for cell in more {
+            if !first {
+                self.bytes.push(b',');
+            }
+            first = false;
+            self.cell(cell, false);
+        }
+        self.bytes.push(b'\n');
+    }
+
+    fn cell(&mut self, cell: &str, plain: bool) {
+        if plain
+            || !cell
+                .bytes()
+                .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        {
+            self.bytes.extend_from_slice(cell.as_bytes());
+            return;
+        }
+        self.bytes.push(b'"');
+        for part in cell.split_inclusive('"') {
+            self.bytes.extend_from_slice(part.as_bytes());
+            if part.ends_with('"') {
+                self.bytes.push(b'"');
+            }
+        }
+        self.bytes.push(b'"');
+    }
+}
+
 /// A prediction as its output cell: text as is, anything else as JSON.
 pub(crate) fn text_of(output: &Value) -> String {
     match output {
@@ -92,5 +151,38 @@ pub(crate) fn csv_error(error: csv::Error) -> serving_core::Error {
     serving_core::Error::Storage {
         location: "the output CSV".to_owned(),
         source: Box::new(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rows;
+
+    #[test]
+    fn rows_are_written_as_the_csv_crate_writes_them() {
+        let cells = [
+            "plain",
+            "",
+            "a,b",
+            "say \"hi\"",
+            "two\nlines",
+            "cr\r",
+            " spaced ",
+            "\"",
+        ];
+        let mut expected = csv::WriterBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_writer(Vec::new());
+        expected.write_record(cells).unwrap();
+        expected.write_record(["1", "2", "3.5", ""]).unwrap();
+        let expected = expected.into_inner().unwrap();
+        let mut rows = Rows::default();
+        rows.row(cells[..2].iter().copied(), false, &cells[2..]);
+        rows.row(["1", "2"].into_iter(), true, &["3.5", ""]);
+        assert_eq!(
+            String::from_utf8(rows.bytes).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 }

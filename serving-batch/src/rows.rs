@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::chunk::Written;
 use crate::config::RowInput;
-use crate::output::{CsvOutput, csv_error, text_of};
+use crate::output::{CsvOutput, Rows, text_of};
 use crate::run::Live;
 use crate::source::{RawChunk, Read, Schema};
 
@@ -105,9 +105,8 @@ impl RowJob {
             .await
             .into_iter();
         let mut written = Written::default();
-        let mut csv = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(Vec::with_capacity(chunk.len() * 48));
+        let mut csv = Rows::with_capacity(chunk.text_len() + chunk.len() * 24);
+        let plain = chunk.is_plain();
         let width = schema.names.len();
         for (row, (input, id)) in rows.into_iter().zip(ids).enumerate() {
             let (result, values, refused) = match input {
@@ -158,22 +157,22 @@ impl RowJob {
                             Some(id) if Some(c) == schema.id => id.as_str(),
                             _ => text,
                         });
-                    csv.write_record(cells.chain([prediction.as_str(), error.as_str()]))
-                        .map_err(csv_error)?;
+                    csv.row(cells, plain, &[prediction.as_str(), error.as_str()]);
                 }
                 OutputFormat::Original => {
                     let input = values.map(|v| v.to_string()).unwrap_or_else(|| {
                         serde_json::to_string(&chunk.cells(row).collect::<Vec<_>>())
                             .unwrap_or_default()
                     });
-                    csv.write_record([input.as_str(), prediction.as_str()])
-                        .map_err(csv_error)?;
+                    csv.row(
+                        std::iter::empty(),
+                        true,
+                        &[input.as_str(), prediction.as_str()],
+                    );
                 }
             }
         }
-        written.csv = csv
-            .into_inner()
-            .map_err(|error| csv_error(error.into_error().into()))?;
+        written.csv = csv.bytes;
         Ok(written)
     }
 }

@@ -39,7 +39,22 @@ impl ColumnType {
 const TYPED: [ColumnType; 3] = [ColumnType::Integer, ColumnType::Float, ColumnType::Boolean];
 
 fn parse_float(cell: &str) -> Option<f64> {
-    cell.parse::<f64>().ok().filter(|v| v.is_finite())
+    fast_float2::parse::<f64, _>(cell)
+        .ok()
+        .filter(|v| v.is_finite())
+}
+
+/// `cell` without surrounding whitespace; most cells have none, and ASCII ends are checked
+/// without Unicode tables.
+fn trimmed(cell: &str) -> &str {
+    match (cell.as_bytes().first(), cell.as_bytes().last()) {
+        (Some(&first), Some(&last))
+            if first > b' ' && first < 0x80 && last > b' ' && last < 0x80 =>
+        {
+            cell
+        }
+        _ => cell.trim(),
+    }
 }
 
 /// A cell typed by its column ([`Schema::typed`]).
@@ -123,7 +138,7 @@ impl Schema {
         if ty == ColumnType::Text {
             return Ok(Typed::Text(cell));
         }
-        let trimmed = cell.trim();
+        let trimmed = trimmed(cell);
         if trimmed.is_empty() {
             return Ok(Typed::Null);
         }
@@ -206,9 +221,22 @@ pub struct RawChunk {
     rows: Vec<usize>,
     /// The rows that cannot be used (ragged, not UTF-8, unparsable), by index, ascending.
     errors: Vec<(usize, String)>,
+    /// Whether no cell holds a comma, a quote or a line break: then none needs quoting when
+    /// written back.
+    plain: bool,
 }
 
 impl RawChunk {
+    /// The bytes of all its cells.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Whether no cell needs quoting in CSV.
+    pub fn is_plain(&self) -> bool {
+        self.plain
+    }
+
     /// The number of rows.
     pub fn len(&self) -> usize {
         self.rows.len() - 1
@@ -360,6 +388,9 @@ impl ChunkBuilder {
                 text
             }
         };
+        let plain = !text
+            .bytes()
+            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
         RawChunk {
             first: self.first,
             arrival: self.arrival,
@@ -367,6 +398,7 @@ impl ChunkBuilder {
             ends: self.ends,
             rows: self.rows,
             errors: self.errors,
+            plain,
         }
     }
 }
