@@ -13,7 +13,7 @@ use serving_core::{
 };
 
 use crate::config::RowInput;
-use crate::output::Rows;
+use crate::output::{Rows, push_f64};
 use crate::stats::RunRecords;
 
 use crate::source::{ColumnType, RawChunk, Schema, Typed};
@@ -294,7 +294,7 @@ impl Answers {
             Answers::Float(values) => match values.get(i).filter(|v| v.is_finite()) {
                 Some(v) => {
                     // As serde_json writes an f64 (ryu): the row-wise path's text.
-                    cell.push_str(ryu::Buffer::new().format_finite(v));
+                    push_f64(cell, v);
                     seen.numbers.push(v);
                 }
                 None => return false,
