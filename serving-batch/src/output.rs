@@ -178,6 +178,15 @@ pub(crate) fn text_of(output: &Value) -> String {
     match output {
         Value::String(text) => text.clone(),
         Value::Null => String::new(),
+        // Numbers, the usual prediction, without the formatting machinery of `to_string`.
+        Value::Number(number) if number.is_f64() => {
+            let mut cell = String::with_capacity(24);
+            push_f64(&mut cell, number.as_f64().unwrap_or_default());
+            cell
+        }
+        Value::Number(number) if number.is_i64() => itoa::Buffer::new()
+            .format(number.as_i64().unwrap_or_default())
+            .to_owned(),
         other => other.to_string(),
     }
 }
