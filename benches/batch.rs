@@ -3,8 +3,10 @@
 //! limit), a bare `csv`-crate loop (a second reference), and by our batch runs with a
 //! vectorised sum model, a row-wise sum predictor and the iris model, plus the vectorised and
 //! row-wise runs with every row logged to a real prediction log. Each variant runs in its own
-//! child process, `BENCH_RUNS` times (3 by default); the table shows the median seconds,
-//! rows/s, the ratio to bare polars, and the peak RSS.
+//! child process; `BENCH_RUNS` rounds (3 by default) each run every variant once, and the
+//! table shows the median seconds, rows/s, the median ratio to the same round's bare polars
+//! run, and the highest peak RSS. `BENCH_ONLY=vectorised,row-wise` runs only those (and bare
+//! polars).
 //!
 //! `cargo bench --features batch --bench batch`; `BENCH_ROWS` changes the size, and
 //! `BENCH_BIG_ROWS=10000000` also runs a 10,000,000-row file through the vectorised and
@@ -225,18 +227,9 @@ fn measure_once(variant: &str, input: &Path) -> (f64, u64, u64) {
     (seconds, rows, rss)
 }
 
-/// The median of `runs` runs (seconds; the peak RSS is the highest seen).
-fn measure(variant: &str, input: &Path, runs: usize) -> (f64, u64, u64) {
-    let mut seconds = Vec::new();
-    let (mut rows, mut rss) = (0, 0);
-    for _ in 0..runs {
-        let (s, r, peak) = measure_once(variant, input);
-        seconds.push(s);
-        rows = r;
-        rss = rss.max(peak);
-    }
-    seconds.sort_by(f64::total_cmp);
-    (seconds[seconds.len() / 2], rows, rss)
+/// One run of `variant` on `input`, as `measure_once`, for the 10M file.
+fn measure(variant: &str, input: &Path) -> (f64, u64, u64) {
+    measure_once(variant, input)
 }
 
 fn env_number(name: &str, default: usize) -> usize {
@@ -282,27 +275,46 @@ fn main() {
         "row-wise-logged",
         "iris",
     ];
-    let mut results = Vec::new();
-    for variant in variants {
-        if variant != "bare-polars" && !only.is_empty() && !only.split(',').any(|o| o == variant) {
-            continue;
+    let variants: Vec<&str> = variants
+        .into_iter()
+        .filter(|v| *v == "bare-polars" || only.is_empty() || only.split(',').any(|o| o == *v))
+        .collect();
+    // Rounds, each running every variant once: a ratio is taken against the same round's
+    // bare polars run, so load that changes during the bench skews the ratios less.
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut peaks = vec![0_u64; variants.len()];
+    for _ in 0..runs {
+        let mut bare = 0.0;
+        for (i, variant) in variants.iter().enumerate() {
+            let (s, predicted, rss) = measure_once(variant, &input);
+            assert_eq!(predicted, rows as u64, "{variant} predicted every row");
+            if i == 0 {
+                bare = s;
+            }
+            seconds[i].push(s);
+            ratios[i].push(bare / s);
+            peaks[i] = peaks[i].max(rss);
         }
-        let (seconds, predicted, rss) = measure(variant, &input, runs);
-        assert_eq!(predicted, rows as u64, "{variant} predicted every row");
-        results.push((variant, seconds, rss));
     }
-    let bare_s = results[0].1;
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
     println!(
         "{:<18} {:>9} {:>12} {:>13} {:>12}",
         "variant", "seconds", "rows/s", "x bare polars", "peak RSS MB"
     );
-    for (variant, seconds, rss) in &results {
+    let mut results = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        let s = median(&mut seconds[i]);
         println!(
-            "{variant:<18} {seconds:>9.3} {:>12.0} {:>12.2}x {:>12.1}",
-            rows as f64 / seconds,
-            bare_s / seconds,
-            *rss as f64 / 1024.0
+            "{variant:<18} {s:>9.3} {:>12.0} {:>12.2}x {:>12.1}",
+            rows as f64 / s,
+            median(&mut ratios[i]),
+            peaks[i] as f64 / 1024.0
         );
+        results.push((*variant, s, peaks[i]));
     }
     if big == 0 {
         return;
@@ -313,7 +325,7 @@ fn main() {
         let Some(&(_, _, small_rss)) = results.iter().find(|(v, _, _)| *v == variant) else {
             continue;
         };
-        let (seconds, predicted, rss) = measure(variant, &big_input, 1);
+        let (seconds, predicted, rss) = measure(variant, &big_input);
         assert_eq!(predicted, big as u64, "{variant} predicted every row");
         println!(
             "{big} rows, {variant}: {seconds:.3} s, {:.0} rows/s, peak RSS {:.1} MB ({:.1} MB for {rows}): {}",
