@@ -135,8 +135,11 @@ pub(crate) fn frame(schema: &Schema, chunk: &RawChunk) -> Result<Framed> {
             continue;
         }
         typed.clear();
-        for &column in &columns {
-            let cell = chunk.cell(row, column).unwrap_or_default();
+        // A usable row has a cell for every column.
+        for (column, cell) in chunk.cells(row).enumerate() {
+            if Some(column) == schema.id {
+                continue;
+            }
             match schema.typed(column, cell) {
                 Ok(value) => typed.push(value),
                 Err(error) => {
@@ -413,6 +416,9 @@ pub(crate) struct Written {
     pub(crate) predicted: u64,
     pub(crate) failed: u64,
     pub(crate) seen: Seen,
+    /// Records of failed rows (at most the bound), for the writing thread to admit in
+    /// input order.
+    pub(crate) failed_records: Vec<PredictionRecord>,
     /// Each row's outcome, in order, when the run is measured.
     pub(crate) outcomes: Vec<Outcome>,
     /// The rows' latency: from the chunk's arrival to its predictions.
@@ -428,6 +434,7 @@ impl Default for Written {
             predicted: 0,
             failed: 0,
             seen: Seen::default(),
+            failed_records: Vec::new(),
             outcomes: Vec::new(),
             latency: std::time::Duration::ZERO,
             at: std::time::SystemTime::UNIX_EPOCH,
@@ -436,10 +443,18 @@ impl Default for Written {
 }
 
 impl ChunkJob {
-    /// Counts the chunk's rows as requests of the endpoint, in order, from the one thread
-    /// that writes the output (no contention on the sink): one event per row, with the
-    /// chunk's latency, which is each of its rows'.
-    pub(crate) fn measure(&self, written: &Written) {
+    /// Logs the chunk's failed rows (the first ones of the run, up to the bound) and counts
+    /// its rows as requests of the endpoint, in order, from the one thread that writes the
+    /// output (no contention on the sinks): one event per row, with the chunk's latency,
+    /// which is each of its rows'.
+    pub(crate) fn measure(&self, written: &mut Written) {
+        if let Some(records) = &self.records {
+            for record in written.failed_records.drain(..) {
+                if records.admits(true) {
+                    records.push(record);
+                }
+            }
+        }
         let Some(metrics) = &self.metrics else {
             return;
         };
@@ -541,10 +556,12 @@ impl ChunkJob {
                     }
                 }
             };
-            let admitted = self
-                .records
-                .as_ref()
-                .is_some_and(|records| records.admits(result.is_err()));
+            // Every row goes to the log now; a failed one is kept for the writing thread,
+            // which admits failed rows in input order up to the bound.
+            let admitted = self.records.as_ref().is_some_and(|records| {
+                records.every_row()
+                    || (result.is_err() && written.failed_records.len() < records.bound())
+            });
             let id_cell = schema
                 .id
                 .and_then(|id| chunk.cell(row, id))
@@ -557,6 +574,9 @@ impl ChunkJob {
                 Err((error, _)) => ("", error.as_str()),
             };
             match self.format {
+                OutputFormat::Full if plain && !needs_id && chunk.cells(row).len() == width => {
+                    csv.plain_row(chunk.row_text(row), &[prediction, error]);
+                }
                 OutputFormat::Full => {
                     let cells = chunk
                         .cells(row)
@@ -598,14 +618,13 @@ impl ChunkJob {
                     .map(str::to_owned)
                     .or_else(|| generated.clone())
                     .unwrap_or_else(new_request_id);
-                records.push(self.record(
-                    chunk,
-                    row,
-                    request_id,
-                    &result,
-                    answers.as_ref(),
-                    elapsed,
-                ));
+                let record =
+                    self.record(chunk, row, request_id, &result, answers.as_ref(), elapsed);
+                if records.every_row() {
+                    records.push(record);
+                } else {
+                    written.failed_records.push(record);
+                }
             }
         }
         written.csv = csv.bytes;

@@ -118,6 +118,19 @@ impl Rows {
         self.bytes.push(b'\n');
     }
 
+    /// Appends one row whose cells are `text` (each followed by a comma, none needing
+    /// quotes), then `more`.
+    pub(crate) fn plain_row(&mut self, text: &str, more: &[&str]) {
+        self.bytes.extend_from_slice(text.as_bytes());
+        for (i, cell) in more.iter().enumerate() {
+            if i > 0 {
+                self.bytes.push(b',');
+            }
+            self.cell(cell, false);
+        }
+        self.bytes.push(b'\n');
+    }
+
     fn cell(&mut self, cell: &str, plain: bool) {
         if plain
             || !cell

@@ -147,6 +147,11 @@ impl RowJob {
                 }
             };
             match self.format {
+                OutputFormat::Full
+                    if plain && schema.id.is_none() && chunk.cells(row).len() == width =>
+                {
+                    csv.plain_row(chunk.row_text(row), &[prediction.as_str(), error.as_str()]);
+                }
                 OutputFormat::Full => {
                     let cells = chunk
                         .cells(row)

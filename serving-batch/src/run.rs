@@ -424,10 +424,10 @@ async fn chunked(
         if live.is_cancelled() {
             return Ok(());
         }
-        let written = written.map_err(join_error)??;
+        let mut written = written.map_err(join_error)??;
         output.append(&written.csv).await?;
         live.count_chunk(written.predicted, written.failed, &written.seen);
-        job.measure(&written);
+        job.measure(&mut written);
     }
     Ok(())
 }

@@ -260,7 +260,7 @@ pub struct RawChunk {
 }
 
 impl RawChunk {
-    /// The bytes of all its cells.
+    /// The bytes of all its cells, with a comma after each.
     pub fn text_len(&self) -> usize {
         self.text.len()
     }
@@ -287,18 +287,34 @@ impl RawChunk {
 
     /// The cells of row `row`.
     pub fn cells(&self, row: usize) -> impl ExactSizeIterator<Item = &str> + Clone + '_ {
-        (self.rows[row]..self.rows[row + 1]).map(move |cell| self.cell_at(cell))
+        let (first, last) = (self.rows[row], self.rows[row + 1]);
+        let mut start = self.cell_start(first);
+        self.ends[first..last].iter().map(move |&end| {
+            let cell = &self.text[start..end];
+            start = end + 1;
+            cell
+        })
     }
 
     /// Cell `column` of row `row`, when the row has it.
     pub fn cell(&self, row: usize, column: usize) -> Option<&str> {
         let index = self.rows[row] + column;
-        (index < self.rows[row + 1]).then(|| self.cell_at(index))
+        (index < self.rows[row + 1]).then(|| &self.text[self.cell_start(index)..self.ends[index]])
     }
 
-    fn cell_at(&self, index: usize) -> &str {
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        &self.text[start..self.ends[index]]
+    /// Row `row` as CSV when the chunk [`is_plain`](RawChunk::is_plain): its cells, each
+    /// followed by a comma.
+    pub fn row_text(&self, row: usize) -> &str {
+        &self.text[self.cell_start(self.rows[row])..self.cell_start(self.rows[row + 1])]
+    }
+
+    /// Where cell `index` starts in `text` (cells are stored each followed by a comma).
+    fn cell_start(&self, index: usize) -> usize {
+        if index == 0 {
+            0
+        } else {
+            self.ends[index - 1] + 1
+        }
     }
 
     /// The rows that cannot be used, ascending, with why.
@@ -327,6 +343,7 @@ impl RawChunk {
 /// Builds a [`RawChunk`] from records as the CSV reader yields them.
 struct ChunkBuilder {
     bytes: Vec<u8>,
+    plain: bool,
     ends: Vec<usize>,
     rows: Vec<usize>,
     errors: Vec<(usize, String)>,
@@ -340,6 +357,7 @@ impl ChunkBuilder {
         starts.push(0);
         ChunkBuilder {
             bytes: Vec::with_capacity(rows * 24),
+            plain: true,
             ends: Vec::with_capacity(rows * 4),
             rows: starts,
             errors: Vec::new(),
@@ -353,11 +371,15 @@ impl ChunkBuilder {
     }
 
     fn push(&mut self, record: &csv::ByteRecord, width: usize) {
-        let base = self.bytes.len();
-        self.bytes.extend_from_slice(record.as_slice());
-        for cell in 0..record.len() {
-            let end = record.range(cell).map_or(0, |range| range.end);
-            self.ends.push(base + end);
+        self.plain &= !record
+            .as_slice()
+            .iter()
+            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
+        // Each cell followed by a comma: a plain row is then written back in one copy.
+        for cell in record {
+            self.bytes.extend_from_slice(cell);
+            self.ends.push(self.bytes.len());
+            self.bytes.push(b',');
         }
         if record.len() != width {
             let row = self.len();
@@ -403,7 +425,8 @@ impl ChunkBuilder {
                         utf8 &= matches!(decoded, std::borrow::Cow::Borrowed(_));
                         text.push_str(&decoded);
                         ends.push(text.len());
-                        start = end;
+                        text.push(',');
+                        start = end + 1;
                     }
                     if !utf8 {
                         let number = self.first + row as u64;
@@ -421,9 +444,7 @@ impl ChunkBuilder {
                 text
             }
         };
-        let plain = !text
-            .bytes()
-            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
+        let plain = self.plain;
         RawChunk {
             first: self.first,
             arrival: self.arrival,

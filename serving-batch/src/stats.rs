@@ -210,6 +210,16 @@ impl RunRecords {
         self.all || (failed && self.failed.fetch_add(1, Ordering::Relaxed) < self.bound)
     }
 
+    /// Whether every row is logged.
+    pub(crate) fn every_row(&self) -> bool {
+        self.all
+    }
+
+    /// Failed rows logged at most.
+    pub(crate) fn bound(&self) -> usize {
+        usize::try_from(self.bound).unwrap_or(usize::MAX)
+    }
+
     /// Passes on a record [`RunRecords::admits`] admitted.
     pub(crate) fn push(&self, record: PredictionRecord) {
         self.inner.record(record);

@@ -922,3 +922,31 @@ async fn the_vectorised_path_measures_every_row_and_logs_as_set() {
          5.5,6,11.5,\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_that_need_quotes_are_written_back_quoted_on_both_paths() {
+    let fx = Fixture::new();
+    let service = fx.service(vec![spec("rows", "sum", "1", &[])]);
+    fx.put("q.csv", "a,b\n\"x,y\",1\n2,3\n\"say \"\"hi\"\"\",4\n")
+        .await;
+    service
+        .run("rows", BatchRequest::new("q.csv", "q-rows.csv", "data"))
+        .await
+        .unwrap();
+    let output = fx.get("q-rows.csv").await;
+    let lines: Vec<&str> = output.lines().collect();
+    assert!(lines[1].starts_with("\"x,y\",1,,"), "{output}");
+    // `a` is a text column (one number in two cells): `2` is text too, and the error says so.
+    assert!(lines[2].starts_with("2,3,,"), "{output}");
+    assert!(lines[3].starts_with("\"say \"\"hi\"\"\",4,,"), "{output}");
+    // Plain chunks take the one-copy path: the same text.
+    fx.put("p.csv", "a,b\n1.5,2\n2.5,3\n").await;
+    service
+        .run("vector", BatchRequest::new("p.csv", "p-vector.csv", "data"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.get("p-vector.csv").await,
+        "a,b,prediction,error\n1.5,2,3.5,\n2.5,3,5.5,\n"
+    );
+}
