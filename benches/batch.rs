@@ -1,14 +1,19 @@
 //! Batch throughput: 1,000,000 rows × 4 float columns, generated here, predicted by a bare
-//! read → sum → write program (the limit) and by our batch runs with a vectorised sum model, a
-//! row-wise sum predictor and the iris model; rows/s, the ratio to bare, and each variant's
-//! peak RSS (each runs in its own child process). Then a 10,000,000-row file through the
-//! vectorised path, whose peak RSS must not exceed the 1M run's. Run with
-//! `cargo bench --features batch --bench batch` (`BENCH_ROWS` and `BENCH_BIG_ROWS` change the
-//! sizes).
+//! polars program (polars' own CSV reader → sum the four columns → polars' CSV writer: the
+//! limit), a bare `csv`-crate loop (a second reference), and by our batch runs with a
+//! vectorised sum model, a row-wise sum predictor and the iris model, plus the vectorised and
+//! row-wise runs with every row logged to a real prediction log. Each variant runs in its own
+//! child process; `BENCH_RUNS` rounds (3 by default) each run every variant once, and the
+//! table shows the median seconds, rows/s, the median ratio to the same round's bare polars
+//! run, and the highest peak RSS. `BENCH_ONLY=vectorised,row-wise` runs only those (and bare
+//! polars).
 //!
-//! The bare program reads with the `csv` crate on one thread and sums with polars, as our
-//! runs do: polars' own CSV reader is not built in (its `csv` feature would add polars-io to
-//! every build of the workspace).
+//! `cargo bench --features batch --bench batch`; `BENCH_ROWS` changes the size, and
+//! `BENCH_BIG_ROWS=10000000` also runs a 10,000,000-row file through the vectorised and
+//! row-wise paths to compare their peak RSS with the 1M runs'.
+//!
+//! Our runs get the service's metric sink (in memory) as a server would give them; the
+//! bare programs measure nothing.
 
 #[path = "../examples/models/iris.rs"]
 #[allow(dead_code)]
@@ -23,7 +28,8 @@ use serving::batch::polars::prelude::{DataFrame, Series};
 use serving::batch::{BatchJobConfig, BatchService, ChunkPredictor, sum_columns};
 use serving::datasets::Datasets;
 use serving::{
-    BatchRequest, BatchStatus, EndpointSpec, ModelRef, ModelRegistry, Result, predictor_fn,
+    BatchRequest, BatchStatus, EndpointSpec, InMemoryMetrics, ModelRef, ModelRegistry, Result,
+    predictor_fn,
 };
 
 #[derive(Debug)]
@@ -66,8 +72,28 @@ fn generate(path: &Path, rows: usize) {
     out.flush().unwrap();
 }
 
-/// Read → sum → write, nothing else.
-fn bare(input: &Path, output: &Path) -> u64 {
+/// polars' CSV reader → sum → polars' CSV writer, nothing else: the limit.
+fn bare_polars(input: &Path, output: &Path) -> u64 {
+    use polars_io::prelude::{CsvReadOptions, CsvWriter, SerReader as _, SerWriter as _};
+    let frame = CsvReadOptions::default()
+        .with_has_header(true)
+        .try_into_reader_with_file_path(Some(input.to_path_buf()))
+        .unwrap()
+        .finish()
+        .unwrap();
+    let mut sum = sum_columns(&frame).unwrap();
+    sum.rename("prediction".into());
+    let mut frame = frame;
+    frame.with_column(sum.into()).unwrap();
+    let mut file =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(output).unwrap());
+    CsvWriter::new(&mut file).finish(&mut frame).unwrap();
+    file.flush().unwrap();
+    frame.height() as u64
+}
+
+/// Read → sum → write with the `csv` crate on one thread, nothing else.
+fn bare_csv(input: &Path, output: &Path) -> u64 {
     let mut reader = csv::Reader::from_path(input).unwrap();
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::with_capacity(
         1 << 20,
@@ -95,9 +121,10 @@ fn bare(input: &Path, output: &Path) -> u64 {
     rows
 }
 
-fn spec(name: &str, model: &str) -> EndpointSpec {
+fn spec(name: &str, model: &str, log_every_row: bool) -> EndpointSpec {
     let mut config = BatchJobConfig::default();
     config.chunk_rows = 10_000;
+    config.log_every_row = log_every_row;
     let mut spec = EndpointSpec::new(name, ModelRef::new(model, "1"));
     if model == "iris-knn" {
         spec.preprocess = Some("standardise".to_owned());
@@ -126,21 +153,39 @@ fn ours(variant: &str, input: &Path, dir: &Path) -> u64 {
                     .inline(),
             )
         });
-        iris::Iris::train().unwrap().register(&registry);
+        if variant == "iris" {
+            iris::Iris::train().unwrap().register(&registry);
+        }
+        let log = serving::prediction_log::PredictionLog::builder()
+            .with_dir(dir.join("prediction-log"))
+            .build()
+            .unwrap();
         let service = BatchService::builder(datasets)
             .registry(registry)
             .local_input(true)
-            .chunk_endpoint(spec("vectorised", "sum-v"), || Ok(Sum))
+            .metric_sink(Arc::new(InMemoryMetrics::new()))
+            .record_sink(Arc::new(log.clone()))
+            .chunk_endpoint(spec("vectorised", "sum-v", false), || Ok(Sum))
             .unwrap()
-            .endpoint(spec("row-wise", "sum"))
+            .chunk_endpoint(spec("vectorised-logged", "sum-v", true), || Ok(Sum))
             .unwrap()
-            .endpoint(spec("iris", "iris-knn"))
+            .endpoint(spec("row-wise", "sum", false))
+            .unwrap()
+            .endpoint(spec("row-wise-logged", "sum", true))
+            .unwrap()
+            .endpoint(spec("iris", "iris-knn", false))
             .unwrap()
             .build()
             .unwrap();
         let request = BatchRequest::new(input.display().to_string(), "out.csv", "bench");
         let run = service.run(variant, request).await.unwrap();
         assert_eq!(run.status, BatchStatus::Succeeded, "{run:?}");
+        // The log's writer catches up before the clock stops: its cost is the run's.
+        log.close().await.unwrap();
+        let stats = log.stats();
+        if variant.ends_with("-logged") {
+            eprintln!("prediction log: {stats:?}");
+        }
         run.rows_predicted
     })
 }
@@ -149,13 +194,14 @@ fn ours(variant: &str, input: &Path, dir: &Path) -> u64 {
 fn child(variant: &str, input: &Path, dir: &Path) {
     let start = Instant::now();
     let rows = match variant {
-        "bare" => bare(input, &dir.join("bare-out.csv")),
+        "bare-polars" => bare_polars(input, &dir.join("bare-out.csv")),
+        "bare-csv" => bare_csv(input, &dir.join("bare-out.csv")),
         other => ours(other, input, dir),
     };
     println!("{} {rows} {}", start.elapsed().as_secs_f64(), peak_rss_kb());
 }
 
-fn measure(variant: &str, input: &Path) -> (f64, u64, u64) {
+fn measure_once(variant: &str, input: &Path) -> (f64, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--child", variant])
@@ -174,7 +220,23 @@ fn measure(variant: &str, input: &Path) -> (f64, u64, u64) {
     let seconds: f64 = fields.next().unwrap().parse().unwrap();
     let rows: u64 = fields.next().unwrap().parse().unwrap();
     let rss: u64 = fields.next().unwrap().parse().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    if let Some(line) = log.lines().find(|l| l.starts_with("prediction log:")) {
+        println!("  {variant}: {line}");
+    }
     (seconds, rows, rss)
+}
+
+/// One run of `variant` on `input`, as `measure_once`, for the 10M file.
+fn measure(variant: &str, input: &Path) -> (f64, u64, u64) {
+    measure_once(variant, input)
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -190,55 +252,91 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    let rows: usize = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let big: usize = std::env::var("BENCH_BIG_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+    let rows = env_number("BENCH_ROWS", 1_000_000);
+    let big = env_number("BENCH_BIG_ROWS", 0);
+    let runs = env_number("BENCH_RUNS", 3).max(1);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let input: PathBuf = dir.path().join("rows.csv");
     generate(&input, rows);
     println!(
-        "{rows} rows x 4 float columns ({} MB)",
-        std::fs::metadata(&input).unwrap().len() / 1_000_000
+        "{rows} rows x 4 float columns ({} MB), median of {runs} runs, load average {}",
+        std::fs::metadata(&input).unwrap().len() / 1_000_000,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
+    let variants = [
+        "bare-polars",
+        "bare-csv",
+        "vectorised",
+        "vectorised-logged",
+        "row-wise",
+        "row-wise-logged",
+        "iris",
+    ];
+    let variants: Vec<&str> = variants
+        .into_iter()
+        .filter(|v| *v == "bare-polars" || only.is_empty() || only.split(',').any(|o| o == *v))
+        .collect();
+    // Rounds, each running every variant once: a ratio is taken against the same round's
+    // bare polars run, so load that changes during the bench skews the ratios less.
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut peaks = vec![0_u64; variants.len()];
+    for _ in 0..runs {
+        let mut bare = 0.0;
+        for (i, variant) in variants.iter().enumerate() {
+            let (s, predicted, rss) = measure_once(variant, &input);
+            assert_eq!(predicted, rows as u64, "{variant} predicted every row");
+            if i == 0 {
+                bare = s;
+            }
+            seconds[i].push(s);
+            ratios[i].push(bare / s);
+            peaks[i] = peaks[i].max(rss);
+        }
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
     println!(
-        "{:<12} {:>9} {:>12} {:>9} {:>12}",
-        "variant", "seconds", "rows/s", "vs bare", "peak RSS MB"
+        "{:<18} {:>9} {:>12} {:>13} {:>12}",
+        "variant", "seconds", "rows/s", "x bare polars", "peak RSS MB"
     );
-    let (bare_s, _, bare_rss) = measure("bare", &input);
-    let mut results = vec![("bare", bare_s, bare_rss)];
-    for variant in ["vectorised", "row-wise", "iris"] {
-        let (seconds, predicted, rss) = measure(variant, &input);
-        assert_eq!(predicted, rows as u64, "{variant} predicted every row");
-        results.push((variant, seconds, rss));
-    }
-    for (variant, seconds, rss) in &results {
+    let mut results = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        let s = median(&mut seconds[i]);
         println!(
-            "{variant:<12} {seconds:>9.3} {:>12.0} {:>8.2}x {:>12.1}",
-            rows as f64 / seconds,
-            bare_s / seconds,
-            *rss as f64 / 1024.0
+            "{variant:<18} {s:>9.3} {:>12.0} {:>12.2}x {:>12.1}",
+            rows as f64 / s,
+            median(&mut ratios[i]),
+            peaks[i] as f64 / 1024.0
         );
+        results.push((*variant, s, peaks[i]));
     }
-    let small_rss = results[1].2;
-    drop(results);
+    if big == 0 {
+        return;
+    }
     let big_input = dir.path().join("big.csv");
     generate(&big_input, big);
-    let (seconds, predicted, rss) = measure("vectorised", &big_input);
-    println!(
-        "{big} rows, vectorised: {seconds:.3} s, {:.0} rows/s, peak RSS {:.1} MB ({:.1} MB for {rows}): {}",
-        predicted as f64 / seconds,
-        rss as f64 / 1024.0,
-        small_rss as f64 / 1024.0,
-        if rss <= small_rss + small_rss / 10 {
-            "bounded"
-        } else {
-            "GROWS"
-        }
-    );
-    let _ = bare_rss;
+    for variant in ["vectorised", "row-wise"] {
+        let Some(&(_, _, small_rss)) = results.iter().find(|(v, _, _)| *v == variant) else {
+            continue;
+        };
+        let (seconds, predicted, rss) = measure(variant, &big_input);
+        assert_eq!(predicted, big as u64, "{variant} predicted every row");
+        println!(
+            "{big} rows, {variant}: {seconds:.3} s, {:.0} rows/s, peak RSS {:.1} MB ({:.1} MB for {rows}): {}",
+            predicted as f64 / seconds,
+            rss as f64 / 1024.0,
+            small_rss as f64 / 1024.0,
+            if rss <= small_rss {
+                "no higher"
+            } else {
+                "HIGHER"
+            }
+        );
+    }
 }

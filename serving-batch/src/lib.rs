@@ -18,10 +18,17 @@
 //!   [`OutputFormat::Original`] writes the original script's `input,prediction`. A row whose
 //!   cell does not parse, whose cell count is wrong, or whose prediction fails (a panic
 //!   included) is written with its error and counted; the run goes on.
-//! - **Two paths, declared.** Any [`Predictor`](serving_core::Predictor) runs row-wise on the
-//!   shared [`Runner`](serving_core::runner::Runner), on all cores, in input order (it passes
-//!   the transport suite). A [`ChunkPredictor`] is called once per chunk with a polars
-//!   `DataFrame`.
+//! - **Two paths, declared.** Any [`Predictor`](serving_core::Predictor) runs row-wise
+//!   through the endpoint's
+//!   [`ModelEndpoint::predict_chunk`](serving_core::ModelEndpoint::predict_chunk): each row
+//!   its own prediction (outcome, record, metrics, canary routing), one task per chunk
+//!   rather than per row, chunks on all cores (up to the endpoint's concurrency), output in
+//!   input order; it passes the transport suite. A [`ChunkPredictor`] is called once per
+//!   chunk with a polars `DataFrame`, in input order, while chunks are parsed and written on
+//!   all cores; each row counts as a request in the service's metrics.
+//! - **Logged.** Failed rows (up to [`BatchJobConfig::failed_rows_logged`]) are recorded in
+//!   the prediction log on both paths; [`BatchJobConfig::log_every_row`] records every row
+//!   (the benchmark reports what it costs).
 //! - **Atomic output.** The output appears in the dataset only once complete (one write, or a
 //!   multipart upload completed at the end); a run that fails, is cancelled or crashes leaves
 //!   nothing, and running it again completes it. An existing output is kept unless the
@@ -91,6 +98,7 @@
 mod chunk;
 mod config;
 mod output;
+mod rows;
 mod run;
 mod service;
 mod source;

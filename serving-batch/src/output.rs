@@ -1,26 +1,13 @@
-//! The output CSV: an [`OutputSink`] that writes each row with its prediction and error, in
+//! The output CSV: the header, then each chunk's rows (written on the chunk's thread) in
 //! input order, to a dataset file that appears only once complete.
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 use serving_core::datasets::DatasetWriter;
-use serving_core::runner::{OutputSink, Processed};
 use serving_core::{OutputFormat, Result};
-use std::sync::Arc;
-
-use crate::run::Live;
 
 /// Bytes of CSV gathered before they are handed to the store.
 const FLUSH_BYTES: usize = 1 << 20;
-
-/// A row as it travels through the runner: its cells as read (kept for the output) and its
-/// typed values (for the `original` format).
-#[derive(Debug)]
-pub(crate) struct RowMeta {
-    pub(crate) cells: Vec<String>,
-    pub(crate) values: Option<Value>,
-}
 
 /// Where the CSV goes.
 #[derive(Debug)]
@@ -35,12 +22,8 @@ pub(crate) enum Target {
 /// Writes the output rows of one run.
 #[derive(Debug)]
 pub(crate) struct CsvOutput {
-    csv: csv::Writer<Vec<u8>>,
+    buffer: Vec<u8>,
     target: Target,
-    format: OutputFormat,
-    width: usize,
-    id: Option<usize>,
-    live: Arc<Live>,
 }
 
 impl CsvOutput {
@@ -48,11 +31,8 @@ impl CsvOutput {
         target: Target,
         format: OutputFormat,
         names: &[String],
-        id: Option<usize>,
         prediction_column: &str,
-        live: Arc<Live>,
     ) -> Result<Self> {
-        let mut csv = new_writer();
         let header: Vec<&str> = match format {
             OutputFormat::Full => names
                 .iter()
@@ -61,68 +41,28 @@ impl CsvOutput {
                 .collect(),
             OutputFormat::Original => vec!["input", "prediction"],
         };
+        let mut csv = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::with_capacity(FLUSH_BYTES + 4096));
         csv.write_record(&header).map_err(csv_error)?;
-        Ok(CsvOutput {
-            csv,
-            target,
-            format,
-            width: names.len(),
-            id,
-            live,
-        })
+        let buffer = csv
+            .into_inner()
+            .map_err(|error| csv_error(error.into_error().into()))?;
+        Ok(CsvOutput { buffer, target })
     }
 
-    /// Writes one row: its cells, its prediction (or none) and its error (or none).
-    pub(crate) async fn row(
-        &mut self,
-        mut meta: RowMeta,
-        request_id: &str,
-        result: std::result::Result<&Value, String>,
-    ) -> Result<()> {
-        let (prediction, error) = match &result {
-            Ok(output) => (cell(output), String::new()),
-            Err(error) => (String::new(), error.clone()),
-        };
-        match self.format {
-            OutputFormat::Full => {
-                if let Some(id) = self.id
-                    && meta.cells.get(id).is_some_and(String::is_empty)
-                {
-                    // The source gave no id: hand back the one the row was recorded with.
-                    meta.cells[id] = request_id.to_owned();
-                }
-                meta.cells.resize(self.width, String::new());
-                self.csv
-                    .write_record(
-                        meta.cells
-                            .iter()
-                            .map(String::as_str)
-                            .chain([prediction.as_str(), error.as_str()]),
-                    )
-                    .map_err(csv_error)?;
-            }
-            OutputFormat::Original => {
-                let input = meta
-                    .values
-                    .map(|values| values.to_string())
-                    .unwrap_or_else(|| serde_json::to_string(&meta.cells).unwrap_or_default());
-                self.csv
-                    .write_record([input.as_str(), prediction.as_str()])
-                    .map_err(csv_error)?;
-            }
-        }
-        self.live.count(result.ok());
-        if self.csv.get_ref().len() >= FLUSH_BYTES {
+    /// Appends rows already written as CSV (a chunk's, written on another thread); the rows
+    /// are counted by whoever wrote them.
+    pub(crate) async fn append(&mut self, rows: &[u8]) -> Result<()> {
+        self.buffer.extend_from_slice(rows);
+        if self.buffer.len() >= FLUSH_BYTES {
             self.hand_over().await?;
         }
         Ok(())
     }
 
     async fn hand_over(&mut self) -> Result<()> {
-        let full = std::mem::replace(&mut self.csv, new_writer());
-        let bytes = full
-            .into_inner()
-            .map_err(|error| csv_error(error.into_error().into()))?;
+        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(FLUSH_BYTES + 4096));
         match &mut self.target {
             Target::Dataset(writer) => writer.write(Bytes::from(bytes)).await,
             Target::Memory(memory) => {
@@ -139,39 +79,201 @@ impl CsvOutput {
     }
 }
 
-fn new_writer() -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new()
-        .has_headers(false)
-        .from_writer(Vec::with_capacity(FLUSH_BYTES + 4096))
+/// Writes CSV rows by hand: what the `csv` crate writes (quotes only where needed, `\n` at
+/// the end of each row), with no per-field state machine for cells known to need no quotes.
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    pub(crate) bytes: Vec<u8>,
 }
 
-fn cell(output: &Value) -> String {
+impl Rows {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Rows {
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends one row: `cells` (`plain` says none of them needs quoting), then `more`.
+    pub(crate) fn row<'a>(
+        &mut self,
+        cells: impl Iterator<Item = &'a str>,
+        plain: bool,
+        more: &[&str],
+    ) {
+        let mut first = true;
+        for cell in cells {
+            if !first {
+                self.bytes.push(b',');
+            }
+            first = false;
+            self.cell(cell, plain);
+        }
+        for cell in more {
+            if !first {
+                self.bytes.push(b',');
+            }
+            first = false;
+            self.cell(cell, false);
+        }
+        self.bytes.push(b'\n');
+    }
+
+    /// Appends one row whose cells are `text` (each followed by a comma, none needing
+    /// quotes), then `more`.
+    pub(crate) fn plain_row(&mut self, text: &str, more: &[&str]) {
+        self.bytes.extend_from_slice(text.as_bytes());
+        for (i, cell) in more.iter().enumerate() {
+            if i > 0 {
+                self.bytes.push(b',');
+            }
+            self.cell(cell, false);
+        }
+        self.bytes.push(b'\n');
+    }
+
+    fn cell(&mut self, cell: &str, plain: bool) {
+        if plain
+            || !cell
+                .bytes()
+                .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        {
+            self.bytes.extend_from_slice(cell.as_bytes());
+            return;
+        }
+        self.bytes.push(b'"');
+        for part in cell.split_inclusive('"') {
+            self.bytes.extend_from_slice(part.as_bytes());
+            if part.ends_with('"') {
+                self.bytes.push(b'"');
+            }
+        }
+        self.bytes.push(b'"');
+    }
+}
+
+/// Appends finite `v` as serde_json (ryu) writes it, the shortest text that reads back as
+/// `v`. Values between 0.001 and 1e9 with at most six decimals, most predictions, are written
+/// without ryu: there a double's neighbours are closer than 10⁻⁶, so at most one decimal with
+/// `k` places reads back as `v`, and the smallest such `k` is ryu's answer.
+pub(crate) fn push_f64(cell: &mut String, v: f64) {
+    let magnitude = v.abs();
+    if (1e-3..1e9).contains(&magnitude) {
+        const TENS: [f64; 7] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
+        for (places, ten) in TENS.iter().enumerate() {
+            let scaled = (magnitude * ten).round();
+            if scaled / ten == magnitude {
+                let scaled = scaled as u64;
+                let unit = 10_u64.pow(places as u32);
+                if v < 0.0 {
+                    cell.push('-');
+                }
+                cell.push_str(itoa::Buffer::new().format(scaled / unit));
+                cell.push('.');
+                if places == 0 {
+                    cell.push('0');
+                } else {
+                    let mut digits = itoa::Buffer::new();
+                    let fraction = digits.format(scaled % unit);
+                    for _ in fraction.len()..places {
+                        cell.push('0');
+                    }
+                    cell.push_str(fraction);
+                }
+                return;
+            }
+        }
+    }
+    cell.push_str(ryu::Buffer::new().format_finite(v));
+}
+
+/// A prediction as its output cell: text as is, anything else as JSON.
+pub(crate) fn text_of(output: &Value) -> String {
     match output {
         Value::String(text) => text.clone(),
         Value::Null => String::new(),
+        // Numbers, the usual prediction, without the formatting machinery of `to_string`.
+        Value::Number(number) if number.is_f64() => {
+            let mut cell = String::with_capacity(24);
+            push_f64(&mut cell, number.as_f64().unwrap_or_default());
+            cell
+        }
+        Value::Number(number) if number.is_i64() => itoa::Buffer::new()
+            .format(number.as_i64().unwrap_or_default())
+            .to_owned(),
         other => other.to_string(),
     }
 }
 
-fn csv_error(error: csv::Error) -> serving_core::Error {
+pub(crate) fn csv_error(error: csv::Error) -> serving_core::Error {
     serving_core::Error::Storage {
         location: "the output CSV".to_owned(),
         source: Box::new(error),
     }
 }
 
-#[async_trait]
-impl OutputSink<RowMeta> for CsvOutput {
-    async fn write(&mut self, processed: Processed<RowMeta>) -> Result<()> {
-        let result = match &processed.result {
-            Ok(prediction) => Ok(&prediction.output),
-            // The row's own problem, said without the wrapper.
-            Err(serving_core::Error::InvalidRequest { reason }) if processed.refused => {
-                Err(reason.clone())
-            }
-            Err(error) => Err(error.to_string()),
+#[cfg(test)]
+mod tests {
+    use super::{Rows, push_f64};
+
+    #[test]
+    fn floats_are_written_as_ryu_writes_them() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut cell = String::new();
+        let mut check = |v: f64| {
+            cell.clear();
+            push_f64(&mut cell, v);
+            assert_eq!(cell, ryu::Buffer::new().format_finite(v), "{v:?}");
         };
-        self.row(processed.meta, &processed.request_id, result)
-            .await
+        for _ in 0..300_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Sums of one-decimal cells, as the bench's; then arbitrary doubles.
+            let tenths = (state % 400) as f64;
+            check(tenths / 10.0 + (state >> 20 & 0xff) as f64 / 10.0);
+            check(f64::from_bits(state >> 2) % 1e10);
+            check((state % 1_000_000_000) as f64 / 1e6 - 500.0);
+        }
+        for v in [
+            0.001,
+            0.000999,
+            1e9,
+            999_999_999.5,
+            0.1 + 0.2,
+            -0.0,
+            0.0,
+            3.0,
+            -2.5,
+        ] {
+            check(v);
+        }
+    }
+
+    #[test]
+    fn rows_are_written_as_the_csv_crate_writes_them() {
+        let cells = [
+            "plain",
+            "",
+            "a,b",
+            "say \"hi\"",
+            "two\nlines",
+            "cr\r",
+            " spaced ",
+            "\"",
+        ];
+        let mut expected = csv::WriterBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_writer(Vec::new());
+        expected.write_record(cells).unwrap();
+        expected.write_record(["1", "2", "3.5", ""]).unwrap();
+        let expected = expected.into_inner().unwrap();
+        let mut rows = Rows::default();
+        rows.row(cells[..2].iter().copied(), false, &cells[2..]);
+        rows.row(["1", "2"].into_iter(), true, &["3.5", ""]);
+        assert_eq!(
+            String::from_utf8(rows.bytes).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 }

@@ -1,26 +1,22 @@
 //! One batch run: scale up, build the model, read, predict, write, scale down.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt as _;
-use serde_json::Value;
 use serving_core::datasets::{Dataset, Overwrite};
-use serving_core::runner::{Item, OutputOrder, Runner};
-use serving_core::wire::decode_files;
-use serving_core::{
-    AutoscaleBounds, BatchRun, BatchStatus, Error, FileInput, ModelEndpoint, Result, new_request_id,
-};
+use serving_core::runner::Runner;
+use serving_core::{AutoscaleBounds, BatchRun, BatchStatus, Error, ModelEndpoint, Result};
 use tokio::sync::{Notify, mpsc};
 
-use crate::chunk::{self, DynChunkPredictor};
-use crate::config::RowInput;
-use crate::output::{CsvOutput, RowMeta, Target};
+use crate::chunk::{ChunkJob, DynChunkPredictor, Seen, Turns};
+use crate::output::{CsvOutput, Target};
+use crate::rows::{RowJob, run_rows};
 use crate::service::{BatchEndpoint, EndpointModel, Inner};
-use crate::source::{self, ChannelReader, Progress, RawRow, Read, Schema};
+use crate::source::{self, ChannelReader, Progress, Read};
 use crate::stats::{Distribution, RunMetrics, RunRecords};
+use serving_core::DynMetricSink;
 
 /// A run while it is in this process: its record and live counters.
 #[derive(Debug)]
@@ -65,18 +61,25 @@ impl Live {
         }
     }
 
-    /// Counts one written row: predicted (`Some(output)`) or failed.
-    pub(crate) fn count(&self, output: Option<&Value>) {
-        match output {
-            Some(output) => {
-                self.cold_start
-                    .get_or_init(|| self.submitted.elapsed().as_secs_f64());
-                self.predicted.fetch_add(1, Ordering::Relaxed);
-                lock(&self.distribution).add(output);
-            }
-            None => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Counts rows read.
+    pub(crate) fn count_read(&self, rows: usize) {
+        self.read.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one chunk's written rows and notes its predictions.
+    pub(crate) fn count_chunk(&self, predicted: u64, failed: u64, seen: &Seen) {
+        if predicted > 0 {
+            self.cold_start
+                .get_or_init(|| self.submitted.elapsed().as_secs_f64());
+        }
+        self.predicted.fetch_add(predicted, Ordering::Relaxed);
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+        let mut distribution = lock(&self.distribution);
+        for &number in &seen.numbers {
+            distribution.add_number(number);
+        }
+        for category in &seen.categories {
+            distribution.add_category(category);
         }
     }
 
@@ -242,20 +245,40 @@ async fn run(inner: &Arc<Inner>, endpoint: &Arc<BatchEndpoint>, live: &Arc<Live>
         Target::Dataset(writer),
         request.output_format,
         &schema.names,
-        schema.id,
         &config.prediction_column,
-        Arc::clone(live),
     )?;
     let predicted = match model {
         Built::Rows(endpoint_model) => {
-            let files = endpoint_model.file_input();
-            let items = items(chunks, schema, config.row_input, files, Arc::clone(live));
-            let runner = Runner::new(endpoint_model).with_order(OutputOrder::Input);
+            let concurrency = Runner::new(endpoint_model.clone()).concurrency();
+            let job = Arc::new(RowJob {
+                files: endpoint_model.file_input(),
+                endpoint: endpoint_model,
+                schema: Arc::clone(&schema),
+                mode: config.row_input,
+                format: request.output_format,
+                stop: Arc::default(),
+            });
             let stop = Arc::clone(live).cancelled();
-            runner.run_into(items, &mut output, stop).await.map(drop)
+            run_rows(chunks, job, concurrency, &mut output, live, stop).await
         }
-        // Takes the receiver: once it is dropped, the reading thread stops.
-        Built::Chunks(predictor) => chunked(chunks, &schema, predictor, &mut output, live).await,
+        Built::Chunks(predictor) => {
+            let job = Arc::new(ChunkJob {
+                schema: Arc::clone(&schema),
+                predictor,
+                format: request.output_format,
+                endpoint: Arc::from(endpoint.spec.name.as_str()),
+                model: endpoint.spec.model.name.clone(),
+                version: Arc::from(endpoint.spec.model.version.as_str()),
+                logging: endpoint.spec.logging.clone(),
+                metrics: live
+                    .metrics
+                    .get()
+                    .map(|m| Arc::clone(m) as Arc<DynMetricSink>),
+                records: run_records(inner, endpoint).map(Arc::new),
+                turns: Turns::default(),
+            });
+            chunked(chunks, job, &mut output, live).await
+        }
     };
     let read = reader.await.map_err(join_error).and_then(|read| read);
     let outcome = predicted.and(read.map(drop));
@@ -344,16 +367,15 @@ async fn build(
             let metrics = Arc::new(RunMetrics::new(inner.metric_sink.clone()));
             let _ = live.metrics.set(Arc::clone(&metrics));
             let mut builder = builder.metric_sink(metrics);
-            if let Some(records) = &inner.record_sink {
-                builder = builder.record_sink(Arc::new(RunRecords::new(
-                    Arc::clone(records),
-                    endpoint.config.log_every_row,
-                    endpoint.config.failed_rows_logged,
-                )));
+            if let Some(records) = run_records(inner, endpoint) {
+                builder = builder.record_sink(Arc::new(records));
             }
             Ok(Built::Rows(builder.build()?))
         }
         EndpointModel::Chunks(factory) => {
+            // Its requests are measured in the service's metrics like a row-wise run's.
+            let metrics = Arc::new(RunMetrics::new(inner.metric_sink.clone()));
+            let _ = live.metrics.set(metrics);
             let factory = Arc::clone(factory);
             let predictor = tokio::task::spawn_blocking(move || factory())
                 .await
@@ -363,169 +385,49 @@ async fn build(
     }
 }
 
-/// The rows of `chunks` as runner items, read lazily as the runner takes them.
-fn items(
-    chunks: mpsc::Receiver<Read>,
-    schema: Arc<Schema>,
-    mode: RowInput,
-    files: FileInput,
-    live: Arc<Live>,
-) -> impl futures::Stream<Item = Item<RowMeta>> + Send + 'static {
-    futures::stream::unfold(chunks, |mut chunks| async move {
-        match chunks.recv().await {
-            Some(Read::Chunk(rows)) => Some((rows, chunks)),
-            _ => None,
-        }
-    })
-    .flat_map(move |rows| {
-        live.read.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        let schema = Arc::clone(&schema);
-        futures::stream::iter(
-            rows.into_iter()
-                .map(move |row| item(&schema, row, mode, files)),
+/// Where a run's records go: failed rows up to the bound, every row with `log_every_row`.
+fn run_records(inner: &Inner, endpoint: &BatchEndpoint) -> Option<RunRecords> {
+    inner.record_sink.as_ref().map(|records| {
+        RunRecords::new(
+            Arc::clone(records),
+            endpoint.config.log_every_row,
+            endpoint.config.failed_rows_logged,
         )
     })
 }
 
-pub(crate) fn item(
-    schema: &Schema,
-    row: RawRow,
-    mode: RowInput,
-    files: FileInput,
-) -> Item<RowMeta> {
-    let request_id = schema
-        .id
-        .and_then(|id| row.cells.get(id))
-        .filter(|id| !id.is_empty())
-        .cloned();
-    let parsed = match row.error {
-        Some(error) => Err(error),
-        None => schema
-            .input(&row.cells, mode)
-            .map_err(|error| format!("row {}: {error}", row.number)),
-    };
-    let item = match &parsed {
-        Err(error) => Item::refused(Error::invalid_request(error.clone())),
-        Ok(value) if files != FileInput::Off => {
-            let value = match value {
-                Value::Array(cells) if cells.len() == 1 => cells[0].clone(),
-                other => other.clone(),
-            };
-            match decode_files(value, files) {
-                Ok(decoded) => {
-                    let (input, files) = decoded.into_parts();
-                    Item::new(input).with_resource(files)
-                }
-                Err(error) => Item::refused(Error::invalid_request(format!(
-                    "row {}: {error}",
-                    row.number
-                ))),
-            }
-        }
-        Ok(value) => Item::new(value.clone()),
-    };
-    let mut item = item.with_arrival(row.arrival).with_meta(RowMeta {
-        cells: row.cells,
-        values: parsed.ok(),
-    });
-    item.request_id = request_id;
-    item
-}
-
-/// The vectorised path: one call of the predictor per chunk.
+/// The vectorised path: one call of the predictor per chunk, in input order, while chunks
+/// are parsed and written on two threads; the output is written in input order.
 async fn chunked(
-    mut chunks: mpsc::Receiver<Read>,
-    schema: &Arc<Schema>,
-    predictor: Arc<DynChunkPredictor>,
+    chunks: mpsc::Receiver<Read>,
+    job: Arc<ChunkJob>,
     output: &mut CsvOutput,
     live: &Arc<Live>,
 ) -> Result<()> {
-    while let Some(Read::Chunk(rows)) = chunks.recv().await {
+    let parallel = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4);
+    let done = futures::stream::unfold((chunks, 0_u64), |(mut chunks, index)| async move {
+        match chunks.recv().await {
+            Some(Read::Chunk(rows)) => Some(((index, rows), (chunks, index + 1))),
+            _ => None,
+        }
+    })
+    .map(|(index, rows)| {
+        live.count_read(rows.len());
+        let job = Arc::clone(&job);
+        tokio::task::spawn_blocking(move || job.run(index, &rows))
+    })
+    .buffered(parallel);
+    futures::pin_mut!(done);
+    while let Some(written) = done.next().await {
         if live.is_cancelled() {
             return Ok(());
         }
-        live.read.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        let parsed: Vec<(RawRow, Result<Value, String>)> = rows
-            .into_iter()
-            .map(|row| {
-                let parsed = match &row.error {
-                    Some(error) => Err(error.clone()),
-                    None => schema
-                        .input(&row.cells, RowInput::Positional)
-                        .map_err(|error| format!("row {}: {error}", row.number)),
-                };
-                (row, parsed)
-            })
-            .collect();
-        let good: Vec<Vec<Value>> = parsed
-            .iter()
-            .filter_map(|(_, parsed)| match parsed {
-                Ok(Value::Array(values)) => Some(values.clone()),
-                _ => None,
-            })
-            .collect();
-        let count = good.len();
-        let answers: Result<Vec<Option<Value>>, String> = if count == 0 {
-            Ok(Vec::new())
-        } else {
-            let schema = Arc::clone(schema);
-            let predictor = Arc::clone(&predictor);
-            tokio::task::spawn_blocking(move || {
-                std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    let frame = chunk::frame(&schema, &good)?;
-                    predictor.predict_chunk(&frame)
-                }))
-            })
-            .await
-            .map_err(|error| join_error(error).to_string())
-            .and_then(|caught| {
-                caught.map_err(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".to_owned());
-                    Error::Panicked { message }.to_string()
-                })
-            })
-            .and_then(|result| result.map_err(|error| error.to_string()))
-            .map(|series| chunk::values(&series))
-            .and_then(|values| {
-                if values.len() == count {
-                    Ok(values)
-                } else {
-                    Err(format!(
-                        "the chunk predictor answered {} values for {count} rows",
-                        values.len()
-                    ))
-                }
-            })
-        };
-        let mut answers = answers.map(Vec::into_iter);
-        for (row, parsed) in parsed {
-            let id = schema
-                .id
-                .and_then(|id| row.cells.get(id))
-                .filter(|id| !id.is_empty())
-                .cloned()
-                .unwrap_or_else(new_request_id);
-            let meta = RowMeta {
-                cells: row.cells,
-                values: parsed.as_ref().ok().cloned(),
-            };
-            let result = match (parsed, &mut answers) {
-                (Err(error), _) => Err(error),
-                (Ok(_), Err(error)) => Err(error.clone()),
-                (Ok(_), Ok(answers)) => match answers.next().flatten() {
-                    Some(value) => Ok(value),
-                    None => Err("the chunk predictor answered no value for this row".to_owned()),
-                },
-            };
-            match result {
-                Ok(value) => output.row(meta, &id, Ok(&value)).await?,
-                Err(error) => output.row(meta, &id, Err(error)).await?,
-            }
-        }
+        let mut written = written.map_err(join_error)??;
+        output.append(&written.csv).await?;
+        live.count_chunk(written.predicted, written.failed, &written.seen);
+        job.measure(&mut written);
     }
     Ok(())
 }

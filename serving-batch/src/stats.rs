@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use serving_core::{
     DynMetricSink, DynRecordSink, MetricSample, MetricSink, MetricSummary, PredictionDistribution,
     PredictionRecord, RecordSink, RequestEvent,
@@ -29,44 +28,56 @@ pub(crate) struct Distribution {
 }
 
 impl Distribution {
-    pub(crate) fn add(&mut self, output: &Value) {
+    /// Counts one prediction, whatever its type.
+    #[cfg(test)]
+    pub(crate) fn add(&mut self, output: &serde_json::Value) {
         match output.as_f64() {
-            Some(value) if !self.categorical => {
-                match &mut self.numeric {
-                    Some(summary) => summary.add(value),
-                    None => self.numeric = Some(MetricSummary::of(value)),
-                }
-                self.seen += 1;
-                if self.stride == 0 {
-                    self.stride = 1;
-                }
-                if self.seen % self.stride == 0 {
-                    self.sample.push(value);
-                    if self.sample.len() >= QUANTILE_SAMPLE {
-                        // Keep every other one: the sample stays spread over the whole run.
-                        let mut i = 0;
-                        self.sample.retain(|_| {
-                            i += 1;
-                            i % 2 == 0
-                        });
-                        self.stride *= 2;
-                    }
-                }
+            Some(value) if !self.categorical => self.add_number(value),
+            _ => match output {
+                serde_json::Value::String(text) => self.add_category(text),
+                other => self.add_category(&other.to_string()),
+            },
+        }
+    }
+
+    /// Counts one numeric prediction (a category once a prediction was not a number).
+    pub(crate) fn add_number(&mut self, value: f64) {
+        if self.categorical {
+            let text = serde_json::Number::from_f64(value)
+                .map_or_else(|| value.to_string(), |n| n.to_string());
+            return self.add_category(&text);
+        }
+        match &mut self.numeric {
+            Some(summary) => summary.add(value),
+            None => self.numeric = Some(MetricSummary::of(value)),
+        }
+        self.seen += 1;
+        if self.stride == 0 {
+            self.stride = 1;
+        }
+        if self.seen % self.stride == 0 {
+            self.sample.push(value);
+            if self.sample.len() >= QUANTILE_SAMPLE {
+                // Keep every other one: the sample stays spread over the whole run.
+                let mut i = 0;
+                self.sample.retain(|_| {
+                    i += 1;
+                    i % 2 == 0
+                });
+                self.stride *= 2;
             }
-            _ => {
-                self.categorical = true;
-                let key = match output {
-                    Value::String(text) => text.clone(),
-                    other => other.to_string(),
-                };
-                if let Some(count) = self.counts.get_mut(&key) {
-                    *count += 1;
-                } else if self.counts.len() < MAX_CATEGORIES {
-                    self.counts.insert(key, 1);
-                } else {
-                    self.other += 1;
-                }
-            }
+        }
+    }
+
+    /// Counts one categorical prediction.
+    pub(crate) fn add_category(&mut self, key: &str) {
+        self.categorical = true;
+        if let Some(count) = self.counts.get_mut(key) {
+            *count += 1;
+        } else if self.counts.len() < MAX_CATEGORIES {
+            self.counts.insert(key.to_owned(), 1);
+        } else {
+            self.other += 1;
         }
     }
 
@@ -192,12 +203,32 @@ impl RunRecords {
     }
 }
 
+impl RunRecords {
+    /// Whether a row's record goes to the log (a failed one counts toward the bound): asked
+    /// before the record is made, so rows that are not logged cost nothing.
+    pub(crate) fn admits(&self, failed: bool) -> bool {
+        self.all || (failed && self.failed.fetch_add(1, Ordering::Relaxed) < self.bound)
+    }
+
+    /// Whether every row is logged.
+    pub(crate) fn every_row(&self) -> bool {
+        self.all
+    }
+
+    /// Failed rows logged at most.
+    pub(crate) fn bound(&self) -> usize {
+        usize::try_from(self.bound).unwrap_or(usize::MAX)
+    }
+
+    /// Passes on a record [`RunRecords::admits`] admitted.
+    pub(crate) fn push(&self, record: PredictionRecord) {
+        self.inner.record(record);
+    }
+}
+
 impl RecordSink for RunRecords {
     fn record(&self, record: PredictionRecord) {
-        if self.all {
-            return self.inner.record(record);
-        }
-        if record.error.is_some() && self.failed.fetch_add(1, Ordering::Relaxed) < self.bound {
+        if self.admits(record.error.is_some()) {
             self.inner.record(record);
         }
     }

@@ -26,7 +26,8 @@ use serving_core::prediction_log::object_store::ObjectStoreExt as _;
 
 use super::*;
 use crate::output::{CsvOutput, Target};
-use crate::run::{Live, item};
+use crate::rows::{RowJob, run_rows};
+use crate::run::Live;
 use crate::source::{Read, read_csv};
 
 /// Records every scale call.
@@ -724,7 +725,8 @@ impl BatchService {
 
 /// The batch transport over an in-memory CSV: rows → runner → CSV writer, as a run does.
 struct BatchHarness {
-    runner: Runner,
+    endpoint: serving_core::ModelEndpoint,
+    concurrency: usize,
 }
 
 impl BatchHarness {
@@ -773,26 +775,21 @@ impl BatchHarness {
             Target::Memory(Vec::new()),
             OutputFormat::Full,
             &schema.names,
-            schema.id,
             "prediction",
-            live,
         )
         .unwrap();
-        let rows = futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Some(Read::Chunk(rows)) => Some((rows, rx)),
-                _ => None,
-            }
-        })
-        .flat_map(move |rows| {
-            let schema = Arc::clone(&schema);
-            futures::stream::iter(
-                rows.into_iter()
-                    .map(move |row| item(&schema, row, RowInput::Object, FileInput::Off)),
-            )
+        // The run's own row-wise path.
+        let job = Arc::new(RowJob {
+            endpoint: self.endpoint.clone(),
+            schema,
+            mode: RowInput::Object,
+            files: FileInput::Off,
+            format: OutputFormat::Full,
+            stop: Arc::default(),
         });
-        use futures::StreamExt as _;
-        self.runner.run_into(rows, &mut output, stop).await.unwrap();
+        run_rows(rx, job, self.concurrency, &mut output, &live, stop)
+            .await
+            .unwrap();
         drop(reader);
         let Target::Memory(bytes) = output.into_target().await.unwrap() else {
             unreachable!()
@@ -831,6 +828,125 @@ impl TransportHarness for BatchHarness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_batch_transport_conforms() {
     let kit = TransportKit::new();
-    let runner = Runner::new(kit.endpoint()).with_order(OutputOrder::Input);
-    transport::transport(&mut BatchHarness { runner }, &kit).await;
+    let endpoint = kit.endpoint();
+    let concurrency = Runner::new(endpoint.clone()).concurrency();
+    transport::transport(
+        &mut BatchHarness {
+            endpoint,
+            concurrency,
+        },
+        &kit,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vectorised_path_measures_every_row_and_logs_as_set() {
+    let fx = Fixture::new();
+    let metrics = Arc::new(serving_core::InMemoryMetrics::new());
+    let service = BatchService::builder(fx.datasets.clone())
+        .record_sink(Arc::new(fx.records.clone()))
+        .metric_sink(metrics.clone())
+        .chunk_endpoint(
+            spec(
+                "bounded",
+                "sum",
+                "v",
+                &[("chunk_rows", "3"), ("failed_rows_logged", "1")],
+            ),
+            || Ok(Sum::default()),
+        )
+        .unwrap()
+        .chunk_endpoint(
+            spec(
+                "every",
+                "sum",
+                "v",
+                &[("chunk_rows", "3"), ("log_every_row", "true")],
+            ),
+            || Ok(Sum::default()),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    fx.put("mixed.csv", "a,b\n1.5,2\nx,1\n3.5,4\ny,1\n5.5,6\n")
+        .await;
+    let run = service
+        .run("bounded", BatchRequest::new("mixed.csv", "m1.csv", "data"))
+        .await
+        .unwrap();
+    assert_eq!((run.rows_predicted, run.rows_failed), (3, 2), "{run:?}");
+    // Every row is a request of the endpoint, its own outcome included.
+    let events = metrics.requests();
+    assert_eq!(events.len(), 5, "{events:?}");
+    let ok = events
+        .iter()
+        .filter(|e| e.outcome == serving_core::Outcome::Ok)
+        .count();
+    assert_eq!(ok, 3, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| &*e.endpoint == "bounded" && &*e.model_version == "v"),
+        "{events:?}"
+    );
+    // Only failed rows are recorded, up to the bound.
+    let records = fx.records.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(
+        records[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("row 2: column `a`"),
+        "{records:?}"
+    );
+    service
+        .run("every", BatchRequest::new("mixed.csv", "m2.csv", "data"))
+        .await
+        .unwrap();
+    let records = fx.records.records();
+    assert_eq!(records.len(), 1 + 5, "{records:?}");
+    let outputs: Vec<Option<Value>> = records[1..].iter().map(|r| r.output.clone()).collect();
+    assert_eq!(
+        outputs,
+        [Some(3.5), None, Some(7.5), None, Some(11.5)].map(|v| v.map(|v| serde_json::json!(v)))
+    );
+    assert!(records[1..].iter().all(|r| !r.request_id.is_empty()));
+    assert_eq!(
+        fx.get("m2.csv").await,
+        "a,b,prediction,error\n1.5,2,3.5,\n\
+         x,1,,row 2: column `a`: `x` is not a number like the rest of the column\n\
+         3.5,4,7.5,\n\
+         y,1,,row 4: column `a`: `y` is not a number like the rest of the column\n\
+         5.5,6,11.5,\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_that_need_quotes_are_written_back_quoted_on_both_paths() {
+    let fx = Fixture::new();
+    let service = fx.service(vec![spec("rows", "sum", "1", &[])]);
+    fx.put("q.csv", "a,b\n\"x,y\",1\n2,3\n\"say \"\"hi\"\"\",4\n")
+        .await;
+    service
+        .run("rows", BatchRequest::new("q.csv", "q-rows.csv", "data"))
+        .await
+        .unwrap();
+    let output = fx.get("q-rows.csv").await;
+    let lines: Vec<&str> = output.lines().collect();
+    assert!(lines[1].starts_with("\"x,y\",1,,"), "{output}");
+    // `a` is a text column (one number in two cells): `2` is text too, and the error says so.
+    assert!(lines[2].starts_with("2,3,,"), "{output}");
+    assert!(lines[3].starts_with("\"say \"\"hi\"\"\",4,,"), "{output}");
+    // Plain chunks take the one-copy path: the same text.
+    fx.put("p.csv", "a,b\n1.5,2\n2.5,3\n").await;
+    service
+        .run("vector", BatchRequest::new("p.csv", "p-vector.csv", "data"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.get("p-vector.csv").await,
+        "a,b,prediction,error\n1.5,2,3.5,\n2.5,3,5.5,\n"
+    );
 }

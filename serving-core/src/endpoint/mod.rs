@@ -1,6 +1,7 @@
 //! The [`Endpoint`] trait and [`ModelEndpoint`], the in-process endpoint every backend serves.
 
 pub(crate) mod admission;
+mod chunk;
 pub mod runner;
 
 use std::any::Any;

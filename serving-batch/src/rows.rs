@@ -1,0 +1,239 @@
+//! The row-wise path: any [`Predictor`](serving_core::Predictor), through the endpoint's
+//! [`ModelEndpoint::predict_chunk`]: one task per chunk of rows rather than per row, chunks
+//! on all cores at once, the output in input order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt as _;
+use serde_json::Value;
+use serving_core::wire::decode_files;
+use serving_core::{
+    Endpoint as _, Error, FileInput, ModelEndpoint, OutputFormat, PredictRequest, Refused, Result,
+    new_request_id,
+};
+use tokio::sync::mpsc;
+
+use crate::chunk::Written;
+use crate::config::RowInput;
+use crate::output::{CsvOutput, Rows, text_of};
+use crate::run::Live;
+use crate::source::{RawChunk, Read, Schema};
+
+/// What every chunk of one row-wise run shares.
+#[derive(Debug)]
+pub(crate) struct RowJob {
+    pub(crate) endpoint: ModelEndpoint,
+    pub(crate) schema: Arc<Schema>,
+    pub(crate) mode: RowInput,
+    pub(crate) files: FileInput,
+    pub(crate) format: OutputFormat,
+    /// Set once the run stops: no row is started after it.
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+/// A row's input, or why it never reaches the model.
+enum Row {
+    Request(Option<Value>),
+    Refused(Error, Option<Value>),
+}
+
+impl RowJob {
+    /// Predicts the rows of `chunk` in order and writes them: a bad row is refused (recorded
+    /// as the endpoint records refusals) and written with its error. Once the run stops, only
+    /// the rows before the first one not predicted are written and recorded.
+    pub(crate) async fn run(&self, chunk: RawChunk) -> Result<Written> {
+        let schema = &self.schema;
+        let mut errors = chunk.errors().iter().peekable();
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut requests = Vec::with_capacity(chunk.len());
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(chunk.len());
+        for row in 0..chunk.len() {
+            // An id from the source, or one made now when the output has to show it.
+            let id = schema.id.map(|column| {
+                chunk
+                    .cell(row, column)
+                    .filter(|id| !id.is_empty())
+                    .map_or_else(new_request_id, str::to_owned)
+            });
+            if let Some((_, error)) = errors.next_if(|(index, _)| *index == row) {
+                rows.push(Row::Refused(Error::invalid_request(error.clone()), None));
+                ids.push(id);
+                continue;
+            }
+            let values = match schema.input(chunk.cells(row), self.mode) {
+                Ok(values) => values,
+                Err(error) => {
+                    let error = format!("row {}: {error}", chunk.number(row));
+                    rows.push(Row::Refused(Error::invalid_request(error), None));
+                    ids.push(id);
+                    continue;
+                }
+            };
+            // The typed values are kept only for the `original` format's `input` column.
+            let kept = (self.format == OutputFormat::Original).then(|| values.clone());
+            let mut request = if self.files == FileInput::Off {
+                PredictRequest::new(values)
+            } else {
+                let value = match &values {
+                    Value::Array(cells) if cells.len() == 1 => cells[0].clone(),
+                    other => other.clone(),
+                };
+                match decode_files(value, self.files) {
+                    Ok(decoded) => {
+                        let (input, files) = decoded.into_parts();
+                        PredictRequest::new(input).with_resource(files)
+                    }
+                    Err(error) => {
+                        let error = format!("row {}: {error}", chunk.number(row));
+                        rows.push(Row::Refused(Error::invalid_request(error), kept));
+                        ids.push(id);
+                        continue;
+                    }
+                }
+            }
+            .with_arrival(chunk.arrival);
+            request.request_id = id.clone();
+            requests.push(request);
+            rows.push(Row::Request(kept));
+            ids.push(id);
+        }
+        let mut answers = self
+            .endpoint
+            .predict_chunk(requests, &self.stop)
+            .await
+            .into_iter();
+        let mut written = Written::default();
+        let mut csv = Rows::with_capacity(chunk.text_len() + chunk.len() * 24);
+        let plain = chunk.is_plain();
+        let width = schema.names.len();
+        for (row, (input, id)) in rows.into_iter().zip(ids).enumerate() {
+            let (result, values, refused) = match input {
+                Row::Request(values) => match answers.next() {
+                    Some(answer) => (answer, values, false),
+                    // Stopped: this row and those after it were never taken.
+                    None => break,
+                },
+                Row::Refused(error, values) => {
+                    let request_id = id.clone().unwrap_or_else(new_request_id);
+                    let reason = match &error {
+                        Error::InvalidRequest { reason } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    self.endpoint
+                        .refused(Refused::new(request_id, error, chunk.arrival));
+                    (Err(Error::invalid_request(reason)), values, true)
+                }
+            };
+            let (prediction, error) = match &result {
+                Ok(prediction) => {
+                    let text = text_of(&prediction.output);
+                    match prediction.output.as_f64() {
+                        Some(number) => written.seen.numbers.push(number),
+                        None => written.seen.categories.push(text.clone()),
+                    }
+                    written.predicted += 1;
+                    (text, String::new())
+                }
+                // The row's own problem, said without the wrapper.
+                Err(Error::InvalidRequest { reason }) if refused => {
+                    written.failed += 1;
+                    (String::new(), reason.clone())
+                }
+                Err(error) => {
+                    written.failed += 1;
+                    (String::new(), error.to_string())
+                }
+            };
+            match self.format {
+                OutputFormat::Full
+                    if plain && schema.id.is_none() && chunk.cells(row).len() == width =>
+                {
+                    csv.plain_row(chunk.row_text(row), &[prediction.as_str(), error.as_str()]);
+                }
+                OutputFormat::Full => {
+                    let cells = chunk
+                        .cells(row)
+                        .chain(std::iter::repeat(""))
+                        .take(width)
+                        .enumerate()
+                        .map(|(c, text)| match &id {
+                            Some(id) if Some(c) == schema.id => id.as_str(),
+                            _ => text,
+                        });
+                    csv.row(cells, plain, &[prediction.as_str(), error.as_str()]);
+                }
+                OutputFormat::Original => {
+                    let input = values.map(|v| v.to_string()).unwrap_or_else(|| {
+                        serde_json::to_string(&chunk.cells(row).collect::<Vec<_>>())
+                            .unwrap_or_default()
+                    });
+                    csv.row(
+                        std::iter::empty(),
+                        true,
+                        &[input.as_str(), prediction.as_str()],
+                    );
+                }
+            }
+        }
+        written.csv = csv.bytes;
+        Ok(written)
+    }
+}
+
+/// Runs `chunks` through `job`, `concurrency` chunks at once, and writes their rows to
+/// `output` in input order. Once `stop` completes no row is started; the rows already
+/// started finish and are written, and then it returns.
+pub(crate) async fn run_rows(
+    chunks: mpsc::Receiver<Read>,
+    job: Arc<RowJob>,
+    concurrency: usize,
+    output: &mut CsvOutput,
+    live: &Arc<Live>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let flag = Arc::clone(&job.stop);
+    let watcher = tokio::spawn(async move {
+        stop.await;
+        flag.store(true, Ordering::Release);
+    });
+    let stopped = Arc::clone(&job.stop);
+    let done = futures::stream::unfold(chunks, move |mut chunks| {
+        let stopped = Arc::clone(&stopped);
+        async move {
+            if stopped.load(Ordering::Acquire) {
+                return None;
+            }
+            match chunks.recv().await {
+                Some(Read::Chunk(rows)) => Some((rows, chunks)),
+                _ => None,
+            }
+        }
+    })
+    .map(|rows| {
+        live.count_read(rows.len());
+        let job = Arc::clone(&job);
+        tokio::spawn(async move { job.run(rows).await })
+    })
+    .buffered(concurrency.max(1));
+    futures::pin_mut!(done);
+    let mut result = Ok(());
+    while let Some(written) = done.next().await {
+        let written = match written.map_err(Error::from).and_then(|w| w) {
+            Ok(written) => written,
+            Err(error) => {
+                // Stop the other chunks; the error is the run's.
+                job.stop.store(true, Ordering::Release);
+                result = Err(error);
+                continue;
+            }
+        };
+        if result.is_ok() {
+            output.append(&written.csv).await?;
+            live.count_chunk(written.predicted, written.failed, &written.seen);
+        }
+    }
+    watcher.abort();
+    result
+}

@@ -1,0 +1,111 @@
+//! Predicting a chunk of requests in one call: for transports that read their input in
+//! chunks (a batch file), where a task and a routing decision per request cost more than the
+//! model.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::endpoint::{Endpoint, ModelEndpoint, PredictRequest, Prediction};
+use crate::error::Result;
+
+impl ModelEndpoint {
+    /// Predicts `requests` one after another on the calling task and answers their results
+    /// in the same order; stops before the next request once `stop` is set (the answers then
+    /// hold only the requests predicted).
+    ///
+    /// Each request is a prediction of its own, made exactly as [`Endpoint::predict`] makes
+    /// it: its own id, outcome, latency (from its arrival), record and metrics, and its own
+    /// canary routing (by its routing key). What the chunk shares is the routing table, taken
+    /// once when the call starts, so a version switch falls between two chunks, in input
+    /// order, as the [`Runner`](crate::runner::Runner) makes it fall between two items. Run
+    /// several chunks at once (up to the endpoint's concurrency) to use several cores.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// use std::sync::atomic::AtomicBool;
+    /// use serving_core::{ModelEndpoint, PredictRequest, Result, predictor_fn};
+    ///
+    /// let endpoint = ModelEndpoint::builder("double", predictor_fn(|x: f64| -> Result<f64> {
+    ///     Ok(2.0 * x)
+    /// }))
+    /// .build()
+    /// .unwrap();
+    /// let requests = (0..3).map(|i| PredictRequest::new(serde_json::json!([i]))).collect();
+    /// let answers = endpoint.predict_chunk(requests, &AtomicBool::new(false)).await;
+    /// let outputs: Vec<f64> = answers
+    ///     .into_iter()
+    ///     .map(|answer| answer.unwrap().output.as_f64().unwrap())
+    ///     .collect();
+    /// assert_eq!(outputs, [0.0, 2.0, 4.0]);
+    /// # }
+    /// ```
+    pub async fn predict_chunk(
+        &self,
+        requests: Vec<PredictRequest>,
+        stop: &AtomicBool,
+    ) -> Vec<Result<Prediction>> {
+        let snapshot = self.lifecycle.snapshot();
+        let mut answers = Vec::with_capacity(requests.len());
+        for mut request in requests {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            request.routing = Some(snapshot.clone());
+            answers.push(self.predict(request).await);
+        }
+        answers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use serde_json::json;
+
+    use crate::{InMemoryMetrics, ModelEndpoint, Outcome, PredictRequest, Result, predictor_fn};
+
+    #[tokio::test]
+    async fn each_request_of_a_chunk_is_its_own_prediction() {
+        let metrics = std::sync::Arc::new(InMemoryMetrics::new());
+        let endpoint = ModelEndpoint::builder(
+            "half",
+            predictor_fn(|x: f64| -> Result<f64> {
+                if x < 0.0 {
+                    Err(crate::Error::rejected("negative"))
+                } else {
+                    Ok(x / 2.0)
+                }
+            }),
+        )
+        .metric_sink(metrics.clone())
+        .build()
+        .unwrap();
+        let requests = [4.0, -1.0, 2.0]
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| PredictRequest::new(json!([x])).with_request_id(format!("r{i}")))
+            .collect();
+        let answers = endpoint
+            .predict_chunk(requests, &AtomicBool::new(false))
+            .await;
+        assert_eq!(answers.len(), 3);
+        assert_eq!(answers[0].as_ref().unwrap().output, json!(2.0));
+        assert_eq!(answers[0].as_ref().unwrap().request_id, "r0");
+        assert!(answers[1].is_err());
+        assert_eq!(answers[2].as_ref().unwrap().output, json!(1.0));
+        let outcomes: Vec<Outcome> = metrics.requests().iter().map(|e| e.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Ok, Outcome::RejectedInput, Outcome::Ok],
+            "one event per request, in order"
+        );
+        // A stopped chunk predicts nothing more.
+        let stopped = endpoint
+            .predict_chunk(
+                vec![PredictRequest::new(json!([1.0]))],
+                &AtomicBool::new(true),
+            )
+            .await;
+        assert!(stopped.is_empty());
+    }
+}
