@@ -10,8 +10,8 @@ use futures::StreamExt as _;
 use serde_json::Value;
 use serving_core::wire::decode_files;
 use serving_core::{
-    Endpoint as _, Error, FileInput, ModelEndpoint, OutputFormat, PredictRequest, Refused, Result,
-    new_request_id,
+    DynRecordSink, Endpoint as _, Error, FileInput, ModelEndpoint, OutputFormat, PredictRequest,
+    Refused, Result, new_request_id,
 };
 use tokio::sync::mpsc;
 
@@ -31,6 +31,9 @@ pub(crate) struct RowJob {
     pub(crate) format: OutputFormat,
     /// Set once the run stops: no row is started after it.
     pub(crate) stop: Arc<AtomicBool>,
+    /// The prediction log when every row is logged: awaited between chunks, so a run slows
+    /// down rather than have its records dropped.
+    pub(crate) records: Option<Arc<DynRecordSink>>,
 }
 
 /// A row's input, or why it never reaches the model.
@@ -232,6 +235,9 @@ pub(crate) async fn run_rows(
         if result.is_ok() {
             output.append(&written.csv).await?;
             live.count_chunk(written.predicted, written.failed, &written.seen);
+            if let Some(records) = &job.records {
+                records.ready().await;
+            }
         }
     }
     watcher.abort();

@@ -257,6 +257,10 @@ async fn run(inner: &Arc<Inner>, endpoint: &Arc<BatchEndpoint>, live: &Arc<Live>
                 mode: config.row_input,
                 format: request.output_format,
                 stop: Arc::default(),
+                records: inner
+                    .record_sink
+                    .clone()
+                    .filter(|_| endpoint.config.log_every_row),
             });
             let stop = Arc::clone(live).cancelled();
             run_rows(chunks, job, concurrency, &mut output, live, stop).await
@@ -428,6 +432,10 @@ async fn chunked(
         output.append(&written.csv).await?;
         live.count_chunk(written.predicted, written.failed, &written.seen);
         job.measure(&mut written);
+        if let Some(records) = job.records.as_ref().filter(|r| r.every_row()) {
+            // Slows the run down rather than have its records dropped.
+            serving_core::RecordSink::ready(records.as_ref()).await;
+        }
     }
     Ok(())
 }

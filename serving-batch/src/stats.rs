@@ -232,6 +232,10 @@ impl RecordSink for RunRecords {
             self.inner.record(record);
         }
     }
+
+    fn ready(&self) -> serving_core::SinkReady<'_> {
+        self.inner.ready()
+    }
 }
 
 #[cfg(test)]

@@ -713,6 +713,50 @@ async fn failed_rows_logged_are_bounded_and_every_row_is_a_setting() {
     assert_eq!(fx.records.records().len(), 2 + 4);
 }
 
+/// A prediction log whose queue holds 1,000 records takes 20,000 logged rows of each path
+/// without dropping one: the run waits between chunks for the log to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_every_row_waits_for_the_prediction_log_instead_of_dropping() {
+    let fx = Fixture::new();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        serving_core::prediction_log::PredictionLog::builder()
+            .with_dir(log_dir.path())
+            .with_setting("queue_capacity", "1000")
+            .unwrap()
+            .with_setting("segment_records", "400")
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    let settings = [("chunk_rows", "200"), ("log_every_row", "true")];
+    let service = BatchService::builder(fx.datasets.clone())
+        .registry(Arc::clone(&fx.registry))
+        .record_sink(Arc::clone(&log) as Arc<serving_core::DynRecordSink>)
+        .endpoint(spec("rows", "sum", "1", &settings))
+        .unwrap()
+        .chunk_endpoint(spec("chunks", "sum", "v", &settings), || Ok(Sum::default()))
+        .unwrap()
+        .build()
+        .unwrap();
+    let rows: String = (0..20_000).map(|i| format!("{i}.5,1.5\n")).collect();
+    fx.put("many.csv", &format!("a,b\n{rows}")).await;
+    for endpoint in ["rows", "chunks"] {
+        let run = service
+            .run(
+                endpoint,
+                BatchRequest::new("many.csv", format!("{endpoint}.csv"), "data"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(run.rows_predicted, 20_000, "{run:?}");
+    }
+    log.flush().await.unwrap();
+    let stats = log.stats();
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert_eq!(stats.written, 40_000, "{stats:?}");
+}
+
 impl BatchService {
     async fn diff_for_test(
         &self,
@@ -786,6 +830,7 @@ impl BatchHarness {
             files: FileInput::Off,
             format: OutputFormat::Full,
             stop: Arc::default(),
+            records: None,
         });
         run_rows(rx, job, self.concurrency, &mut output, &live, stop)
             .await

@@ -149,7 +149,7 @@ pub use observe::metrics::{
     MetricSink, RequestEvent,
 };
 pub use observe::record::{
-    DynRecordSink, PredictionRecord, RecordSink, crop, crop_error, crop_text,
+    DynRecordSink, PredictionRecord, RecordSink, SinkReady, crop, crop_error, crop_text,
 };
 pub use observe::record_sinks::{InMemoryRecords, PREDICTION_TARGET, RecordFanOut, TracingRecords};
 pub use observe::{Drain, Observability, shutdown_signal};

@@ -49,10 +49,21 @@ pub struct PredictionRecord {
 /// - What a sink keeps or writes, it keeps once per record taken, with the fields as given (a
 ///   log line may leave out custom metrics and parameters), in any order.
 ///   `conformance::record_sink` (feature `conformance`) checks this.
+/// - [`ready`](RecordSink::ready) resolves once a sink that queues has room again; a producer
+///   that would rather wait than lose records (a batch run that logs every row) awaits it
+///   between bursts. A sink that never drops is always ready (the default).
 pub trait RecordSink: Debug + Send + Sync + 'static {
     /// Takes one record.
     fn record(&self, record: PredictionRecord);
+
+    /// Resolves when the sink can take a burst of records without dropping any.
+    fn ready(&self) -> SinkReady<'_> {
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// What [`RecordSink::ready`] returns.
+pub type SinkReady<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// A type-erased record sink.
 pub type DynRecordSink = dyn RecordSink;
@@ -62,12 +73,20 @@ impl<S: RecordSink + ?Sized> RecordSink for std::sync::Arc<S> {
     fn record(&self, record: PredictionRecord) {
         (**self).record(record)
     }
+
+    fn ready(&self) -> SinkReady<'_> {
+        (**self).ready()
+    }
 }
 
 #[deny(clippy::missing_trait_methods)]
 impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
     fn record(&self, record: PredictionRecord) {
         (**self).record(record)
+    }
+
+    fn ready(&self) -> SinkReady<'_> {
+        (**self).ready()
     }
 }
 

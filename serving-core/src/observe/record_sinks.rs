@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::observe::record::{DynRecordSink, PredictionRecord, RecordSink};
+use crate::observe::record::{DynRecordSink, PredictionRecord, RecordSink, SinkReady};
 use crate::sync::Locked;
 
 /// Keeps the most recent prediction records in memory, to read back: in tests, and in an
@@ -195,6 +195,14 @@ impl RecordSink for RecordFanOut {
             others.iter().for_each(|sink| sink.record(record.clone()));
             last.record(record);
         }
+    }
+
+    fn ready(&self) -> SinkReady<'_> {
+        Box::pin(async move {
+            for sink in &self.sinks {
+                sink.ready().await;
+            }
+        })
     }
 }
 

@@ -15,8 +15,10 @@
 //! [`PredictionLogStats::dropped`] (exported as `serving_prediction_log_dropped_total` by the
 //! Prometheus exposition), with a warning at most every ten seconds. Predictions are never
 //! blocked and memory never grows past `queue_capacity` waiting records and the segments being
-//! written. A segment that still fails
-//! after four attempts is counted in [`PredictionLogStats::failed`].
+//! written. A producer that must lose none (a batch run that logs every row) awaits
+//! [`RecordSink::ready`] between bursts of at most half `queue_capacity` records: with half
+//! the queue waiting, it writes them first. A segment that still fails after four attempts is
+//! counted in [`PredictionLogStats::failed`].
 //!
 //! [`PredictionLog::flush`] writes everything accepted before it; [`PredictionLog::close`] (on
 //! graceful shutdown) refuses new records and writes every record accepted before, so nothing
@@ -380,6 +382,20 @@ impl RecordSink for PredictionLog {
             Err(Refusal::Full) => self.drop_record("queue is full"),
             Err(Refusal::Closed) => self.drop_record("is closed"),
         }
+    }
+
+    /// With half the queue or more waiting, writes what waits (as [`flush`](Self::flush)),
+    /// so a producer that awaits this between bursts of up to half `queue_capacity` records
+    /// loses none.
+    fn ready(&self) -> crate::observe::record::SinkReady<'_> {
+        Box::pin(async move {
+            if self.shared.pending.len() * 2 >= self.shared.config.queue_capacity {
+                if let Err(error) = self.flush().await {
+                    // Counted as failed records by the writer; the producer goes on.
+                    tracing::warn!(%error, "prediction log: writing the waiting records failed");
+                }
+            }
+        })
     }
 }
 
