@@ -10,8 +10,8 @@ use futures::StreamExt as _;
 use serde_json::Value;
 use serving_core::wire::decode_files;
 use serving_core::{
-    DynRecordSink, Endpoint as _, Error, FileInput, ModelEndpoint, OutputFormat, PredictRequest,
-    Refused, Result, new_request_id,
+    Endpoint as _, Error, FileInput, ModelEndpoint, OutputFormat, PredictRequest, Refused, Result,
+    new_request_id,
 };
 use tokio::sync::mpsc;
 
@@ -20,6 +20,7 @@ use crate::config::RowInput;
 use crate::output::{CsvOutput, Rows, text_of};
 use crate::run::Live;
 use crate::source::{RawChunk, Read, Schema};
+use crate::stats::RunRecords;
 
 /// What every chunk of one row-wise run shares.
 #[derive(Debug)]
@@ -31,9 +32,8 @@ pub(crate) struct RowJob {
     pub(crate) format: OutputFormat,
     /// Set once the run stops: no row is started after it.
     pub(crate) stop: Arc<AtomicBool>,
-    /// The prediction log when every row is logged: awaited between chunks, so a run slows
-    /// down rather than have its records dropped.
-    pub(crate) records: Option<Arc<DynRecordSink>>,
+    /// The run's records, handed to the prediction log between chunks.
+    pub(crate) records: Option<Arc<RunRecords>>,
 }
 
 /// A row's input, or why it never reaches the model.
@@ -236,10 +236,13 @@ pub(crate) async fn run_rows(
             output.append(&written.csv).await?;
             live.count_chunk(written.predicted, written.failed, &written.seen);
             if let Some(records) = &job.records {
-                records.ready().await;
+                records.pass_on().await;
             }
         }
     }
     watcher.abort();
+    if let Some(records) = &job.records {
+        records.pass_on().await;
+    }
     result
 }

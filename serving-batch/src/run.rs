@@ -142,7 +142,8 @@ enum Ended {
 
 /// The model of one run, built when it starts and dropped when it ends.
 enum Built {
-    Rows(ModelEndpoint),
+    /// The endpoint, and the records it passes on (held when every row is logged).
+    Rows(ModelEndpoint, Option<Arc<RunRecords>>),
     Chunks(Arc<DynChunkPredictor>),
 }
 
@@ -248,7 +249,7 @@ async fn run(inner: &Arc<Inner>, endpoint: &Arc<BatchEndpoint>, live: &Arc<Live>
         &config.prediction_column,
     )?;
     let predicted = match model {
-        Built::Rows(endpoint_model) => {
+        Built::Rows(endpoint_model, records) => {
             let concurrency = Runner::new(endpoint_model.clone()).concurrency();
             let job = Arc::new(RowJob {
                 files: endpoint_model.file_input(),
@@ -257,10 +258,7 @@ async fn run(inner: &Arc<Inner>, endpoint: &Arc<BatchEndpoint>, live: &Arc<Live>
                 mode: config.row_input,
                 format: request.output_format,
                 stop: Arc::default(),
-                records: inner
-                    .record_sink
-                    .clone()
-                    .filter(|_| endpoint.config.log_every_row),
+                records,
             });
             let stop = Arc::clone(live).cancelled();
             run_rows(chunks, job, concurrency, &mut output, live, stop).await
@@ -371,10 +369,12 @@ async fn build(
             let metrics = Arc::new(RunMetrics::new(inner.metric_sink.clone()));
             let _ = live.metrics.set(Arc::clone(&metrics));
             let mut builder = builder.metric_sink(metrics);
-            if let Some(records) = run_records(inner, endpoint) {
-                builder = builder.record_sink(Arc::new(records));
+            let records = run_records(inner, endpoint).map(Arc::new);
+            if let Some(records) = &records {
+                builder =
+                    builder.record_sink(Arc::clone(records) as Arc<serving_core::DynRecordSink>);
             }
-            Ok(Built::Rows(builder.build()?))
+            Ok(Built::Rows(builder.build()?, records))
         }
         EndpointModel::Chunks(factory) => {
             // Its requests are measured in the service's metrics like a row-wise run's.
@@ -432,9 +432,8 @@ async fn chunked(
         output.append(&written.csv).await?;
         live.count_chunk(written.predicted, written.failed, &written.seen);
         job.measure(&mut written);
-        if let Some(records) = job.records.as_ref().filter(|r| r.every_row()) {
-            // Slows the run down rather than have its records dropped.
-            serving_core::RecordSink::ready(records.as_ref()).await;
+        if let Some(records) = &job.records {
+            records.pass_on().await;
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serving_core::{
     DynMetricSink, DynRecordSink, MetricSample, MetricSink, MetricSummary, PredictionDistribution,
@@ -183,14 +183,20 @@ impl MetricSink for RunMetrics {
 }
 
 /// Passes a run's records on to the prediction log: every one when `all`, else only failed
-/// ones, at most `bound`.
+/// ones, at most `bound`. With `all`, records are held until [`RunRecords::pass_on`] hands them
+/// over in bursts the sink has room for, so a run waits for the log rather than have it drop
+/// records; the held ones are those of the chunks in flight, so memory stays bounded.
 #[derive(Debug)]
 pub(crate) struct RunRecords {
     inner: Arc<DynRecordSink>,
     all: bool,
     bound: u64,
     failed: AtomicU64,
+    held: Mutex<Vec<PredictionRecord>>,
 }
+
+/// Records handed to the sink at a time, each burst after [`RecordSink::ready`].
+const BURST: usize = 256;
 
 impl RunRecords {
     pub(crate) fn new(inner: Arc<DynRecordSink>, all: bool, bound: u64) -> Self {
@@ -199,11 +205,10 @@ impl RunRecords {
             all,
             bound,
             failed: AtomicU64::new(0),
+            held: Mutex::default(),
         }
     }
-}
 
-impl RunRecords {
     /// Whether a row's record goes to the log (a failed one counts toward the bound): asked
     /// before the record is made, so rows that are not logged cost nothing.
     pub(crate) fn admits(&self, failed: bool) -> bool {
@@ -220,21 +225,42 @@ impl RunRecords {
         usize::try_from(self.bound).unwrap_or(usize::MAX)
     }
 
-    /// Passes on a record [`RunRecords::admits`] admitted.
+    /// Passes on a record [`RunRecords::admits`] admitted (held when every row is logged).
     pub(crate) fn push(&self, record: PredictionRecord) {
-        self.inner.record(record);
+        if self.all {
+            self.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(record);
+        } else {
+            self.inner.record(record);
+        }
+    }
+
+    /// Hands the held records to the sink, each burst once the sink has room for it. Called
+    /// by the run between chunks and at its end.
+    pub(crate) async fn pass_on(&self) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut records = held.into_iter();
+        loop {
+            let burst = records.len().min(BURST);
+            if burst == 0 {
+                return;
+            }
+            self.inner.ready(burst).await;
+            records
+                .by_ref()
+                .take(burst)
+                .for_each(|record| self.inner.record(record));
+        }
     }
 }
 
 impl RecordSink for RunRecords {
     fn record(&self, record: PredictionRecord) {
         if self.admits(record.error.is_some()) {
-            self.inner.record(record);
+            self.push(record);
         }
-    }
-
-    fn ready(&self) -> serving_core::SinkReady<'_> {
-        self.inner.ready()
     }
 }
 

@@ -49,15 +49,17 @@ pub struct PredictionRecord {
 /// - What a sink keeps or writes, it keeps once per record taken, with the fields as given (a
 ///   log line may leave out custom metrics and parameters), in any order.
 ///   `conformance::record_sink` (feature `conformance`) checks this.
-/// - [`ready`](RecordSink::ready) resolves once a sink that queues has room again; a producer
-///   that would rather wait than lose records (a batch run that logs every row) awaits it
-///   between bursts. A sink that never drops is always ready (the default).
+/// - [`ready`](RecordSink::ready)`(n)` resolves once a sink that queues has room for `n` more
+///   records (at most its queue's size); a producer that would rather wait than lose records (a
+///   batch run that logs every row) awaits it before each burst. A sink that never drops is
+///   always ready (the default).
 pub trait RecordSink: Debug + Send + Sync + 'static {
     /// Takes one record.
     fn record(&self, record: PredictionRecord);
 
-    /// Resolves when the sink can take a burst of records without dropping any.
-    fn ready(&self) -> SinkReady<'_> {
+    /// Resolves when the sink can take `records` more without dropping any.
+    fn ready(&self, records: usize) -> SinkReady<'_> {
+        let _ = records;
         Box::pin(std::future::ready(()))
     }
 }
@@ -74,8 +76,8 @@ impl<S: RecordSink + ?Sized> RecordSink for std::sync::Arc<S> {
         (**self).record(record)
     }
 
-    fn ready(&self) -> SinkReady<'_> {
-        (**self).ready()
+    fn ready(&self, records: usize) -> SinkReady<'_> {
+        (**self).ready(records)
     }
 }
 
@@ -85,8 +87,8 @@ impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
         (**self).record(record)
     }
 
-    fn ready(&self) -> SinkReady<'_> {
-        (**self).ready()
+    fn ready(&self, records: usize) -> SinkReady<'_> {
+        (**self).ready(records)
     }
 }
 

@@ -197,10 +197,10 @@ impl RecordSink for RecordFanOut {
         }
     }
 
-    fn ready(&self) -> SinkReady<'_> {
+    fn ready(&self, records: usize) -> SinkReady<'_> {
         Box::pin(async move {
             for sink in &self.sinks {
-                sink.ready().await;
+                sink.ready(records).await;
             }
         })
     }

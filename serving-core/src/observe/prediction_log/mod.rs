@@ -16,8 +16,8 @@
 //! Prometheus exposition), with a warning at most every ten seconds. Predictions are never
 //! blocked and memory never grows past `queue_capacity` waiting records and the segments being
 //! written. A producer that must lose none (a batch run that logs every row) awaits
-//! [`RecordSink::ready`] between bursts of at most half `queue_capacity` records: with half
-//! the queue waiting, it writes them first. A segment that still fails after four attempts is
+//! [`RecordSink::ready`] before each burst of at most `queue_capacity` records: when the burst
+//! would not fit, the log writes what waits first. A segment that still fails after four attempts is
 //! counted in [`PredictionLogStats::failed`].
 //!
 //! [`PredictionLog::flush`] writes everything accepted before it; [`PredictionLog::close`] (on
@@ -384,12 +384,12 @@ impl RecordSink for PredictionLog {
         }
     }
 
-    /// With half the queue or more waiting, writes what waits (as [`flush`](Self::flush)),
-    /// so a producer that awaits this between bursts of up to half `queue_capacity` records
-    /// loses none.
-    fn ready(&self) -> crate::observe::record::SinkReady<'_> {
+    /// When `records` more would not fit in the queue, writes what waits first (as
+    /// [`flush`](Self::flush)), so a producer that awaits this before each burst of at most
+    /// `queue_capacity` records loses none.
+    fn ready(&self, records: usize) -> crate::observe::record::SinkReady<'_> {
         Box::pin(async move {
-            if self.shared.pending.len() * 2 >= self.shared.config.queue_capacity {
+            if self.shared.pending.len() + records > self.shared.config.queue_capacity {
                 if let Err(error) = self.flush().await {
                     // Counted as failed records by the writer; the producer goes on.
                     tracing::warn!(%error, "prediction log: writing the waiting records failed");
