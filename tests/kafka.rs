@@ -1623,6 +1623,67 @@ async fn metrics_admin_status_and_the_prediction_log_show_every_message() {
 #[allow(dead_code, clippy::duplicate_mod)]
 mod kafka_example;
 
+/// A prediction log with room for 600 waiting records takes a backlog of 20,000 messages
+/// without dropping one: the stream waits for the log before each burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_slows_the_stream_down_rather_than_lose_prediction_records() {
+    use serving::http::Observability;
+    use serving::prediction_log::PredictionLogBuilder;
+    let _broker = BROKER.read().await;
+    let brokers = brokers();
+    let (input, out) = (unique("in"), unique("out"));
+    create_topics(
+        &brokers,
+        &[(&input, 2), (&out, 1), (&format!("{out}.dlq"), 1)],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = PredictionLogBuilder::new()
+        .with_dir(dir.path())
+        .with_setting("queue_capacity", "600")
+        .unwrap()
+        .build()
+        .unwrap();
+    let observability = Observability::new().with_prediction_log(log.clone());
+    let endpoint = observability
+        .instrument(ModelEndpoint::builder(
+            "logged",
+            predictor_fn(|x: f64| -> Result<f64> { Ok(x + 1.0) }),
+        ))
+        .build()
+        .unwrap();
+    let stream = KafkaStream::new(
+        endpoint,
+        config(&brokers, &[&input], &out, &unique("group")),
+    )
+    .unwrap();
+    let running = start(stream).await;
+    const MESSAGES: usize = 20_000;
+    let producer = producer(&brokers);
+    for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(2_000) {
+        futures::future::join_all(batch.iter().map(|i| {
+            let (key, value) = (format!("k{i}"), i.to_string());
+            let producer = &producer;
+            let input = &input;
+            async move { produce(producer, input, &key, &value, "t").await }
+        }))
+        .await;
+    }
+    read_committed(
+        &brokers,
+        &out,
+        MESSAGES,
+        Duration::from_millis(500),
+        Duration::from_secs(120),
+    )
+    .await;
+    running.stop().await;
+    log.flush().await.unwrap();
+    let stats = log.stats();
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert_eq!(stats.written, MESSAGES as u64, "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_example_predicts_iris_rows_and_rolls_over_through_the_admin_api() {
     let _broker = BROKER.read().await;

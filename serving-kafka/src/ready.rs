@@ -48,4 +48,8 @@ impl<E: Endpoint> Endpoint for JoinedEndpoint<E> {
     fn refused(&self, refused: Refused) {
         self.endpoint.refused(refused);
     }
+
+    fn records_ready(&self, records: usize) -> serving_core::SinkReady<'_> {
+        self.endpoint.records_ready(records)
+    }
 }

@@ -607,19 +607,28 @@ impl Transaction {
     ) -> Result<Session> {
         let consumer = Arc::clone(&self.consumer);
         let format = self.stream.config.input_format;
-        let state = (consumer, Partitions::default());
-        let source = futures::stream::unfold(state, move |(consumer, mut partitions)| async move {
-            loop {
-                match consumer.recv().await {
-                    Ok(message) => {
-                        let item = item_of(&message, format, &mut partitions);
-                        drop(message);
-                        return Some((item, (consumer, partitions)));
-                    }
-                    // A broker outage: the consumer reconnects by itself.
-                    Err(error) => {
-                        tracing::warn!(%error, "kafka consume failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+        let endpoint = Arc::clone(self.runner.endpoint());
+        let state = (consumer, Partitions::default(), 0_usize);
+        let source = futures::stream::unfold(state, move |(consumer, mut partitions, taken)| {
+            let endpoint = Arc::clone(&endpoint);
+            async move {
+                // Every burst waits for room in the prediction log first: the stream slows down
+                // (its lag grows) rather than have the log drop records.
+                if taken % BURST == 0 {
+                    endpoint.records_ready(2 * BURST).await;
+                }
+                loop {
+                    match consumer.recv().await {
+                        Ok(message) => {
+                            let item = item_of(&message, format, &mut partitions);
+                            drop(message);
+                            return Some((item, (consumer, partitions, taken + 1)));
+                        }
+                        // A broker outage: the consumer reconnects by itself.
+                        Err(error) => {
+                            tracing::warn!(%error, "kafka consume failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                     }
                 }
             }

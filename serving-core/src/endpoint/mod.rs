@@ -191,6 +191,15 @@ pub trait Endpoint: Debug + Send + Sync + 'static {
     fn refused(&self, refused: Refused) {
         let _ = refused;
     }
+
+    /// Resolves once the endpoint's prediction records have room for `records` more (see
+    /// [`RecordSink::ready`](crate::RecordSink::ready)): a transport that would rather slow
+    /// down than have records dropped (a Kafka stream) awaits it between bursts. Ready at once
+    /// by default.
+    fn records_ready(&self, records: usize) -> crate::SinkReady<'_> {
+        let _ = records;
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// A request refused by a transport before it reached the model; see [`Endpoint::refused`].
@@ -257,6 +266,10 @@ macro_rules! forward_endpoint {
 
             fn refused(&self, refused: Refused) {
                 (**self).refused(refused)
+            }
+
+            fn records_ready(&self, records: usize) -> crate::SinkReady<'_> {
+                (**self).records_ready(records)
             }
         }
     };
@@ -661,6 +674,12 @@ impl Endpoint for ModelEndpoint {
             at: refused.at,
             elapsed: refused.elapsed,
         });
+    }
+    fn records_ready(&self, records: usize) -> crate::SinkReady<'_> {
+        match &self.records {
+            Some(sink) => sink.ready(records),
+            None => Box::pin(std::future::ready(())),
+        }
     }
 }
 
