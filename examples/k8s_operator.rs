@@ -12,13 +12,42 @@
 //! `SERVING_OPERATOR_NAMESPACE` limits it to one namespace. The README's "Kubernetes" section
 //! deploys the quickstart through it.
 
+#[path = "common/mod.rs"]
 mod common;
 
+use std::future::Future;
 use std::path::PathBuf;
 
+use serving::k8s::kube::{Client, ResourceExt as _};
 use serving::k8s::{Operator, client_from_kubeconfig, install_crd};
 
+/// Installs (or updates) the CRD, says so, then runs the operator over `namespace` (every
+/// namespace when `None`) until `shutdown`.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> serving::Result<()> {
+    let crd = install_crd(&client).await?;
+    println!(
+        "CRD {} established; watching {}",
+        crd.name_any(),
+        namespace.as_deref().map_or_else(
+            || "every namespace".to_owned(),
+            |ns| format!("namespace {ns}")
+        )
+    );
+    let operator = match namespace {
+        Some(namespace) => Operator::namespaced(client, namespace),
+        None => Operator::new(client),
+    };
+    operator.run(shutdown).await?;
+    println!("Stopped.");
+    Ok(())
+}
+
 #[tokio::main]
+#[allow(dead_code)] // the integration tests include this file for `run`
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     common::init_logging();
     let kubeconfig = std::env::var_os("KUBECONFIG")
@@ -26,20 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".kube/config")))
         .ok_or("set KUBECONFIG to the cluster's kubeconfig")?;
     let client = client_from_kubeconfig(&kubeconfig).await?;
-    let crd = install_crd(&client).await?;
-    println!(
-        "CRD {} established; watching {}",
-        serving::k8s::kube::ResourceExt::name_any(&crd),
-        std::env::var("SERVING_OPERATOR_NAMESPACE").map_or_else(
-            |_| "every namespace".to_owned(),
-            |ns| format!("namespace {ns}")
-        )
-    );
-    let operator = match std::env::var("SERVING_OPERATOR_NAMESPACE") {
-        Ok(namespace) if !namespace.is_empty() => Operator::namespaced(client, namespace),
-        _ => Operator::new(client),
-    };
-    operator.run(serving::shutdown_signal()).await?;
-    println!("Stopped.");
+    let namespace = std::env::var("SERVING_OPERATOR_NAMESPACE")
+        .ok()
+        .filter(|ns| !ns.is_empty());
+    run(client, namespace, serving::shutdown_signal()).await?;
     Ok(())
 }

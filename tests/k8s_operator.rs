@@ -776,11 +776,29 @@ fn readme_yaml() -> String {
     heredoc.to_owned()
 }
 
+/// The operator example's logic, run as its `main` runs it.
+#[path = "../examples/k8s_operator.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod operator_example;
+
+/// The README's steps as written: the example operator, the quickstart applied with kubectl,
+/// its status read back, deleted, and the operator stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_deploys_the_quickstart_as_written() {
     let deployer = deployer("op-readme").await;
     let ns = deployer.namespace().to_owned();
-    let operator = Running::start(deployer.client().clone(), &ns).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let example = tokio::spawn(operator_example::run(
+        deployer.client().clone(),
+        Some(ns.clone()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let operator = Running {
+        stop: Some(stop),
+        task: example,
+    };
     let yaml = readme_yaml();
     assert!(yaml.contains("kind: ServingEndpoint"), "{yaml}");
     applied(&ns, &yaml);
