@@ -41,6 +41,10 @@ pub async fn run(
         Some(namespace) => Operator::namespaced(client, namespace),
         None => Operator::new(client),
     };
+    // With the `kafka` feature too, a stream's partitions are read from its brokers when its
+    // resource does not state them.
+    #[cfg(feature = "kafka")]
+    let operator = operator.with_partition_counter(serving::kafka_partition_counter());
     operator.run(shutdown).await?;
     println!("Stopped.");
     Ok(())

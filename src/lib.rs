@@ -54,6 +54,20 @@ pub use serving_batch as batch;
 #[cfg(feature = "k8s")]
 pub use serving_k8s as k8s;
 
+/// What reads a Kafka stream's input partitions from its brokers, for a Kubernetes
+/// [`Deployer`](serving_k8s::Deployer) (and so the operator) to cap the stream's pods with when
+/// its spec does not state `partitions`: `serving-k8s` has no Kafka client of its own.
+#[cfg(all(feature = "k8s", feature = "kafka"))]
+pub fn kafka_partition_counter() -> serving_k8s::PartitionCounter {
+    std::sync::Arc::new(|spec| {
+        Box::pin(async move {
+            let config = serving_kafka::KafkaStreamConfig::from_spec(&spec)?;
+            let partitions = serving_kafka::input_partitions(&config).await?;
+            Ok(u32::try_from(partitions).unwrap_or(u32::MAX))
+        })
+    })
+}
+
 /// What most programs that serve a model need.
 pub mod prelude {
     pub use serving_core::{

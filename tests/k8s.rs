@@ -504,6 +504,56 @@ async fn a_streams_replicas_are_capped_by_its_partitions() {
     cleanup(&deployer).await;
 }
 
+/// A stream whose spec states no partitions: the deployer reads them from the real broker
+/// (`serving::kafka_partition_counter`), and a topic the broker lacks is a clear error that
+/// changes nothing.
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn a_streams_partitions_are_read_from_its_brokers_when_its_spec_states_none() {
+    let brokers = crate::kafka::brokers();
+    let input = crate::kafka::unique("k8s-in");
+    crate::kafka::create_topics(&brokers, &[(&input, 3)]).await;
+    let deployer = deployer("brokers")
+        .await
+        .with_lag_scaling(LagScaling::Hpa)
+        .with_partition_counter(serving::kafka_partition_counter());
+    let stream_of = |topic: &str| {
+        let section = serde_json::json!({
+            "brokers": [brokers.clone()], "input_topics": [topic], "output_topic": "out",
+        });
+        let kind = EndpointKind::KafkaStream(BackendSection::from_config(&section).unwrap());
+        endpoint("stream", kind, 1, 8)
+    };
+    deployer.apply(&stream_of(&input), None).await.unwrap();
+    let hpa = api::<HorizontalPodAutoscaler>(&deployer)
+        .get("stream")
+        .await
+        .unwrap();
+    assert_eq!(
+        hpa.spec.max_replicas, 3,
+        "capped by the topic's 3 partitions"
+    );
+    assert_eq!(deployer.scale("stream", 8).await.unwrap(), 3);
+
+    let missing = crate::kafka::unique("k8s-missing");
+    let error = deployer
+        .apply(&stream_of(&missing), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("could not be read from the brokers")
+            && error.contains("state `partitions`"),
+        "{error}"
+    );
+    let hpa = api::<HorizontalPodAutoscaler>(&deployer)
+        .get("stream")
+        .await
+        .unwrap();
+    assert_eq!(hpa.spec.max_replicas, 3, "nothing changed");
+    cleanup(&deployer).await;
+}
+
 #[tokio::test]
 async fn a_batch_endpoint_goes_from_zero_to_one_and_back() {
     let deployer = deployer("batch").await;

@@ -2,7 +2,10 @@
 //! status of and deletes it.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
@@ -16,7 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serving_core::{AutoscaleBounds, EndpointKind, Error, Result};
+use serving_core::{AutoscaleBounds, EndpointKind, EndpointSpec, Error, Result};
 
 use crate::autoscaler::{KubeAutoscaler, deployed_bounds};
 use crate::config::ServingEndpointSpec;
@@ -42,7 +45,15 @@ pub struct Deployer {
     pub(crate) lag_scaling: LagScaling,
     pub(crate) gateway: Option<ParentReference>,
     pub(crate) rollout_timeout: Duration,
+    pub(crate) partition_counter: Option<PartitionCounter>,
 }
+
+/// Reads a Kafka stream's input partition count from its brokers (for example
+/// `serving::kafka_partition_counter()` with the `kafka` and `k8s` features), for a spec that
+/// does not state [`partitions`](ServingEndpointSpec::partitions): `serving-k8s` itself has no
+/// Kafka client.
+pub type PartitionCounter =
+    Arc<dyn Fn(EndpointSpec) -> Pin<Box<dyn Future<Output = Result<u32>> + Send>> + Send + Sync>;
 
 /// How long [`Deployer::promote`] waits for the stable Deployment to roll by default.
 pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -54,6 +65,7 @@ impl Debug for Deployer {
             .field("lag_scaling", &self.lag_scaling)
             .field("gateway", &self.gateway)
             .field("rollout_timeout", &self.rollout_timeout)
+            .field("partition_counter", &self.partition_counter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -113,7 +125,15 @@ impl Deployer {
             lag_scaling: LagScaling::default(),
             gateway: None,
             rollout_timeout: DEFAULT_ROLLOUT_TIMEOUT,
+            partition_counter: None,
         }
+    }
+
+    /// With what reads a Kafka stream's partition count from its brokers when its spec does
+    /// not state it; without one, such a stream's maximum is capped by nothing but its bounds.
+    pub fn with_partition_counter(mut self, counter: PartitionCounter) -> Self {
+        self.partition_counter = Some(counter);
+        self
     }
 
     /// With how Kafka streams scale on their lag ([`LagScaling::Auto`] by default).
@@ -194,8 +214,37 @@ impl Deployer {
         owner: Option<&OwnerReference>,
     ) -> Result<Applied> {
         endpoint.validate()?;
+        let counted = self.with_counted_partitions(endpoint).await?;
+        let endpoint = counted.as_ref().unwrap_or(endpoint);
         let reserved = self.canary_consumers(endpoint).await?;
         self.apply_reserving(endpoint, owner, reserved).await
+    }
+
+    /// `endpoint` with its partitions read from the brokers, when it is a stream that does not
+    /// state them and a [`PartitionCounter`] is set.
+    async fn with_counted_partitions(
+        &self,
+        endpoint: &ServingEndpointSpec,
+    ) -> Result<Option<ServingEndpointSpec>> {
+        let Some(counter) = &self.partition_counter else {
+            return Ok(None);
+        };
+        if endpoint.partitions.is_some()
+            || !matches!(endpoint.endpoint.kind, EndpointKind::KafkaStream(_))
+        {
+            return Ok(None);
+        }
+        let partitions =
+            counter(endpoint.endpoint.clone())
+                .await
+                .map_err(|error| Error::InvalidSpec {
+                    reason: format!(
+                        "endpoint `{}`: its input partitions could not be read from the brokers \
+                     ({error}); state `partitions` in the spec",
+                        endpoint.name()
+                    ),
+                })?;
+        Ok(Some(endpoint.clone().with_partitions(partitions.max(1))))
     }
 
     /// [`apply`](Self::apply), with `reserved` of a Kafka stream's partitions left to its

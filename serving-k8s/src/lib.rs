@@ -72,7 +72,8 @@ pub use crd::{
     ServingEndpointStatus, VERSION, VersionStatus, install_crd,
 };
 pub use deployer::{
-    Applied, DEFAULT_ROLLOUT_TIMEOUT, Deployer, EndpointStatus, client_from_kubeconfig,
+    Applied, DEFAULT_ROLLOUT_TIMEOUT, Deployer, EndpointStatus, PartitionCounter,
+    client_from_kubeconfig,
 };
 pub use manifests::route::{
     HttpBackendRef, HttpRoute, HttpRouteRule, HttpRouteSpec, ParentReference,

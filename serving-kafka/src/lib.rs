@@ -67,5 +67,5 @@ pub use ready::JoinedEndpoint;
 pub use scaling::{desired_workers, replica_bounds};
 pub use stream::{
     ERROR_HEADER, KafkaMessage, KafkaStream, LATENCY_HEADER, MODEL_VERSION_HEADER,
-    REQUEST_ID_HEADER, SOURCE_HEADER, STATUS_HEADER, StreamSummary,
+    REQUEST_ID_HEADER, SOURCE_HEADER, STATUS_HEADER, StreamSummary, input_partitions,
 };

@@ -221,12 +221,7 @@ impl KafkaStream {
     }
 
     fn client_config(&self) -> ClientConfig {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", self.config.brokers.join(","));
-        for (key, value) in &self.config.properties {
-            client.set(key, value);
-        }
-        client
+        base_client(&self.config)
     }
 
     /// The total partition count of the input topics, read from the brokers.
@@ -234,25 +229,7 @@ impl KafkaStream {
     /// # Errors
     /// [`Error::Storage`] when the brokers cannot be reached or a topic does not exist.
     pub async fn input_partitions(&self) -> Result<usize> {
-        let consumer: BaseConsumer = self.client_config().create().map_err(storage)?;
-        let topics = self.config.input_topics.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut partitions = 0;
-            for topic in &topics {
-                let metadata = consumer
-                    .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
-                    .map_err(storage)?;
-                for t in metadata.topics() {
-                    if let Some(error) = t.error() {
-                        return Err(failure(topic, format!("input topic: {error:?}")));
-                    }
-                    partitions += t.partitions().len();
-                }
-            }
-            Ok(partitions)
-        })
-        .await
-        .map_err(|e| failure("kafka", e.to_string()))?
+        input_partitions(&self.config).await
     }
 
     /// The worker bounds: the endpoint's autoscale bounds, capped by `partitions`.
@@ -1184,4 +1161,42 @@ async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
 ) -> Result<T> {
     blocking_kafka(call).await.map_err(storage)
+}
+
+/// The total partition count of `config`'s input topics, read from its brokers (what a
+/// stream's workers, and on Kubernetes its pods, are capped by).
+///
+/// # Errors
+/// [`Error::Storage`] when the brokers cannot be reached or a topic does not exist.
+pub async fn input_partitions(config: &KafkaStreamConfig) -> Result<usize> {
+    let consumer: BaseConsumer = base_client(config).create().map_err(storage)?;
+    let topics = config.input_topics.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut partitions = 0;
+        for topic in &topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
+                .map_err(storage)?;
+            for t in metadata.topics() {
+                if let Some(error) = t.error() {
+                    return Err(failure(topic, format!("input topic: {error:?}")));
+                }
+                partitions += t.partitions().len();
+            }
+        }
+        Ok(partitions)
+    })
+    .await
+    .map_err(|e| failure("kafka", e.to_string()))?
+}
+
+/// The client settings every consumer and producer of a stream starts from: its brokers and
+/// its librdkafka properties.
+fn base_client(config: &KafkaStreamConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", config.brokers.join(","));
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
 }

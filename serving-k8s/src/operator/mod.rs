@@ -29,7 +29,7 @@ use kube::{Client, Resource, ResourceExt};
 use serving_core::{Error, Result};
 
 use crate::crd::{FINALIZER, ServingEndpoint, ServingEndpointStatus, VersionStatus};
-use crate::deployer::Deployer;
+use crate::deployer::{Deployer, PartitionCounter};
 use crate::error::K8sError;
 use crate::manifests::FIELD_MANAGER;
 
@@ -71,6 +71,7 @@ const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
 pub struct Operator {
     client: Client,
     namespace: Option<String>,
+    partition_counter: Option<PartitionCounter>,
 }
 
 impl std::fmt::Debug for Operator {
@@ -88,6 +89,7 @@ pub struct ReconcileError(#[source] Error);
 
 struct Context {
     client: Client,
+    partition_counter: Option<PartitionCounter>,
     /// Failures in a row, per resource (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -129,6 +131,7 @@ impl Operator {
         Operator {
             client,
             namespace: None,
+            partition_counter: None,
         }
     }
 
@@ -138,7 +141,15 @@ impl Operator {
         Operator {
             client,
             namespace: Some(namespace.into()),
+            partition_counter: None,
         }
+    }
+
+    /// With what reads a stream's partitions from its brokers when its resource does not
+    /// state them ([`Deployer::with_partition_counter`]).
+    pub fn with_partition_counter(mut self, counter: PartitionCounter) -> Self {
+        self.partition_counter = Some(counter);
+        self
     }
 
     fn api<K>(&self) -> Api<K>
@@ -175,6 +186,7 @@ impl Operator {
         let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=serving");
         let context = Arc::new(Context {
             client: self.client.clone(),
+            partition_counter: self.partition_counter.clone(),
             failures: Mutex::new(HashMap::new()),
         });
         // The controller wants a `Sync` trigger; a signal future need not be one.
@@ -217,7 +229,10 @@ async fn reconcile(
 ) -> std::result::Result<Action, kube::runtime::finalizer::Error<ReconcileError>> {
     let namespace = endpoint.namespace().unwrap_or_default();
     let api: Api<ServingEndpoint> = Api::namespaced(context.client.clone(), &namespace);
-    let deployer = Deployer::new(context.client.clone(), namespace);
+    let mut deployer = Deployer::new(context.client.clone(), namespace);
+    if let Some(counter) = &context.partition_counter {
+        deployer = deployer.with_partition_counter(Arc::clone(counter));
+    }
     let key = Context::key(&endpoint);
     let (resources, steps) = (&api, &deployer);
     let action = finalizer(&api, FINALIZER, endpoint, |event| async move {
