@@ -585,10 +585,10 @@ impl Transaction {
         let consumer = Arc::clone(&self.consumer);
         let format = self.stream.config.input_format;
         let endpoint = Arc::clone(self.runner.endpoint());
-        let state = (consumer, Partitions::default(), 0_usize);
-        let source = futures::stream::unfold(state, move |(consumer, mut partitions, taken)| {
-            let endpoint = Arc::clone(&endpoint);
-            async move {
+        let state = (consumer, Partitions::default(), endpoint, 0_usize);
+        let source = futures::stream::unfold(
+            state,
+            move |(consumer, mut partitions, endpoint, taken)| async move {
                 // Every burst waits for room in the prediction log first: the stream slows down
                 // (its lag grows) rather than have the log drop records.
                 if taken % BURST == 0 {
@@ -599,7 +599,7 @@ impl Transaction {
                         Ok(message) => {
                             let item = item_of(&message, format, &mut partitions);
                             drop(message);
-                            return Some((item, (consumer, partitions, taken + 1)));
+                            return Some((item, (consumer, partitions, endpoint, taken + 1)));
                         }
                         // A broker outage: the consumer reconnects by itself.
                         Err(error) => {
@@ -608,8 +608,8 @@ impl Transaction {
                         }
                     }
                 }
-            }
-        });
+            },
+        );
         let (halt_tx, halt_rx) = tokio::sync::oneshot::channel::<()>();
         let mut halt_tx = Some(halt_tx);
         let mut run = self.runner.run_until(source, async move {
