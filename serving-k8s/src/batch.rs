@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serving_core::{BatchRequest, BatchRun, BatchStatus, Error, Result};
@@ -218,22 +217,7 @@ impl Deployer {
             self.namespace
         );
         let fail = |e: K8sError| e.into_core(action.clone());
-        let deployment = self
-            .api::<Deployment>()
-            .get_opt(endpoint)
-            .await
-            .map_err(|e| {
-                K8sError::from_kube(
-                    e,
-                    "read",
-                    &format!("Deployment/{endpoint}"),
-                    &self.namespace,
-                )
-            })
-            .map_err(fail)?
-            .ok_or_else(|| Error::EndpointNotFound {
-                endpoint: endpoint.to_owned(),
-            })?;
+        let deployment = self.deployment_of(endpoint, &action).await?;
         let kind = deployment
             .labels()
             .get("app.kubernetes.io/component")

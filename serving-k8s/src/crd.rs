@@ -40,8 +40,6 @@ pub const VERSION: &str = "v1alpha1";
 /// The finalizer the operator puts on every [`ServingEndpoint`]: its objects are deleted
 /// before the resource goes.
 pub const FINALIZER: &str = "serving.dev/cleanup";
-/// The port of an endpoint's Service (it forwards to the pod's named port `http`).
-pub const SERVICE_PORT: u16 = 80;
 
 /// What should run: the endpoint's spec, the container image of the user's binary, the pod's
 /// settings and an optional canary (a [`ServingEndpointSpec`] plus a [`Canary`]).

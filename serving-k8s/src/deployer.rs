@@ -487,15 +487,10 @@ impl Deployer {
         serving_core::Autoscaler::scale(&autoscaler, endpoint, bounds, replicas).await
     }
 
-    /// The endpoint's replicas and readiness.
-    ///
-    /// # Errors
-    /// [`Error::EndpointNotFound`] when it is not deployed; [`Error::Action`] when the API
-    /// server refuses.
-    pub async fn status(&self, endpoint: &str) -> Result<EndpointStatus> {
-        let action = format!("read the status of endpoint `{endpoint}`");
-        let deployment = self
-            .api::<Deployment>()
+    /// The Deployment of `endpoint`: [`Error::EndpointNotFound`] when it is not deployed, an
+    /// [`Error::Action`] named `action` when the API server refuses.
+    pub(crate) async fn deployment_of(&self, endpoint: &str, action: &str) -> Result<Deployment> {
+        self.api::<Deployment>()
             .get_opt(endpoint)
             .await
             .map_err(|e| {
@@ -505,11 +500,21 @@ impl Deployer {
                     &format!("Deployment/{endpoint}"),
                     &self.namespace,
                 )
-                .into_core(action.clone())
+                .into_core(action.to_owned())
             })?
             .ok_or_else(|| Error::EndpointNotFound {
                 endpoint: endpoint.to_owned(),
-            })?;
+            })
+    }
+
+    /// The endpoint's replicas and readiness.
+    ///
+    /// # Errors
+    /// [`Error::EndpointNotFound`] when it is not deployed; [`Error::Action`] when the API
+    /// server refuses.
+    pub async fn status(&self, endpoint: &str) -> Result<EndpointStatus> {
+        let action = format!("read the status of endpoint `{endpoint}`");
+        let deployment = self.deployment_of(endpoint, &action).await?;
         let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
         let status = deployment.status.clone().unwrap_or_default();
         let spec_replicas = deployment.spec.replicas;

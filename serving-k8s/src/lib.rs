@@ -68,8 +68,8 @@ pub use config::{
     TERMINATION_MARGIN_SECS,
 };
 pub use crd::{
-    FINALIZER, GROUP, SERVICE_PORT, ServingEndpoint, ServingEndpointResourceSpec,
-    ServingEndpointStatus, VERSION, VersionStatus, install_crd,
+    FINALIZER, GROUP, ServingEndpoint, ServingEndpointResourceSpec, ServingEndpointStatus, VERSION,
+    VersionStatus, install_crd,
 };
 pub use deployer::{
     Applied, DEFAULT_ROLLOUT_TIMEOUT, Deployer, EndpointStatus, PartitionCounter,
@@ -80,8 +80,8 @@ pub use manifests::route::{
 };
 pub use manifests::{
     BOUNDS_ANNOTATION, CONTAINER, DEFAULT_TOKEN_ENV, ENDPOINT_LABEL, FIELD_MANAGER, Manifests,
-    PredictionToken, SPEC_DIGEST_ANNOTATION, SPEC_KEY, SPEC_PATH, TOKEN_KEY, TRACK_LABEL,
-    config_map_name, labels, secret_name,
+    PredictionToken, SERVICE_PORT, SPEC_DIGEST_ANNOTATION, SPEC_KEY, SPEC_PATH, TOKEN_KEY,
+    TRACK_LABEL, config_map_name, labels, secret_name,
 };
 pub use operator::{Operator, READY, RECONCILED, ReconcileError, reason};
 pub use rollout::{

@@ -48,6 +48,9 @@ pub const TOKEN_KEY: &str = "token";
 pub const DEFAULT_TOKEN_ENV: &str = "SERVING_TOKEN";
 /// The container's name.
 pub const CONTAINER: &str = "serving";
+/// The port of an endpoint's Service (it forwards to the pod's named port `http`), which
+/// canary routes and the operator's URL name too.
+pub const SERVICE_PORT: u16 = 80;
 
 const SPEC_DIR: &str = "/etc/serving";
 const SPEC_VOLUME: &str = "spec";
@@ -381,7 +384,7 @@ impl Manifests {
                     selector: Some(selector(endpoint)),
                     ports: Some(vec![ServicePort {
                         name: Some(PORT_NAME.to_owned()),
-                        port: 80,
+                        port: i32::from(SERVICE_PORT),
                         target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
                         protocol: Some("TCP".to_owned()),
                         ..ServicePort::default()

@@ -24,7 +24,8 @@ use crate::manifests::route::{
     GATEWAY_API, HttpBackendRef, HttpRoute, HttpRouteRule, HttpRouteSpec, ParentReference,
 };
 use crate::manifests::{
-    ENDPOINT_LABEL, Manifests, PredictionToken, TRACK_LABEL, config_map_name, labels, secret_name,
+    ENDPOINT_LABEL, Manifests, PredictionToken, SERVICE_PORT, TRACK_LABEL, config_map_name, labels,
+    secret_name,
 };
 
 /// The label of a canary's objects that names the endpoint it is the candidate of.
@@ -37,9 +38,6 @@ pub const CANARY_ANNOTATION: &str = "serving.dev/canary";
 
 /// Why a canary needs `HTTPRoute`, for the error when the cluster lacks it.
 const WHY_ROUTES: &str = "a web service's or batch endpoint's canary splits its traffic on one: install the Gateway API CRDs";
-
-/// The port of the Services (and of the route's backends).
-const SERVICE_PORT: i32 = 80;
 
 /// A candidate version running beside the stable one and taking `weight` percent of traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -299,7 +297,7 @@ fn route(
     let name = endpoint.name();
     let backend = |service: String, weight: u8| HttpBackendRef {
         name: service,
-        port: Some(SERVICE_PORT),
+        port: Some(i32::from(SERVICE_PORT)),
         weight: Some(i32::from(weight)),
     };
     let mut backend_refs = vec![backend(name.to_owned(), 100 - weight.unwrap_or(0))];
@@ -654,7 +652,7 @@ impl Deployer {
     fn parent(&self, endpoint: &str) -> ParentReference {
         self.gateway
             .clone()
-            .unwrap_or_else(|| ParentReference::service(endpoint, SERVICE_PORT))
+            .unwrap_or_else(|| ParentReference::service(endpoint, i32::from(SERVICE_PORT)))
     }
 
     /// An error when the cluster does not serve `HTTPRoute`.

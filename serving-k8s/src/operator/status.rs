@@ -5,9 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serving_core::{EndpointKind, Error};
 
 use crate::config::ServingEndpointSpec;
-use crate::crd::{SERVICE_PORT, ServingEndpointStatus, VersionStatus};
+use crate::crd::{ServingEndpointStatus, VersionStatus};
 use crate::deployer::{Applied, EndpointStatus};
 use crate::error::K8sError;
+use crate::manifests::SERVICE_PORT;
 use crate::rollout::Canary;
 
 /// The condition type: every replica asked for runs the current template and is ready.
