@@ -27,6 +27,7 @@ use serving::k8s::{
 use tokio::sync::oneshot;
 
 use crate::k8s::{admin, api, cleanup, deployer, kubeconfig, kubectl, wait_for};
+use crate::k8s_rollout::exists;
 
 /// Reconciles take a few round trips each; the machine is shared.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -155,58 +156,37 @@ fn is_ready(resource: &ServingEndpoint) -> bool {
 
 /// The `kind/name` of every object of `name` that exists.
 async fn objects(deployer: &Deployer, name: &str) -> Vec<String> {
-    let mut found = Vec::new();
     let token = format!("{name}-token");
     let spec = format!("{name}-spec");
-    if api::<Deployment>(deployer)
-        .get_opt(name)
-        .await
-        .unwrap()
-        .is_some()
-    {
-        found.push(format!("Deployment/{name}"));
-    }
-    if api::<Service>(deployer)
-        .get_opt(name)
-        .await
-        .unwrap()
-        .is_some()
-    {
-        found.push(format!("Service/{name}"));
-    }
-    if api::<HorizontalPodAutoscaler>(deployer)
-        .get_opt(name)
-        .await
-        .unwrap()
-        .is_some()
-    {
-        found.push(format!("HorizontalPodAutoscaler/{name}"));
-    }
-    if api::<PodDisruptionBudget>(deployer)
-        .get_opt(name)
-        .await
-        .unwrap()
-        .is_some()
-    {
-        found.push(format!("PodDisruptionBudget/{name}"));
-    }
-    if api::<ConfigMap>(deployer)
-        .get_opt(&spec)
-        .await
-        .unwrap()
-        .is_some()
-    {
-        found.push(format!("ConfigMap/{spec}"));
-    }
-    if api::<Secret>(deployer)
-        .get_opt(&token)
-        .await
-        .unwrap()
-        .is_some()
-    {
-        found.push(format!("Secret/{token}"));
-    }
+    let found = [
+        (
+            "Deployment",
+            name,
+            exists::<Deployment>(deployer, name).await,
+        ),
+        ("Service", name, exists::<Service>(deployer, name).await),
+        (
+            "HorizontalPodAutoscaler",
+            name,
+            exists::<HorizontalPodAutoscaler>(deployer, name).await,
+        ),
+        (
+            "PodDisruptionBudget",
+            name,
+            exists::<PodDisruptionBudget>(deployer, name).await,
+        ),
+        (
+            "ConfigMap",
+            &spec,
+            exists::<ConfigMap>(deployer, &spec).await,
+        ),
+        ("Secret", &token, exists::<Secret>(deployer, &token).await),
+    ];
     found
+        .into_iter()
+        .filter(|(_, _, exists)| *exists)
+        .map(|(kind, object, _)| format!("{kind}/{object}"))
+        .collect()
 }
 
 const ALL: usize = 6;

@@ -113,7 +113,8 @@ async fn route(deployer: &Deployer, name: &str) -> Option<HttpRoute> {
     api::<HttpRoute>(deployer).get_opt(name).await.unwrap()
 }
 
-async fn exists<K>(deployer: &Deployer, name: &str) -> bool
+/// Whether the object `name` of kind `K` exists in the deployer's namespace.
+pub(crate) async fn exists<K>(deployer: &Deployer, name: &str) -> bool
 where
     K: serving::k8s::kube::Resource<Scope = serving::k8s::k8s_openapi::NamespaceResourceScope>
         + Clone
