@@ -186,21 +186,22 @@ pub(crate) fn push_f64(cell: &mut String, v: f64) {
     cell.push_str(ryu::Buffer::new().format_finite(v));
 }
 
-/// A prediction as its output cell: text as is, anything else as JSON.
-pub(crate) fn text_of(output: &Value) -> String {
+/// A prediction as its output cell, appended to `cell`: text as is, anything else as JSON.
+pub(crate) fn write_text(output: &Value, cell: &mut String) {
     match output {
-        Value::String(text) => text.clone(),
-        Value::Null => String::new(),
+        Value::String(text) => cell.push_str(text),
+        Value::Null => {}
         // Numbers, the usual prediction, without the formatting machinery of `to_string`.
         Value::Number(number) if number.is_f64() => {
-            let mut cell = String::with_capacity(24);
-            push_f64(&mut cell, number.as_f64().unwrap_or_default());
-            cell
+            push_f64(cell, number.as_f64().unwrap_or_default());
         }
-        Value::Number(number) if number.is_i64() => itoa::Buffer::new()
-            .format(number.as_i64().unwrap_or_default())
-            .to_owned(),
-        other => other.to_string(),
+        Value::Number(number) if number.is_i64() => {
+            cell.push_str(itoa::Buffer::new().format(number.as_i64().unwrap_or_default()));
+        }
+        other => {
+            use std::fmt::Write as _;
+            let _ = write!(cell, "{other}");
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::chunk::Written;
 use crate::config::RowInput;
-use crate::output::{CsvOutput, Rows, text_of};
+use crate::output::{CsvOutput, Rows, write_text};
 use crate::run::Live;
 use crate::source::{RawChunk, Read, Schema};
 use crate::stats::RunRecords;
@@ -111,6 +111,8 @@ impl RowJob {
         let mut csv = Rows::with_capacity(chunk.text_len() + chunk.len() * 24);
         let plain = chunk.is_plain();
         let width = schema.names.len();
+        // The row's two cells, reused from row to row.
+        let (mut prediction, mut error) = (String::with_capacity(24), String::new());
         for (row, (input, id)) in rows.into_iter().zip(ids).enumerate() {
             let (result, values, refused) = match input {
                 Row::Request(values) => match answers.next() {
@@ -129,26 +131,28 @@ impl RowJob {
                     (Err(Error::invalid_request(reason)), values, true)
                 }
             };
-            let (prediction, error) = match &result {
-                Ok(prediction) => {
-                    let text = text_of(&prediction.output);
-                    match prediction.output.as_f64() {
+            prediction.clear();
+            error.clear();
+            match &result {
+                Ok(answer) => {
+                    write_text(&answer.output, &mut prediction);
+                    match answer.output.as_f64() {
                         Some(number) => written.seen.numbers.push(number),
-                        None => written.seen.categories.push(text.clone()),
+                        None => written.seen.categories.push(prediction.clone()),
                     }
                     written.predicted += 1;
-                    (text, String::new())
                 }
                 // The row's own problem, said without the wrapper.
                 Err(Error::InvalidRequest { reason }) if refused => {
                     written.failed += 1;
-                    (String::new(), reason.clone())
+                    error.push_str(reason);
                 }
-                Err(error) => {
+                Err(failure) => {
                     written.failed += 1;
-                    (String::new(), error.to_string())
+                    use std::fmt::Write as _;
+                    let _ = write!(error, "{failure}");
                 }
-            };
+            }
             match self.format {
                 OutputFormat::Full
                     if plain && schema.id.is_none() && chunk.cells(row).len() == width =>

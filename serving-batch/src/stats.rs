@@ -262,6 +262,10 @@ impl RecordSink for RunRecords {
             self.push(record);
         }
     }
+
+    fn keeps(&self, failed: bool) -> bool {
+        self.all || (failed && self.failed.load(Ordering::Relaxed) < self.bound)
+    }
 }
 
 #[cfg(test)]

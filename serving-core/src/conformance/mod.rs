@@ -93,7 +93,7 @@ pub async fn endpoint(endpoint: &dyn Endpoint, metrics: &dyn MetricHistory) {
         .expect("echo succeeds");
     assert_eq!(ok.output, json!(["x", 1]));
     assert_eq!(ok.request_id, "req-1");
-    assert_eq!(ok.model_version, endpoint.spec().model.version);
+    assert_eq!(*ok.model_version, endpoint.spec().model.version);
 
     let rejected = endpoint.predict(PredictRequest::new(json!("reject"))).await;
     assert!(

@@ -58,6 +58,11 @@ impl Admission {
         }
     }
 
+    /// A running slot now, if one is free.
+    pub(crate) fn try_admit(&self) -> Option<SemaphorePermit<'_>> {
+        self.running.try_acquire().ok()
+    }
+
     /// Requests waiting now.
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::endpoint::{Endpoint, ModelEndpoint, PredictRequest, Prediction};
+use crate::endpoint::{ModelEndpoint, PredictRequest, Prediction};
 use crate::error::Result;
 
 impl ModelEndpoint {
@@ -12,11 +12,13 @@ impl ModelEndpoint {
     /// in the same order; stops before the next request once `stop` is set (the answers then
     /// hold only the requests predicted).
     ///
-    /// Each request is a prediction of its own, made exactly as [`Endpoint::predict`] makes
-    /// it: its own id, outcome, latency (from its arrival), record and metrics, and its own
-    /// canary routing (by its routing key). What the chunk shares is the routing table, taken
-    /// once when the call starts, so a version switch falls between two chunks, in input
-    /// order, as the [`Runner`](crate::runner::Runner) makes it fall between two items. Run
+    /// Each request is a prediction of its own, made as
+    /// [`Endpoint::predict`](crate::Endpoint::predict) makes it: its own id, outcome, latency
+    /// (from its arrival), record and metrics, and its own canary routing (by its routing
+    /// key). What the chunk shares is the routing table, taken once when the call starts, so
+    /// a version switch falls between two chunks, in input order, as the
+    /// [`Runner`](crate::runner::Runner) makes it fall between two items; and one of the
+    /// endpoint's running slots (`concurrency`), since its requests run one at a time. Run
     /// several chunks at once (up to the endpoint's concurrency) to use several cores.
     ///
     /// ```
@@ -44,13 +46,16 @@ impl ModelEndpoint {
         stop: &AtomicBool,
     ) -> Vec<Result<Prediction>> {
         let snapshot = self.lifecycle.snapshot();
+        // One running slot for the whole chunk, whose requests run one at a time; when none
+        // is free now, each request waits for (or is refused) its own as `predict` does.
+        let slot = self.admission.try_admit();
         let mut answers = Vec::with_capacity(requests.len());
         for mut request in requests {
             if stop.load(Ordering::Acquire) {
                 break;
             }
             request.routing = Some(snapshot.clone());
-            answers.push(self.predict(request).await);
+            answers.push(self.predict_one(request, slot.is_some()).await);
         }
         answers
     }

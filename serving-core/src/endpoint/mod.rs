@@ -147,8 +147,9 @@ pub struct Prediction {
     pub output: Value,
     /// The request's id.
     pub request_id: String,
-    /// The model version that answered.
-    pub model_version: String,
+    /// The model version that answered (shared with the endpoint's routing: no copy per
+    /// prediction).
+    pub model_version: Arc<str>,
     /// Time from receipt to answer.
     pub elapsed: Duration,
 }
@@ -349,13 +350,92 @@ impl ModelEndpoint {
         self.spec.files
     }
 
+    /// [`Endpoint::predict`], without the boxed future of the trait's method: what a chunk's
+    /// requests are predicted with, one after another on one task.
+    ///
+    /// With `slot_held`, the caller holds a running slot for it (a chunk holds one for all its
+    /// requests, which run one after another), so it takes none of its own.
+    async fn predict_one(&self, request: PredictRequest, slot_held: bool) -> Result<Prediction> {
+        let _in_flight =
+            crate::observe::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
+        let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
+        let request_id = request.request_id.unwrap_or_else(new_request_id);
+        let routed = self.lifecycle.route(
+            request.routing.as_ref(),
+            request.routing_key.as_deref(),
+            request.version.as_deref(),
+        );
+        // The input is moved into the predictor; keep a copy only when it will be recorded
+        // or mirrored.
+        let kept_input = self.kept_input(&request.input);
+        let mirror = routed
+            .as_ref()
+            .ok()
+            .and_then(|routed| routed.mirror.clone());
+        // A mirror keeps the request's resources (temporary input files) alive too.
+        let mirror_input = mirror
+            .as_ref()
+            .map(|_| (request.input.clone(), request.resources.clone()));
+        let (version, model, (outcome, mut logged)) = match routed {
+            Ok(routed) => (
+                Arc::clone(&routed.serve.id),
+                Some(Arc::clone(&routed.serve.model)),
+                self.run(
+                    &routed.serve,
+                    (request.input, request.resources),
+                    &request_id,
+                    started,
+                    slot_held,
+                )
+                .await,
+            ),
+            Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
+        };
+        if logged.params.is_empty() {
+            logged.params = request.params;
+        } else if !request.params.is_empty() {
+            logged.params.splice(0..0, request.params);
+        }
+        let outcome = outcome.map_err(|e| crop_error(e, self.spec.logging.max_value_chars));
+        let ended = Instant::now();
+        let elapsed = ended - started;
+        self.finish(Completed {
+            request_id: &request_id,
+            version: &version,
+            model: model.as_deref(),
+            mirror_of: None,
+            input: kept_input,
+            kind: Outcome::from(&outcome),
+            outcome: &outcome,
+            logged,
+            at,
+            elapsed,
+            ended,
+        });
+        if let (Some(shadow), Some(input), Ok(output)) = (mirror, mirror_input, &outcome) {
+            let primary = Primary {
+                request_id: request_id.clone(),
+                version: version.to_string(),
+                output: output.clone(),
+                elapsed,
+            };
+            self.mirror(shadow, input, primary);
+        }
+        outcome.map(|output| Prediction {
+            output,
+            request_id,
+            model_version: version,
+            elapsed,
+        })
+    }
+
     async fn run(
         &self,
         served: &Served,
-        input: Input,
-        resources: Resources,
+        (input, resources): (Input, Resources),
         request_id: &str,
         started: Instant,
+        slot_held: bool,
     ) -> (Result<Value>, Logged) {
         if !self.is_ready() {
             let error = Error::NotReady {
@@ -366,9 +446,13 @@ impl ModelEndpoint {
         // Time spent waiting for a slot counts toward the prediction's timeout.
         let timeout = self.spec.server.workers.timeout();
         let deadline = tokio::time::Instant::from_std(started) + timeout;
-        let _slot = match self.admission.admit(&self.name, deadline).await {
-            Ok(slot) => slot,
-            Err(error) => return (Err(error), Logged::default()),
+        let _slot = if slot_held {
+            None
+        } else {
+            match self.admission.admit(&self.name, deadline).await {
+                Ok(slot) => Some(slot),
+                Err(error) => return (Err(error), Logged::default()),
+            }
         };
         let context = Context::new(ContextParts {
             request_id: request_id.to_owned(),
@@ -394,7 +478,11 @@ impl ModelEndpoint {
     /// before the input moves into the predictor, and without copying it whole first.
     fn kept_input(&self, input: &Input) -> Option<Value> {
         let logging = &self.spec.logging;
-        (self.records.is_some() && logging.log_input).then(|| match input {
+        let kept = self
+            .records
+            .as_ref()
+            .is_some_and(|records| records.keeps(false) || records.keeps(true));
+        (kept && logging.log_input).then(|| match input {
             Input::Json(value) => crop(value, logging.max_value_chars),
             other => crop(&other.to_json(), logging.max_value_chars),
         })
@@ -420,8 +508,12 @@ impl ModelEndpoint {
             at: request.at,
         });
         if !request.version.is_empty() {
-            self.lifecycle
-                .record(request.version, request.kind, request.elapsed);
+            self.lifecycle.record(
+                request.version,
+                request.kind,
+                request.elapsed,
+                request.ended,
+            );
         }
         self.record(request);
     }
@@ -432,7 +524,7 @@ impl ModelEndpoint {
         };
         // Unauthenticated callers are counted in metrics but must not be able to fill the
         // prediction log.
-        if !request.kind.is_recorded() {
+        if !request.kind.is_recorded() || !records.keeps(request.outcome.is_err()) {
             return;
         }
         let logging = &self.spec.logging;
@@ -447,11 +539,11 @@ impl ModelEndpoint {
         };
         records.record(PredictionRecord {
             request_id: request.request_id.to_owned(),
-            endpoint: self.name.to_string(),
+            endpoint: String::from(&*self.name),
             model: request
                 .model
                 .map_or_else(|| self.spec.model.name.clone(), str::to_owned),
-            model_version: request.version.to_string(),
+            model_version: String::from(&**request.version),
             input: request.input,
             output,
             error,
@@ -488,7 +580,13 @@ impl ModelEndpoint {
             let Arrival { at, started } = Arrival::now();
             let kept_input = endpoint.kept_input(&input);
             let (outcome, logged) = endpoint
-                .run(&shadow, input, resources, &primary.request_id, started)
+                .run(
+                    &shadow,
+                    (input, resources),
+                    &primary.request_id,
+                    started,
+                    false,
+                )
                 .await;
             let outcome = outcome.map_err(|e| crop_error(e, endpoint.spec.logging.max_value_chars));
             if matches!(outcome, Err(Error::Overloaded { .. })) {
@@ -496,7 +594,8 @@ impl ModelEndpoint {
                 endpoint.lifecycle.mirror_skipped(&shadow.id);
                 return;
             }
-            let elapsed = started.elapsed();
+            let ended = Instant::now();
+            let elapsed = ended - started;
             endpoint.finish(Completed {
                 request_id: &primary.request_id,
                 version: &shadow.id,
@@ -508,6 +607,7 @@ impl ModelEndpoint {
                 logged,
                 at,
                 elapsed,
+                ended,
             });
             endpoint.lifecycle.record_mirror(
                 &shadow.id,
@@ -567,6 +667,8 @@ struct Completed<'a> {
     logged: Logged,
     at: SystemTime,
     elapsed: Duration,
+    /// When it ended (`elapsed` after it started).
+    ended: Instant,
 }
 
 #[async_trait]
@@ -584,75 +686,7 @@ impl Endpoint for ModelEndpoint {
     }
 
     async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
-        let _in_flight =
-            crate::observe::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
-        let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
-        let request_id = request.request_id.unwrap_or_else(new_request_id);
-        let routed = self.lifecycle.route(
-            request.routing.as_ref(),
-            request.routing_key.as_deref(),
-            request.version.as_deref(),
-        );
-        // The input is moved into the predictor; keep a copy only when it will be recorded
-        // or mirrored.
-        let kept_input = self.kept_input(&request.input);
-        let mirror = routed
-            .as_ref()
-            .ok()
-            .and_then(|routed| routed.mirror.clone());
-        // A mirror keeps the request's resources (temporary input files) alive too.
-        let mirror_input = mirror
-            .as_ref()
-            .map(|_| (request.input.clone(), request.resources.clone()));
-        let (version, model, (outcome, mut logged)) = match routed {
-            Ok(routed) => (
-                Arc::clone(&routed.serve.id),
-                Some(Arc::clone(&routed.serve.model)),
-                self.run(
-                    &routed.serve,
-                    request.input,
-                    request.resources,
-                    &request_id,
-                    started,
-                )
-                .await,
-            ),
-            Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
-        };
-        if logged.params.is_empty() {
-            logged.params = request.params;
-        } else if !request.params.is_empty() {
-            logged.params.splice(0..0, request.params);
-        }
-        let outcome = outcome.map_err(|e| crop_error(e, self.spec.logging.max_value_chars));
-        let elapsed = started.elapsed();
-        self.finish(Completed {
-            request_id: &request_id,
-            version: &version,
-            model: model.as_deref(),
-            mirror_of: None,
-            input: kept_input,
-            kind: Outcome::from(&outcome),
-            outcome: &outcome,
-            logged,
-            at,
-            elapsed,
-        });
-        if let (Some(shadow), Some(input), Ok(output)) = (mirror, mirror_input, &outcome) {
-            let primary = Primary {
-                request_id: request_id.clone(),
-                version: version.to_string(),
-                output: output.clone(),
-                elapsed,
-            };
-            self.mirror(shadow, input, primary);
-        }
-        outcome.map(|output| Prediction {
-            output,
-            request_id,
-            model_version: version.to_string(),
-            elapsed,
-        })
+        self.predict_one(request, false).await
     }
 
     fn lifecycle(&self) -> Option<&Lifecycle> {
@@ -673,6 +707,7 @@ impl Endpoint for ModelEndpoint {
             logged: Logged::default(),
             at: refused.at,
             elapsed: refused.elapsed,
+            ended: Instant::now(),
         });
     }
     fn records_ready(&self, records: usize) -> crate::SinkReady<'_> {
@@ -691,13 +726,15 @@ pub fn new_request_id() -> String {
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     // Written by hand: `format!` costs more than the rest of the id (it runs per request).
-    let id = (u128::from(*prefix) << 64) | u128::from(n);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (0..32)
-        .rev()
-        .map(|i| HEX[((id >> (i * 4)) & 0xf) as usize])
-        .collect();
-    String::from_utf8(digits).expect("hex digits are ASCII")
+    let id = (u128::from(*prefix) << 64) | u128::from(n);
+    let mut digits = [0_u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    std::str::from_utf8(&digits)
+        .expect("hex digits are ASCII")
+        .to_owned()
 }
 
 /// Builds a [`ModelEndpoint`].
@@ -916,12 +953,37 @@ mod tests {
         Records {}
         impl RecordSink for Records {
             fn record(&self, record: PredictionRecord);
+            fn keeps(&self, failed: bool) -> bool;
         }
+    }
+
+    #[tokio::test]
+    async fn no_record_is_made_that_the_sink_would_not_keep() {
+        let mut records = MockRecords::new();
+        records.expect_keeps().returning(|failed| failed);
+        records
+            .expect_record()
+            .withf(|r| r.status == 422 && r.input == Some(json!("x")))
+            .times(1)
+            .return_const(());
+        let endpoint = ModelEndpoint::builder("e", predictor_fn(|x: f64| -> Result<f64> { Ok(x) }))
+            .record_sink(Arc::new(records))
+            .build()
+            .unwrap();
+        endpoint
+            .predict(PredictRequest::new(json!(1.5)))
+            .await
+            .unwrap();
+        endpoint
+            .predict(PredictRequest::new(json!("x")))
+            .await
+            .unwrap_err();
     }
 
     #[tokio::test]
     async fn every_prediction_is_recorded_once_failures_included() {
         let mut records = MockRecords::new();
+        records.expect_keeps().return_const(true);
         let mut order = mockall::Sequence::new();
         records
             .expect_record()
@@ -961,6 +1023,7 @@ mod tests {
     #[tokio::test]
     async fn refusals_are_measured_by_outcome_and_only_authenticated_ones_recorded() {
         let mut records = MockRecords::new();
+        records.expect_keeps().return_const(true);
         records
             .expect_record()
             .withf(|r| r.status == 413 && r.request_id == "big")

@@ -1253,7 +1253,7 @@ mod switch_tests {
             let prediction = processed.result.unwrap();
             let i = prediction.output.as_u64().unwrap();
             let expected = if i < 20 { "1" } else { "2" };
-            assert_eq!(prediction.model_version, expected, "item {i}");
+            assert_eq!(&*prediction.model_version, expected, "item {i}");
         }
     }
 }

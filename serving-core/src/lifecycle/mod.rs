@@ -73,7 +73,7 @@ const EVENTS_KEPT: usize = 1_000;
 /// lifecycle.set_canary(50)?;
 /// lifecycle.promote()?;
 /// let answer = endpoint.predict(PredictRequest::new(json!(2.0))).await?;
-/// assert_eq!(answer.model_version, "2");
+/// assert_eq!(&*answer.model_version, "2");
 ///
 /// // Changed our mind: back to version 1 for everyone.
 /// lifecycle.rollback()?;
@@ -279,9 +279,15 @@ impl Lifecycle {
         })
     }
 
-    /// Counts one finished request of `version`.
-    pub(crate) fn record(&self, version: &str, outcome: crate::Outcome, latency: Duration) {
-        self.inner.stats.record(version, outcome, latency);
+    /// Counts one request of `version` that ended at `at`.
+    pub(crate) fn record(
+        &self,
+        version: &str,
+        outcome: crate::Outcome,
+        latency: Duration,
+        at: std::time::Instant,
+    ) {
+        self.inner.stats.record(version, outcome, latency, at);
     }
 
     /// Compares one mirrored answer with the one returned.

@@ -53,6 +53,17 @@ struct Series {
     total_errors: u64,
 }
 
+impl Series {
+    fn add(&mut self, sample: Sample, capacity: usize) {
+        if self.recent.len() == capacity {
+            self.recent.pop_front();
+        }
+        self.total += 1;
+        self.total_errors += u64::from(sample.outcome.counts_as_failure());
+        self.recent.push_back(sample);
+    }
+}
+
 impl VersionStats {
     pub(crate) fn new(capacity: usize) -> Self {
         VersionStats {
@@ -61,24 +72,22 @@ impl VersionStats {
         }
     }
 
-    pub(crate) fn record(&self, version: &str, outcome: Outcome, latency: Duration) {
-        let mut series = self.series.locked();
-        // Look up before inserting: no allocation on the request path once a version is known.
-        if !series.contains_key(version) {
-            series.insert(version.to_owned(), Series::default());
-        }
-        let entry = series.get_mut(version).expect("inserted above");
-        if entry.recent.len() == self.capacity {
-            entry.recent.pop_front();
-        }
-        let error = outcome.counts_as_failure();
-        entry.recent.push_back(Sample {
-            at: Instant::now(),
+    /// Counts one request of `version` that ended at `at`.
+    pub(crate) fn record(&self, version: &str, outcome: Outcome, latency: Duration, at: Instant) {
+        let sample = Sample {
+            at,
             latency,
             outcome,
-        });
-        entry.total += 1;
-        entry.total_errors += u64::from(error);
+        };
+        let mut series = self.series.locked();
+        // One lookup, and no allocation, once a version is known.
+        if let Some(entry) = series.get_mut(version) {
+            entry.add(sample, self.capacity);
+            return;
+        }
+        let mut entry = Series::default();
+        entry.add(sample, self.capacity);
+        series.insert(version.to_owned(), entry);
     }
 
     /// The stats of `version` over requests recorded at or after `since` (all retained ones
@@ -317,9 +326,14 @@ mod tests {
             } else {
                 Outcome::Ok
             };
-            stats.record("2", outcome, Duration::from_millis(ms));
+            stats.record("2", outcome, Duration::from_millis(ms), Instant::now());
         }
-        stats.record("2", Outcome::RejectedInput, Duration::from_millis(1));
+        stats.record(
+            "2",
+            Outcome::RejectedInput,
+            Duration::from_millis(1),
+            Instant::now(),
+        );
         let window = stats.window("2", None);
         assert_eq!(window.requests, 100, "the ring keeps the last 100");
         assert_eq!(window.errors, 10);

@@ -25,7 +25,7 @@ fn endpoint() -> ModelEndpoint {
 
 async fn answer(endpoint: &ModelEndpoint, request: PredictRequest) -> (String, serde_json::Value) {
     let prediction = endpoint.predict(request).await.unwrap();
-    (prediction.model_version, prediction.output)
+    (prediction.model_version.to_string(), prediction.output)
 }
 
 #[tokio::test]
@@ -509,7 +509,7 @@ async fn a_request_in_flight_during_a_switch_finishes_on_the_old_version() {
         .unwrap()
         .expect("the in-flight request does not fail");
     assert_eq!(
-        (finished.model_version.as_str(), finished.output),
+        (&*finished.model_version, finished.output),
         ("1", json!("v1"))
     );
 }

@@ -57,6 +57,15 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
     /// Takes one record.
     fn record(&self, record: PredictionRecord);
 
+    /// Whether the sink would keep the record of a prediction that failed (`failed`) or
+    /// succeeded: asked before the record is made, so that an endpoint makes none a sink would
+    /// drop (a batch run keeps only failed rows, up to a bound). A hint, not a promise: a
+    /// record it says it keeps may still be dropped when taken. Every record by default.
+    fn keeps(&self, failed: bool) -> bool {
+        let _ = failed;
+        true
+    }
+
     /// Resolves when the sink can take `records` more without dropping any.
     fn ready(&self, records: usize) -> SinkReady<'_> {
         let _ = records;
@@ -76,6 +85,10 @@ impl<S: RecordSink + ?Sized> RecordSink for std::sync::Arc<S> {
         (**self).record(record)
     }
 
+    fn keeps(&self, failed: bool) -> bool {
+        (**self).keeps(failed)
+    }
+
     fn ready(&self, records: usize) -> SinkReady<'_> {
         (**self).ready(records)
     }
@@ -85,6 +98,10 @@ impl<S: RecordSink + ?Sized> RecordSink for std::sync::Arc<S> {
 impl<S: RecordSink + ?Sized> RecordSink for Box<S> {
     fn record(&self, record: PredictionRecord) {
         (**self).record(record)
+    }
+
+    fn keeps(&self, failed: bool) -> bool {
+        (**self).keeps(failed)
     }
 
     fn ready(&self, records: usize) -> SinkReady<'_> {

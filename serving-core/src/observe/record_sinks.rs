@@ -197,6 +197,10 @@ impl RecordSink for RecordFanOut {
         }
     }
 
+    fn keeps(&self, failed: bool) -> bool {
+        self.sinks.iter().any(|sink| sink.keeps(failed))
+    }
+
     fn ready(&self, records: usize) -> SinkReady<'_> {
         Box::pin(async move {
             for sink in &self.sinks {

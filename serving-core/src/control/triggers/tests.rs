@@ -229,7 +229,12 @@ async fn built_in_measurements_need_min_events_requests() {
 
     // Three failures are fewer requests than min_events: no value yet.
     for _ in 0..3 {
-        lifecycle.record("1", Outcome::ModelFailure, Duration::from_millis(5));
+        lifecycle.record(
+            "1",
+            Outcome::ModelFailure,
+            Duration::from_millis(5),
+            std::time::Instant::now(),
+        );
     }
     next_poll(&mut first).await;
     assert_eq!(error_calls.load(Ordering::SeqCst), 0);
@@ -241,7 +246,12 @@ async fn built_in_measurements_need_min_events_requests() {
         Outcome::Ok,
         Outcome::Timeout,
     ] {
-        lifecycle.record("1", outcome, Duration::from_millis(200));
+        lifecycle.record(
+            "1",
+            outcome,
+            Duration::from_millis(200),
+            std::time::Instant::now(),
+        );
     }
     next_poll(&mut first).await;
     assert_eq!(error_calls.load(Ordering::SeqCst), 1);
