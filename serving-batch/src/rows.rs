@@ -51,6 +51,8 @@ impl RowJob {
         let mut errors = chunk.errors().iter().peekable();
         let mut rows = Vec::with_capacity(chunk.len());
         let mut requests = Vec::with_capacity(chunk.len());
+        // The chunk's row of each request.
+        let mut predicted_rows = Vec::with_capacity(chunk.len());
         let mut ids: Vec<Option<String>> = Vec::with_capacity(chunk.len());
         for row in 0..chunk.len() {
             // An id from the source, or one made now when the output has to show it.
@@ -99,12 +101,22 @@ impl RowJob {
             .with_arrival(chunk.arrival);
             request.request_id = id.clone();
             requests.push(request);
+            predicted_rows.push(row);
             rows.push(Row::Request(kept));
             ids.push(id);
         }
+        // A failed row's record gets its input parsed again from the cells: no copy of
+        // every row's input is kept for the few failed ones logged. (Decoded files are
+        // kept as the predictor got them.)
+        let remake = |request: usize| {
+            let row = *predicted_rows.get(request)?;
+            schema.input(chunk.cells(row), self.mode).ok()
+        };
+        let remake = (self.files == FileInput::Off)
+            .then_some(&remake as &(dyn Fn(usize) -> Option<Value> + Sync));
         let mut answers = self
             .endpoint
-            .predict_chunk(requests, &self.stop)
+            .predict_chunk(requests, &self.stop, remake)
             .await
             .into_iter();
         let mut written = Written::default();

@@ -713,6 +713,31 @@ async fn failed_rows_logged_are_bounded_and_every_row_is_a_setting() {
     assert_eq!(fx.records.records().len(), 2 + 4);
 }
 
+/// Only failed rows are logged by default, and a row the model failed on is logged with its
+/// input, parsed again from its cells (no copy of every input is kept for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_model_failed_on_is_logged_with_its_input() {
+    let fx = Fixture::new();
+    let service = fx.service(vec![spec("failing", "panics", "1", &[("chunk_rows", "2")])]);
+    fx.put("rows.csv", "a,b\n1,2\n3,4\n5,6\n").await;
+    let run = service
+        .run("failing", BatchRequest::new("rows.csv", "out.csv", "data"))
+        .await
+        .unwrap();
+    assert_eq!((run.rows_predicted, run.rows_failed), (2, 1), "{run:?}");
+    let records = fx.records.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].input, Some(serde_json::json!([3, 4])));
+    assert!(
+        records[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("three is not allowed")),
+        "{records:?}"
+    );
+    assert_eq!(records[0].model_version, "1");
+}
+
 /// A prediction log whose queue holds 1,000 records takes 20,000 logged rows of each path
 /// without dropping one: the run waits between chunks for the log to write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::endpoint::{ModelEndpoint, PredictRequest, Prediction};
+use serde_json::Value;
+
+use crate::endpoint::{InChunk, ModelEndpoint, PredictRequest, Prediction, RemakeInput};
 use crate::error::Result;
 
 impl ModelEndpoint {
@@ -21,6 +23,11 @@ impl ModelEndpoint {
     /// endpoint's running slots (`concurrency`), since its requests run one at a time. Run
     /// several chunks at once (up to the endpoint's concurrency) to use several cores.
     ///
+    /// `remake_input`, when given, makes the input of the request at an index again (a batch
+    /// run parses it again from its file's cells). A record sink that keeps only failed
+    /// predictions then costs no copy of every input: the input is made again for the
+    /// records kept.
+    ///
     /// ```
     /// # #[tokio::main] async fn main() {
     /// use std::sync::atomic::AtomicBool;
@@ -32,7 +39,7 @@ impl ModelEndpoint {
     /// .build()
     /// .unwrap();
     /// let requests = (0..3).map(|i| PredictRequest::new(serde_json::json!([i]))).collect();
-    /// let answers = endpoint.predict_chunk(requests, &AtomicBool::new(false)).await;
+    /// let answers = endpoint.predict_chunk(requests, &AtomicBool::new(false), None).await;
     /// let outputs: Vec<f64> = answers
     ///     .into_iter()
     ///     .map(|answer| answer.unwrap().output.as_f64().unwrap())
@@ -44,18 +51,24 @@ impl ModelEndpoint {
         &self,
         requests: Vec<PredictRequest>,
         stop: &AtomicBool,
+        remake_input: Option<&(dyn Fn(usize) -> Option<Value> + Sync)>,
     ) -> Vec<Result<Prediction>> {
         let snapshot = self.lifecycle.snapshot();
         // One running slot for the whole chunk, whose requests run one at a time; when none
         // is free now, each request waits for (or is refused) its own as `predict` does.
         let slot = self.admission.try_admit();
         let mut answers = Vec::with_capacity(requests.len());
-        for mut request in requests {
+        for (index, mut request) in requests.into_iter().enumerate() {
             if stop.load(Ordering::Acquire) {
                 break;
             }
             request.routing = Some(snapshot.clone());
-            answers.push(self.predict_one(request, slot.is_some()).await);
+            let remake = remake_input.map(|remake| move || remake(index));
+            let chunk = InChunk {
+                slot_held: slot.is_some(),
+                remake_input: remake.as_ref().map(|r| r as RemakeInput<'_>),
+            };
+            answers.push(self.predict_one(request, chunk).await);
         }
         answers
     }
@@ -91,7 +104,7 @@ mod tests {
             .map(|(i, x)| PredictRequest::new(json!([x])).with_request_id(format!("r{i}")))
             .collect();
         let answers = endpoint
-            .predict_chunk(requests, &AtomicBool::new(false))
+            .predict_chunk(requests, &AtomicBool::new(false), None)
             .await;
         assert_eq!(answers.len(), 3);
         assert_eq!(answers[0].as_ref().unwrap().output, json!(2.0));
@@ -109,6 +122,7 @@ mod tests {
             .predict_chunk(
                 vec![PredictRequest::new(json!([1.0]))],
                 &AtomicBool::new(true),
+                None,
             )
             .await;
         assert!(stopped.is_empty());

@@ -352,10 +352,7 @@ impl ModelEndpoint {
 
     /// [`Endpoint::predict`], without the boxed future of the trait's method: what a chunk's
     /// requests are predicted with, one after another on one task.
-    ///
-    /// With `slot_held`, the caller holds a running slot for it (a chunk holds one for all its
-    /// requests, which run one after another), so it takes none of its own.
-    async fn predict_one(&self, request: PredictRequest, slot_held: bool) -> Result<Prediction> {
+    async fn predict_one(&self, request: PredictRequest, chunk: InChunk<'_>) -> Result<Prediction> {
         let _in_flight =
             crate::observe::metrics::InFlight::start(self.metrics.as_ref(), &self.name);
         let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
@@ -366,8 +363,17 @@ impl ModelEndpoint {
             request.version.as_deref(),
         );
         // The input is moved into the predictor; keep a copy only when it will be recorded
-        // or mirrored.
-        let kept_input = self.kept_input(&request.input);
+        // or mirrored, and not when the chunk can make it again for the few records kept.
+        let remade = chunk.remake_input.filter(|_| {
+            !self
+                .records
+                .as_ref()
+                .is_some_and(|records| records.keeps(false))
+        });
+        let kept_input = match remade {
+            Some(_) => None,
+            None => self.kept_input(&request.input),
+        };
         let mirror = routed
             .as_ref()
             .ok()
@@ -385,7 +391,7 @@ impl ModelEndpoint {
                     (request.input, request.resources),
                     &request_id,
                     started,
-                    slot_held,
+                    chunk.slot_held,
                 )
                 .await,
             ),
@@ -405,6 +411,7 @@ impl ModelEndpoint {
             model: model.as_deref(),
             mirror_of: None,
             input: kept_input,
+            remade_input: remade,
             kind: Outcome::from(&outcome),
             outcome: &outcome,
             logged,
@@ -544,7 +551,10 @@ impl ModelEndpoint {
                 .model
                 .map_or_else(|| self.spec.model.name.clone(), str::to_owned),
             model_version: String::from(&**request.version),
-            input: request.input,
+            input: request.input.or_else(|| {
+                let remake = request.remade_input.filter(|_| logging.log_input)?;
+                remake().map(|input| crop(&input, logging.max_value_chars))
+            }),
             output,
             error,
             status: request.kind.code(),
@@ -602,6 +612,7 @@ impl ModelEndpoint {
                 model: Some(&shadow.model),
                 mirror_of: Some(&primary.version),
                 input: kept_input,
+                remade_input: None,
                 kind: Outcome::from(&outcome),
                 outcome: &outcome,
                 logged,
@@ -649,6 +660,20 @@ struct Primary {
     elapsed: Duration,
 }
 
+/// Makes a request's input again, for its record.
+pub(crate) type RemakeInput<'a> = &'a (dyn Fn() -> Option<Value> + Sync);
+
+/// How a request predicted as part of a chunk differs from one on its own.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct InChunk<'a> {
+    /// The chunk holds a running slot for it (its requests run one after another), so it
+    /// takes none of its own.
+    pub(crate) slot_held: bool,
+    /// Makes its input again for its record: then no copy of every input is kept up front
+    /// for a sink that keeps only failed ones.
+    pub(crate) remake_input: Option<RemakeInput<'a>>,
+}
+
 /// A finished request, as the endpoint records it.
 struct Completed<'a> {
     request_id: &'a str,
@@ -660,6 +685,8 @@ struct Completed<'a> {
     mirror_of: Option<&'a str>,
     /// The input as recorded (cropped), when inputs are recorded.
     input: Option<Value>,
+    /// Makes the input again when `input` was not kept and it is recorded after all.
+    remade_input: Option<RemakeInput<'a>>,
     outcome: &'a Result<Value>,
     /// How it ended, as every sink classifies it.
     kind: Outcome,
@@ -686,7 +713,7 @@ impl Endpoint for ModelEndpoint {
     }
 
     async fn predict(&self, request: PredictRequest) -> Result<Prediction> {
-        self.predict_one(request, false).await
+        self.predict_one(request, InChunk::default()).await
     }
 
     fn lifecycle(&self) -> Option<&Lifecycle> {
@@ -702,6 +729,7 @@ impl Endpoint for ModelEndpoint {
             model: None,
             mirror_of: None,
             input: None,
+            remade_input: None,
             kind,
             outcome: &Err(error),
             logged: Logged::default(),
