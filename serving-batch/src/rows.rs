@@ -235,7 +235,7 @@ pub(crate) async fn run_rows(
         let job = Arc::clone(&job);
         tokio::spawn(async move { job.run(rows).await })
     })
-    .buffered(concurrency.max(1));
+    .buffered(2 * concurrency.max(1));
     futures::pin_mut!(done);
     let mut result = Ok(());
     while let Some(written) = done.next().await {

@@ -382,20 +382,25 @@ impl ModelEndpoint {
         let mirror_input = mirror
             .as_ref()
             .map(|_| (request.input.clone(), request.resources.clone()));
-        let (version, model, (outcome, mut logged)) = match routed {
+        // The id moves into the predictor's context and back.
+        let (version, model, (outcome, mut logged, request_id)) = match routed {
             Ok(routed) => (
                 Arc::clone(&routed.serve.id),
                 Some(Arc::clone(&routed.serve.model)),
                 self.run(
                     &routed.serve,
                     (request.input, request.resources),
-                    &request_id,
+                    request_id,
                     started,
                     chunk.slot_held,
                 )
                 .await,
             ),
-            Err(error) => (Arc::from(""), None, (Err(error), Logged::default())),
+            Err(error) => (
+                Arc::from(""),
+                None,
+                (Err(error), Logged::default(), request_id),
+            ),
         };
         if logged.params.is_empty() {
             logged.params = request.params;
@@ -440,15 +445,15 @@ impl ModelEndpoint {
         &self,
         served: &Served,
         (input, resources): (Input, Resources),
-        request_id: &str,
+        request_id: String,
         started: Instant,
         slot_held: bool,
-    ) -> (Result<Value>, Logged) {
+    ) -> (Result<Value>, Logged, String) {
         if !self.is_ready() {
             let error = Error::NotReady {
                 endpoint: self.name.to_string(),
             };
-            return (Err(error), Logged::default());
+            return (Err(error), Logged::default(), request_id);
         }
         // Time spent waiting for a slot counts toward the prediction's timeout.
         let timeout = self.spec.server.workers.timeout();
@@ -458,11 +463,11 @@ impl ModelEndpoint {
         } else {
             match self.admission.admit(&self.name, deadline).await {
                 Ok(slot) => Some(slot),
-                Err(error) => return (Err(error), Logged::default()),
+                Err(error) => return (Err(error), Logged::default(), request_id),
             }
         };
         let context = Context::new(ContextParts {
-            request_id: request_id.to_owned(),
+            request_id,
             resources,
             endpoint: Arc::clone(&self.name),
             model_version: Arc::clone(&served.id),
@@ -478,7 +483,8 @@ impl ModelEndpoint {
             }),
             Some(Ok(outcome)) => outcome,
         };
-        (outcome, context.take_logged())
+        let (logged, request_id) = context.into_logged_and_id();
+        (outcome, logged, request_id)
     }
 
     /// The input as its prediction record keeps it (cropped), when records keep inputs: made
@@ -589,11 +595,11 @@ impl ModelEndpoint {
         runtime.spawn(async move {
             let Arrival { at, started } = Arrival::now();
             let kept_input = endpoint.kept_input(&input);
-            let (outcome, logged) = endpoint
+            let (outcome, logged, _) = endpoint
                 .run(
                     &shadow,
                     (input, resources),
-                    &primary.request_id,
+                    primary.request_id.clone(),
                     started,
                     false,
                 )
@@ -983,6 +989,34 @@ mod tests {
             fn record(&self, record: PredictionRecord);
             fn keeps(&self, failed: bool) -> bool;
         }
+    }
+
+    /// The id moves into the predictor's context and back; a context the predictor keeps
+    /// beyond its prediction keeps its own copy.
+    #[tokio::test]
+    async fn the_request_id_comes_back_whether_or_not_the_context_outlives_the_prediction() {
+        let kept: Arc<std::sync::Mutex<Vec<Context>>> = Arc::default();
+        let keeper = Arc::clone(&kept);
+        let endpoint = ModelEndpoint::builder(
+            "e",
+            predictor_fn(move |keep: bool| -> Result<bool> {
+                if keep {
+                    keeper.lock().unwrap().push(Context::current().unwrap());
+                }
+                Ok(keep)
+            }),
+        )
+        .build()
+        .unwrap();
+        for keep in [false, true] {
+            let id = format!("id-{keep}");
+            let answer = endpoint
+                .predict(PredictRequest::new(json!(keep)).with_request_id(id.clone()))
+                .await
+                .unwrap();
+            assert_eq!(answer.request_id, id);
+        }
+        assert_eq!(kept.lock().unwrap()[0].request_id(), "id-true");
     }
 
     #[tokio::test]

@@ -220,6 +220,25 @@ impl Context {
         );
     }
 
+    /// What user code logged, and the request id back, once the prediction is over: the id
+    /// moves out when no clone of the context outlived the prediction (the usual case), and
+    /// is copied otherwise.
+    pub(crate) fn into_logged_and_id(self) -> (Logged, String) {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => (
+                inner
+                    .logged
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                inner.request_id,
+            ),
+            Err(shared) => (
+                std::mem::take(&mut *shared.logged.locked()),
+                shared.request_id.clone(),
+            ),
+        }
+    }
+
     /// What user code attached so far.
     pub fn take_logged(&self) -> Logged {
         std::mem::take(&mut *self.logged())

@@ -285,11 +285,13 @@ macro_rules! impl_predict_fn {
             $($arg: DeserializeOwned,)+
         {
             fn call(&self, input: &Input) -> Result<Value> {
-                let args = input.args();
-                if args.len() != $count {
-                    return Err(Error::ArgumentCount { expected: $count, got: args.len() });
+                let got = input.arg_count();
+                let count = || Error::ArgumentCount { expected: $count, got };
+                if got != $count {
+                    return Err(count());
                 }
-                self($(args[$position].parse::<$arg>($position)?),+).into_output()
+                self($(input.arg($position).ok_or_else(count)?.parse::<$arg>($position)?),+)
+                    .into_output()
             }
         }
     };

@@ -46,6 +46,26 @@ impl Input {
         }
     }
 
+    /// How many positional arguments [`Input::args`] would answer, without making them.
+    pub fn arg_count(&self) -> usize {
+        match self {
+            Input::Json(Value::Array(items)) => items.len(),
+            Input::Json(_) | Input::Bytes(_) => 1,
+            Input::Files(files) => files.len(),
+        }
+    }
+
+    /// The positional argument at `position`, as [`Input::args`] would answer it, without
+    /// making the others: what a typed predict function reads per request.
+    pub fn arg(&self, position: usize) -> Option<Arg<'_>> {
+        match self {
+            Input::Json(Value::Array(items)) => items.get(position).map(Arg::Json),
+            Input::Json(value) => (position == 0).then_some(Arg::Json(value)),
+            Input::Bytes(bytes) => (position == 0).then_some(Arg::Bytes(bytes)),
+            Input::Files(files) => files.get(position).map(Arg::Bytes),
+        }
+    }
+
     /// The whole input as one argument (for single-parameter predictors).
     pub fn whole(&self) -> Option<Arg<'_>> {
         match self {
@@ -204,6 +224,25 @@ mod tests {
         assert_eq!(args.len(), 2);
         assert_eq!(args[0].parse::<f64>(0).unwrap(), 1.0);
         assert_eq!(args[1].parse::<String>(1).unwrap(), "a");
+    }
+
+    #[test]
+    fn each_argument_is_read_alone_as_args_answers_it() {
+        let inputs = [
+            Input::Json(json!([1.0, "a", null])),
+            Input::Json(json!("hi")),
+            Input::Bytes(Bytes::from_static(b"raw")),
+            Input::Files(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
+        ];
+        for input in &inputs {
+            let args = input.args();
+            assert_eq!(input.arg_count(), args.len());
+            for (position, arg) in args.iter().enumerate() {
+                let alone = input.arg(position).unwrap();
+                assert_eq!(format!("{alone:?}"), format!("{arg:?}"));
+            }
+            assert!(input.arg(args.len()).is_none());
+        }
     }
 
     #[test]
