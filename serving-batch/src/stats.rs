@@ -169,6 +169,12 @@ impl MetricSink for RunMetrics {
         }
     }
 
+    fn record_requests(&self, events: &[RequestEvent]) {
+        if let Some(inner) = &self.inner {
+            inner.record_requests(events);
+        }
+    }
+
     fn record_metric(&self, sample: &MetricSample) {
         self.summaries
             .lock()

@@ -2,12 +2,20 @@
 //! chunks (a batch file), where a task and a routing decision per request cost more than the
 //! model.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::endpoint::{InChunk, ModelEndpoint, PredictRequest, Prediction, RemakeInput};
+use crate::endpoint::{InChunk, ModelEndpoint, PredictRequest, Prediction, RemakeInput, Tally};
 use crate::error::Result;
+use crate::sync::Locked as _;
+
+/// Requests measured at most before a chunk hands their events over.
+const TALLY_BURST: usize = 256;
+/// How long a chunk keeps its requests' events at most (a slow model's chunk runs long).
+const TALLY_AGE: Duration = Duration::from_millis(100);
 
 impl ModelEndpoint {
     /// Predicts `requests` one after another on the calling task and answers their results
@@ -57,6 +65,7 @@ impl ModelEndpoint {
         // One running slot for the whole chunk, whose requests run one at a time; when none
         // is free now, each request waits for (or is refused) its own as `predict` does.
         let slot = self.admission.try_admit();
+        let tally = Mutex::new(Tally::with_capacity(TALLY_BURST));
         let mut answers = Vec::with_capacity(requests.len());
         for (index, mut request) in requests.into_iter().enumerate() {
             if stop.load(Ordering::Acquire) {
@@ -67,9 +76,16 @@ impl ModelEndpoint {
             let chunk = InChunk {
                 slot_held: slot.is_some(),
                 remake_input: remake.as_ref().map(|r| r as RemakeInput<'_>),
+                tally: Some(&tally),
             };
             answers.push(self.predict_one(request, chunk).await);
+            // Handed over in bursts, and often enough that a slow model's metrics stay live.
+            let (waiting, age) = tally.locked().waiting();
+            if waiting >= TALLY_BURST || age >= TALLY_AGE {
+                self.hand_over(&tally);
+            }
         }
+        self.hand_over(&tally);
         answers
     }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -36,6 +36,7 @@ use crate::observe::metrics::{
 };
 use crate::observe::record::{DynRecordSink, PredictionRecord, crop, crop_error};
 use crate::outcome::Outcome;
+use crate::sync::Locked as _;
 
 /// One prediction request, whatever transport it came from.
 #[derive(Debug, Clone)]
@@ -417,6 +418,7 @@ impl ModelEndpoint {
             mirror_of: None,
             input: kept_input,
             remade_input: remade,
+            tally: chunk.tally,
             kind: Outcome::from(&outcome),
             outcome: &outcome,
             logged,
@@ -512,21 +514,20 @@ impl ModelEndpoint {
                 tracing::error!(endpoint = %self.name, model_version = version, request_id, shadow, %error, "prediction failed");
             }
         }
-        self.metrics.record_request(&RequestEvent {
+        let event = RequestEvent {
             endpoint: Arc::clone(&self.name),
             model_version: Arc::clone(request.version),
             status: request.kind.code(),
             outcome: request.kind,
             latency: request.elapsed,
             at: request.at,
-        });
-        if !request.version.is_empty() {
-            self.lifecycle.record(
-                request.version,
-                request.kind,
-                request.elapsed,
-                request.ended,
-            );
+        };
+        match request.tally {
+            Some(tally) => tally.locked().push(event, request.ended),
+            None => {
+                self.metrics.record_request(&event);
+                self.lifecycle.record(&event, request.ended);
+            }
         }
         self.record(request);
     }
@@ -619,6 +620,7 @@ impl ModelEndpoint {
                 mirror_of: Some(&primary.version),
                 input: kept_input,
                 remade_input: None,
+                tally: None,
                 kind: Outcome::from(&outcome),
                 outcome: &outcome,
                 logged,
@@ -678,6 +680,55 @@ pub(crate) struct InChunk<'a> {
     /// Makes its input again for its record: then no copy of every input is kept up front
     /// for a sink that keeps only failed ones.
     pub(crate) remake_input: Option<RemakeInput<'a>>,
+    /// Where it is measured until the chunk hands its events over together.
+    pub(crate) tally: Option<&'a Mutex<Tally>>,
+}
+
+/// What a chunk's requests measured, not yet handed over: the metric sink and the version
+/// stats take them together, so two cores predicting two chunks do not take turns at the
+/// same locks for every request.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    events: Vec<RequestEvent>,
+    ended: Vec<Instant>,
+}
+
+impl Tally {
+    /// Room for `burst` requests.
+    pub(crate) fn with_capacity(burst: usize) -> Self {
+        Tally {
+            events: Vec::with_capacity(burst),
+            ended: Vec::with_capacity(burst),
+        }
+    }
+
+    fn push(&mut self, event: RequestEvent, ended: Instant) {
+        self.events.push(event);
+        self.ended.push(ended);
+    }
+
+    /// How many wait, and how long before the last of them the first ended.
+    pub(crate) fn waiting(&self) -> (usize, Duration) {
+        let age = match (self.ended.first(), self.ended.last()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        };
+        (self.events.len(), age)
+    }
+}
+
+impl ModelEndpoint {
+    /// Hands `tally`'s events to the metric sink and the version stats.
+    pub(crate) fn hand_over(&self, tally: &Mutex<Tally>) {
+        let mut tally = tally.locked();
+        let Tally { events, ended } = &mut *tally;
+        self.metrics.record_requests(events);
+        self.lifecycle
+            .record_all(events.iter().zip(ended.iter().copied()));
+        // Kept for the next burst: no allocation per burst.
+        events.clear();
+        ended.clear();
+    }
 }
 
 /// A finished request, as the endpoint records it.
@@ -693,6 +744,8 @@ struct Completed<'a> {
     input: Option<Value>,
     /// Makes the input again when `input` was not kept and it is recorded after all.
     remade_input: Option<RemakeInput<'a>>,
+    /// Where a chunk's request is measured until the chunk hands its events over.
+    tally: Option<&'a Mutex<Tally>>,
     outcome: &'a Result<Value>,
     /// How it ended, as every sink classifies it.
     kind: Outcome,
@@ -736,6 +789,7 @@ impl Endpoint for ModelEndpoint {
             mirror_of: None,
             input: None,
             remade_input: None,
+            tally: None,
             kind,
             outcome: &Err(error),
             logged: Logged::default(),
@@ -757,8 +811,22 @@ impl Endpoint for ModelEndpoint {
 pub fn new_request_id() -> String {
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    /// Counters a thread takes at a time: cores making ids at once do not take turns at one
+    /// shared counter for every request.
+    const BLOCK: u64 = 1024;
+    thread_local! {
+        static RESERVED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let n = RESERVED.with(|reserved| {
+        let (mut next, mut end) = reserved.get();
+        if next == end {
+            next = NEXT.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        reserved.set((next + 1, end));
+        next
+    });
     // Written by hand: `format!` costs more than the rest of the id (it runs per request).
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id = (u128::from(*prefix) << 64) | u128::from(n);
@@ -989,6 +1057,22 @@ mod tests {
             fn record(&self, record: PredictionRecord);
             fn keeps(&self, failed: bool) -> bool;
         }
+    }
+
+    #[test]
+    fn request_ids_are_unique_across_threads() {
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let makers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| (0..3000).map(|_| new_request_id()).collect::<Vec<_>>()))
+                .collect();
+            makers.into_iter().flat_map(|m| m.join().unwrap()).collect()
+        });
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
     }
 
     /// The id moves into the predictor's context and back; a context the predictor keeps

@@ -279,15 +279,23 @@ impl Lifecycle {
         })
     }
 
-    /// Counts one request of `version` that ended at `at`.
-    pub(crate) fn record(
+    /// Counts one request that ended at `ended`, under the version that answered it (none
+    /// when no version did).
+    pub(crate) fn record(&self, event: &crate::RequestEvent, ended: std::time::Instant) {
+        self.record_all(std::iter::once((event, ended)));
+    }
+
+    /// Counts requests as [`Lifecycle::record`] does, under one lock.
+    pub(crate) fn record_all<'e>(
         &self,
-        version: &str,
-        outcome: crate::Outcome,
-        latency: Duration,
-        at: std::time::Instant,
+        requests: impl IntoIterator<Item = (&'e crate::RequestEvent, std::time::Instant)>,
     ) {
-        self.inner.stats.record(version, outcome, latency, at);
+        self.inner.stats.record_all(
+            requests
+                .into_iter()
+                .filter(|(event, _)| !event.model_version.is_empty())
+                .map(|(event, ended)| (&*event.model_version, event.outcome, event.latency, ended)),
+        );
     }
 
     /// Compares one mirrored answer with the one returned.

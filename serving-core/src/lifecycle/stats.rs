@@ -73,21 +73,32 @@ impl VersionStats {
     }
 
     /// Counts one request of `version` that ended at `at`.
+    #[cfg(test)]
     pub(crate) fn record(&self, version: &str, outcome: Outcome, latency: Duration, at: Instant) {
-        let sample = Sample {
-            at,
-            latency,
-            outcome,
-        };
+        self.record_all([(version, outcome, latency, at)]);
+    }
+
+    /// Counts requests, each of a version, that ended at the instant given, under one lock.
+    pub(crate) fn record_all<'v>(
+        &self,
+        requests: impl IntoIterator<Item = (&'v str, Outcome, Duration, Instant)>,
+    ) {
         let mut series = self.series.locked();
-        // One lookup, and no allocation, once a version is known.
-        if let Some(entry) = series.get_mut(version) {
+        for (version, outcome, latency, at) in requests {
+            let sample = Sample {
+                at,
+                latency,
+                outcome,
+            };
+            // One lookup, and no allocation, once a version is known.
+            if let Some(entry) = series.get_mut(version) {
+                entry.add(sample, self.capacity);
+                continue;
+            }
+            let mut entry = Series::default();
             entry.add(sample, self.capacity);
-            return;
+            series.insert(version.to_owned(), entry);
         }
-        let mut entry = Series::default();
-        entry.add(sample, self.capacity);
-        series.insert(version.to_owned(), entry);
     }
 
     /// The stats of `version` over requests recorded at or after `since` (all retained ones

@@ -77,6 +77,13 @@ pub trait MetricSink: Debug + Send + Sync + 'static {
     /// Records one served request.
     fn record_request(&self, event: &RequestEvent);
 
+    /// Records several served requests at once, as `record_request` would record each, in
+    /// order: an endpoint predicting a chunk of requests (a batch run's rows) hands over the
+    /// chunk's events together, so a sink that locks per event can lock once.
+    fn record_requests(&self, events: &[RequestEvent]) {
+        events.iter().for_each(|event| self.record_request(event));
+    }
+
     /// Records one custom metric value.
     fn record_metric(&self, sample: &MetricSample);
 
@@ -142,6 +149,10 @@ macro_rules! forward_metrics {
 
             fn record_request(&self, event: &RequestEvent) {
                 (**self).record_request(event)
+            }
+
+            fn record_requests(&self, events: &[RequestEvent]) {
+                (**self).record_requests(events)
             }
 
             fn record_metric(&self, sample: &MetricSample) {
@@ -253,19 +264,24 @@ impl Default for InMemoryMetrics {
 
 impl MetricSink for InMemoryMetrics {
     fn record_request(&self, event: &RequestEvent) {
+        self.record_requests(std::slice::from_ref(event));
+    }
+
+    fn record_requests(&self, events: &[RequestEvent]) {
         let mut requests = self.requests.locked();
-        let stored = StoredRequest {
-            endpoint: Arc::clone(&event.endpoint),
-            model_version: Arc::clone(&event.model_version),
-            status: event.status,
-            outcome: event.outcome,
-            latency: event.latency,
-            at: event.at,
-        };
-        if requests.len() == self.capacity {
-            requests.pop_front();
+        for event in events {
+            if requests.len() == self.capacity {
+                requests.pop_front();
+            }
+            requests.push_back(StoredRequest {
+                endpoint: Arc::clone(&event.endpoint),
+                model_version: Arc::clone(&event.model_version),
+                status: event.status,
+                outcome: event.outcome,
+                latency: event.latency,
+                at: event.at,
+            });
         }
-        requests.push_back(stored);
     }
 
     fn record_metric(&self, sample: &MetricSample) {
@@ -330,6 +346,12 @@ impl MetricSink for FanOut {
         self.sinks
             .iter()
             .for_each(|sink| sink.record_request(event));
+    }
+
+    fn record_requests(&self, events: &[RequestEvent]) {
+        self.sinks
+            .iter()
+            .for_each(|sink| sink.record_requests(events));
     }
 
     fn record_metric(&self, sample: &MetricSample) {

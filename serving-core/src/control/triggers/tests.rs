@@ -230,9 +230,7 @@ async fn built_in_measurements_need_min_events_requests() {
     // Three failures are fewer requests than min_events: no value yet.
     for _ in 0..3 {
         lifecycle.record(
-            "1",
-            Outcome::ModelFailure,
-            Duration::from_millis(5),
+            &served("1", Outcome::ModelFailure, Duration::from_millis(5)),
             std::time::Instant::now(),
         );
     }
@@ -247,9 +245,7 @@ async fn built_in_measurements_need_min_events_requests() {
         Outcome::Timeout,
     ] {
         lifecycle.record(
-            "1",
-            outcome,
-            Duration::from_millis(200),
+            &served("1", outcome, Duration::from_millis(200)),
             std::time::Instant::now(),
         );
     }
@@ -329,4 +325,16 @@ fn without_a_runtime_a_trigger_is_registered_but_not_running() {
     let (bad, _) = counting(bad);
     let error = endpoint.lifecycle().add_trigger(bad).unwrap_err();
     assert!(error.to_string().contains("`threshold`"), "{error}");
+}
+
+/// A request of `version` as the endpoint measures it.
+fn served(version: &str, outcome: Outcome, latency: Duration) -> crate::RequestEvent {
+    crate::RequestEvent {
+        endpoint: Arc::from("e"),
+        model_version: Arc::from(version),
+        status: outcome.code(),
+        outcome,
+        latency,
+        at: std::time::SystemTime::now(),
+    }
 }
