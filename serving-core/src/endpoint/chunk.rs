@@ -67,16 +67,16 @@ impl ModelEndpoint {
         let slot = self.admission.try_admit();
         let tally = Mutex::new(Tally::with_capacity(TALLY_BURST));
         let mut answers = Vec::with_capacity(requests.len());
-        for (index, mut request) in requests.into_iter().enumerate() {
+        for (index, request) in requests.into_iter().enumerate() {
             if stop.load(Ordering::Acquire) {
                 break;
             }
-            request.routing = Some(snapshot.clone());
             let remake = remake_input.map(|remake| move || remake(index));
             let chunk = InChunk {
                 slot_held: slot.is_some(),
                 remake_input: remake.as_ref().map(|r| r as RemakeInput<'_>),
                 tally: Some(&tally),
+                routing: Some(&snapshot),
             };
             answers.push(self.predict_one(request, chunk).await);
             // Handed over in bursts, and often enough that a slow model's metrics stay live.

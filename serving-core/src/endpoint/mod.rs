@@ -359,7 +359,7 @@ impl ModelEndpoint {
         let Arrival { at, started } = request.arrival.unwrap_or_else(Arrival::now);
         let request_id = request.request_id.unwrap_or_else(new_request_id);
         let routed = self.lifecycle.route(
-            request.routing.as_ref(),
+            request.routing.as_ref().or(chunk.routing),
             request.routing_key.as_deref(),
             request.version.as_deref(),
         );
@@ -682,6 +682,9 @@ pub(crate) struct InChunk<'a> {
     pub(crate) remake_input: Option<RemakeInput<'a>>,
     /// Where it is measured until the chunk hands its events over together.
     pub(crate) tally: Option<&'a Mutex<Tally>>,
+    /// The routing table the chunk took, lent rather than cloned per request (two cores
+    /// cloning one `Arc` per request take turns at its count).
+    pub(crate) routing: Option<&'a crate::lifecycle::RoutingSnapshot>,
 }
 
 /// What a chunk's requests measured, not yet handed over: the metric sink and the version
