@@ -178,6 +178,10 @@ impl MetricSink for StatusRecorder {
         });
     }
 
+    fn record_requests(&self, events: &[RequestEvent]) {
+        events.iter().for_each(|event| self.record_request(event));
+    }
+
     fn record_metric(&self, sample: &MetricSample) {
         self.inner.record_metric(sample);
     }
