@@ -36,6 +36,10 @@ pub(crate) struct RowJob {
     pub(crate) records: Option<Arc<RunRecords>>,
 }
 
+/// Rows of a chunk predicted at a time: a window's requests and answers stay in the cache,
+/// where a whole chunk's would not.
+const WINDOW: usize = 256;
+
 /// A row's input, or why it never reaches the model.
 enum Row {
     Request(Option<Value>),
@@ -49,150 +53,157 @@ impl RowJob {
     pub(crate) async fn run(&self, chunk: RawChunk) -> Result<Written> {
         let schema = &self.schema;
         let mut errors = chunk.errors().iter().peekable();
-        let mut rows = Vec::with_capacity(chunk.len());
-        let mut requests = Vec::with_capacity(chunk.len());
-        // The chunk's row of each request.
-        let mut predicted_rows = Vec::with_capacity(chunk.len());
-        let mut ids: Vec<Option<String>> = Vec::with_capacity(chunk.len());
-        for row in 0..chunk.len() {
-            // An id from the source, or one made now when the output has to show it.
-            let id = schema.id.map(|column| {
-                chunk
-                    .cell(row, column)
-                    .filter(|id| !id.is_empty())
-                    .map_or_else(new_request_id, str::to_owned)
-            });
-            if let Some((_, error)) = errors.next_if(|(index, _)| *index == row) {
-                rows.push(Row::Refused(Error::invalid_request(error.clone()), None));
-                ids.push(id);
-                continue;
-            }
-            let values = match schema.input(chunk.cells(row), self.mode) {
-                Ok(values) => values,
-                Err(error) => {
-                    let error = format!("row {}: {error}", chunk.number(row));
-                    rows.push(Row::Refused(Error::invalid_request(error), None));
-                    ids.push(id);
-                    continue;
-                }
-            };
-            // The typed values are kept only for the `original` format's `input` column.
-            let kept = (self.format == OutputFormat::Original).then(|| values.clone());
-            let mut request = if self.files == FileInput::Off {
-                PredictRequest::new(values)
-            } else {
-                let value = match &values {
-                    Value::Array(cells) if cells.len() == 1 => cells[0].clone(),
-                    other => other.clone(),
-                };
-                match decode_files(value, self.files) {
-                    Ok(decoded) => {
-                        let (input, files) = decoded.into_parts();
-                        PredictRequest::new(input).with_resource(files)
-                    }
-                    Err(error) => {
-                        let error = format!("row {}: {error}", chunk.number(row));
-                        rows.push(Row::Refused(Error::invalid_request(error), kept));
-                        ids.push(id);
-                        continue;
-                    }
-                }
-            }
-            .with_arrival(chunk.arrival);
-            request.request_id = id.clone();
-            requests.push(request);
-            predicted_rows.push(row);
-            rows.push(Row::Request(kept));
-            ids.push(id);
-        }
-        // A failed row's record gets its input parsed again from the cells: no copy of
-        // every row's input is kept for the few failed ones logged. (Decoded files are
-        // kept as the predictor got them.)
-        let remake = |request: usize| {
-            let row = *predicted_rows.get(request)?;
-            schema.input(chunk.cells(row), self.mode).ok()
-        };
-        let remake = (self.files == FileInput::Off)
-            .then_some(&remake as &(dyn Fn(usize) -> Option<Value> + Sync));
-        let mut answers = self
-            .endpoint
-            .predict_chunk(requests, &self.stop, remake)
-            .await
-            .into_iter();
         let mut written = Written::default();
         let mut csv = Rows::with_capacity(chunk.text_len() + chunk.len() * 24);
+        // A window's rows, requests, the chunk's row of each request, and ids.
+        let mut rows = Vec::with_capacity(WINDOW);
+        let mut predicted_rows = Vec::with_capacity(WINDOW);
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(WINDOW);
         let plain = chunk.is_plain();
         let width = schema.names.len();
         // The row's two cells, reused from row to row.
         let (mut prediction, mut error) = (String::with_capacity(24), String::new());
-        for (row, (input, id)) in rows.into_iter().zip(ids).enumerate() {
-            let (result, values, refused) = match input {
-                Row::Request(values) => match answers.next() {
-                    Some(answer) => (answer, values, false),
-                    // Stopped: this row and those after it were never taken.
-                    None => break,
-                },
-                Row::Refused(error, values) => {
-                    let request_id = id.clone().unwrap_or_else(new_request_id);
-                    let reason = match &error {
-                        Error::InvalidRequest { reason } => reason.clone(),
-                        other => other.to_string(),
-                    };
-                    self.endpoint
-                        .refused(Refused::new(request_id, error, chunk.arrival));
-                    (Err(Error::invalid_request(reason)), values, true)
-                }
-            };
-            prediction.clear();
-            error.clear();
-            match &result {
-                Ok(answer) => {
-                    write_text(&answer.output, &mut prediction);
-                    match answer.output.as_f64() {
-                        Some(number) => written.seen.numbers.push(number),
-                        None => written.seen.categories.push(prediction.clone()),
-                    }
-                    written.predicted += 1;
-                }
-                // The row's own problem, said without the wrapper.
-                Err(Error::InvalidRequest { reason }) if refused => {
-                    written.failed += 1;
-                    error.push_str(reason);
-                }
-                Err(failure) => {
-                    written.failed += 1;
-                    use std::fmt::Write as _;
-                    let _ = write!(error, "{failure}");
-                }
+        'windows: for first in (0..chunk.len()).step_by(WINDOW) {
+            if self.stop.load(Ordering::Acquire) {
+                break;
             }
-            match self.format {
-                OutputFormat::Full
-                    if plain && schema.id.is_none() && chunk.cells(row).len() == width =>
-                {
-                    csv.plain_row(chunk.row_text(row), &[prediction.as_str(), error.as_str()]);
+            let window = first..chunk.len().min(first + WINDOW);
+            let mut requests = Vec::with_capacity(window.len());
+            predicted_rows.clear();
+            for row in window.clone() {
+                // An id from the source, or one made now when the output has to show it.
+                let id = schema.id.map(|column| {
+                    chunk
+                        .cell(row, column)
+                        .filter(|id| !id.is_empty())
+                        .map_or_else(new_request_id, str::to_owned)
+                });
+                if let Some((_, error)) = errors.next_if(|(index, _)| *index == row) {
+                    rows.push(Row::Refused(Error::invalid_request(error.clone()), None));
+                    ids.push(id);
+                    continue;
                 }
-                OutputFormat::Full => {
-                    let cells = chunk
-                        .cells(row)
-                        .chain(std::iter::repeat(""))
-                        .take(width)
-                        .enumerate()
-                        .map(|(c, text)| match &id {
-                            Some(id) if Some(c) == schema.id => id.as_str(),
-                            _ => text,
+                let values = match schema.input(chunk.cells(row), self.mode) {
+                    Ok(values) => values,
+                    Err(error) => {
+                        let error = format!("row {}: {error}", chunk.number(row));
+                        rows.push(Row::Refused(Error::invalid_request(error), None));
+                        ids.push(id);
+                        continue;
+                    }
+                };
+                // The typed values are kept only for the `original` format's `input` column.
+                let kept = (self.format == OutputFormat::Original).then(|| values.clone());
+                let mut request = if self.files == FileInput::Off {
+                    PredictRequest::new(values)
+                } else {
+                    let value = match &values {
+                        Value::Array(cells) if cells.len() == 1 => cells[0].clone(),
+                        other => other.clone(),
+                    };
+                    match decode_files(value, self.files) {
+                        Ok(decoded) => {
+                            let (input, files) = decoded.into_parts();
+                            PredictRequest::new(input).with_resource(files)
+                        }
+                        Err(error) => {
+                            let error = format!("row {}: {error}", chunk.number(row));
+                            rows.push(Row::Refused(Error::invalid_request(error), kept));
+                            ids.push(id);
+                            continue;
+                        }
+                    }
+                }
+                .with_arrival(chunk.arrival);
+                request.request_id = id.clone();
+                requests.push(request);
+                predicted_rows.push(row);
+                rows.push(Row::Request(kept));
+                ids.push(id);
+            }
+            // A failed row's record gets its input parsed again from the cells: no copy of
+            // every row's input is kept for the few failed ones logged. (Decoded files are
+            // kept as the predictor got them.)
+            let remake = |request: usize| {
+                let row = *predicted_rows.get(request)?;
+                schema.input(chunk.cells(row), self.mode).ok()
+            };
+            let remake = (self.files == FileInput::Off)
+                .then_some(&remake as &(dyn Fn(usize) -> Option<Value> + Sync));
+            let mut answers = self
+                .endpoint
+                .predict_chunk(requests, &self.stop, remake)
+                .await
+                .into_iter();
+            for (row, (input, id)) in window.zip(rows.drain(..).zip(ids.drain(..))) {
+                let (result, values, refused) = match input {
+                    Row::Request(values) => match answers.next() {
+                        Some(answer) => (answer, values, false),
+                        // Stopped: this row and those after it were never taken.
+                        None => break 'windows,
+                    },
+                    Row::Refused(error, values) => {
+                        let request_id = id.clone().unwrap_or_else(new_request_id);
+                        let reason = match &error {
+                            Error::InvalidRequest { reason } => reason.clone(),
+                            other => other.to_string(),
+                        };
+                        self.endpoint
+                            .refused(Refused::new(request_id, error, chunk.arrival));
+                        (Err(Error::invalid_request(reason)), values, true)
+                    }
+                };
+                prediction.clear();
+                error.clear();
+                match &result {
+                    Ok(answer) => {
+                        write_text(&answer.output, &mut prediction);
+                        match answer.output.as_f64() {
+                            Some(number) => written.seen.numbers.push(number),
+                            None => written.seen.categories.push(prediction.clone()),
+                        }
+                        written.predicted += 1;
+                    }
+                    // The row's own problem, said without the wrapper.
+                    Err(Error::InvalidRequest { reason }) if refused => {
+                        written.failed += 1;
+                        error.push_str(reason);
+                    }
+                    Err(failure) => {
+                        written.failed += 1;
+                        use std::fmt::Write as _;
+                        let _ = write!(error, "{failure}");
+                    }
+                }
+                match self.format {
+                    OutputFormat::Full
+                        if plain && schema.id.is_none() && chunk.cells(row).len() == width =>
+                    {
+                        csv.plain_row(chunk.row_text(row), &[prediction.as_str(), error.as_str()]);
+                    }
+                    OutputFormat::Full => {
+                        let cells = chunk
+                            .cells(row)
+                            .chain(std::iter::repeat(""))
+                            .take(width)
+                            .enumerate()
+                            .map(|(c, text)| match &id {
+                                Some(id) if Some(c) == schema.id => id.as_str(),
+                                _ => text,
+                            });
+                        csv.row(cells, plain, &[prediction.as_str(), error.as_str()]);
+                    }
+                    OutputFormat::Original => {
+                        let input = values.map(|v| v.to_string()).unwrap_or_else(|| {
+                            serde_json::to_string(&chunk.cells(row).collect::<Vec<_>>())
+                                .unwrap_or_default()
                         });
-                    csv.row(cells, plain, &[prediction.as_str(), error.as_str()]);
-                }
-                OutputFormat::Original => {
-                    let input = values.map(|v| v.to_string()).unwrap_or_else(|| {
-                        serde_json::to_string(&chunk.cells(row).collect::<Vec<_>>())
-                            .unwrap_or_default()
-                    });
-                    csv.row(
-                        std::iter::empty(),
-                        true,
-                        &[input.as_str(), prediction.as_str()],
-                    );
+                        csv.row(
+                            std::iter::empty(),
+                            true,
+                            &[input.as_str(), prediction.as_str()],
+                        );
+                    }
                 }
             }
         }
