@@ -1106,6 +1106,18 @@ mod tests {
         assert_eq!(kept.lock().unwrap()[0].request_id(), "id-true");
     }
 
+    /// Predicts a number, which a function of one `f64` answers, then a string it refuses.
+    async fn one_good_one_bad(endpoint: &ModelEndpoint) {
+        endpoint
+            .predict(PredictRequest::new(json!(1.5)))
+            .await
+            .unwrap();
+        endpoint
+            .predict(PredictRequest::new(json!("x")))
+            .await
+            .unwrap_err();
+    }
+
     #[tokio::test]
     async fn no_record_is_made_that_the_sink_would_not_keep() {
         let mut records = MockRecords::new();
@@ -1119,14 +1131,7 @@ mod tests {
             .record_sink(Arc::new(records))
             .build()
             .unwrap();
-        endpoint
-            .predict(PredictRequest::new(json!(1.5)))
-            .await
-            .unwrap();
-        endpoint
-            .predict(PredictRequest::new(json!("x")))
-            .await
-            .unwrap_err();
+        one_good_one_bad(&endpoint).await;
     }
 
     #[tokio::test]
@@ -1159,14 +1164,7 @@ mod tests {
             .record_sink(Arc::new(records))
             .build()
             .unwrap();
-        endpoint
-            .predict(PredictRequest::new(json!(1.5)))
-            .await
-            .unwrap();
-        endpoint
-            .predict(PredictRequest::new(json!("x")))
-            .await
-            .unwrap_err();
+        one_good_one_bad(&endpoint).await;
     }
 
     #[tokio::test]
