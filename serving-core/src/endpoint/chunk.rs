@@ -12,6 +12,18 @@ use crate::endpoint::{InChunk, ModelEndpoint, PredictRequest, Prediction, Remake
 use crate::error::Result;
 use crate::sync::Locked as _;
 
+/// A chunk's tally, handed to the endpoint's sinks when dropped.
+struct Measured<'a> {
+    endpoint: &'a ModelEndpoint,
+    tally: Mutex<Tally>,
+}
+
+impl Drop for Measured<'_> {
+    fn drop(&mut self) {
+        self.endpoint.hand_over(&self.tally);
+    }
+}
+
 /// Requests measured at most before a chunk hands their events over.
 const TALLY_BURST: usize = 256;
 /// How long a chunk keeps its requests' events at most (a slow model's chunk runs long).
@@ -65,7 +77,11 @@ impl ModelEndpoint {
         // One running slot for the whole chunk, whose requests run one at a time; when none
         // is free now, each request waits for (or is refused) its own as `predict` does.
         let slot = self.admission.try_admit();
-        let tally = Mutex::new(Tally::with_capacity(TALLY_BURST));
+        // Handed over when dropped too: a caller that gives up on the chunk loses no event.
+        let tally = Measured {
+            endpoint: self,
+            tally: Mutex::new(Tally::with_capacity(TALLY_BURST)),
+        };
         let mut answers = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
             if stop.load(Ordering::Acquire) {
@@ -75,17 +91,16 @@ impl ModelEndpoint {
             let chunk = InChunk {
                 slot_held: slot.is_some(),
                 remake_input: remake.as_ref().map(|r| r as RemakeInput<'_>),
-                tally: Some(&tally),
+                tally: Some(&tally.tally),
                 routing: Some(&snapshot),
             };
             answers.push(self.predict_one(request, chunk).await);
             // Handed over in bursts, and often enough that a slow model's metrics stay live.
-            let (waiting, age) = tally.locked().waiting();
+            let (waiting, age) = tally.tally.locked().waiting();
             if waiting >= TALLY_BURST || age >= TALLY_AGE {
-                self.hand_over(&tally);
+                self.hand_over(&tally.tally);
             }
         }
-        self.hand_over(&tally);
         answers
     }
 }
@@ -142,5 +157,40 @@ mod tests {
             )
             .await;
         assert!(stopped.is_empty());
+    }
+
+    /// A chunk whose caller gives up (its future dropped) still counts the requests it
+    /// finished.
+    #[tokio::test]
+    async fn a_chunk_given_up_counts_the_requests_it_finished() {
+        #[derive(Debug)]
+        struct SlowOnThree;
+        #[async_trait::async_trait]
+        impl crate::Predictor for SlowOnThree {
+            async fn predict(
+                &self,
+                input: crate::Input,
+                _: &crate::Context,
+            ) -> Result<serde_json::Value> {
+                let crate::Input::Json(value) = input else {
+                    unreachable!("the test sends JSON");
+                };
+                if value == json!(3) {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                }
+                Ok(value)
+            }
+        }
+        let metrics = std::sync::Arc::new(InMemoryMetrics::new());
+        let endpoint = ModelEndpoint::builder("slow", SlowOnThree)
+            .metric_sink(metrics.clone())
+            .build()
+            .unwrap();
+        let requests = (1..=4).map(|i| PredictRequest::new(json!(i))).collect();
+        let stop = AtomicBool::new(false);
+        let chunk = endpoint.predict_chunk(requests, &stop, None);
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(200), chunk).await;
+        assert!(gave_up.is_err(), "the third request never answers");
+        assert_eq!(metrics.requests().len(), 2, "the two finished are counted");
     }
 }
