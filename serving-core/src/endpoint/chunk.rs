@@ -43,6 +43,11 @@ impl ModelEndpoint {
     /// endpoint's running slots (`concurrency`), since its requests run one at a time. Run
     /// several chunks at once (up to the endpoint's concurrency) to use several cores.
     ///
+    /// The requests' [`RequestEvent`](crate::RequestEvent)s reach the metric sink (through
+    /// [`MetricSink::record_requests`](crate::MetricSink::record_requests)) and the version
+    /// statistics in bursts of up to 256, or of what 100 ms of requests finished: each one
+    /// once, in order, all by the time the call returns or is dropped.
+    ///
     /// `remake_input`, when given, makes the input of the request at an index again (a batch
     /// run parses it again from its file's cells). A record sink that keeps only failed
     /// predictions then costs no copy of every input: the input is made again for the
