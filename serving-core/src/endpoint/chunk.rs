@@ -4,12 +4,13 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::endpoint::{InChunk, ModelEndpoint, PredictRequest, Prediction, RemakeInput, Tally};
+use crate::endpoint::{ModelEndpoint, PredictRequest, Prediction};
 use crate::error::Result;
+use crate::observe::metrics::RequestEvent;
 use crate::sync::Locked as _;
 
 /// A chunk's tally, handed to the endpoint's sinks when dropped.
@@ -107,6 +108,72 @@ impl ModelEndpoint {
             }
         }
         answers
+    }
+}
+
+/// Makes a request's input again, for its record.
+pub(crate) type RemakeInput<'a> = &'a (dyn Fn() -> Option<Value> + Sync);
+
+/// How a request predicted as part of a chunk differs from one on its own.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct InChunk<'a> {
+    /// The chunk holds a running slot for it (its requests run one after another), so it
+    /// takes none of its own.
+    pub(crate) slot_held: bool,
+    /// Makes its input again for its record: then no copy of every input is kept up front
+    /// for a sink that keeps only failed ones.
+    pub(crate) remake_input: Option<RemakeInput<'a>>,
+    /// Where it is measured until the chunk hands its events over together.
+    pub(crate) tally: Option<&'a Mutex<Tally>>,
+    /// The routing table the chunk took, lent rather than cloned per request (two cores
+    /// cloning one `Arc` per request take turns at its count).
+    pub(crate) routing: Option<&'a crate::lifecycle::RoutingSnapshot>,
+}
+
+/// What a chunk's requests measured, not yet handed over: the metric sink and the version
+/// stats take them together, so two cores predicting two chunks do not take turns at the
+/// same locks for every request.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    events: Vec<RequestEvent>,
+    ended: Vec<Instant>,
+}
+
+impl Tally {
+    /// Room for `burst` requests.
+    pub(crate) fn with_capacity(burst: usize) -> Self {
+        Tally {
+            events: Vec::with_capacity(burst),
+            ended: Vec::with_capacity(burst),
+        }
+    }
+
+    pub(crate) fn push(&mut self, event: RequestEvent, ended: Instant) {
+        self.events.push(event);
+        self.ended.push(ended);
+    }
+
+    /// How many wait, and how long before the last of them the first ended.
+    pub(crate) fn waiting(&self) -> (usize, Duration) {
+        let age = match (self.ended.first(), self.ended.last()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        };
+        (self.events.len(), age)
+    }
+}
+
+impl ModelEndpoint {
+    /// Hands `tally`'s events to the metric sink and the version stats.
+    pub(crate) fn hand_over(&self, tally: &Mutex<Tally>) {
+        let mut tally = tally.locked();
+        let Tally { events, ended } = &mut *tally;
+        self.metrics.record_requests(events);
+        self.lifecycle
+            .record_all(events.iter().zip(ended.iter().copied()));
+        // Kept for the next burst: no allocation per burst.
+        events.clear();
+        ended.clear();
     }
 }
 
