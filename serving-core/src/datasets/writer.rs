@@ -1,11 +1,12 @@
 //! [`DatasetWriter`]: a streaming, atomic write of one dataset file.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutPayloadMut, WriteMultipart};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt as _, PutPayload};
+use tokio::task::JoinSet;
 
 use super::{Overwrite, put, storage};
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ use crate::error::{Error, Result};
 /// How a store takes a streamed file: the bytes buffered before the writer switches to a
 /// multipart upload (also the size of each part but the last), and the parts that may be
 /// uploading at once. Together they bound the memory a writer holds, whatever the file's size:
-/// at most about `part_bytes × (in_flight + 1)`.
+/// `part_bytes × (in_flight + 1)`, in buffers allocated once and reused part after part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window {
     part_bytes: usize,
@@ -48,21 +49,70 @@ impl Window {
 /// Streams one file into a dataset; made by [`Dataset::writer`](super::Dataset::writer).
 ///
 /// Small files are buffered and written with one atomic object write; larger ones (from
-/// 8 MiB on S3, 1 MiB on the local filesystem) stream as a multipart upload (holding at most a
-/// few parts in memory), which the store shows only once [`DatasetWriter::finish`] completes
-/// it. Dropped or [aborted](DatasetWriter::abort) before that, it leaves nothing at its path.
+/// 8 MiB on S3, 1 MiB on the local filesystem) stream as a multipart upload of equal parts,
+/// which the store shows only once [`DatasetWriter::finish`] completes it. Dropped or
+/// [aborted](DatasetWriter::abort) before that, it leaves nothing at its path. It holds at
+/// most a few parts in memory, in buffers it reuses, so its memory reaches its bound with the
+/// first parts and stays there however long the file.
 pub struct DatasetWriter {
     store: Arc<dyn ObjectStore>,
     location: Path,
     overwrite: Overwrite,
     window: Window,
-    state: State,
+    /// The part being filled: a buffer of `window.part_bytes` from `pool`.
+    part: Vec<u8>,
+    pool: Arc<Pool>,
+    /// Started once the first part is full.
+    upload: Option<Upload>,
     written: u64,
 }
 
-enum State {
-    Buffer(PutPayloadMut),
-    Upload(WriteMultipart),
+struct Upload {
+    upload: Box<dyn MultipartUpload>,
+    /// The parts on their way to the store.
+    parts: JoinSet<object_store::Result<()>>,
+}
+
+/// Part buffers whose parts have reached the store, for the next parts.
+#[derive(Debug, Default)]
+struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pool {
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+}
+
+/// A part's bytes on their way to the store; dropped once the store has them, it hands its
+/// buffer back to the writer's pool.
+struct Pooled {
+    bytes: Vec<u8>,
+    pool: Arc<Pool>,
+    keep: usize,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        let mut free = self.pool.free.lock().unwrap_or_else(PoisonError::into_inner);
+        // A store that keeps parts until the end (memory) must not grow the pool.
+        if free.len() < self.keep {
+            free.push(bytes);
+        }
+    }
 }
 
 impl fmt::Debug for DatasetWriter {
@@ -81,12 +131,15 @@ impl DatasetWriter {
         overwrite: Overwrite,
         window: Window,
     ) -> Self {
+        let pool = Arc::new(Pool::default());
         DatasetWriter {
             store,
             location,
             overwrite,
             window,
-            state: State::Buffer(PutPayloadMut::new()),
+            part: pool.take(window.part_bytes),
+            pool,
+            upload: None,
             written: 0,
         }
     }
@@ -101,37 +154,55 @@ impl DatasetWriter {
         self.written
     }
 
-    /// Appends `bytes`; waits while too many parts are uploading.
+    /// Appends `bytes` (copied into the part being filled); waits while too many parts are
+    /// uploading.
     ///
     /// # Errors
     /// [`Error::Storage`] when the store refuses a part.
-    pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
+    pub async fn write(&mut self, bytes: impl AsRef<[u8]>) -> Result<()> {
+        let mut bytes = bytes.as_ref();
         self.written += bytes.len() as u64;
-        match &mut self.state {
-            State::Buffer(buffer) => {
-                buffer.push(bytes);
-                if buffer.content_length() >= self.window.part_bytes {
-                    let upload = self
-                        .store
-                        .put_multipart(&self.location)
-                        .await
-                        .map_err(storage(&self.location))?;
-                    let mut upload =
-                        WriteMultipart::new_with_chunk_size(upload, self.window.part_bytes);
-                    for chunk in std::mem::take(buffer).freeze() {
-                        upload.put(chunk);
-                    }
-                    self.state = State::Upload(upload);
-                }
-            }
-            State::Upload(upload) => {
-                upload
-                    .wait_for_capacity(self.window.in_flight)
-                    .await
-                    .map_err(storage(&self.location))?;
-                upload.put(bytes);
+        while !bytes.is_empty() {
+            let room = self.window.part_bytes - self.part.len();
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            self.part.extend_from_slice(now);
+            bytes = later;
+            if self.part.len() == self.window.part_bytes {
+                self.send_part().await?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends the part filled so far, once fewer than the window's parts are uploading.
+    async fn send_part(&mut self) -> Result<()> {
+        let upload = match &mut self.upload {
+            Some(upload) => upload,
+            None => {
+                let upload = self
+                    .store
+                    .put_multipart(&self.location)
+                    .await
+                    .map_err(storage(&self.location))?;
+                self.upload.insert(Upload {
+                    upload,
+                    parts: JoinSet::new(),
+                })
+            }
+        };
+        while upload.parts.len() >= self.window.in_flight {
+            joined(upload.parts.join_next().await, &self.location)?;
+        }
+        // Taken after the wait: the part that just landed gave its buffer back.
+        let next = self.pool.take(self.window.part_bytes);
+        let full = std::mem::replace(&mut self.part, next);
+        let pooled = Pooled {
+            bytes: full,
+            pool: Arc::clone(&self.pool),
+            keep: self.window.in_flight + 1,
+        };
+        let payload = PutPayload::from(Bytes::from_owner(pooled));
+        upload.parts.spawn(upload.upload.put_part(payload));
         Ok(())
     }
 
@@ -140,42 +211,77 @@ impl DatasetWriter {
     /// # Errors
     /// [`Error::AlreadyExists`] when a file appeared at the path meanwhile and the writer
     /// refuses to overwrite (the upload is then aborted); [`Error::Storage`] when the store
-    /// fails.
-    pub async fn finish(self) -> Result<()> {
-        match self.state {
-            State::Buffer(buffer) => {
-                put(&self.store, &self.location, buffer.freeze(), self.overwrite).await
-            }
-            State::Upload(upload) => {
-                if self.overwrite == Overwrite::Refuse {
-                    match self.store.head(&self.location).await {
-                        Ok(_) => {
-                            let _ = upload.abort().await;
-                            return Err(Error::AlreadyExists {
-                                location: self.location.to_string(),
-                            });
-                        }
-                        Err(object_store::Error::NotFound { .. }) => {}
-                        Err(error) => return Err(storage(&self.location)(error)),
-                    }
-                }
-                upload
-                    .finish()
-                    .await
-                    .map(|_| ())
-                    .map_err(storage(&self.location))
-            }
+    /// fails (the upload is then aborted too).
+    pub async fn finish(mut self) -> Result<()> {
+        if self.upload.is_none() {
+            let bytes = Bytes::from(std::mem::take(&mut self.part));
+            return put(&self.store, &self.location, bytes.into(), self.overwrite).await;
         }
+        let sent = if self.part.is_empty() {
+            Ok(())
+        } else {
+            self.send_part().await
+        };
+        let Some(mut upload) = self.upload.take() else {
+            unreachable!("the upload started above");
+        };
+        let mut landed = sent;
+        while let Some(part) = upload.parts.join_next().await {
+            landed = landed.and(joined(Some(part), &self.location));
+        }
+        let checked = match landed {
+            Ok(()) if self.overwrite == Overwrite::Refuse => {
+                match self.store.head(&self.location).await {
+                    Ok(_) => Err(Error::AlreadyExists {
+                        location: self.location.to_string(),
+                    }),
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(error) => Err(storage(&self.location)(error)),
+                }
+            }
+            other => other,
+        };
+        if let Err(error) = checked {
+            let _ = upload.upload.abort().await;
+            return Err(error);
+        }
+        upload
+            .upload
+            .complete()
+            .await
+            .map(drop)
+            .map_err(storage(&self.location))
     }
 
     /// Gives up: nothing is written at the path, and parts already uploaded are discarded.
     ///
     /// # Errors
     /// [`Error::Storage`] when the store cannot discard the parts.
-    pub async fn abort(self) -> Result<()> {
-        match self.state {
-            State::Buffer(_) => Ok(()),
-            State::Upload(upload) => upload.abort().await.map_err(storage(&self.location)),
-        }
+    pub async fn abort(mut self) -> Result<()> {
+        let Some(mut upload) = self.upload.take() else {
+            return Ok(());
+        };
+        // The parts finish or fail first: a part landing after the abort could outlive it.
+        while upload.parts.join_next().await.is_some() {}
+        upload
+            .upload
+            .abort()
+            .await
+            .map_err(storage(&self.location))
+    }
+}
+
+/// A part's upload as it ended: its error, or a panic or cancellation of its task.
+fn joined(
+    part: Option<std::result::Result<object_store::Result<()>, tokio::task::JoinError>>,
+    location: &Path,
+) -> Result<()> {
+    match part {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(error))) => Err(storage(location)(error)),
+        Some(Err(join)) => Err(Error::Storage {
+            location: location.to_string(),
+            source: Box::new(join),
+        }),
     }
 }
