@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt as _, PutPayload};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt as _, PutPayload, UploadPart};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::{Overwrite, put, storage};
@@ -19,6 +20,9 @@ use crate::error::{Error, Result};
 pub(crate) struct Window {
     part_bytes: usize,
     in_flight: usize,
+    /// Whether the store's parts are written on one thread of the writer's own (see
+    /// [`Window::LOCAL`]) rather than as tasks on the runtime.
+    own_thread: bool,
 }
 
 impl Window {
@@ -28,15 +32,22 @@ impl Window {
     pub(crate) const REMOTE: Window = Window {
         part_bytes: 8 * 1024 * 1024,
         in_flight: 2,
+        own_thread: false,
     };
 
     /// The local filesystem (and memory): a part is appended to a hidden staging file, which
     /// finishing renames into place, so any part size works and a part is written as soon as
     /// a megabyte has gathered; a big window would only hold bytes the page cache is about to
     /// take (or, once the disk throttles writers, hold many of them).
+    ///
+    /// The parts are written in order on one thread the writer starts: object_store's local
+    /// store does its file work inline on a thread outside a runtime (inside one, each part
+    /// would be a task of the blocking pool, whose threads multiply over a long run, each
+    /// with its own allocator arena: memory that grew with the file's length).
     pub(crate) const LOCAL: Window = Window {
         part_bytes: 1024 * 1024,
         in_flight: 2,
+        own_thread: true,
     };
 
     /// The bytes buffered before a multipart upload starts, the size of its parts.
@@ -70,7 +81,98 @@ pub struct DatasetWriter {
 struct Upload {
     upload: Box<dyn MultipartUpload>,
     /// The parts on their way to the store.
-    parts: JoinSet<object_store::Result<()>>,
+    parts: Parts,
+}
+
+/// Where parts upload.
+enum Parts {
+    /// As tasks on the runtime, at most the window's at once.
+    Tasks(JoinSet<object_store::Result<()>>),
+    /// In order on the writer's own thread, at most the window's waiting.
+    Thread {
+        parts: Option<mpsc::Sender<UploadPart>>,
+        /// The thread's answer once its channel closes or a part fails.
+        ended: oneshot::Receiver<object_store::Result<()>>,
+    },
+}
+
+impl Parts {
+    fn new(window: Window) -> Self {
+        if !window.own_thread {
+            return Parts::Tasks(JoinSet::new());
+        }
+        let (parts, mut queue) = mpsc::channel::<UploadPart>(window.in_flight);
+        let (end, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("dataset-writer".to_owned())
+            .spawn(move || {
+                let mut result = Ok(());
+                while let Some(part) = queue.blocking_recv() {
+                    result = futures::executor::block_on(part);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                let _ = end.send(result);
+            })
+            .map_or_else(
+                // No thread to be had: the parts go to the runtime after all.
+                |_| Parts::Tasks(JoinSet::new()),
+                |_| Parts::Thread {
+                    parts: Some(parts),
+                    ended,
+                },
+            )
+    }
+
+    /// Hands a part over, once the window has room for it.
+    async fn send(&mut self, part: UploadPart, in_flight: usize, location: &Path) -> Result<()> {
+        match self {
+            Parts::Tasks(tasks) => {
+                while tasks.len() >= in_flight {
+                    joined(tasks.join_next().await, location)?;
+                }
+                tasks.spawn(part);
+                Ok(())
+            }
+            Parts::Thread { parts, .. } => {
+                let sent = match parts {
+                    Some(parts) => parts.send(part).await.is_ok(),
+                    None => false,
+                };
+                if sent {
+                    Ok(())
+                } else {
+                    // The thread stopped at a failed part: its error is the answer.
+                    self.landed(location).await
+                }
+            }
+        }
+    }
+
+    /// Waits for every part handed over; the first failure is the answer.
+    async fn landed(&mut self, location: &Path) -> Result<()> {
+        match self {
+            Parts::Tasks(tasks) => {
+                let mut result = Ok(());
+                while let Some(part) = tasks.join_next().await {
+                    result = result.and(joined(Some(part), location));
+                }
+                result
+            }
+            Parts::Thread { parts, ended } => {
+                parts.take();
+                match ended.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(storage(location)(error)),
+                    Err(closed) => Err(Error::Storage {
+                        location: location.to_string(),
+                        source: Box::new(closed),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 /// Part buffers whose parts have reached the store, for the next parts.
@@ -107,7 +209,11 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.clear();
-        let mut free = self.pool.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = self
+            .pool
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // A store that keeps parts until the end (memory) must not grow the pool.
         if free.len() < self.keep {
             free.push(bytes);
@@ -186,23 +292,26 @@ impl DatasetWriter {
                     .map_err(storage(&self.location))?;
                 self.upload.insert(Upload {
                     upload,
-                    parts: JoinSet::new(),
+                    parts: Parts::new(self.window),
                 })
             }
         };
-        while upload.parts.len() >= self.window.in_flight {
-            joined(upload.parts.join_next().await, &self.location)?;
-        }
-        // Taken after the wait: the part that just landed gave its buffer back.
-        let next = self.pool.take(self.window.part_bytes);
-        let full = std::mem::replace(&mut self.part, next);
+        let full = std::mem::take(&mut self.part);
         let pooled = Pooled {
             bytes: full,
             pool: Arc::clone(&self.pool),
-            keep: self.window.in_flight + 1,
+            // The parts in flight, one more on the thread, the one filling.
+            keep: self.window.in_flight + 2,
         };
-        let payload = PutPayload::from(Bytes::from_owner(pooled));
-        upload.parts.spawn(upload.upload.put_part(payload));
+        let part = upload
+            .upload
+            .put_part(PutPayload::from(Bytes::from_owner(pooled)));
+        upload
+            .parts
+            .send(part, self.window.in_flight, &self.location)
+            .await?;
+        // Taken after the wait: a part that landed meanwhile gave its buffer back.
+        self.part = self.pool.take(self.window.part_bytes);
         Ok(())
     }
 
@@ -225,11 +334,8 @@ impl DatasetWriter {
         let Some(mut upload) = self.upload.take() else {
             unreachable!("the upload started above");
         };
-        let mut landed = sent;
-        while let Some(part) = upload.parts.join_next().await {
-            landed = landed.and(joined(Some(part), &self.location));
-        }
-        let checked = match landed {
+        let landed = upload.parts.landed(&self.location).await;
+        let checked = match sent.and(landed) {
             Ok(()) if self.overwrite == Overwrite::Refuse => {
                 match self.store.head(&self.location).await {
                     Ok(_) => Err(Error::AlreadyExists {
@@ -262,12 +368,8 @@ impl DatasetWriter {
             return Ok(());
         };
         // The parts finish or fail first: a part landing after the abort could outlive it.
-        while upload.parts.join_next().await.is_some() {}
-        upload
-            .upload
-            .abort()
-            .await
-            .map_err(storage(&self.location))
+        let _ = upload.parts.landed(&self.location).await;
+        upload.upload.abort().await.map_err(storage(&self.location))
     }
 }
 
