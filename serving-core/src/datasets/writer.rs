@@ -49,12 +49,6 @@ impl Window {
         in_flight: 2,
         own_thread: true,
     };
-
-    /// The bytes buffered before a multipart upload starts, the size of its parts.
-    #[cfg(test)]
-    pub(crate) fn part_bytes(self) -> usize {
-        self.part_bytes
-    }
 }
 
 /// Streams one file into a dataset; made by [`Dataset::writer`](super::Dataset::writer).
@@ -179,15 +173,21 @@ impl Parts {
 #[derive(Debug, Default)]
 struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers allocated so far.
+    made: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
     fn take(&self, capacity: usize) -> Vec<u8> {
-        self.free
+        let reused = self
+            .free
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(capacity))
+            .pop();
+        reused.unwrap_or_else(|| {
+            self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Vec::with_capacity(capacity)
+        })
     }
 }
 
@@ -385,5 +385,38 @@ fn joined(
             location: location.to_string(),
             source: Box::new(join),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::Datasets;
+
+    /// However long the file, a local writer allocates its part buffers once: the parts in
+    /// flight, the one on its thread and the one filling.
+    #[tokio::test]
+    async fn a_long_local_file_reuses_a_few_part_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let datasets = Datasets::local(dir.path()).unwrap();
+        let dataset = datasets.dataset("long").unwrap();
+        let mut writer = dataset.writer("out.csv", Overwrite::Refuse).await.unwrap();
+        assert_eq!(writer.window, Window::LOCAL);
+        let chunk: Vec<u8> = (0..700_000_u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let chunks = 100;
+        for _ in 0..chunks {
+            writer.write(&chunk).await.unwrap();
+        }
+        let made = writer.pool.made.load(std::sync::atomic::Ordering::Relaxed);
+        let parts = chunks * chunk.len() / Window::LOCAL.part_bytes;
+        assert!(parts > 60, "{parts} parts");
+        assert!(
+            made <= Window::LOCAL.in_flight + 2,
+            "{made} buffers for {parts} parts"
+        );
+        writer.finish().await.unwrap();
+        let written = std::fs::read(dir.path().join("long/out.csv")).unwrap();
+        assert_eq!(written.len(), chunks * chunk.len());
+        assert!(written.chunks(chunk.len()).all(|part| part == chunk));
     }
 }
