@@ -152,7 +152,7 @@ impl Datasets {
         if let Some(rest) = url.strip_prefix("memory://") {
             let root = parse_prefix(rest).map_err(invalid)?;
             let datasets = Self::with_store(Arc::new(InMemory::new()), root, url);
-            return Ok(datasets.window(Window::LOCAL));
+            return Ok(datasets.window(Window::MEMORY));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             if rest.split('/').next().is_none_or(str::is_empty) {

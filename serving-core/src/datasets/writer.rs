@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt as _, PutPayload, UploadPart};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::{Overwrite, put, storage};
@@ -35,7 +35,7 @@ impl Window {
         own_thread: false,
     };
 
-    /// The local filesystem (and memory): a part is appended to a hidden staging file, which
+    /// The local filesystem: a part is appended to a hidden staging file, which
     /// finishing renames into place, so any part size works and a part is written as soon as
     /// a megabyte has gathered; a big window would only hold bytes the page cache is about to
     /// take (or, once the disk throttles writers, hold many of them).
@@ -46,8 +46,18 @@ impl Window {
     /// with its own allocator arena: memory that grew with the file's length).
     pub(crate) const LOCAL: Window = Window {
         part_bytes: 1024 * 1024,
-        in_flight: 2,
+        // One part written while the next fills: the thread stays busy, and a disk that
+        // slows down holds no more buffers, only the run.
+        in_flight: 1,
         own_thread: true,
+    };
+
+    /// Memory: the store keeps every part until the file completes, so parts are not
+    /// waited for.
+    pub(crate) const MEMORY: Window = Window {
+        part_bytes: 1024 * 1024,
+        in_flight: 2,
+        own_thread: false,
     };
 }
 
@@ -66,6 +76,8 @@ pub struct DatasetWriter {
     window: Window,
     /// The part being filled: a buffer of `window.part_bytes` from `pool`.
     part: Vec<u8>,
+    /// The part's place among the buffers the window allows (on the writer's own thread).
+    permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Pool>,
     /// Started once the first part is full.
     upload: Option<Upload>,
@@ -170,23 +182,63 @@ impl Parts {
 }
 
 /// Part buffers whose parts have reached the store, for the next parts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
+    capacity: usize,
+    /// Buffers kept for reuse at most.
+    keep: usize,
+    /// On the writer's own thread, the buffers out at once (the part filling and those on
+    /// their way), each a permit: a part waits for a buffer rather than allocate one. Parts
+    /// on the runtime are bounded by the tasks waited for instead, which also serves stores
+    /// that keep parts until the end.
+    permits: Option<Arc<Semaphore>>,
     /// Buffers allocated so far.
     made: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
-    fn take(&self, capacity: usize) -> Vec<u8> {
+    fn new(window: Window) -> Self {
+        Pool {
+            free: Mutex::default(),
+            capacity: window.part_bytes,
+            keep: window.in_flight + 1,
+            permits: window
+                .own_thread
+                .then(|| Arc::new(Semaphore::new(window.in_flight + 1))),
+            made: Default::default(),
+        }
+    }
+
+    /// A free buffer, once the window allows one more.
+    async fn take(&self) -> (Vec<u8>, Option<OwnedSemaphorePermit>) {
+        let permit = match &self.permits {
+            // The semaphore is never closed.
+            Some(permits) => Arc::clone(permits).acquire_owned().await.ok(),
+            None => None,
+        };
+        (self.buffer(), permit)
+    }
+
+    /// The first buffer, which the window always allows.
+    fn first(&self) -> (Vec<u8>, Option<OwnedSemaphorePermit>) {
+        let permit = self
+            .permits
+            .as_ref()
+            .and_then(|permits| Arc::clone(permits).try_acquire_owned().ok());
+        (self.buffer(), permit)
+    }
+
+    fn buffer(&self) -> Vec<u8> {
         let reused = self
             .free
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         reused.unwrap_or_else(|| {
-            self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Vec::with_capacity(capacity)
+            self.made
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Vec::with_capacity(self.capacity)
         })
     }
 }
@@ -196,7 +248,8 @@ impl Pool {
 struct Pooled {
     bytes: Vec<u8>,
     pool: Arc<Pool>,
-    keep: usize,
+    /// Released once the buffer is back (fields drop after `drop`).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl AsRef<[u8]> for Pooled {
@@ -215,7 +268,7 @@ impl Drop for Pooled {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // A store that keeps parts until the end (memory) must not grow the pool.
-        if free.len() < self.keep {
+        if free.len() < self.pool.keep {
             free.push(bytes);
         }
     }
@@ -237,13 +290,15 @@ impl DatasetWriter {
         overwrite: Overwrite,
         window: Window,
     ) -> Self {
-        let pool = Arc::new(Pool::default());
+        let pool = Arc::new(Pool::new(window));
+        let (part, permit) = pool.first();
         DatasetWriter {
             store,
             location,
             overwrite,
             window,
-            part: pool.take(window.part_bytes),
+            part,
+            permit,
             pool,
             upload: None,
             written: 0,
@@ -300,8 +355,7 @@ impl DatasetWriter {
         let pooled = Pooled {
             bytes: full,
             pool: Arc::clone(&self.pool),
-            // The parts in flight, one more on the thread, the one filling.
-            keep: self.window.in_flight + 2,
+            _permit: self.permit.take(),
         };
         let part = upload
             .upload
@@ -311,7 +365,7 @@ impl DatasetWriter {
             .send(part, self.window.in_flight, &self.location)
             .await?;
         // Taken after the wait: a part that landed meanwhile gave its buffer back.
-        self.part = self.pool.take(self.window.part_bytes);
+        (self.part, self.permit) = self.pool.take().await;
         Ok(())
     }
 
@@ -393,8 +447,8 @@ mod tests {
     use super::*;
     use crate::datasets::Datasets;
 
-    /// However long the file, a local writer allocates its part buffers once: the parts in
-    /// flight, the one on its thread and the one filling.
+    /// However long the file, a local writer allocates its part buffers once: the part on
+    /// its thread and the one filling.
     #[tokio::test]
     async fn a_long_local_file_reuses_a_few_part_buffers() {
         let dir = tempfile::tempdir().unwrap();
@@ -411,7 +465,7 @@ mod tests {
         let parts = chunks * chunk.len() / Window::LOCAL.part_bytes;
         assert!(parts > 60, "{parts} parts");
         assert!(
-            made <= Window::LOCAL.in_flight + 2,
+            made <= Window::LOCAL.in_flight + 1,
             "{made} buffers for {parts} parts"
         );
         writer.finish().await.unwrap();
