@@ -229,7 +229,6 @@ fn measure_once(variant: &str, input: &Path) -> (f64, u64, u64) {
     (seconds, rows, rss)
 }
 
-
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

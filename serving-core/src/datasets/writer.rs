@@ -236,8 +236,7 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         reused.unwrap_or_else(|| {
-            self.made
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Vec::with_capacity(self.capacity)
         })
     }
