@@ -104,6 +104,7 @@ mod service;
 mod source;
 mod stats;
 mod store;
+mod workers;
 
 pub use chunk::{ChunkPredictor, DynChunkPredictor, polars_error, sum_columns};
 pub use config::{BatchJobConfig, BatchJobKey, RowInput};

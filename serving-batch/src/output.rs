@@ -1,13 +1,9 @@
 //! The output CSV: the header, then each chunk's rows (written on the chunk's thread) in
 //! input order, to a dataset file that appears only once complete.
 
-use bytes::Bytes;
 use serde_json::Value;
 use serving_core::datasets::DatasetWriter;
 use serving_core::{OutputFormat, Result};
-
-/// Bytes of CSV gathered before they are handed to the store.
-const FLUSH_BYTES: usize = 1 << 20;
 
 /// Where the CSV goes.
 #[derive(Debug)]
@@ -19,10 +15,25 @@ pub(crate) enum Target {
     Memory(Vec<u8>),
 }
 
+impl Target {
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        match self {
+            // The writer gathers parts in buffers it reuses: no buffer here, and no copy
+            // beyond the one into the part.
+            Target::Dataset(writer) => writer.write(bytes).await,
+            Target::Memory(memory) => {
+                memory.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Writes the output rows of one run.
 #[derive(Debug)]
 pub(crate) struct CsvOutput {
-    buffer: Vec<u8>,
+    /// The header, until the first rows follow it.
+    header: Option<Vec<u8>>,
     target: Target,
 }
 
@@ -43,38 +54,31 @@ impl CsvOutput {
         };
         let mut csv = csv::WriterBuilder::new()
             .has_headers(false)
-            .from_writer(Vec::with_capacity(FLUSH_BYTES + 4096));
+            .from_writer(Vec::new());
         csv.write_record(&header).map_err(csv_error)?;
-        let buffer = csv
+        let header = csv
             .into_inner()
             .map_err(|error| csv_error(error.into_error().into()))?;
-        Ok(CsvOutput { buffer, target })
+        Ok(CsvOutput {
+            header: Some(header),
+            target,
+        })
     }
 
     /// Appends rows already written as CSV (a chunk's, written on another thread); the rows
     /// are counted by whoever wrote them.
     pub(crate) async fn append(&mut self, rows: &[u8]) -> Result<()> {
-        self.buffer.extend_from_slice(rows);
-        if self.buffer.len() >= FLUSH_BYTES {
-            self.hand_over().await?;
+        if let Some(header) = self.header.take() {
+            self.target.write(&header).await?;
         }
-        Ok(())
+        self.target.write(rows).await
     }
 
-    async fn hand_over(&mut self) -> Result<()> {
-        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(FLUSH_BYTES + 4096));
-        match &mut self.target {
-            Target::Dataset(writer) => writer.write(Bytes::from(bytes)).await,
-            Target::Memory(memory) => {
-                memory.extend_from_slice(&bytes);
-                Ok(())
-            }
-        }
-    }
-
-    /// Writes what is buffered and answers the target, not yet finished.
+    /// Writes what is pending and answers the target, not yet finished.
     pub(crate) async fn into_target(mut self) -> Result<Target> {
-        self.hand_over().await?;
+        if let Some(header) = self.header.take() {
+            self.target.write(&header).await?;
+        }
         Ok(self.target)
     }
 }

@@ -411,6 +411,7 @@ async fn chunked(
     let parallel = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, 4);
+    let workers = crate::workers::Workers::new(parallel, "batch-chunks")?;
     let done = futures::stream::unfold((chunks, 0_u64), |(mut chunks, index)| async move {
         match chunks.recv().await {
             Some(Read::Chunk(rows)) => Some(((index, rows), (chunks, index + 1))),
@@ -420,7 +421,7 @@ async fn chunked(
     .map(|(index, rows)| {
         live.count_read(rows.len());
         let job = Arc::clone(&job);
-        tokio::task::spawn_blocking(move || job.run(index, &rows))
+        workers.run(move || job.run(index, &rows))
     })
     .buffered(parallel);
     futures::pin_mut!(done);
@@ -428,7 +429,7 @@ async fn chunked(
         if live.is_cancelled() {
             return Ok(());
         }
-        let mut written = written.map_err(join_error)??;
+        let mut written = written?;
         output.append(&written.csv).await?;
         live.count_chunk(written.predicted, written.failed, &written.seen);
         job.measure(&mut written);

@@ -257,6 +257,58 @@ pub struct RawChunk {
     /// Whether no cell holds a comma, a quote or a line break: then none needs quoting when
     /// written back.
     plain: bool,
+    /// Where its buffers go once it is done with, for the reader's next chunks.
+    recycle: Option<Arc<Recycle>>,
+}
+
+/// The buffers of chunks done with, which the reader fills again: a file's chunks then take
+/// the same memory from the first to the last, allocated once, rather than a fresh set per
+/// chunk that the allocator hands out from wherever its arenas have room.
+#[derive(Debug, Default)]
+pub(crate) struct Recycle {
+    free: std::sync::Mutex<Vec<Buffers>>,
+}
+
+#[derive(Debug)]
+struct Buffers {
+    text: Vec<u8>,
+    ends: Vec<usize>,
+    rows: Vec<usize>,
+}
+
+/// Buffers kept at most: the chunks a run has in flight (waiting, being read, predicted).
+const RECYCLED: usize = 8;
+
+impl Recycle {
+    fn take(&self) -> Option<Buffers> {
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+}
+
+impl Drop for RawChunk {
+    fn drop(&mut self) {
+        let Some(recycle) = self.recycle.take() else {
+            return;
+        };
+        let mut text = std::mem::take(&mut self.text).into_bytes();
+        let (mut ends, mut rows) = (
+            std::mem::take(&mut self.ends),
+            std::mem::take(&mut self.rows),
+        );
+        text.clear();
+        ends.clear();
+        rows.clear();
+        let mut free = recycle
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if free.len() < RECYCLED {
+            free.push(Buffers { text, ends, rows });
+        }
+    }
 }
 
 impl RawChunk {
@@ -349,20 +401,37 @@ struct ChunkBuilder {
     errors: Vec<(usize, String)>,
     first: u64,
     arrival: Arrival,
+    recycle: Arc<Recycle>,
 }
 
 impl ChunkBuilder {
-    fn new(first: u64, rows: usize) -> Self {
-        let mut starts = Vec::with_capacity(rows + 1);
-        starts.push(0);
+    /// A chunk of up to `rows` rows, its buffers sized like the last chunk's (`last`: its
+    /// text bytes and cells) so that they are allocated once at their size rather than grown
+    /// by doubling: a file's chunks then take the same memory from first to last.
+    /// Buffers done with are reused from `recycle`.
+    fn new(first: u64, rows: usize, last: Option<(usize, usize)>, recycle: &Arc<Recycle>) -> Self {
+        // A little room over the last chunk's, for rows a little longer.
+        let (text, cells) = last.map_or((rows * 24, rows * 4), |(text, cells)| {
+            (text + text / 16 + 64, cells + cells / 16 + 16)
+        });
+        let mut buffers = recycle.take().unwrap_or_else(|| Buffers {
+            text: Vec::new(),
+            ends: Vec::new(),
+            rows: Vec::new(),
+        });
+        buffers.text.reserve(text);
+        buffers.ends.reserve(cells);
+        buffers.rows.reserve(rows + 1);
+        buffers.rows.push(0);
         ChunkBuilder {
-            bytes: Vec::with_capacity(rows * 24),
+            bytes: buffers.text,
             plain: true,
-            ends: Vec::with_capacity(rows * 4),
-            rows: starts,
+            ends: buffers.ends,
+            rows: buffers.rows,
             errors: Vec::new(),
             first,
             arrival: Arrival::now(),
+            recycle: Arc::clone(recycle),
         }
     }
 
@@ -453,6 +522,7 @@ impl ChunkBuilder {
             rows: self.rows,
             errors: self.errors,
             plain,
+            recycle: Some(self.recycle),
         }
     }
 }
@@ -577,8 +647,10 @@ pub fn read_csv(
     let mut number = 0_u64;
     let mut schema: Option<Arc<Schema>> = None;
     let mut pending = Some(names);
+    let mut last = None;
+    let recycle = Arc::new(Recycle::default());
     loop {
-        let mut rows = ChunkBuilder::new(number + 1, chunk_rows.min(100_000));
+        let mut rows = ChunkBuilder::new(number + 1, chunk_rows.min(100_000), last, &recycle);
         while rows.len() < chunk_rows {
             let more = match reader.read_byte_record(&mut record) {
                 Ok(more) => more,
@@ -598,6 +670,7 @@ pub fn read_csv(
             rows.push(&record, width);
         }
         let done = rows.len() < chunk_rows;
+        last = Some((rows.bytes.len(), rows.ends.len()));
         let rows = rows.build();
         if let Some(names) = pending.take() {
             if rows.is_empty() {

@@ -17,8 +17,11 @@
 //!   `/` or has a `..` part is refused with an error that says so.
 //! - Writes are atomic: [`Dataset::put`] is one object write, and a [`DatasetWriter`] buffers,
 //!   then streams a multipart upload that the store shows only once
-//!   [`DatasetWriter::finish`] completes it. A writer dropped or aborted part-way leaves nothing
-//!   visible at its path.
+//!   [`DatasetWriter::finish`] completes it (on the local filesystem: a hidden staging file
+//!   `<path>#<n>`, renamed into place). A writer dropped or aborted part-way leaves nothing
+//!   visible at its path, nor does a process killed part-way.
+//! - A writer's memory is bounded whatever the file's size: a few parts, 8 MiB each on S3,
+//!   1 MiB on the local filesystem.
 //! - An existing file is never replaced unless asked ([`Overwrite::Replace`]): the default
 //!   [`Overwrite::Refuse`] answers [`Error::AlreadyExists`].
 //! - A file or dataset that does not exist is [`Error::DatasetNotFound`], naming it.
@@ -62,6 +65,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 
 pub use self::writer::DatasetWriter;
+use self::writer::Window;
 use crate::error::{Error, Result};
 
 /// The environment variable that holds the datasets' root URL ([`Datasets::from_env`]).
@@ -88,6 +92,7 @@ pub struct Datasets {
     store: Arc<dyn ObjectStore>,
     root: Path,
     url: Arc<str>,
+    window: Window,
 }
 
 impl fmt::Debug for Datasets {
@@ -146,7 +151,8 @@ impl Datasets {
         }
         if let Some(rest) = url.strip_prefix("memory://") {
             let root = parse_prefix(rest).map_err(invalid)?;
-            return Ok(Self::with_store(Arc::new(InMemory::new()), root, url));
+            let datasets = Self::with_store(Arc::new(InMemory::new()), root, url);
+            return Ok(datasets.window(Window::MEMORY));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             if rest.split('/').next().is_none_or(str::is_empty) {
@@ -184,7 +190,7 @@ impl Datasets {
             source: Box::new(source),
         })?;
         let url = format!("file://{}", dir.display());
-        Ok(Self::with_store(Arc::new(store), Path::default(), &url))
+        Ok(Self::with_store(Arc::new(store), Path::default(), &url).window(Window::LOCAL))
     }
 
     /// The root `prefix` of any object store (GCS, Azure, a wrapped store); `url` is how it is
@@ -194,7 +200,13 @@ impl Datasets {
             store,
             root: prefix,
             url: Arc::from(url),
+            window: Window::REMOTE,
         }
+    }
+
+    /// The same root, streaming files through `window`.
+    fn window(self, window: Window) -> Self {
+        Datasets { window, ..self }
     }
 
     /// The URL the root was opened from, for display.
@@ -232,6 +244,7 @@ impl Datasets {
             store: Arc::clone(&self.store),
             prefix: join(&self.root, name),
             name: Arc::from(name),
+            window: self.window,
         })
     }
 
@@ -382,6 +395,7 @@ pub struct Dataset {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     name: Arc<str>,
+    window: Window,
 }
 
 impl fmt::Debug for Dataset {
@@ -510,6 +524,7 @@ impl Dataset {
             Arc::clone(&self.store),
             location,
             overwrite,
+            self.window,
         ))
     }
 
