@@ -97,6 +97,14 @@ impl Rows {
         }
     }
 
+    /// Rows written into `buffer` (emptied), when there is one, with room for `capacity`.
+    pub(crate) fn reusing(buffer: Option<Vec<u8>>, capacity: usize) -> Self {
+        let mut bytes = buffer.unwrap_or_default();
+        bytes.clear();
+        bytes.reserve(capacity);
+        Rows { bytes }
+    }
+
     /// Appends one row: `cells` (`plain` says none of them needs quoting), then `more`.
     pub(crate) fn row<'a>(
         &mut self,

@@ -3,8 +3,8 @@
 //! on all cores at once, the output in input order.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -34,7 +34,14 @@ pub(crate) struct RowJob {
     pub(crate) stop: Arc<AtomicBool>,
     /// The run's records, handed to the prediction log between chunks.
     pub(crate) records: Option<Arc<RunRecords>>,
+    /// Output buffers of chunks already written, for the next chunks: a run's chunks take
+    /// the same memory from the first to the last rather than a fresh one each, which the
+    /// allocator would hand out from ever more of its heap over a long file.
+    pub(crate) spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Output buffers a run keeps at most: its chunks in flight.
+const SPARE_BUFFERS: usize = 8;
 
 /// Rows of a chunk predicted at a time: a window's requests and answers stay in the cache,
 /// where a whole chunk's would not.
@@ -47,6 +54,15 @@ enum Row {
 }
 
 impl RowJob {
+    /// Keeps a written chunk's output buffer for the next chunks (as many as run at once).
+    fn give_back(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    }
+
     /// Predicts the rows of `chunk` in order and writes them: a bad row is refused (recorded
     /// as the endpoint records refusals) and written with its error. Once the run stops, only
     /// the rows before the first one not predicted are written and recorded.
@@ -54,7 +70,12 @@ impl RowJob {
         let schema = &self.schema;
         let mut errors = chunk.errors().iter().peekable();
         let mut written = Written::default();
-        let mut csv = Rows::with_capacity(chunk.text_len() + chunk.len() * 24);
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut csv = Rows::reusing(spare, chunk.text_len() + chunk.len() * 24);
         // A window's rows, requests, the chunk's row of each request, and ids.
         let mut rows = Vec::with_capacity(WINDOW);
         let mut predicted_rows = Vec::with_capacity(WINDOW);
@@ -261,6 +282,7 @@ pub(crate) async fn run_rows(
         };
         if result.is_ok() {
             output.append(&written.csv).await?;
+            job.give_back(written.csv);
             live.count_chunk(written.predicted, written.failed, &written.seen);
             if let Some(records) = &job.records {
                 records.pass_on().await;

@@ -259,6 +259,7 @@ async fn run(inner: &Arc<Inner>, endpoint: &Arc<BatchEndpoint>, live: &Arc<Live>
                 format: request.output_format,
                 stop: Arc::default(),
                 records,
+                spare: Default::default(),
             });
             let stop = Arc::clone(live).cancelled();
             run_rows(chunks, job, concurrency, &mut output, live, stop).await

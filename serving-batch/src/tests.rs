@@ -856,6 +856,7 @@ impl BatchHarness {
             format: OutputFormat::Full,
             stop: Arc::default(),
             records: None,
+            spare: Default::default(),
         });
         run_rows(rx, job, self.concurrency, &mut output, &live, stop)
             .await
