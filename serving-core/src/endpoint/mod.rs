@@ -5,7 +5,6 @@ mod chunk;
 pub mod runner;
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -26,7 +25,7 @@ use crate::endpoint::admission::Admission;
 use crate::endpoint::chunk::{InChunk, RemakeInput, Tally};
 use crate::error::{Error, Result};
 use crate::lifecycle::{CanaryPolicy, Lifecycle, LifecycleParts, Mirrored, ModelRegistry, Served};
-use crate::model::context::{Context, ContextParts, Logged, Resources, panic_message};
+use crate::model::context::{Context, EndpointContext, Logged, Resources, panic_message};
 use crate::model::input::Input;
 use crate::model::pool::BlockingPool;
 use crate::model::predictor::{DynPredictor, Predictor, PredictorExt};
@@ -294,8 +293,8 @@ pub struct ModelEndpoint {
     lifecycle: Lifecycle,
     metrics: Arc<DynMetricSink>,
     records: Option<Arc<DynRecordSink>>,
-    settings: Arc<BTreeMap<String, String>>,
-    pool: BlockingPool,
+    /// What every request's context shares.
+    context: Arc<EndpointContext>,
     admission: Arc<Admission>,
     ready: Arc<AtomicBool>,
 }
@@ -469,15 +468,8 @@ impl ModelEndpoint {
                 Err(error) => return (Err(error), Logged::default(), request_id),
             }
         };
-        let context = Context::new(ContextParts {
-            request_id,
-            resources,
-            endpoint: Arc::clone(&self.name),
-            model_version: Arc::clone(&served.id),
-            settings: Arc::clone(&self.settings),
-            pool: self.pool.clone(),
-            sink: Arc::clone(&self.metrics),
-        });
+        let context =
+            Context::for_request(&self.context, Arc::clone(&served.id), request_id, resources);
         let prediction = AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
         let outcome = match within(deadline, context.clone().scope(prediction)).await {
             None => Err(Error::Timeout { after: timeout }),
@@ -970,10 +962,14 @@ impl ModelEndpointBuilder {
         Ok(ModelEndpoint {
             name: Arc::from(self.spec.name.as_str()),
             lifecycle,
-            metrics,
+            metrics: Arc::clone(&metrics),
             records: self.records,
-            settings: Arc::new(self.spec.server.env.clone()),
-            pool: BlockingPool::new(workers.threads),
+            context: Arc::new(EndpointContext {
+                endpoint: Arc::from(self.spec.name.as_str()),
+                settings: Arc::new(self.spec.server.env.clone()),
+                pool: BlockingPool::new(workers.threads),
+                sink: metrics,
+            }),
             admission: Arc::new(Admission::new(workers.concurrency, workers.queue_depth)),
             ready: Arc::new(AtomicBool::new(true)),
             spec: Arc::new(self.spec),

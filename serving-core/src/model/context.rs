@@ -35,12 +35,20 @@ pub struct Context {
 struct Inner {
     request_id: String,
     resources: Resources,
-    endpoint: Arc<str>,
     model_version: Arc<str>,
-    settings: Arc<BTreeMap<String, String>>,
-    pool: BlockingPool,
-    sink: Arc<DynMetricSink>,
+    shared: Arc<EndpointContext>,
     logged: Mutex<Logged>,
+}
+
+/// What every request's context of one endpoint shares, behind one `Arc`: a request clones
+/// one reference count rather than four (cores serving at once take turns at each count
+/// they share).
+#[derive(Debug)]
+pub(crate) struct EndpointContext {
+    pub(crate) endpoint: Arc<str>,
+    pub(crate) settings: Arc<BTreeMap<String, String>>,
+    pub(crate) pool: BlockingPool,
+    pub(crate) sink: Arc<DynMetricSink>,
 }
 
 /// Values a request keeps alive until its predictor has finished, such as temporary files.
@@ -78,7 +86,7 @@ impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
             .field("request_id", &self.inner.request_id)
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoint", &self.inner.shared.endpoint)
             .field("model_version", &self.inner.model_version)
             .finish_non_exhaustive()
     }
@@ -115,15 +123,28 @@ impl Context {
             pool,
             sink,
         } = parts;
+        let endpoint = Arc::new(EndpointContext {
+            endpoint,
+            settings,
+            pool,
+            sink,
+        });
+        Context::for_request(&endpoint, model_version, request_id, resources)
+    }
+
+    /// A context for one request of the endpoint whose shared parts are `endpoint`.
+    pub(crate) fn for_request(
+        endpoint: &Arc<EndpointContext>,
+        model_version: Arc<str>,
+        request_id: String,
+        resources: Resources,
+    ) -> Self {
         Context {
             inner: Arc::new(Inner {
                 request_id,
                 resources,
-                endpoint,
                 model_version,
-                settings,
-                pool,
-                sink,
+                shared: Arc::clone(endpoint),
                 logged: Mutex::new(Logged::default()),
             }),
         }
@@ -154,7 +175,7 @@ impl Context {
 
     /// The endpoint's name.
     pub fn endpoint(&self) -> &str {
-        &self.inner.endpoint
+        &self.inner.shared.endpoint
     }
 
     /// The model version serving this request.
@@ -164,7 +185,7 @@ impl Context {
 
     /// A KEY-VALUE setting of the endpoint (the original product's "Flask config").
     pub fn setting(&self, key: &str) -> Option<&str> {
-        self.inner.settings.get(key).map(String::as_str)
+        self.inner.shared.settings.get(key).map(String::as_str)
     }
 
     /// Logs a custom metric: it reaches the endpoint's [`MetricSink`](crate::MetricSink),
@@ -179,15 +200,15 @@ impl Context {
             return;
         }
         tracing::info!(
-            endpoint = %self.inner.endpoint,
+            endpoint = %self.inner.shared.endpoint,
             model_version = %self.inner.model_version,
             request_id = %self.inner.request_id,
             cnvrg_metric_name = key,
             y = value,
             "metric"
         );
-        self.inner.sink.record_metric(&MetricSample {
-            endpoint: self.inner.endpoint.to_string(),
+        self.inner.shared.sink.record_metric(&MetricSample {
+            endpoint: self.inner.shared.endpoint.to_string(),
             model_version: self.inner.model_version.to_string(),
             key: key.to_owned(),
             value,
@@ -200,7 +221,7 @@ impl Context {
     pub fn log_param(&self, tag: &str, value: impl Into<Value>) {
         let value = value.into();
         tracing::info!(
-            endpoint = %self.inner.endpoint,
+            endpoint = %self.inner.shared.endpoint,
             model_version = %self.inner.model_version,
             request_id = %self.inner.request_id,
             cnvrg_tag_name = tag,
@@ -213,7 +234,7 @@ impl Context {
     /// Writes a line to the endpoint's structured log, tagged with this request.
     pub fn log(&self, message: impl fmt::Display) {
         tracing::info!(
-            endpoint = %self.inner.endpoint,
+            endpoint = %self.inner.shared.endpoint,
             model_version = %self.inner.model_version,
             request_id = %self.inner.request_id,
             "{message}"
@@ -253,6 +274,7 @@ impl Context {
     {
         let context = self.clone();
         self.inner
+            .shared
             .pool
             .run(move || {
                 THREAD_CONTEXT.with(|slot| *slot.borrow_mut() = Some(context));
