@@ -2,14 +2,16 @@
 //! chunks (a batch file), where a task and a routing decision per request cost more than the
 //! model.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::endpoint::{ModelEndpoint, PredictRequest, Prediction};
 use crate::error::Result;
+use crate::lifecycle::Served;
+use crate::model::context::EndpointContext;
 use crate::observe::metrics::RequestEvent;
 use crate::sync::Locked as _;
 
@@ -80,6 +82,7 @@ impl ModelEndpoint {
         remake_input: Option<&(dyn Fn(usize) -> Option<Value> + Sync)>,
     ) -> Vec<Result<Prediction>> {
         let snapshot = self.lifecycle.snapshot();
+        let local = Local::new(self);
         // One running slot for the whole chunk, whose requests run one at a time; when none
         // is free now, each request waits for (or is refused) its own as `predict` does.
         let slot = self.admission.try_admit();
@@ -99,6 +102,7 @@ impl ModelEndpoint {
                 remake_input: remake.as_ref().map(|r| r as RemakeInput<'_>),
                 tally: Some(&tally.tally),
                 routing: Some(&snapshot),
+                local: Some(&local),
             };
             answers.push(self.predict_one(request, chunk).await);
             // Handed over in bursts, and often enough that a slow model's metrics stay live.
@@ -128,6 +132,49 @@ pub(crate) struct InChunk<'a> {
     /// The routing table the chunk took, lent rather than cloned per request (two cores
     /// cloning one `Arc` per request take turns at its count).
     pub(crate) routing: Option<&'a crate::lifecycle::RoutingSnapshot>,
+    /// The chunk's own copies of the endpoint's shared handles.
+    pub(crate) local: Option<&'a Local>,
+}
+
+/// The endpoint's shared handles as one chunk holds them: copies whose reference counts only
+/// its task touches. Two cores predicting two chunks would otherwise take turns at the same
+/// counts (the name's, the version's, the context's) several times per request.
+#[derive(Debug)]
+pub(crate) struct Local {
+    /// The parts every request's context shares.
+    pub(crate) context: Arc<EndpointContext>,
+    /// The endpoint's name, for its requests' events.
+    pub(crate) name: Arc<str>,
+    /// Each version seen (by the address of its routing entry): its id and model name.
+    versions: Mutex<Vec<(usize, Arc<str>, Arc<str>)>>,
+}
+
+impl Local {
+    pub(crate) fn new(endpoint: &ModelEndpoint) -> Self {
+        let shared = &endpoint.context;
+        Local {
+            context: Arc::new(EndpointContext {
+                endpoint: Arc::from(&*shared.endpoint),
+                settings: Arc::clone(&shared.settings),
+                pool: shared.pool.clone(),
+                sink: Arc::clone(&shared.sink),
+            }),
+            name: Arc::from(&*endpoint.name),
+            versions: Mutex::default(),
+        }
+    }
+
+    /// The id and model name of `served`, as this chunk holds them.
+    pub(crate) fn version(&self, served: &Served) -> (Arc<str>, Arc<str>) {
+        let key = Arc::as_ptr(&served.id).cast::<u8>() as usize;
+        let mut versions = self.versions.locked();
+        if let Some((_, id, model)) = versions.iter().find(|(seen, ..)| *seen == key) {
+            return (Arc::clone(id), Arc::clone(model));
+        }
+        let (id, model): (Arc<str>, Arc<str>) = (Arc::from(&*served.id), Arc::from(&*served.model));
+        versions.push((key, Arc::clone(&id), Arc::clone(&model)));
+        (id, model)
+    }
 }
 
 /// What a chunk's requests measured, not yet handed over: the metric sink and the version

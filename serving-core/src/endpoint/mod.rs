@@ -385,18 +385,25 @@ impl ModelEndpoint {
             .map(|_| (request.input.clone(), request.resources.clone()));
         // The id moves into the predictor's context and back.
         let (version, model, (outcome, mut logged, request_id)) = match routed {
-            Ok(routed) => (
-                Arc::clone(&routed.serve.id),
-                Some(Arc::clone(&routed.serve.model)),
-                self.run(
-                    &routed.serve,
-                    (request.input, request.resources),
-                    request_id,
-                    started,
-                    chunk.slot_held,
-                )
-                .await,
-            ),
+            Ok(routed) => {
+                let (version, model) = match chunk.local {
+                    Some(local) => local.version(&routed.serve),
+                    None => (
+                        Arc::clone(&routed.serve.id),
+                        Arc::clone(&routed.serve.model),
+                    ),
+                };
+                let ran = self
+                    .run(
+                        &routed.serve,
+                        (request.input, request.resources),
+                        (request_id, &version),
+                        started,
+                        chunk,
+                    )
+                    .await;
+                (version, Some(model), ran)
+            }
             Err(error) => (
                 Arc::from(""),
                 None,
@@ -412,6 +419,7 @@ impl ModelEndpoint {
         let ended = Instant::now();
         let elapsed = ended - started;
         self.finish(Completed {
+            endpoint: chunk.local.map(|local| &local.name),
             request_id: &request_id,
             version: &version,
             model: model.as_deref(),
@@ -447,9 +455,9 @@ impl ModelEndpoint {
         &self,
         served: &Served,
         (input, resources): (Input, Resources),
-        request_id: String,
+        (request_id, version): (String, &Arc<str>),
         started: Instant,
-        slot_held: bool,
+        chunk: InChunk<'_>,
     ) -> (Result<Value>, Logged, String) {
         if !self.is_ready() {
             let error = Error::NotReady {
@@ -460,7 +468,7 @@ impl ModelEndpoint {
         // Time spent waiting for a slot counts toward the prediction's timeout.
         let timeout = self.spec.server.workers.timeout();
         let deadline = tokio::time::Instant::from_std(started) + timeout;
-        let _slot = if slot_held {
+        let _slot = if chunk.slot_held {
             None
         } else {
             match self.admission.admit(&self.name, deadline).await {
@@ -468,8 +476,8 @@ impl ModelEndpoint {
                 Err(error) => return (Err(error), Logged::default(), request_id),
             }
         };
-        let context =
-            Context::for_request(&self.context, Arc::clone(&served.id), request_id, resources);
+        let shared = chunk.local.map_or(&self.context, |local| &local.context);
+        let context = Context::for_request(shared, Arc::clone(version), request_id, resources);
         let prediction = AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
         let outcome = match within(deadline, context.clone().scope(prediction)).await {
             None => Err(Error::Timeout { after: timeout }),
@@ -508,7 +516,7 @@ impl ModelEndpoint {
             }
         }
         let event = RequestEvent {
-            endpoint: Arc::clone(&self.name),
+            endpoint: Arc::clone(request.endpoint.unwrap_or(&self.name)),
             model_version: Arc::clone(request.version),
             status: request.kind.code(),
             outcome: request.kind,
@@ -593,9 +601,9 @@ impl ModelEndpoint {
                 .run(
                     &shadow,
                     (input, resources),
-                    primary.request_id.clone(),
+                    (primary.request_id.clone(), &shadow.id),
                     started,
-                    false,
+                    InChunk::default(),
                 )
                 .await;
             let outcome = outcome.map_err(|e| crop_error(e, endpoint.spec.logging.max_value_chars));
@@ -607,6 +615,7 @@ impl ModelEndpoint {
             let ended = Instant::now();
             let elapsed = ended - started;
             endpoint.finish(Completed {
+                endpoint: None,
                 request_id: &primary.request_id,
                 version: &shadow.id,
                 model: Some(&shadow.model),
@@ -663,6 +672,8 @@ struct Primary {
 
 /// A finished request, as the endpoint records it.
 struct Completed<'a> {
+    /// The endpoint's name as its chunk holds it (see [`Local`](chunk::Local)), for a chunk's request.
+    endpoint: Option<&'a Arc<str>>,
     request_id: &'a str,
     /// The version that answered; empty when none was found.
     version: &'a Arc<str>,
@@ -713,6 +724,7 @@ impl Endpoint for ModelEndpoint {
         let kind = refused.error.outcome();
         let error = crop_error(refused.error, self.spec.logging.max_value_chars);
         self.finish(Completed {
+            endpoint: None,
             request_id: &refused.request_id,
             version: &Arc::from(""),
             model: None,
