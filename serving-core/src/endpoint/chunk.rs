@@ -145,8 +145,16 @@ pub(crate) struct Local {
     pub(crate) context: Arc<EndpointContext>,
     /// The endpoint's name, for its requests' events.
     pub(crate) name: Arc<str>,
-    /// Each version seen (by the address of its routing entry): its id and model name.
-    versions: Mutex<Vec<(usize, Arc<str>, Arc<str>)>>,
+    /// Each version seen.
+    versions: Mutex<Vec<LocalVersion>>,
+}
+
+/// A version as a chunk holds it: found by the address of its routing entry's id.
+#[derive(Debug)]
+struct LocalVersion {
+    key: usize,
+    id: Arc<str>,
+    model: Arc<str>,
 }
 
 impl Local {
@@ -168,11 +176,15 @@ impl Local {
     pub(crate) fn version(&self, served: &Served) -> (Arc<str>, Arc<str>) {
         let key = Arc::as_ptr(&served.id).cast::<u8>() as usize;
         let mut versions = self.versions.locked();
-        if let Some((_, id, model)) = versions.iter().find(|(seen, ..)| *seen == key) {
-            return (Arc::clone(id), Arc::clone(model));
+        if let Some(seen) = versions.iter().find(|seen| seen.key == key) {
+            return (Arc::clone(&seen.id), Arc::clone(&seen.model));
         }
         let (id, model): (Arc<str>, Arc<str>) = (Arc::from(&*served.id), Arc::from(&*served.model));
-        versions.push((key, Arc::clone(&id), Arc::clone(&model)));
+        versions.push(LocalVersion {
+            key,
+            id: Arc::clone(&id),
+            model: Arc::clone(&model),
+        });
         (id, model)
     }
 }
