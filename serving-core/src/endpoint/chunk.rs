@@ -324,4 +324,52 @@ mod tests {
         assert!(gave_up.is_err(), "the third request never answers");
         assert_eq!(metrics.requests().len(), 2, "the two finished are counted");
     }
+
+    /// A chunk's requests split between two versions by key: each answer and each event
+    /// names the version that answered, as a request on its own would.
+    #[tokio::test]
+    async fn a_canary_splits_a_chunk_by_key_and_each_event_names_its_version() {
+        let metrics = std::sync::Arc::new(InMemoryMetrics::new());
+        let endpoint =
+            ModelEndpoint::builder("split", predictor_fn(|x: f64| -> Result<f64> { Ok(x) }))
+                .model("m", "1")
+                .metric_sink(metrics.clone())
+                .build()
+                .unwrap();
+        let doubled =
+            crate::ModelUpdate::new(predictor_fn(|x: f64| -> Result<f64> { Ok(2.0 * x) }));
+        endpoint
+            .lifecycle()
+            .update_model(doubled, Some(50))
+            .unwrap();
+        let requests = (0..200)
+            .map(|i| PredictRequest::new(json!([1.0])).with_routing_key(format!("key-{i}")))
+            .collect();
+        let answers = endpoint
+            .predict_chunk(requests, &AtomicBool::new(false), None)
+            .await;
+        let versions: Vec<String> = answers
+            .iter()
+            .map(|answer| {
+                let answer = answer.as_ref().unwrap();
+                let expected = if &*answer.model_version == "2" {
+                    2.0
+                } else {
+                    1.0
+                };
+                assert_eq!(answer.output, json!(expected), "{answer:?}");
+                answer.model_version.to_string()
+            })
+            .collect();
+        assert!(versions.iter().any(|v| v == "1") && versions.iter().any(|v| v == "2"));
+        let events: Vec<String> = metrics
+            .requests()
+            .iter()
+            .map(|event| event.model_version.to_string())
+            .collect();
+        assert_eq!(
+            events, versions,
+            "one event per request, in order, with its version"
+        );
+    }
 }
