@@ -544,9 +544,7 @@ struct Transaction {
     summary: StreamSummary,
     /// The dead-letter topic, computed once.
     dead_letter_topic: String,
-    /// Reused for every output's value and headers, so that producing allocates nothing
-    /// (librdkafka copies them).
-    payload: Vec<u8>,
+    /// Reused for every output's header values (librdkafka copies them).
     text: String,
 }
 
@@ -566,7 +564,6 @@ impl Transaction {
             summary: StreamSummary::default(),
             dead_letter_topic: stream.config.dead_letter_topic(),
             stream,
-            payload: Vec::new(),
             text: String::new(),
         }
     }
@@ -623,11 +620,8 @@ impl Transaction {
         let mut early = VecDeque::new();
         let mut ended = false;
         loop {
-            while !rewinding && let Some(processed) = early.pop_front() {
-                if !self
-                    .take(processed, &mut run, &mut early, &mut ended)
-                    .await?
-                {
+            while !rewinding && let Some(output) = early.pop_front() {
+                if !self.take(output, &mut run, &mut early, &mut ended).await? {
                     rewinding = true;
                     early.clear();
                     halt_tx.take().map(|h| h.send(()));
@@ -642,7 +636,8 @@ impl Transaction {
                     // What the run has ready is produced without going back through the
                     // select (whose branches cost more than producing a message).
                     for burst in 1.. {
-                        if !rewinding && !self.take(processed, &mut run, &mut early, &mut ended).await? {
+                        let output = prepare(&self.stream, &mut self.text, processed);
+                        if !rewinding && !self.take(output, &mut run, &mut early, &mut ended).await? {
                             rewinding = true;
                             early.clear();
                             halt_tx.take().map(|h| h.send(()));
@@ -687,8 +682,8 @@ impl Transaction {
         }
         // The run ended (stopped or rescaled): what it delivered during the last commit goes
         // in the final one.
-        while let Some(processed) = early.pop_front() {
-            if let Err(error) = self.produce(processed).await {
+        while let Some(output) = early.pop_front() {
+            if let Err(error) = self.produce(output).await {
                 tracing::warn!(%error, "kafka produce failed; rewinding");
                 return Ok(Session::Rewind);
             }
@@ -703,16 +698,16 @@ impl Transaction {
         }
     }
 
-    /// Produces one delivered message and commits once the transaction is full (while the
-    /// run goes on predicting into `early`). `Ok(false)`: the stream must rewind.
+    /// Produces one prepared output and commits once the transaction is full (while the run
+    /// goes on predicting into `early`). `Ok(false)`: the stream must rewind.
     async fn take(
         &mut self,
-        processed: Processed<Consumed>,
+        output: Output,
         run: &mut Run<Consumed>,
-        early: &mut VecDeque<Processed<Consumed>>,
+        early: &mut VecDeque<Output>,
         ended: &mut bool,
     ) -> Result<bool> {
-        if let Err(error) = self.produce(processed).await {
+        if let Err(error) = self.produce(output).await {
             tracing::warn!(%error, "kafka produce failed; rewinding");
             return Ok(false);
         }
@@ -723,15 +718,17 @@ impl Transaction {
     }
 
     /// Commits (see [`Transaction::commit`]) while the run keeps predicting: what it delivers
-    /// meanwhile, up to a transaction's worth, waits in `early` for the next transaction, so
-    /// that the model does not idle while the broker commits.
+    /// meanwhile, up to a transaction's worth, is prepared and waits in `early` for the next
+    /// transaction, so that neither the model nor the making of outputs idles while the
+    /// broker commits.
     async fn commit_while(
         &mut self,
         run: &mut Run<Consumed>,
-        early: &mut VecDeque<Processed<Consumed>>,
+        early: &mut VecDeque<Output>,
         ended: &mut bool,
     ) -> Result<bool> {
         let room = self.stream.config.transaction_messages();
+        let (stream, mut text) = (Arc::clone(&self.stream), String::new());
         let commit = self.commit();
         tokio::pin!(commit);
         loop {
@@ -739,7 +736,7 @@ impl Transaction {
                 biased;
                 committed = &mut commit => return committed,
                 processed = run.next(), if !*ended && early.len() < room => match processed {
-                    Some(processed) => early.push_back(processed),
+                    Some(processed) => early.push_back(prepare(&stream, &mut text, processed)),
                     None => *ended = true,
                 },
             }
@@ -760,86 +757,18 @@ impl Transaction {
         Ok(())
     }
 
-    /// Produces one message's prediction (or dead letter) into the open transaction.
-    async fn produce(&mut self, processed: Processed<Consumed>) -> Result<()> {
-        use std::fmt::Write as _;
-
+    /// Produces one prepared output (see [`prepare`]) into the open transaction.
+    async fn produce(&mut self, output: Output) -> Result<()> {
         self.begin()?;
-        let message = &processed.meta;
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 6);
-        for (key, value) in message
-            .headers
-            .iter()
-            .filter(|(k, _)| k != REQUEST_ID_HEADER)
-        {
-            headers = headers.insert(Header {
-                key,
-                value: value.as_deref(),
-            });
-        }
-        let header = |headers: OwnedHeaders, key: &str, value: &str| {
-            headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        };
-        headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
-        let text = &mut self.text;
-        text.clear();
-        text.push_str(&message.topic);
-        text.push('/');
-        push_integer(text, message.partition.unsigned_abs().into());
-        text.push('/');
-        push_integer(text, message.offset.unsigned_abs());
-        headers = header(headers, SOURCE_HEADER, text);
-        self.payload.clear();
-        let stream = &self.stream;
-        let topic = match &processed.result {
-            Ok(prediction) => {
-                headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
-                text.clear();
-                // Milliseconds with three decimals, from whole microseconds.
-                let micros = prediction.elapsed.as_micros();
-                push_integer(text, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
-                text.push('.');
-                let fraction = (micros % 1000) as u16;
-                text.extend(
-                    [fraction / 100, fraction / 10 % 10, fraction % 10]
-                        .map(|d| char::from(b'0' + d as u8)),
-                );
-                headers = header(headers, LATENCY_HEADER, text);
-                match write_output(
-                    stream.config.output_format,
-                    &prediction.output,
-                    &mut self.payload,
-                ) {
-                    Ok(()) => &stream.config.output_topic,
-                    Err(error) => {
-                        headers = header(headers, ERROR_HEADER, &error);
-                        headers = header(headers, STATUS_HEADER, "model_failure");
-                        self.dead_letters += 1;
-                        self.payload.clear();
-                        self.payload.extend_from_slice(&message.value);
-                        &self.dead_letter_topic
-                    }
-                }
-            }
-            Err(error) => {
-                let version = &stream.runner.endpoint().spec().model.version;
-                headers = header(headers, MODEL_VERSION_HEADER, version);
-                text.clear();
-                let _ = write!(text, "{error}");
-                headers = header(headers, ERROR_HEADER, text);
-                headers = header(headers, STATUS_HEADER, error.outcome().as_str());
-                self.dead_letters += 1;
-                self.payload.extend_from_slice(&message.value);
-                &self.dead_letter_topic
-            }
+        let topic = if output.dead {
+            &self.dead_letter_topic
+        } else {
+            &self.stream.config.output_topic
         };
         let mut record = FutureRecord::to(topic)
-            .payload(&self.payload)
-            .headers(headers);
-        if let Some(key) = &message.key {
+            .payload(&output.payload)
+            .headers(output.headers);
+        if let Some(key) = &output.key {
             record = record.key(key.as_ref());
         }
         let delivery = loop {
@@ -856,18 +785,17 @@ impl Transaction {
             }
         };
         self.deliveries.push(delivery);
-        let next = message.offset + 1;
+        let next = output.offset + 1;
         match self
             .offsets
             .iter_mut()
-            .find(|(t, p, _)| *p == message.partition && **t == *message.topic)
+            .find(|(t, p, _)| *p == output.partition && **t == *output.topic)
         {
             Some((_, _, offset)) => *offset = next,
-            None => self
-                .offsets
-                .push((Arc::clone(&message.topic), message.partition, next)),
+            None => self.offsets.push((output.topic, output.partition, next)),
         }
         self.messages += 1;
+        self.dead_letters += u64::from(output.dead);
         Ok(())
     }
 
@@ -1013,6 +941,105 @@ impl Transaction {
                 }
             }
         }
+    }
+}
+
+/// One output made ready to produce: its value, key and headers, and the input it answers.
+#[derive(Debug)]
+struct Output {
+    /// Whether it goes to the dead-letter topic.
+    dead: bool,
+    key: Option<Bytes>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+    /// The input's topic, partition and offset.
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+}
+
+/// Makes `processed`'s output (its prediction, or a dead letter): the value and the headers,
+/// which cost more than producing them. Made as the prediction arrives, so that the outputs
+/// predicted while a transaction commits are ready when the next one opens, and filling it
+/// only hands them to librdkafka.
+fn prepare(stream: &KafkaStream, text: &mut String, processed: Processed<Consumed>) -> Output {
+    use std::fmt::Write as _;
+
+    let message = processed.meta;
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 6);
+    for (key, value) in message
+        .headers
+        .iter()
+        .filter(|(k, _)| k != REQUEST_ID_HEADER)
+    {
+        headers = headers.insert(Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    let header = |headers: OwnedHeaders, key: &str, value: &str| {
+        headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        })
+    };
+    headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
+    text.clear();
+    text.push_str(&message.topic);
+    text.push('/');
+    push_integer(text, message.partition.unsigned_abs().into());
+    text.push('/');
+    push_integer(text, message.offset.unsigned_abs());
+    headers = header(headers, SOURCE_HEADER, text);
+    let mut payload = Vec::new();
+    let dead = match &processed.result {
+        Ok(prediction) => {
+            headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
+            text.clear();
+            // Milliseconds with three decimals, from whole microseconds.
+            let micros = prediction.elapsed.as_micros();
+            push_integer(text, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+            text.push('.');
+            let fraction = (micros % 1000) as u16;
+            text.extend(
+                [fraction / 100, fraction / 10 % 10, fraction % 10]
+                    .map(|d| char::from(b'0' + d as u8)),
+            );
+            headers = header(headers, LATENCY_HEADER, text);
+            match write_output(
+                stream.config.output_format,
+                &prediction.output,
+                &mut payload,
+            ) {
+                Ok(()) => false,
+                Err(error) => {
+                    headers = header(headers, ERROR_HEADER, &error);
+                    headers = header(headers, STATUS_HEADER, "model_failure");
+                    payload.clear();
+                    payload.extend_from_slice(&message.value);
+                    true
+                }
+            }
+        }
+        Err(error) => {
+            let version = &stream.runner.endpoint().spec().model.version;
+            headers = header(headers, MODEL_VERSION_HEADER, version);
+            text.clear();
+            let _ = write!(text, "{error}");
+            headers = header(headers, ERROR_HEADER, text);
+            headers = header(headers, STATUS_HEADER, error.outcome().as_str());
+            payload.extend_from_slice(&message.value);
+            true
+        }
+    };
+    Output {
+        dead,
+        key: message.key,
+        payload,
+        headers,
+        topic: message.topic,
+        partition: message.partition,
+        offset: message.offset,
     }
 }
 
