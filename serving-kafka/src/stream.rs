@@ -544,9 +544,7 @@ struct Transaction {
     summary: StreamSummary,
     /// The dead-letter topic, computed once.
     dead_letter_topic: String,
-    /// Reused for every output's value and headers, so that producing allocates nothing
-    /// (librdkafka copies them).
-    payload: Vec<u8>,
+    /// Reused for every output's header values (librdkafka copies them).
     text: String,
 }
 
@@ -566,7 +564,6 @@ impl Transaction {
             summary: StreamSummary::default(),
             dead_letter_topic: stream.config.dead_letter_topic(),
             stream,
-            payload: Vec::new(),
             text: String::new(),
         }
     }
@@ -623,11 +620,8 @@ impl Transaction {
         let mut early = VecDeque::new();
         let mut ended = false;
         loop {
-            while !rewinding && let Some(processed) = early.pop_front() {
-                if !self
-                    .take(processed, &mut run, &mut early, &mut ended)
-                    .await?
-                {
+            while !rewinding && let Some(output) = early.pop_front() {
+                if !self.take(output, &mut run, &mut early, &mut ended).await? {
                     rewinding = true;
                     early.clear();
                     halt_tx.take().map(|h| h.send(()));
@@ -642,7 +636,8 @@ impl Transaction {
                     // What the run has ready is produced without going back through the
                     // select (whose branches cost more than producing a message).
                     for burst in 1.. {
-                        if !rewinding && !self.take(processed, &mut run, &mut early, &mut ended).await? {
+                        let output = prepare(&self.stream, &mut self.text, processed);
+                        if !rewinding && !self.take(output, &mut run, &mut early, &mut ended).await? {
                             rewinding = true;
                             early.clear();
                             halt_tx.take().map(|h| h.send(()));
@@ -687,8 +682,8 @@ impl Transaction {
         }
         // The run ended (stopped or rescaled): what it delivered during the last commit goes
         // in the final one.
-        while let Some(processed) = early.pop_front() {
-            if let Err(error) = self.produce(processed).await {
+        while let Some(output) = early.pop_front() {
+            if let Err(error) = self.produce(output).await {
                 tracing::warn!(%error, "kafka produce failed; rewinding");
                 return Ok(Session::Rewind);
             }
@@ -703,16 +698,16 @@ impl Transaction {
         }
     }
 
-    /// Produces one delivered message and commits once the transaction is full (while the
-    /// run goes on predicting into `early`). `Ok(false)`: the stream must rewind.
+    /// Produces one prepared output and commits once the transaction is full (while the run
+    /// goes on predicting into `early`). `Ok(false)`: the stream must rewind.
     async fn take(
         &mut self,
-        processed: Processed<Consumed>,
+        output: Output,
         run: &mut Run<Consumed>,
-        early: &mut VecDeque<Processed<Consumed>>,
+        early: &mut VecDeque<Output>,
         ended: &mut bool,
     ) -> Result<bool> {
-        if let Err(error) = self.produce(processed).await {
+        if let Err(error) = self.produce(output).await {
             tracing::warn!(%error, "kafka produce failed; rewinding");
             return Ok(false);
         }
@@ -723,15 +718,17 @@ impl Transaction {
     }
 
     /// Commits (see [`Transaction::commit`]) while the run keeps predicting: what it delivers
-    /// meanwhile, up to a transaction's worth, waits in `early` for the next transaction, so
-    /// that the model does not idle while the broker commits.
+    /// meanwhile, up to a transaction's worth, is prepared and waits in `early` for the next
+    /// transaction, so that neither the model nor the making of outputs idles while the
+    /// broker commits.
     async fn commit_while(
         &mut self,
         run: &mut Run<Consumed>,
-        early: &mut VecDeque<Processed<Consumed>>,
+        early: &mut VecDeque<Output>,
         ended: &mut bool,
     ) -> Result<bool> {
         let room = self.stream.config.transaction_messages();
+        let (stream, mut text) = (Arc::clone(&self.stream), String::new());
         let commit = self.commit();
         tokio::pin!(commit);
         loop {
@@ -739,106 +736,39 @@ impl Transaction {
                 biased;
                 committed = &mut commit => return committed,
                 processed = run.next(), if !*ended && early.len() < room => match processed {
-                    Some(processed) => early.push_back(processed),
+                    Some(processed) => early.push_back(prepare(&stream, &mut text, processed)),
                     None => *ended = true,
                 },
             }
         }
     }
 
-    async fn begin(&mut self) -> Result<()> {
+    fn begin(&mut self) -> Result<()> {
         if self.open {
             return Ok(());
         }
+        // A local state change in librdkafka (no request to the broker): called in place, as
+        // a thread hop per transaction costs more than the call.
         if self.exactly_once() {
-            let p = self.producer.clone();
-            blocking(move || p.begin_transaction()).await?;
+            self.producer.begin_transaction().map_err(storage)?;
         }
         self.open = true;
         self.opened = Instant::now();
         Ok(())
     }
 
-    /// Produces one message's prediction (or dead letter) into the open transaction.
-    async fn produce(&mut self, processed: Processed<Consumed>) -> Result<()> {
-        use std::fmt::Write as _;
-
-        self.begin().await?;
-        let message = &processed.meta;
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 6);
-        for (key, value) in message
-            .headers
-            .iter()
-            .filter(|(k, _)| k != REQUEST_ID_HEADER)
-        {
-            headers = headers.insert(Header {
-                key,
-                value: value.as_deref(),
-            });
-        }
-        let header = |headers: OwnedHeaders, key: &str, value: &str| {
-            headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        };
-        headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
-        let text = &mut self.text;
-        text.clear();
-        text.push_str(&message.topic);
-        text.push('/');
-        push_integer(text, message.partition.unsigned_abs().into());
-        text.push('/');
-        push_integer(text, message.offset.unsigned_abs());
-        headers = header(headers, SOURCE_HEADER, text);
-        self.payload.clear();
-        let stream = &self.stream;
-        let topic = match &processed.result {
-            Ok(prediction) => {
-                headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
-                text.clear();
-                // Milliseconds with three decimals, from whole microseconds.
-                let micros = prediction.elapsed.as_micros();
-                push_integer(text, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
-                text.push('.');
-                let fraction = (micros % 1000) as u16;
-                text.extend(
-                    [fraction / 100, fraction / 10 % 10, fraction % 10]
-                        .map(|d| char::from(b'0' + d as u8)),
-                );
-                headers = header(headers, LATENCY_HEADER, text);
-                match write_output(
-                    stream.config.output_format,
-                    &prediction.output,
-                    &mut self.payload,
-                ) {
-                    Ok(()) => &stream.config.output_topic,
-                    Err(error) => {
-                        headers = header(headers, ERROR_HEADER, &error);
-                        headers = header(headers, STATUS_HEADER, "model_failure");
-                        self.dead_letters += 1;
-                        self.payload.clear();
-                        self.payload.extend_from_slice(&message.value);
-                        &self.dead_letter_topic
-                    }
-                }
-            }
-            Err(error) => {
-                let version = &stream.runner.endpoint().spec().model.version;
-                headers = header(headers, MODEL_VERSION_HEADER, version);
-                text.clear();
-                let _ = write!(text, "{error}");
-                headers = header(headers, ERROR_HEADER, text);
-                headers = header(headers, STATUS_HEADER, error.outcome().as_str());
-                self.dead_letters += 1;
-                self.payload.extend_from_slice(&message.value);
-                &self.dead_letter_topic
-            }
+    /// Produces one prepared output (see [`prepare`]) into the open transaction.
+    async fn produce(&mut self, output: Output) -> Result<()> {
+        self.begin()?;
+        let topic = if output.dead {
+            &self.dead_letter_topic
+        } else {
+            &self.stream.config.output_topic
         };
         let mut record = FutureRecord::to(topic)
-            .payload(&self.payload)
-            .headers(headers);
-        if let Some(key) = &message.key {
+            .payload(&output.payload)
+            .headers(output.headers);
+        if let Some(key) = &output.key {
             record = record.key(key.as_ref());
         }
         let delivery = loop {
@@ -855,29 +785,51 @@ impl Transaction {
             }
         };
         self.deliveries.push(delivery);
-        let next = message.offset + 1;
+        let next = output.offset + 1;
         match self
             .offsets
             .iter_mut()
-            .find(|(t, p, _)| *p == message.partition && **t == *message.topic)
+            .find(|(t, p, _)| *p == output.partition && **t == *output.topic)
         {
             Some((_, _, offset)) => *offset = next,
-            None => self
-                .offsets
-                .push((Arc::clone(&message.topic), message.partition, next)),
+            None => self.offsets.push((output.topic, output.partition, next)),
         }
         self.messages += 1;
+        self.dead_letters += u64::from(output.dead);
         Ok(())
     }
 
     /// Commits the open transaction (or, at least once, the acknowledged batch's offsets).
     /// `Ok(false)`: it was aborted and the stream must rewind.
+    ///
+    /// Exactly once, the offsets go to the transaction (two round trips to the group
+    /// coordinator) while the outputs are still being acknowledged: both are parts of the same
+    /// transaction, which only the commit below makes visible, and an output that fails
+    /// aborts them together. The commit itself still waits for every acknowledgement.
     async fn commit(&mut self) -> Result<bool> {
         if !self.open {
             return Ok(true);
         }
-        // Every output acknowledged first: rdkafka's commit would otherwise flush, which
-        // waits 100 ms whenever a message is still in flight.
+        let mut offsets = TopicPartitionList::new();
+        for (topic, partition, offset) in &self.offsets {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(storage)?;
+        }
+        let sending = if self.exactly_once() && offsets.count() > 0 {
+            let metadata = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| failure("kafka", "the consumer has no group metadata"))?;
+            let (p, list) = (self.producer.clone(), offsets.clone());
+            Some(tokio::task::spawn_blocking(move || {
+                p.send_offsets_to_transaction(&list, &metadata, TRANSACTION_TIMEOUT)
+            }))
+        } else {
+            None
+        };
+        // Every output acknowledged before the commit: rdkafka's commit would otherwise
+        // flush, which waits 100 ms whenever a message is still in flight (see [`settle`]).
         let mut delivered = true;
         for delivery in self.deliveries.drain(..) {
             match delivery.await {
@@ -889,28 +841,24 @@ impl Transaction {
                 Err(_) => delivered = false,
             }
         }
-        let mut offsets = TopicPartitionList::new();
-        for (topic, partition, offset) in &self.offsets {
-            offsets
-                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                .map_err(storage)?;
-        }
+        let sent = match sending {
+            Some(sending) => sending.await.unwrap_or(Err(KafkaError::Canceled)),
+            None => Ok(()),
+        };
         let committed = if !delivered {
             Err(KafkaError::Canceled)
+        } else if let Err(error) = sent {
+            Err(error)
         } else if self.exactly_once() {
-            let metadata = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| failure("kafka", "the consumer has no group metadata"))?;
             let (p, revoked) = (self.producer.clone(), Arc::clone(&self.revoked));
             blocking_kafka(move || {
+                settle(&p);
                 // A revocation waits for this commit; after one, another member may own the
                 // partitions, so nothing of this transaction may commit.
                 let revoked = revoked.lock().unwrap_or_else(|p| p.into_inner());
                 if *revoked {
                     return Err(KafkaError::Canceled);
                 }
-                p.send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_TIMEOUT)?;
                 p.commit_transaction(TRANSACTION_TIMEOUT)
             })
             .await
@@ -993,6 +941,105 @@ impl Transaction {
                 }
             }
         }
+    }
+}
+
+/// One output made ready to produce: its value, key and headers, and the input it answers.
+#[derive(Debug)]
+struct Output {
+    /// Whether it goes to the dead-letter topic.
+    dead: bool,
+    key: Option<Bytes>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+    /// The input's topic, partition and offset.
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+}
+
+/// Makes `processed`'s output (its prediction, or a dead letter): the value and the headers,
+/// which cost more than producing them. Made as the prediction arrives, so that the outputs
+/// predicted while a transaction commits are ready when the next one opens, and filling it
+/// only hands them to librdkafka.
+fn prepare(stream: &KafkaStream, text: &mut String, processed: Processed<Consumed>) -> Output {
+    use std::fmt::Write as _;
+
+    let message = processed.meta;
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 6);
+    for (key, value) in message
+        .headers
+        .iter()
+        .filter(|(k, _)| k != REQUEST_ID_HEADER)
+    {
+        headers = headers.insert(Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    let header = |headers: OwnedHeaders, key: &str, value: &str| {
+        headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        })
+    };
+    headers = header(headers, REQUEST_ID_HEADER, &processed.request_id);
+    text.clear();
+    text.push_str(&message.topic);
+    text.push('/');
+    push_integer(text, message.partition.unsigned_abs().into());
+    text.push('/');
+    push_integer(text, message.offset.unsigned_abs());
+    headers = header(headers, SOURCE_HEADER, text);
+    let mut payload = Vec::new();
+    let dead = match &processed.result {
+        Ok(prediction) => {
+            headers = header(headers, MODEL_VERSION_HEADER, &prediction.model_version);
+            text.clear();
+            // Milliseconds with three decimals, from whole microseconds.
+            let micros = prediction.elapsed.as_micros();
+            push_integer(text, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+            text.push('.');
+            let fraction = (micros % 1000) as u16;
+            text.extend(
+                [fraction / 100, fraction / 10 % 10, fraction % 10]
+                    .map(|d| char::from(b'0' + d as u8)),
+            );
+            headers = header(headers, LATENCY_HEADER, text);
+            match write_output(
+                stream.config.output_format,
+                &prediction.output,
+                &mut payload,
+            ) {
+                Ok(()) => false,
+                Err(error) => {
+                    headers = header(headers, ERROR_HEADER, &error);
+                    headers = header(headers, STATUS_HEADER, "model_failure");
+                    payload.clear();
+                    payload.extend_from_slice(&message.value);
+                    true
+                }
+            }
+        }
+        Err(error) => {
+            let version = &stream.runner.endpoint().spec().model.version;
+            headers = header(headers, MODEL_VERSION_HEADER, version);
+            text.clear();
+            let _ = write!(text, "{error}");
+            headers = header(headers, ERROR_HEADER, text);
+            headers = header(headers, STATUS_HEADER, error.outcome().as_str());
+            payload.extend_from_slice(&message.value);
+            true
+        }
+    };
+    Output {
+        dead,
+        key: message.key,
+        payload,
+        headers,
+        topic: message.topic,
+        partition: message.partition,
+        offset: message.offset,
     }
 }
 
@@ -1133,6 +1180,24 @@ fn write_output(
         )),
     }
 }
+
+/// Waits (briefly), once every output is acknowledged, until librdkafka holds none of them.
+///
+/// A delivery future resolves inside the producer's polling thread while that thread still
+/// holds the acknowledged batch, which it frees just after. rust-rdkafka's
+/// `commit_transaction` flushes first, and a flush that finds a message still held polls for
+/// a full 100 ms, since the polling thread, not the flush, receives the events that would end
+/// it. On a busy machine about one commit in seven lost that race (14-16 ms per commit on
+/// average instead of 1); freeing outputs with headers takes longer, so they lost it more.
+fn settle(producer: &FutureProducer) {
+    let deadline = Instant::now() + SETTLE;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// How long [`settle`] waits at most; after it, the flush in `commit_transaction` waits.
+const SETTLE: Duration = Duration::from_millis(20);
 
 fn is_fatal(error: &KafkaError) -> bool {
     matches!(error, KafkaError::Transaction(e) if e.is_fatal())

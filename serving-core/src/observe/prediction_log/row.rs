@@ -73,7 +73,7 @@ pub(super) struct RowRef<'a> {
     model: &'a str,
     model_version: &'a str,
     status: u16,
-    start_time: String,
+    start_time: TimeText,
     elapsed_ms: f64,
     input: Option<JsonText<'a, Value>>,
     output: Option<JsonText<'a, Value>>,
@@ -90,7 +90,7 @@ impl<'a> From<&'a PredictionRecord> for RowRef<'a> {
             model: &record.model,
             model_version: &record.model_version,
             status: record.status,
-            start_time: format_time(record.start_time),
+            start_time: TimeText(record.start_time),
             elapsed_ms: record.elapsed_ms,
             input: record.input.as_ref().map(JsonText),
             output: record.output.as_ref().map(JsonText),
@@ -99,6 +99,12 @@ impl<'a> From<&'a PredictionRecord> for RowRef<'a> {
             params: JsonText(&record.params),
         }
     }
+}
+
+thread_local! {
+    /// Where [`JsonText`] and [`TimeText`] encode a column before it is written as a string:
+    /// reused, so that encoding a row allocates nothing once the buffers have grown.
+    static COLUMN: RefCell<(Vec<u8>, String)> = const { RefCell::new((Vec::new(), String::new())) };
 }
 
 /// A value serialized as a string holding its JSON text.
@@ -110,9 +116,29 @@ impl<T: Serialize> Serialize for JsonText<'_, T> {
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
         // Encoded whole first: streaming it through `collect_str` cost more in `fmt` calls
-        // than the copy.
-        let text = serde_json::to_string(self.0).map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(&text)
+        // than the copy. A value holds no row, so the buffer is never borrowed twice.
+        COLUMN.with_borrow_mut(|(json, _)| {
+            json.clear();
+            serde_json::to_writer(&mut *json, self.0).map_err(serde::ser::Error::custom)?;
+            let text = std::str::from_utf8(json).map_err(serde::ser::Error::custom)?;
+            serializer.serialize_str(text)
+        })
+    }
+}
+
+/// A time serialized as [`format_time`] writes it.
+struct TimeText(SystemTime);
+
+impl Serialize for TimeText {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        COLUMN.with_borrow_mut(|(_, text)| {
+            text.clear();
+            write_time(self.0, text);
+            serializer.serialize_str(text)
+        })
     }
 }
 
@@ -158,6 +184,13 @@ impl TryFrom<PredictionRow> for PredictionRecord {
 
 /// `time` as RFC 3339 in UTC with microseconds, for example `2026-05-01T12:00:00.123456Z`.
 pub fn format_time(time: SystemTime) -> String {
+    let mut text = String::with_capacity(27);
+    write_time(time, &mut text);
+    text
+}
+
+/// Appends `time` as [`format_time`] writes it.
+fn write_time(time: SystemTime, text: &mut String) {
     // Every prediction is stamped, and the text up to the second changes once a second: it is
     // formatted by chrono once per second and thread, and the microseconds are appended.
     thread_local! {
@@ -165,7 +198,8 @@ pub fn format_time(time: SystemTime) -> String {
     }
     let micros = micros(time);
     if micros <= 0 || micros == i64::MAX {
-        return DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Micros, true);
+        text.push_str(&DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Micros, true));
+        return;
     }
     let (second, fraction) = (micros / 1_000_000, micros % 1_000_000);
     LAST_SECOND.with_borrow_mut(|(last, prefix)| {
@@ -175,14 +209,12 @@ pub fn format_time(time: SystemTime) -> String {
             prefix.pop(); // the `Z`
             *last = second;
         }
-        let mut text = String::with_capacity(prefix.len() + 8);
         text.push_str(prefix);
         text.push('.');
         for place in [100_000, 10_000, 1_000, 100, 10, 1] {
             text.push(char::from(b'0' + (fraction / place % 10) as u8));
         }
         text.push('Z');
-        text
     })
 }
 
