@@ -416,9 +416,10 @@ pub(crate) struct Written {
     pub(crate) predicted: u64,
     pub(crate) failed: u64,
     pub(crate) seen: Seen,
-    /// Records of failed rows (at most the bound), for the writing thread to admit in
-    /// input order.
-    pub(crate) failed_records: Vec<PredictionRecord>,
+    /// Records of the chunk's rows for the log (every row, or the failed ones up to the
+    /// bound), for the writing thread to pass on in input order: chunks predicted on
+    /// several threads finish in any order.
+    pub(crate) logged: Vec<PredictionRecord>,
     /// Each row's outcome, in order, when the run is measured.
     pub(crate) outcomes: Vec<Outcome>,
     /// The rows' latency: from the chunk's arrival to its predictions.
@@ -434,7 +435,7 @@ impl Default for Written {
             predicted: 0,
             failed: 0,
             seen: Seen::default(),
-            failed_records: Vec::new(),
+            logged: Vec::new(),
             outcomes: Vec::new(),
             latency: std::time::Duration::ZERO,
             at: std::time::SystemTime::UNIX_EPOCH,
@@ -443,14 +444,14 @@ impl Default for Written {
 }
 
 impl ChunkJob {
-    /// Logs the chunk's failed rows (the first ones of the run, up to the bound) and counts
+    /// Logs the chunk's rows (every one, or the run's first failed ones up to the bound) and counts
     /// its rows as requests of the endpoint, in order, from the one thread that writes the
     /// output (no contention on the sinks): one event per row, with the chunk's latency,
     /// which is each of its rows'.
     pub(crate) fn measure(&self, written: &mut Written) {
         if let Some(records) = &self.records {
-            for record in written.failed_records.drain(..) {
-                if records.admits(true) {
+            for record in written.logged.drain(..) {
+                if records.admits(record.error.is_some()) {
                     records.push(record);
                 }
             }
@@ -556,11 +557,10 @@ impl ChunkJob {
                     }
                 }
             };
-            // Every row goes to the log now; a failed one is kept for the writing thread,
-            // which admits failed rows in input order up to the bound.
+            // Kept for the writing thread, which passes rows on in input order (admitting
+            // failed ones up to the bound).
             let admitted = self.records.as_ref().is_some_and(|records| {
-                records.every_row()
-                    || (result.is_err() && written.failed_records.len() < records.bound())
+                records.every_row() || (result.is_err() && written.logged.len() < records.bound())
             });
             let id_cell = schema
                 .id
@@ -613,18 +613,14 @@ impl ChunkJob {
                     Err((_, outcome)) => *outcome,
                 });
             }
-            if admitted && let Some(records) = &self.records {
+            if admitted {
                 let request_id = id_cell
                     .map(str::to_owned)
                     .or_else(|| generated.clone())
                     .unwrap_or_else(new_request_id);
                 let record =
                     self.record(chunk, row, request_id, &result, answers.as_ref(), elapsed);
-                if records.every_row() {
-                    records.push(record);
-                } else {
-                    written.failed_records.push(record);
-                }
+                written.logged.push(record);
             }
         }
         written.csv = csv.bytes;
