@@ -15,6 +15,7 @@ use serving_core::{
 use crate::config::RowInput;
 use crate::output::{Rows, push_f64};
 use crate::stats::RunRecords;
+use crate::workers::panicked;
 
 use crate::source::{ColumnType, RawChunk, Schema, Typed};
 
@@ -475,16 +476,6 @@ impl ChunkJob {
     }
 }
 
-fn caught(panic: Box<dyn std::any::Any + Send>) -> Error {
-    Error::Panicked {
-        message: panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_owned()),
-    }
-}
-
 impl ChunkJob {
     /// Predicts chunk number `index` (one call of the predictor, in its turn) and writes its
     /// rows: each row its prediction or its error, its request measured and, when the log
@@ -492,7 +483,7 @@ impl ChunkJob {
     pub(crate) fn run(&self, index: u64, chunk: &RawChunk) -> Result<Written> {
         let schema = &self.schema;
         let framed = std::panic::catch_unwind(AssertUnwindSafe(|| frame(schema, chunk)))
-            .unwrap_or_else(|panic| Err(caught(panic)));
+            .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
         let answers: std::result::Result<(Answers, Vec<(usize, String)>), Error> = {
             let turn = self.turns.wait(index);
             let answered = framed.and_then(|framed| {
@@ -503,7 +494,7 @@ impl ChunkJob {
                 let series = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     self.predictor.predict_chunk(&framed.frame)
                 }))
-                .unwrap_or_else(|panic| Err(caught(panic)))?;
+                .unwrap_or_else(|panic| Err(panicked(panic.as_ref())))?;
                 if series.len() != count {
                     return Err(Error::from_predictor(format!(
                         "the chunk predictor answered {} values for {count} rows",

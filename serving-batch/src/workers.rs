@@ -79,7 +79,8 @@ impl Workers {
     }
 }
 
-fn panicked(panic: &(dyn std::any::Any + Send)) -> Error {
+/// A predictor's panic as the row's (or chunk's) error.
+pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> Error {
     Error::Panicked {
         message: panic
             .downcast_ref::<&str>()
