@@ -34,7 +34,7 @@ use crate::model::signature::ModelSignature;
 use crate::observe::metrics::{
     DynMetricHistory, DynMetricSink, InMemoryMetrics, RequestEvent, SinkHistory,
 };
-use crate::observe::record::{DynRecordSink, PredictionRecord, crop, crop_error};
+use crate::observe::record::{DynRecordSink, PredictionRecord, crop, crop_error, crop_owned};
 use crate::outcome::Outcome;
 use crate::sync::Locked as _;
 
@@ -500,7 +500,7 @@ impl ModelEndpoint {
             .is_some_and(|records| records.keeps(false) || records.keeps(true));
         (kept && logging.log_input).then(|| match input {
             Input::Json(value) => crop(value, logging.max_value_chars),
-            other => crop(&other.to_json(), logging.max_value_chars),
+            other => crop_owned(other.to_json(), logging.max_value_chars),
         })
     }
 
