@@ -290,19 +290,14 @@ async fn apply(
             reason: format!("resource `{name}` has no uid yet"),
         })
     })?;
-    let applied = match deployer.apply(&spec, Some(&owner)).await {
-        Ok(applied) => applied,
-        Err(error) => {
-            let failed = status::failed(&previous, generation, &error, &now);
-            patch_status(api, endpoint, &failed).await?;
-            if status::reason_of(&error) == reason::INVALID_SPEC {
-                return Ok(Action::await_change());
-            }
-            return Err(ReconcileError(error));
-        }
+    // The objects, then the canary; a failure of either is reported the same way.
+    let steps = async {
+        let applied = deployer.apply(&spec, Some(&owner)).await?;
+        let versions = reconcile_canary(deployer, &spec, endpoint, &owner).await?;
+        Ok::<_, Error>((applied, versions))
     };
-    let (stable, canary) = match reconcile_canary(deployer, &spec, endpoint, &owner).await {
-        Ok(versions) => versions,
+    let (applied, (stable, canary)) = match steps.await {
+        Ok(done) => done,
         Err(error) => {
             let failed = status::failed(&previous, generation, &error, &now);
             patch_status(api, endpoint, &failed).await?;
