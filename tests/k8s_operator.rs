@@ -191,6 +191,36 @@ async fn objects(deployer: &Deployer, name: &str) -> Vec<String> {
 
 const ALL: usize = 6;
 
+/// What [`deleted_with_kubectl`] waits to see gone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Gone {
+    Resource,
+    WithItsObjects,
+}
+
+/// Deletes resource `name` with kubectl and waits until it (and, with
+/// [`Gone::WithItsObjects`], every object made for it) is gone.
+async fn deleted_with_kubectl(deployer: &Deployer, namespace: &str, name: &str, gone: Gone) {
+    // `--wait=false`: kubectl blocks this test's thread, which the operator's task shares.
+    let (ok, _, err) = kubectl(
+        &[
+            "delete",
+            "servingendpoint",
+            name,
+            "-n",
+            namespace,
+            "--wait=false",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    wait_for(&format!("`{name}` gone ({gone:?})"), PATIENCE, || async {
+        resources(deployer).get_opt(name).await.unwrap().is_none()
+            && (gone == Gone::Resource || objects(deployer, name).await.is_empty())
+    })
+    .await;
+}
+
 async fn hpa_max(deployer: &Deployer, name: &str) -> Option<i32> {
     api::<HorizontalPodAutoscaler>(deployer)
         .get_opt(name)
@@ -345,27 +375,7 @@ async fn a_resource_made_with_kubectl_is_reconciled_reported_changed_healed_and_
     .await;
 
     // Deleting the resource removes everything, then the resource (the finalizer).
-    let (ok, _, err) = kubectl(
-        &[
-            "delete",
-            "servingendpoint",
-            "iris",
-            "-n",
-            &ns,
-            "--wait=false",
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
-    wait_for("the resource and its objects gone", PATIENCE, || async {
-        resources(&deployer)
-            .get_opt("iris")
-            .await
-            .unwrap()
-            .is_none()
-            && objects(&deployer, "iris").await.is_empty()
-    })
-    .await;
+    deleted_with_kubectl(&deployer, &ns, "iris", Gone::WithItsObjects).await;
     operator.finish(&deployer).await;
 }
 
@@ -700,26 +710,7 @@ async fn an_operator_the_api_server_refuses_reports_forbidden() {
     assert!(stranger.contains("is the CRD installed"), "{stranger}");
     // The finalizer is the operator's: remove the resource with the admin's operator.
     let admin_operator = Running::start(deployer.client().clone(), &ns).await;
-    let (ok, _, err) = kubectl(
-        &[
-            "delete",
-            "servingendpoint",
-            "iris",
-            "-n",
-            &ns,
-            "--wait=false",
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
-    wait_for("the resource gone", PATIENCE, || async {
-        resources(&deployer)
-            .get_opt("iris")
-            .await
-            .unwrap()
-            .is_none()
-    })
-    .await;
+    deleted_with_kubectl(&deployer, &ns, "iris", Gone::Resource).await;
     admin_operator.finish(&deployer).await;
 }
 
@@ -789,16 +780,6 @@ async fn the_readme_deploys_the_quickstart_as_written() {
     assert_eq!(stable.model_version, "1");
     let (ok, table, err) = kubectl(&["get", "servingendpoints", "-n", &ns], None);
     assert!(ok && table.contains("True"), "{table} {err}");
-    // `--wait=false`: kubectl blocks this test's thread, which the operator's task shares.
-    let (ok, _, err) = kubectl(
-        &["delete", "servingendpoint", name, "-n", &ns, "--wait=false"],
-        None,
-    );
-    assert!(ok, "{err}");
-    wait_for("the README's endpoint gone", PATIENCE, || async {
-        resources(&deployer).get_opt(name).await.unwrap().is_none()
-            && objects(&deployer, name).await.is_empty()
-    })
-    .await;
+    deleted_with_kubectl(&deployer, &ns, name, Gone::WithItsObjects).await;
     operator.finish(&deployer).await;
 }
