@@ -40,6 +40,21 @@ struct Running {
     task: tokio::task::JoinHandle<serving::Result<()>>,
 }
 
+impl Running {
+    /// Signals the pod to stop (as SIGTERM does), then waits until it has drained and exited
+    /// cleanly.
+    fn stopped(mut self) -> impl std::future::Future<Output = ()> {
+        self.stop.take().unwrap().send(()).unwrap();
+        async move {
+            tokio::time::timeout(PATIENCE, self.task)
+                .await
+                .expect("the pod stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
 async fn start(pod: Pod, registry: Arc<ModelRegistry>) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -63,7 +78,7 @@ async fn a_pod_serves_its_mounted_spec_behind_the_secrets_token() {
     let pod = Pod::from_file(&path, Some(Token::new(TOKEN))).unwrap();
     assert_eq!(pod.spec().name, "iris");
     let registry = k8s_pod_example::registry().unwrap();
-    let mut running = start(pod, registry).await;
+    let running = start(pod, registry).await;
 
     let ready = client()
         .get(format!("{}/readyz", running.base))
@@ -81,12 +96,7 @@ async fn a_pod_serves_its_mounted_spec_behind_the_secrets_token() {
     let (status, _) = post_json(&url, None, &body).await;
     assert_eq!(status, 401);
 
-    running.stop.take().unwrap().send(()).unwrap();
-    tokio::time::timeout(PATIENCE, running.task)
-        .await
-        .expect("the pod stops")
-        .unwrap()
-        .unwrap();
+    running.stopped().await;
 }
 
 #[tokio::test]
@@ -106,7 +116,7 @@ async fn shutdown_drains_the_request_in_flight_then_the_pod_exits() {
         ))
     });
     let pod = Pod::from_file(&path, Some(Token::new(TOKEN))).unwrap();
-    let mut running = start(pod, registry).await;
+    let running = start(pod, registry).await;
     let url = format!("{}/api/v1/endpoints/iris", running.base);
     let in_flight = tokio::spawn(async move {
         post_json(
@@ -118,24 +128,18 @@ async fn shutdown_drains_the_request_in_flight_then_the_pod_exits() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let signalled = Instant::now();
-    running.stop.take().unwrap().send(()).unwrap();
+    let base = running.base.clone();
+    let exited = running.stopped();
 
     let (status, answer) = in_flight.await.unwrap();
     assert_eq!(status, 200, "the request in flight finishes: {answer}");
     assert!(answer["prediction"].is_string(), "{answer}");
-    tokio::time::timeout(PATIENCE, running.task)
-        .await
-        .expect("the pod exits after the drain")
-        .unwrap()
-        .unwrap();
+    exited.await;
     assert!(
         signalled.elapsed() < Duration::from_secs(10),
         "well within the drain timeout"
     );
-    let refused = client()
-        .get(format!("{}/readyz", running.base))
-        .send()
-        .await;
+    let refused = client().get(format!("{base}/readyz")).send().await;
     assert!(refused.is_err(), "nothing listens after the drain");
 }
 
@@ -207,7 +211,7 @@ async fn a_batch_pod_serves_its_runs_over_the_datasets() {
     let pod = Pod::from_file(&path, Some(Token::new(TOKEN)))
         .unwrap()
         .with_datasets(datasets);
-    let mut running = start(pod, k8s_pod_example::registry().unwrap()).await;
+    let running = start(pod, k8s_pod_example::registry().unwrap()).await;
 
     let url = format!("{}/api/v1/endpoints/flowers/batches", running.base);
     let body = json!({"input_file": "in/iris.csv", "output_file": "out/p.csv", "dataset": "iris"});
@@ -235,12 +239,7 @@ async fn a_batch_pod_serves_its_runs_over_the_datasets() {
     assert_eq!(run["rows_predicted"], 3);
     let (status, _) = post_json(&url, None, &body).await;
     assert_eq!(status, 401, "the token is required");
-    running.stop.take().unwrap().send(()).unwrap();
-    tokio::time::timeout(PATIENCE, running.task)
-        .await
-        .expect("the pod stops")
-        .unwrap()
-        .unwrap();
+    running.stopped().await;
 }
 
 /// A Kafka stream's pod: it joins its group (then `/readyz` answers 200), predicts each message
@@ -267,7 +266,7 @@ async fn a_stream_pod_predicts_its_input_topic_onto_its_output() {
     let path = dir.path().join("spec.yaml");
     std::fs::write(&path, spec.to_yaml()).unwrap();
     let pod = Pod::from_file(&path, Some(Token::new(TOKEN))).unwrap();
-    let mut running = start(pod, k8s_pod_example::registry().unwrap()).await;
+    let running = start(pod, k8s_pod_example::registry().unwrap()).await;
 
     let started = Instant::now();
     loop {
@@ -304,10 +303,5 @@ async fn a_stream_pod_predicts_its_input_topic_onto_its_output() {
     assert_eq!(read.len(), 1, "{read:?}");
     assert_eq!(read[0].key.as_deref(), Some("a"));
     assert_eq!(read[0].value, json!("setosa"), "{read:?}");
-    running.stop.take().unwrap().send(()).unwrap();
-    tokio::time::timeout(PATIENCE, running.task)
-        .await
-        .expect("the pod stops")
-        .unwrap()
-        .unwrap();
+    running.stopped().await;
 }
