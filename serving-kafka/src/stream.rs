@@ -274,20 +274,7 @@ impl KafkaStream {
     /// returns how many it committed and how many partitions the inputs have.
     fn commit_starting_offsets(&self) -> Result<(usize, usize)> {
         let consumer: BaseConsumer = self.consumer_config().create().map_err(storage)?;
-        let mut all = TopicPartitionList::new();
-        for topic in &self.config.input_topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
-                .map_err(storage)?;
-            for t in metadata.topics() {
-                if let Some(error) = t.error() {
-                    return Err(failure(topic, format!("input topic: {error:?}")));
-                }
-                for p in t.partitions() {
-                    all.add_partition(topic, p.id());
-                }
-            }
-        }
+        let all = partitions_of(&consumer, &self.config.input_topics)?;
         let committed = consumer
             .committed_offsets(all, TRANSACTION_TIMEOUT)
             .map_err(storage)?;
@@ -1236,23 +1223,29 @@ async fn blocking<T: Send + 'static>(
 pub async fn input_partitions(config: &KafkaStreamConfig) -> Result<usize> {
     let consumer: BaseConsumer = base_client(config).create().map_err(storage)?;
     let topics = config.input_topics.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut partitions = 0;
-        for topic in &topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
-                .map_err(storage)?;
-            for t in metadata.topics() {
-                if let Some(error) = t.error() {
-                    return Err(failure(topic, format!("input topic: {error:?}")));
-                }
-                partitions += t.partitions().len();
+    tokio::task::spawn_blocking(move || Ok(partitions_of(&consumer, &topics)?.count()))
+        .await
+        .map_err(|e| failure("kafka", e.to_string()))?
+}
+
+/// Every partition of `topics`, read from the brokers (blocking); a topic the brokers do not
+/// know is an error naming it.
+fn partitions_of(consumer: &BaseConsumer, topics: &[String]) -> Result<TopicPartitionList> {
+    let mut all = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
+            .map_err(storage)?;
+        for t in metadata.topics() {
+            if let Some(error) = t.error() {
+                return Err(failure(topic, format!("input topic: {error:?}")));
+            }
+            for p in t.partitions() {
+                all.add_partition(topic, p.id());
             }
         }
-        Ok(partitions)
-    })
-    .await
-    .map_err(|e| failure("kafka", e.to_string()))?
+    }
+    Ok(all)
 }
 
 /// The client settings every consumer and producer of a stream starts from: its brokers and
