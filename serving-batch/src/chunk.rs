@@ -517,7 +517,6 @@ impl ChunkJob {
         };
         let failure_text = failure.as_ref().map(ToString::to_string);
         let mut csv = Rows::with_capacity(chunk.text_len() + chunk.len() * 24);
-        let plain = chunk.is_plain();
         let width = schema.names.len();
         let mut written = Written::default();
         let mut errors = errors.into_iter().peekable();
@@ -565,21 +564,13 @@ impl ChunkJob {
                 Err((error, _)) => ("", error.as_str()),
             };
             match self.format {
-                OutputFormat::Full if plain && !needs_id && chunk.cells(row).len() == width => {
-                    csv.plain_row(chunk.row_text(row), &[prediction, error]);
-                }
-                OutputFormat::Full => {
-                    let cells = chunk
-                        .cells(row)
-                        .chain(std::iter::repeat(""))
-                        .take(width)
-                        .enumerate()
-                        .map(|(c, text)| match (&generated, Some(c) == schema.id) {
-                            (Some(id), true) if needs_id => id.as_str(),
-                            _ => text,
-                        });
-                    csv.row(cells, plain, &[prediction, error]);
-                }
+                OutputFormat::Full => csv.full_row(
+                    chunk,
+                    row,
+                    width,
+                    schema.id.zip(generated.as_deref()).filter(|_| needs_id),
+                    &[prediction, error],
+                ),
                 OutputFormat::Original => {
                     let input = match &result {
                         Err((_, Outcome::ClientError)) => {

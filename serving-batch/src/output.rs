@@ -5,6 +5,8 @@ use serde_json::Value;
 use serving_core::datasets::DatasetWriter;
 use serving_core::{OutputFormat, Result};
 
+use crate::source::RawChunk;
+
 /// Where the CSV goes.
 #[derive(Debug)]
 pub(crate) enum Target {
@@ -128,6 +130,32 @@ impl Rows {
             self.cell(cell, false);
         }
         self.bytes.push(b'\n');
+    }
+
+    /// Appends row `row` of `chunk` as the `full` format writes it: its cells (padded to
+    /// `width`, with `id` written in the id column when given as `(column, id)`), then `more`.
+    pub(crate) fn full_row(
+        &mut self,
+        chunk: &RawChunk,
+        row: usize,
+        width: usize,
+        id: Option<(usize, &str)>,
+        more: &[&str],
+    ) {
+        let plain = chunk.is_plain();
+        if plain && id.is_none() && chunk.cells(row).len() == width {
+            return self.plain_row(chunk.row_text(row), more);
+        }
+        let cells = chunk
+            .cells(row)
+            .chain(std::iter::repeat(""))
+            .take(width)
+            .enumerate()
+            .map(|(c, text)| match id {
+                Some((column, id)) if column == c => id,
+                _ => text,
+            });
+        self.row(cells, plain, more);
     }
 
     /// Appends one row whose cells are `text` (each followed by a comma, none needing

@@ -80,7 +80,6 @@ impl RowJob {
         let mut rows = Vec::with_capacity(WINDOW);
         let mut predicted_rows = Vec::with_capacity(WINDOW);
         let mut ids: Vec<Option<String>> = Vec::with_capacity(WINDOW);
-        let plain = chunk.is_plain();
         let width = schema.names.len();
         // The row's two cells, reused from row to row.
         let (mut prediction, mut error) = (String::with_capacity(24), String::new());
@@ -197,23 +196,13 @@ impl RowJob {
                     }
                 }
                 match self.format {
-                    OutputFormat::Full
-                        if plain && schema.id.is_none() && chunk.cells(row).len() == width =>
-                    {
-                        csv.plain_row(chunk.row_text(row), &[prediction.as_str(), error.as_str()]);
-                    }
-                    OutputFormat::Full => {
-                        let cells = chunk
-                            .cells(row)
-                            .chain(std::iter::repeat(""))
-                            .take(width)
-                            .enumerate()
-                            .map(|(c, text)| match &id {
-                                Some(id) if Some(c) == schema.id => id.as_str(),
-                                _ => text,
-                            });
-                        csv.row(cells, plain, &[prediction.as_str(), error.as_str()]);
-                    }
+                    OutputFormat::Full => csv.full_row(
+                        &chunk,
+                        row,
+                        width,
+                        schema.id.zip(id.as_deref()),
+                        &[prediction.as_str(), error.as_str()],
+                    ),
                     OutputFormat::Original => {
                         let input = values.map(|v| v.to_string()).unwrap_or_else(|| {
                             serde_json::to_string(&chunk.cells(row).collect::<Vec<_>>())
