@@ -105,11 +105,6 @@ impl ModelEndpoint {
                 local: Some(&local),
             };
             answers.push(self.predict_one(request, chunk).await);
-            // Handed over in bursts, and often enough that a slow model's metrics stay live.
-            let (waiting, age) = tally.tally.locked().waiting();
-            if waiting >= TALLY_BURST || age >= TALLY_AGE {
-                self.hand_over(&tally.tally);
-            }
         }
         answers
     }
@@ -207,18 +202,14 @@ impl Tally {
         }
     }
 
-    pub(crate) fn push(&mut self, event: RequestEvent, ended: Instant) {
+    /// Adds a request that ended at `ended`; answers whether the tally is due to be handed
+    /// over: a full burst, or one whose first request ended [`TALLY_AGE`] before this one
+    /// (so that a slow model's metrics stay live).
+    pub(crate) fn push(&mut self, event: RequestEvent, ended: Instant) -> bool {
         self.events.push(event);
         self.ended.push(ended);
-    }
-
-    /// How many wait, and how long before the last of them the first ended.
-    pub(crate) fn waiting(&self) -> (usize, Duration) {
-        let age = match (self.ended.first(), self.ended.last()) {
-            (Some(first), Some(last)) => *last - *first,
-            _ => Duration::ZERO,
-        };
-        (self.events.len(), age)
+        let first = self.ended.first().copied().unwrap_or(ended);
+        self.events.len() >= TALLY_BURST || ended - first >= TALLY_AGE
     }
 }
 

@@ -524,7 +524,12 @@ impl ModelEndpoint {
             at: request.at,
         };
         match request.tally {
-            Some(tally) => tally.locked().push(event, request.ended),
+            Some(tally) => {
+                let due = tally.locked().push(event, request.ended);
+                if due {
+                    self.hand_over(tally);
+                }
+            }
             None => {
                 self.metrics.record_request(&event);
                 self.lifecycle.record(&event, request.ended);
