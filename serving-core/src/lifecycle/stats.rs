@@ -43,7 +43,9 @@ struct Sample {
 #[derive(Debug)]
 pub(crate) struct VersionStats {
     capacity: usize,
-    series: Mutex<HashMap<String, Series>>,
+    /// Each version's series, in the order first seen: an endpoint has few versions, and a
+    /// scan from the newest finds the one serving now sooner than a hash of its id would.
+    series: Mutex<Vec<(String, Series)>>,
 }
 
 #[derive(Debug, Default)]
@@ -84,28 +86,43 @@ impl VersionStats {
         requests: impl IntoIterator<Item = (&'v str, Outcome, Duration, Instant)>,
     ) {
         let mut series = self.series.locked();
+        // Consecutive requests of one version (the usual case) share one lookup.
+        let mut current: Option<usize> = None;
         for (version, outcome, latency, at) in requests {
             let sample = Sample {
                 at,
                 latency,
                 outcome,
             };
-            // One lookup, and no allocation, once a version is known.
-            if let Some(entry) = series.get_mut(version) {
-                entry.add(sample, self.capacity);
-                continue;
-            }
-            let mut entry = Series::default();
-            entry.add(sample, self.capacity);
-            series.insert(version.to_owned(), entry);
+            let at = match current.filter(|&i| series[i].0 == version) {
+                Some(i) => i,
+                None => match series.iter().rposition(|(v, _)| v == version) {
+                    Some(i) => i,
+                    None => {
+                        series.push((version.to_owned(), Series::default()));
+                        series.len() - 1
+                    }
+                },
+            };
+            series[at].1.add(sample, self.capacity);
+            current = Some(at);
         }
+    }
+
+    /// The series of `version`, when it has one.
+    fn find<'s>(series: &'s mut [(String, Series)], version: &str) -> Option<&'s mut Series> {
+        series
+            .iter_mut()
+            .rev()
+            .find(|(v, _)| v == version)
+            .map(|(_, s)| s)
     }
 
     /// The stats of `version` over requests recorded at or after `since` (all retained ones
     /// when `None`).
     pub(crate) fn window(&self, version: &str, since: Option<Instant>) -> RequestStats {
-        let series = self.series.locked();
-        let Some(entry) = series.get(version) else {
+        let mut series = self.series.locked();
+        let Some(entry) = Self::find(&mut series, version) else {
             return RequestStats::default();
         };
         let samples: Vec<Sample> = entry
@@ -126,8 +143,8 @@ impl VersionStats {
         from: Instant,
         to: Instant,
     ) -> Vec<(Duration, Outcome)> {
-        let series = self.series.locked();
-        series.get(version).map_or_else(Vec::new, |entry| {
+        let mut series = self.series.locked();
+        Self::find(&mut series, version).map_or_else(Vec::new, |entry| {
             entry
                 .recent
                 .iter()
@@ -140,17 +157,14 @@ impl VersionStats {
     /// Drops the recent requests of `version`, keeping its totals: for versions unloaded from
     /// memory, so that a long history of updates does not grow without bound.
     pub(crate) fn forget_recent(&self, version: &str) {
-        if let Some(series) = self.series.locked().get_mut(version) {
+        if let Some(series) = Self::find(&mut self.series.locked(), version) {
             series.recent = VecDeque::new();
         }
     }
 
     /// Lifetime request and error counts of `version`.
     pub(crate) fn totals(&self, version: &str) -> (u64, u64) {
-        self.series
-            .locked()
-            .get(version)
-            .map_or((0, 0), |s| (s.total, s.total_errors))
+        Self::find(&mut self.series.locked(), version).map_or((0, 0), |s| (s.total, s.total_errors))
     }
 }
 
