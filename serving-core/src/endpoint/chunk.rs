@@ -191,6 +191,8 @@ impl Local {
 pub(crate) struct Tally {
     events: Vec<RequestEvent>,
     ended: Vec<Instant>,
+    /// When the tally is due, by the age of its first request.
+    due: Instant,
 }
 
 impl Tally {
@@ -199,6 +201,7 @@ impl Tally {
         Tally {
             events: Vec::with_capacity(burst),
             ended: Vec::with_capacity(burst),
+            due: Instant::now(),
         }
     }
 
@@ -206,10 +209,13 @@ impl Tally {
     /// over: a full burst, or one whose first request ended [`TALLY_AGE`] before this one
     /// (so that a slow model's metrics stay live).
     pub(crate) fn push(&mut self, event: RequestEvent, ended: Instant) -> bool {
+        if self.events.is_empty() {
+            // A comparison per request, where a difference of instants cost several.
+            self.due = ended.checked_add(TALLY_AGE).unwrap_or(ended);
+        }
         self.events.push(event);
         self.ended.push(ended);
-        let first = self.ended.first().copied().unwrap_or(ended);
-        self.events.len() >= TALLY_BURST || ended - first >= TALLY_AGE
+        self.events.len() >= TALLY_BURST || ended >= self.due
     }
 }
 
@@ -217,7 +223,7 @@ impl ModelEndpoint {
     /// Hands `tally`'s events to the metric sink and the version stats.
     pub(crate) fn hand_over(&self, tally: &Mutex<Tally>) {
         let mut tally = tally.locked();
-        let Tally { events, ended } = &mut *tally;
+        let Tally { events, ended, .. } = &mut *tally;
         self.metrics.record_requests(events);
         self.lifecycle
             .record_all(events.iter().zip(ended.iter().copied()));
