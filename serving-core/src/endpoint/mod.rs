@@ -761,29 +761,54 @@ pub fn new_request_id() -> String {
     /// Counters a thread takes at a time: cores making ids at once do not take turns at one
     /// shared counter for every request.
     const BLOCK: u64 = 1024;
+    /// A thread's block of counters, and the text of the id it made last.
+    struct Block {
+        next: u64,
+        end: u64,
+        text: [u8; 32],
+    }
     thread_local! {
-        static RESERVED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+        static BLOCK_TAKEN: std::cell::RefCell<Block> = const {
+            std::cell::RefCell::new(Block { next: 0, end: 0, text: [b'0'; 32] })
+        };
     }
-    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
-    let n = RESERVED.with(|reserved| {
-        let (mut next, mut end) = reserved.get();
-        if next == end {
-            next = NEXT.fetch_add(BLOCK, Ordering::Relaxed);
-            end = next + BLOCK;
+    BLOCK_TAKEN.with_borrow_mut(|block| {
+        if block.next == block.end {
+            block.next = NEXT.fetch_add(BLOCK, Ordering::Relaxed);
+            block.end = block.next + BLOCK;
+            let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+            write_hex(&mut block.text[..16], *prefix);
+            write_hex(&mut block.text[16..], block.next);
+        } else {
+            // The next counter's text is the last one's plus one, in place: writing all 32
+            // digits again cost more than the rest of the id (it runs per request).
+            for digit in block.text[16..].iter_mut().rev() {
+                match *digit {
+                    b'f' => *digit = b'0',
+                    b'9' => {
+                        *digit = b'a';
+                        break;
+                    }
+                    _ => {
+                        *digit += 1;
+                        break;
+                    }
+                }
+            }
         }
-        reserved.set((next + 1, end));
-        next
-    });
-    // Written by hand: `format!` costs more than the rest of the id (it runs per request).
+        block.next += 1;
+        std::str::from_utf8(&block.text)
+            .expect("hex digits are ASCII")
+            .to_owned()
+    })
+}
+
+/// Writes `n` as 16 hex digits.
+fn write_hex(digits: &mut [u8], n: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id = (u128::from(*prefix) << 64) | u128::from(n);
-    let mut digits = [0_u8; 32];
     for (i, digit) in digits.iter_mut().enumerate() {
-        *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+        *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
-    std::str::from_utf8(&digits)
-        .expect("hex digits are ASCII")
-        .to_owned()
 }
 
 /// Builds a [`ModelEndpoint`].
@@ -1024,6 +1049,25 @@ mod tests {
         );
         let unique: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
+    }
+
+    /// A thread's ids count up by one within its block, their digits carried as a number's
+    /// (`…09` → `…0a`, `…0f` → `…10`, `…ff` → `…100`), and share the process's prefix.
+    #[test]
+    fn a_threads_ids_count_up_in_hex() {
+        let ids: Vec<u128> = std::thread::spawn(|| {
+            (0..600)
+                .map(|_| u128::from_str_radix(&new_request_id(), 16).unwrap())
+                .collect()
+        })
+        .join()
+        .unwrap();
+        // A new thread takes a new block of 1024: its 600 ids are one run.
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:x?}");
+        let prefix = ids[0] >> 64;
+        assert!(ids.iter().all(|id| id >> 64 == prefix));
+        // The run crossed `…ff` at least twice.
+        assert!(ids.iter().filter(|id| *id % 256 == 0).count() >= 2);
     }
 
     /// The id moves into the predictor's context and back; a context the predictor keeps
