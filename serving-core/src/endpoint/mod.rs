@@ -478,13 +478,26 @@ impl ModelEndpoint {
         };
         let shared = chunk.local.map_or(&self.context, |local| &local.context);
         let context = Context::for_request(shared, Arc::clone(version), request_id, resources);
-        let prediction = AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
-        let outcome = match within(deadline, context.clone().scope(prediction)).await {
-            None => Err(Error::Timeout { after: timeout }),
-            Some(Err(panic)) => Err(Error::Panicked {
+        // A predictor that answers at once (an inline function) is called without a future.
+        let now = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            context.enter(|| served.predictor.predict_now(input, &context))
+        }));
+        let outcome = match now {
+            Ok(Ok(outcome)) => outcome,
+            Err(panic) => Err(Error::Panicked {
                 message: panic_message(&*panic),
             }),
-            Some(Ok(outcome)) => outcome,
+            Ok(Err(input)) => {
+                let prediction =
+                    AssertUnwindSafe(served.predictor.predict(input, &context)).catch_unwind();
+                match within(deadline, context.clone().scope(prediction)).await {
+                    None => Err(Error::Timeout { after: timeout }),
+                    Some(Err(panic)) => Err(Error::Panicked {
+                        message: panic_message(&*panic),
+                    }),
+                    Some(Ok(outcome)) => outcome,
+                }
+            }
         };
         let (logged, request_id) = context.into_logged_and_id();
         (outcome, logged, request_id)

@@ -162,6 +162,22 @@ impl Context {
         TASK_CONTEXT.scope(self, future).await
     }
 
+    /// Runs `work` on this thread with this context as [`Context::current`] (a predictor's
+    /// [`predict_now`](crate::Predictor::predict_now)).
+    pub(crate) fn enter<T>(&self, work: impl FnOnce() -> T) -> T {
+        /// Puts back, even through a panic, the context the thread had before.
+        struct Restore(Option<Context>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                THREAD_CONTEXT.with(|slot| *slot.borrow_mut() = previous);
+            }
+        }
+        let previous = THREAD_CONTEXT.with(|slot| slot.replace(Some(self.clone())));
+        let _restore = Restore(previous);
+        work()
+    }
+
     /// The request's id.
     pub fn request_id(&self) -> &str {
         &self.inner.request_id

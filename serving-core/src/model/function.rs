@@ -193,16 +193,13 @@ where
 {
     async fn predict(&self, input: Input, ctx: &Context) -> Result<Value> {
         // Inline, the endpoint has scoped the context to this task, so `log_metric` finds it.
+        let input = match self.predict_now(input, ctx) {
+            Ok(output) => return output,
+            Err(input) => input,
+        };
         let adaptive = match &self.placement {
-            Placement::Inline => return self.function.call(&input),
-            Placement::Pool => None,
-            Placement::Adaptive(adaptive) if adaptive.inline() => {
-                let started = Instant::now();
-                let output = self.function.call(&input);
-                adaptive.ran_inline(started.elapsed());
-                return output;
-            }
             Placement::Adaptive(adaptive) => Some(adaptive),
+            Placement::Pool | Placement::Inline => None,
         };
         let function = Arc::clone(&self.function);
         let (output, took) = ctx
@@ -216,6 +213,25 @@ where
             adaptive.ran_on_pool(took);
         }
         output
+    }
+
+    /// Calls the function at once when it runs inline (always, or adaptively once it has
+    /// proved fast); hands the input back when it runs on the pool.
+    fn predict_now(
+        &self,
+        input: Input,
+        _ctx: &Context,
+    ) -> std::result::Result<Result<Value>, Input> {
+        match &self.placement {
+            Placement::Inline => Ok(self.function.call(&input)),
+            Placement::Adaptive(adaptive) if adaptive.inline() => {
+                let started = Instant::now();
+                let output = self.function.call(&input);
+                adaptive.ran_inline(started.elapsed());
+                Ok(output)
+            }
+            Placement::Adaptive(_) | Placement::Pool => Err(input),
+        }
     }
 }
 

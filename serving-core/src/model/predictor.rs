@@ -34,6 +34,22 @@ pub trait Predictor: Debug + Send + Sync + 'static {
     /// Predicts one input.
     async fn predict(&self, input: Input, ctx: &Context) -> Result<Value>;
 
+    /// Answers `input` at once, on the calling thread, when this predictor can without
+    /// awaiting anything (a [`predictor_fn`](crate::predictor_fn) that runs inline): the
+    /// endpoint then makes no future for the request, which for a model that answers in a
+    /// microsecond cost more than the model. `Err(input)` hands the input back, to be
+    /// predicted with [`predict`](Predictor::predict); the default always does.
+    ///
+    /// It answers as `predict` would, with `ctx` as [`Context::current`] while it runs.
+    fn predict_now(
+        &self,
+        input: Input,
+        ctx: &Context,
+    ) -> std::result::Result<Result<Value>, Input> {
+        let _ = ctx;
+        Err(input)
+    }
+
     /// What this predictor can do beyond `predict`.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
@@ -88,6 +104,14 @@ macro_rules! forward_predictor {
                 Self: 'f,
             {
                 (**self).predict(input, ctx)
+            }
+
+            fn predict_now(
+                &self,
+                input: Input,
+                ctx: &Context,
+            ) -> std::result::Result<Result<Value>, Input> {
+                (**self).predict_now(input, ctx)
             }
 
             fn capabilities(&self) -> Capabilities {
