@@ -54,6 +54,10 @@ const EXACT_TENS: [f64; 16] = [
 /// the same double a full parser answers (Clinger's fast path). `None` for anything else.
 fn short_decimal(cell: &str) -> Option<f64> {
     let bytes = cell.as_bytes();
+    // A sign, 15 digits and a point at most: a longer cell is left to the full parser unread.
+    if bytes.len() > 17 {
+        return None;
+    }
     let (negative, digits) = match bytes.first()? {
         b'-' => (true, &bytes[1..]),
         _ => (false, bytes),
