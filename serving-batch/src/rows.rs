@@ -3,7 +3,7 @@
 //! on all cores at once, the output in input order.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt as _;
@@ -76,10 +76,10 @@ impl RowJob {
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         let mut csv = Rows::reusing(spare, chunk.text_len() + chunk.len() * 24);
-        // A window's rows, requests, the chunk's row of each request, and ids.
+        // A window's rows and their ids; the chunk's row of each request.
         let mut rows = Vec::with_capacity(WINDOW);
-        let mut predicted_rows = Vec::with_capacity(WINDOW);
         let mut ids: Vec<Option<String>> = Vec::with_capacity(WINDOW);
+        let predicted_rows: Vec<AtomicUsize> = (0..WINDOW).map(|_| AtomicUsize::new(0)).collect();
         let width = schema.names.len();
         // The row's two cells, reused from row to row.
         let (mut prediction, mut error) = (String::with_capacity(24), String::new());
@@ -88,64 +88,22 @@ impl RowJob {
                 break;
             }
             let window = first..chunk.len().min(first + WINDOW);
-            let mut requests = Vec::with_capacity(window.len());
-            predicted_rows.clear();
-            for row in window.clone() {
-                // An id from the source, or one made now when the output has to show it.
-                let id = schema.id.map(|column| {
-                    chunk
-                        .cell(row, column)
-                        .filter(|id| !id.is_empty())
-                        .map_or_else(new_request_id, str::to_owned)
-                });
-                if let Some((_, error)) = errors.next_if(|(index, _)| *index == row) {
-                    rows.push(Row::Refused(Error::invalid_request(error.clone()), None));
-                    ids.push(id);
-                    continue;
-                }
-                let values = match schema.input(chunk.cells(row), self.mode) {
-                    Ok(values) => values,
-                    Err(error) => {
-                        let error = format!("row {}: {error}", chunk.number(row));
-                        rows.push(Row::Refused(Error::invalid_request(error), None));
-                        ids.push(id);
-                        continue;
-                    }
-                };
-                // The typed values are kept only for the `original` format's `input` column.
-                let kept = (self.format == OutputFormat::Original).then(|| values.clone());
-                let mut request = if self.files == FileInput::Off {
-                    PredictRequest::new(values)
-                } else {
-                    let value = match &values {
-                        Value::Array(cells) if cells.len() == 1 => cells[0].clone(),
-                        other => other.clone(),
-                    };
-                    match decode_files(value, self.files) {
-                        Ok(decoded) => {
-                            let (input, files) = decoded.into_parts();
-                            PredictRequest::new(input).with_resource(files)
-                        }
-                        Err(error) => {
-                            let error = format!("row {}: {error}", chunk.number(row));
-                            rows.push(Row::Refused(Error::invalid_request(error), kept));
-                            ids.push(id);
-                            continue;
-                        }
-                    }
-                }
-                .with_arrival(chunk.arrival);
-                request.request_id = id.clone();
-                requests.push(request);
-                predicted_rows.push(row);
-                rows.push(Row::Request(kept));
+            // Each row is parsed as the endpoint takes its request, so that one input at a
+            // time is alive: a window's worth of them outgrew the allocator's per-thread cache.
+            let mut taken = 0;
+            let requests = window.clone().filter_map(|row| {
+                let (request, id) = self.request(&chunk, row, &mut errors, &mut rows);
                 ids.push(id);
-            }
+                let request = request?;
+                predicted_rows[taken].store(row, Ordering::Relaxed);
+                taken += 1;
+                Some(request)
+            });
             // A failed row's record gets its input parsed again from the cells: no copy of
             // every row's input is kept for the few failed ones logged. (Decoded files are
             // kept as the predictor got them.)
             let remake = |request: usize| {
-                let row = *predicted_rows.get(request)?;
+                let row = predicted_rows.get(request)?.load(Ordering::Relaxed);
                 schema.input(chunk.cells(row), self.mode).ok()
             };
             let remake = (self.files == FileInput::Off)
@@ -155,6 +113,8 @@ impl RowJob {
                 .predict_chunk(requests, &self.stop, remake)
                 .await
                 .into_iter();
+            // Stopped when rows were left unparsed: the rows parsed are written, no more.
+            let stopped = rows.len() < window.len();
             for (row, (input, id)) in window.zip(rows.drain(..).zip(ids.drain(..))) {
                 let (result, values, refused) = match input {
                     Row::Request(values) => match answers.next() {
@@ -216,9 +176,67 @@ impl RowJob {
                     }
                 }
             }
+            if stopped {
+                break;
+            }
         }
         written.csv = csv.bytes;
         Ok(written)
+    }
+
+    /// Row `row` of `chunk` as a request, or refused (its error pushed with it to `rows`), and
+    /// its id: from the source, or made now when the output has to show it.
+    fn request(
+        &self,
+        chunk: &RawChunk,
+        row: usize,
+        errors: &mut std::iter::Peekable<std::slice::Iter<'_, (usize, String)>>,
+        rows: &mut Vec<Row>,
+    ) -> (Option<PredictRequest>, Option<String>) {
+        let schema = &self.schema;
+        let id = schema.id.map(|column| {
+            chunk
+                .cell(row, column)
+                .filter(|id| !id.is_empty())
+                .map_or_else(new_request_id, str::to_owned)
+        });
+        if let Some((_, error)) = errors.next_if(|(index, _)| *index == row) {
+            rows.push(Row::Refused(Error::invalid_request(error.clone()), None));
+            return (None, id);
+        }
+        let values = match schema.input(chunk.cells(row), self.mode) {
+            Ok(values) => values,
+            Err(error) => {
+                let error = format!("row {}: {error}", chunk.number(row));
+                rows.push(Row::Refused(Error::invalid_request(error), None));
+                return (None, id);
+            }
+        };
+        // The typed values are kept only for the `original` format's `input` column.
+        let kept = (self.format == OutputFormat::Original).then(|| values.clone());
+        let mut request = if self.files == FileInput::Off {
+            PredictRequest::new(values)
+        } else {
+            let value = match &values {
+                Value::Array(cells) if cells.len() == 1 => cells[0].clone(),
+                other => other.clone(),
+            };
+            match decode_files(value, self.files) {
+                Ok(decoded) => {
+                    let (input, files) = decoded.into_parts();
+                    PredictRequest::new(input).with_resource(files)
+                }
+                Err(error) => {
+                    let error = format!("row {}: {error}", chunk.number(row));
+                    rows.push(Row::Refused(Error::invalid_request(error), kept));
+                    return (None, id);
+                }
+            }
+        }
+        .with_arrival(chunk.arrival);
+        request.request_id = id.clone();
+        rows.push(Row::Request(kept));
+        (Some(request), id)
     }
 }
 

@@ -34,8 +34,10 @@ const TALLY_AGE: Duration = Duration::from_millis(100);
 
 impl ModelEndpoint {
     /// Predicts `requests` one after another on the calling task and answers their results
-    /// in the same order; stops before the next request once `stop` is set (the answers then
-    /// hold only the requests predicted).
+    /// in the same order; stops before taking the next request once `stop` is set (the
+    /// answers then hold only the requests predicted). `requests` may make each request as it
+    /// is taken: then only one input at a time is alive, which the allocator serves from its
+    /// per-thread cache where a whole chunk's would not fit.
     ///
     /// Each request is a prediction of its own, made as
     /// [`Endpoint::predict`](crate::Endpoint::predict) makes it: its own id, outcome, latency
@@ -66,7 +68,7 @@ impl ModelEndpoint {
     /// }))
     /// .build()
     /// .unwrap();
-    /// let requests = (0..3).map(|i| PredictRequest::new(serde_json::json!([i]))).collect();
+    /// let requests = (0..3).map(|i| PredictRequest::new(serde_json::json!([i])));
     /// let answers = endpoint.predict_chunk(requests, &AtomicBool::new(false), None).await;
     /// let outputs: Vec<f64> = answers
     ///     .into_iter()
@@ -77,7 +79,7 @@ impl ModelEndpoint {
     /// ```
     pub async fn predict_chunk(
         &self,
-        requests: Vec<PredictRequest>,
+        requests: impl IntoIterator<Item = PredictRequest>,
         stop: &AtomicBool,
         remake_input: Option<&(dyn Fn(usize) -> Option<Value> + Sync)>,
     ) -> Vec<Result<Prediction>> {
@@ -91,11 +93,15 @@ impl ModelEndpoint {
             endpoint: self,
             tally: Mutex::new(Tally::with_capacity(TALLY_BURST)),
         };
-        let mut answers = Vec::with_capacity(requests.len());
-        for (index, request) in requests.into_iter().enumerate() {
-            if stop.load(Ordering::Acquire) {
+        let mut requests = requests.into_iter();
+        let mut answers = Vec::with_capacity(requests.size_hint().0);
+        // Checked before a request is taken: an iterator that makes its requests as they are
+        // taken (a batch run parses its rows) makes none once stopped.
+        while !stop.load(Ordering::Acquire) {
+            let Some(request) = requests.next() else {
                 break;
-            }
+            };
+            let index = answers.len();
             let remake = remake_input.map(|remake| move || remake(index));
             let chunk = InChunk {
                 slot_held: slot.is_some(),
@@ -257,7 +263,7 @@ mod tests {
         .metric_sink(metrics.clone())
         .build()
         .unwrap();
-        let requests = [4.0, -1.0, 2.0]
+        let requests: Vec<_> = [4.0, -1.0, 2.0]
             .into_iter()
             .enumerate()
             .map(|(i, x)| PredictRequest::new(json!([x])).with_request_id(format!("r{i}")))
@@ -314,7 +320,7 @@ mod tests {
             .metric_sink(metrics.clone())
             .build()
             .unwrap();
-        let requests = (1..=4).map(|i| PredictRequest::new(json!(i))).collect();
+        let requests: Vec<_> = (1..=4).map(|i| PredictRequest::new(json!(i))).collect();
         let stop = AtomicBool::new(false);
         let chunk = endpoint.predict_chunk(requests, &stop, None);
         let gave_up = tokio::time::timeout(std::time::Duration::from_millis(200), chunk).await;
@@ -339,7 +345,7 @@ mod tests {
             .lifecycle()
             .update_model(doubled, Some(50))
             .unwrap();
-        let requests = (0..200)
+        let requests: Vec<_> = (0..200)
             .map(|i| PredictRequest::new(json!([1.0])).with_routing_key(format!("key-{i}")))
             .collect();
         let answers = endpoint
