@@ -166,6 +166,15 @@ impl<P: Predictor> Predictor for Batched<P> {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Always awaited: every input waits in the queue for its batch.
+    fn predict_now(
+        &self,
+        input: Input,
+        _ctx: &Context,
+    ) -> std::result::Result<Result<Value>, Input> {
+        Err(input)
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }

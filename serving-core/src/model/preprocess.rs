@@ -36,6 +36,16 @@ impl<Pre: Predictor, P: Predictor> Predictor for Preprocessed<Pre, P> {
         self.predictor.predict(Input::Json(prepared), ctx).await
     }
 
+    /// Always awaited: once the preprocess step has taken the input, a predictor that cannot
+    /// answer at once would have nothing to hand back.
+    fn predict_now(
+        &self,
+        input: Input,
+        _ctx: &Context,
+    ) -> std::result::Result<Result<Value>, Input> {
+        Err(input)
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.predictor.capabilities()
     }
