@@ -98,6 +98,7 @@
 mod chunk;
 mod config;
 mod output;
+mod records;
 mod rows;
 mod run;
 mod service;

@@ -10,6 +10,7 @@ use serving_core::{Arrival, Error, Result};
 use tokio::sync::mpsc;
 
 use crate::config::RowInput;
+use crate::records::Records;
 
 /// The type of a column, inferred from the cells of the first chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,41 +444,35 @@ impl ChunkBuilder {
         self.rows.len() - 1
     }
 
-    fn push(&mut self, record: &csv::ByteRecord, width: usize) {
-        self.plain &= !record
-            .as_slice()
-            .iter()
-            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
-        // Each cell followed by a comma: a plain row is then written back in one copy.
-        for cell in record {
-            self.bytes.extend_from_slice(cell);
-            self.ends.push(self.bytes.len());
-            self.bytes.push(b',');
-        }
-        if record.len() != width {
+    /// Reads the input's next record into the chunk; false at the end of the input.
+    fn read_row<R: std::io::Read>(
+        &mut self,
+        records: &mut Records<R>,
+        width: usize,
+    ) -> std::io::Result<bool> {
+        let Some(record) = records.next_into(&mut self.bytes, &mut self.ends)? else {
+            return Ok(false);
+        };
+        self.plain &= record.plain;
+        if record.cells != width {
             let row = self.len();
             let number = self.first + row as u64;
-            // The whole row goes in the message: the output has room for `width` cells.
-            let cells: Vec<String> = record
-                .iter()
-                .map(|cell| String::from_utf8_lossy(cell).into_owned())
-                .collect();
+            // The whole row goes in the message: the output has room for `width` cells. Its
+            // cells are stored each followed by a comma, so the row is its text but the last.
+            let start = self.rows[row]
+                .checked_sub(1)
+                .map_or(0, |cell| self.ends[cell] + 1);
+            let text = String::from_utf8_lossy(&self.bytes[start..self.bytes.len() - 1]);
             self.errors.push((
                 row,
                 format!(
-                    "row {number} has {} cells; the header has {width} columns: {}",
-                    record.len(),
-                    cells.join(",")
+                    "row {number} has {} cells; the header has {width} columns: {text}",
+                    record.cells
                 ),
             ));
         }
         self.rows.push(self.ends.len());
-    }
-
-    fn push_error(&mut self, error: String) {
-        let row = self.len();
-        self.errors.push((row, error));
-        self.rows.push(self.ends.len());
+        Ok(true)
     }
 
     fn build(mut self) -> RawChunk {
@@ -611,26 +606,31 @@ pub fn read_csv(
         inner: input,
         progress,
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .has_headers(false)
-        .from_reader(std::io::BufReader::with_capacity(1 << 20, counting));
-    let storage = |error: csv::Error| match error.kind() {
-        csv::ErrorKind::Io(_) => Error::Storage {
-            location: name.to_owned(),
-            source: Box::new(error),
-        },
-        _ => Error::invalid_request(format!("input file `{name}`: {error}")),
+    let mut records = Records::new(counting, 1 << 20);
+    let storage = |error: std::io::Error| Error::Storage {
+        location: name.to_owned(),
+        source: Box::new(error),
     };
-    let mut record = csv::ByteRecord::new();
-    if !reader.read_byte_record(&mut record).map_err(storage)? {
+    let (mut header, mut ends) = (Vec::new(), Vec::new());
+    if records
+        .next_into(&mut header, &mut ends)
+        .map_err(storage)?
+        .is_none()
+    {
         return Err(Error::invalid_request(format!(
             "input file `{name}` is empty: expected a header line, then one row per prediction"
         )));
     }
-    let names: Vec<String> = record
+    let mut start = 0;
+    let names: Vec<String> = ends
         .iter()
-        .map(|cell| String::from_utf8_lossy(cell).trim().to_owned())
+        .map(|&end| {
+            let cell = String::from_utf8_lossy(&header[start..end])
+                .trim()
+                .to_owned();
+            start = end + 1;
+            cell
+        })
         .collect();
     if names.iter().all(String::is_empty) {
         return Err(Error::invalid_request(format!(
@@ -655,23 +655,8 @@ pub fn read_csv(
     let recycle = Arc::new(Recycle::default());
     loop {
         let mut rows = ChunkBuilder::new(number + 1, chunk_rows.min(100_000), last, &recycle);
-        while rows.len() < chunk_rows {
-            let more = match reader.read_byte_record(&mut record) {
-                Ok(more) => more,
-                Err(error) if matches!(error.kind(), csv::ErrorKind::Io(_)) => {
-                    return Err(storage(error));
-                }
-                Err(error) => {
-                    number += 1;
-                    rows.push_error(format!("row {number} does not parse: {error}"));
-                    continue;
-                }
-            };
-            if !more {
-                break;
-            }
+        while rows.len() < chunk_rows && rows.read_row(&mut records, width).map_err(storage)? {
             number += 1;
-            rows.push(&record, width);
         }
         let done = rows.len() < chunk_rows;
         last = Some((rows.bytes.len(), rows.ends.len()));
@@ -814,6 +799,19 @@ mod tests {
         assert_eq!(
             bad,
             "column `b`: `abc` is not a number like the rest of the column"
+        );
+    }
+
+    #[test]
+    fn quoted_cells_crlf_lines_and_a_byte_order_mark_read_as_csv_reads_them() {
+        let (schema, rows) = read("\u{feff}a,b\r\n\"x,\r\ny\",1\r\n\r\n2,3\r\n4\r\n", 10).unwrap();
+        assert_eq!(schema.names, ["a", "b"]);
+        let cells: Vec<&[String]> = rows.iter().map(|row| row.cells.as_slice()).collect();
+        assert_eq!(cells, [&["x,\r\ny", "1"][..], &["2", "3"], &["4"]]);
+        assert!(rows[0].error.is_none() && rows[1].error.is_none());
+        assert_eq!(
+            rows[2].error.as_deref(),
+            Some("row 3 has 1 cells; the header has 2 columns: 4")
         );
     }
 
