@@ -96,7 +96,7 @@ impl VersionStats {
             };
             let at = match current.filter(|&i| series[i].0 == version) {
                 Some(i) => i,
-                None => match series.iter().rposition(|(v, _)| v == version) {
+                None => match Self::position(&series, version) {
                     Some(i) => i,
                     None => {
                         series.push((version.to_owned(), Series::default()));
@@ -109,23 +109,20 @@ impl VersionStats {
         }
     }
 
-    /// The series of `version`, when it has one.
-    fn find<'s>(series: &'s mut [(String, Series)], version: &str) -> Option<&'s mut Series> {
-        series
-            .iter_mut()
-            .rev()
-            .find(|(v, _)| v == version)
-            .map(|(_, s)| s)
+    /// Where the series of `version` is, when it has one: scanned from the newest.
+    fn position(series: &[(String, Series)], version: &str) -> Option<usize> {
+        series.iter().rposition(|(v, _)| v == version)
     }
 
     /// The stats of `version` over requests recorded at or after `since` (all retained ones
     /// when `None`).
     pub(crate) fn window(&self, version: &str, since: Option<Instant>) -> RequestStats {
-        let mut series = self.series.locked();
-        let Some(entry) = Self::find(&mut series, version) else {
+        let series = self.series.locked();
+        let Some(at) = Self::position(&series, version) else {
             return RequestStats::default();
         };
-        let samples: Vec<Sample> = entry
+        let samples: Vec<Sample> = series[at]
+            .1
             .recent
             .iter()
             .filter(|s| since.is_none_or(|since| s.at >= since))
@@ -143,9 +140,10 @@ impl VersionStats {
         from: Instant,
         to: Instant,
     ) -> Vec<(Duration, Outcome)> {
-        let mut series = self.series.locked();
-        Self::find(&mut series, version).map_or_else(Vec::new, |entry| {
-            entry
+        let series = self.series.locked();
+        Self::position(&series, version).map_or_else(Vec::new, |at| {
+            series[at]
+                .1
                 .recent
                 .iter()
                 .filter(|s| s.at >= from && s.at < to)
@@ -157,14 +155,19 @@ impl VersionStats {
     /// Drops the recent requests of `version`, keeping its totals: for versions unloaded from
     /// memory, so that a long history of updates does not grow without bound.
     pub(crate) fn forget_recent(&self, version: &str) {
-        if let Some(series) = Self::find(&mut self.series.locked(), version) {
-            series.recent = VecDeque::new();
+        let mut series = self.series.locked();
+        if let Some(at) = Self::position(&series, version) {
+            series[at].1.recent = VecDeque::new();
         }
     }
 
     /// Lifetime request and error counts of `version`.
     pub(crate) fn totals(&self, version: &str) -> (u64, u64) {
-        Self::find(&mut self.series.locked(), version).map_or((0, 0), |s| (s.total, s.total_errors))
+        let series = self.series.locked();
+        Self::position(&series, version).map_or((0, 0), |at| {
+            let (_, entry) = &series[at];
+            (entry.total, entry.total_errors)
+        })
     }
 }
 
